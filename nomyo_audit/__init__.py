@@ -1,0 +1,48 @@
+"""nomyo-audit: end-to-end-encrypted LLM inference you can prove and audit.
+
+The client API is the ``nomyo`` reference client's, so ``from nomyo_audit
+import SecureChatCompletion`` is a drop-in replacement for ``from nomyo
+import SecureChatCompletion``.
+"""
+
+from ._version import __version__
+from .client import SecureChatCompletion, SecureCompletionClient, SyncSecureChatCompletion
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    ConfigurationError,
+    EvidenceError,
+    ForbiddenError,
+    InvalidRequestError,
+    NomyoAuditError,
+    ProtocolError,
+    RateLimitError,
+    SecurityError,
+    ServerError,
+    ServiceUnavailableError,
+)
+from .memory import get_memory_protection_info
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "ConfigurationError",
+    "EvidenceError",
+    "ForbiddenError",
+    "InvalidRequestError",
+    "NomyoAuditError",
+    "ProtocolError",
+    "RateLimitError",
+    "SecureChatCompletion",
+    "SecureCompletionClient",
+    "SecurityError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "SyncSecureChatCompletion",
+    "__version__",
+    "get_memory_protection_info",
+]

@@ -1,0 +1,75 @@
+"""``nomyo-audit chat``: one encrypted chat completion from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+import click
+
+from ..client import SECURITY_TIERS, SecureChatCompletion
+from ..errors import ConfigurationError
+
+
+@click.command()
+@click.argument("prompt", required=False)
+@click.option("--base-url", envvar="NOMYO_BASE_URL", default="https://api.nomyo.ai", show_default=True)
+@click.option("--model", default="echo", show_default=True)
+@click.option("--system", "system_prompt", help="Optional system message.")
+@click.option("--api-key", envvar="NOMYO_API_KEY", help="Bearer key (or NOMYO_API_KEY); never echoed.")
+@click.option("--security-tier", type=click.Choice(SECURITY_TIERS))
+@click.option("--allow-http", is_flag=True, help="Permit a plain http:// base URL (local development only).")
+@click.option("--server-key-fingerprint", help="Pin the router key (SHA-256 of its DER SPKI, hex).")
+@click.option("--timeout", type=float, help="Seconds for the whole call, retries included.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def chat(prompt: str | None, base_url: str, model: str, system_prompt: str | None, api_key: str | None,
+         security_tier: str | None, allow_http: bool, server_key_fingerprint: str | None,
+         timeout: float | None, fmt: str) -> None:
+    """Send PROMPT (or stdin) as an encrypted chat; print the reply.
+
+    The reply goes to stdout; with --format json the whole response,
+    _metadata included, goes there instead. A summary of the evidence goes
+    to stderr.
+
+    \b
+    Example:
+      nomyo-audit chat --base-url http://127.0.0.1:12434 --allow-http "Hello"
+    """
+    if prompt is None:
+        if sys.stdin.isatty():
+            raise ConfigurationError("give a prompt as an argument or on stdin")
+        prompt = sys.stdin.read()
+    messages: list[dict[str, Any]] = []
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    messages.append({"role": "user", "content": prompt})
+
+    async def run() -> dict[str, Any]:
+        async with SecureChatCompletion(
+            base_url, allow_http=allow_http, api_key=api_key,
+            server_key_fingerprint=server_key_fingerprint, timeout=timeout,
+        ) as client:
+            kwargs: dict[str, Any] = {"security_tier": security_tier} if security_tier else {}
+            return await client.create(model, messages, **kwargs)
+
+    response = asyncio.run(run())
+    if fmt == "json":
+        click.echo(json.dumps(response, indent=2))
+    else:
+        for choice in response.get("choices", []):
+            message = choice.get("message", {})
+            click.echo(message.get("content") or json.dumps(message.get("tool_calls")))
+    click.echo(describe_metadata(response.get("_metadata", {})), err=True)
+
+
+def describe_metadata(metadata: dict[str, Any]) -> str:
+    """A short human summary of a response's ``_metadata`` (no secrets in it)."""
+    tpm = metadata.get("tpm_attestation") or {}
+    attested = "TPM quote attached" if tpm.get("is_available") else "no TPM attestation"
+    bound = "payload_id bound" if metadata.get("payload_id_verified") else "payload_id NOT echoed by server"
+    return (
+        f"payload_id={metadata.get('payload_id')} tier={metadata.get('security_tier')} "
+        f"{bound}; {attested}"
+    )

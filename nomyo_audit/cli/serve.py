@@ -1,0 +1,75 @@
+"""``nomyo-audit serve``: the reference router."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ..errors import ConfigurationError
+
+
+def _parse_model_tiers(values: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    from ..client.secure_client import SECURITY_TIERS
+
+    result: dict[str, tuple[str, ...]] = {}
+    for value in values:
+        pattern, sep, tiers = value.partition("=")
+        names = tuple(t.strip() for t in tiers.split(",") if t.strip())
+        if not sep or not pattern or not names or any(t not in SECURITY_TIERS for t in names):
+            raise click.BadParameter(
+                f"{value!r}: expected MODEL_GLOB=TIER[,TIER...] with tiers from {', '.join(SECURITY_TIERS)}",
+                param_hint="--model-tiers",
+            )
+        result[pattern] = names
+    return result
+
+
+def load_or_create_router_key(path: Path | None) -> rsa.RSAPrivateKey:
+    """The router's RSA-4096 key: loaded from ``path``, or generated (and saved there, 0600)."""
+    from ..client.keys import generate_key_pair, load_key_pair, save_private_key
+
+    if path is not None and path.exists():
+        return load_key_pair(path).private_key
+    key = generate_key_pair().private_key
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_private_key(key, path)
+    return key
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=12434, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Router private key PEM; generated there (0600) if missing. Default: ephemeral.")
+@click.option("--api-key", "api_keys", multiple=True, envvar="NOMYO_ROUTER_API_KEYS",
+              help="Accepted bearer key (repeatable). None configured: no authentication.")
+@click.option("--upstream", help="OpenAI-compatible base URL to forward to (default: built-in echo model).")
+@click.option("--upstream-api-key", envvar="NOMYO_UPSTREAM_API_KEY", help="Bearer key for --upstream.")
+@click.option("--model-tiers", multiple=True, metavar="GLOB=TIER[,TIER]",
+              help="Tiers a model may use, e.g. 'gpt-4*=high,maximum' (repeatable); 403 otherwise.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(host: str, port: int, key_file: Path | None, api_keys: tuple[str, ...], upstream: str | None,
+          upstream_api_key: str | None, model_tiers: tuple[str, ...], log_level: str) -> None:
+    """Run the reference router (NOMYO protocol 1.0) on HOST:PORT.
+
+    \b
+    Example:
+      nomyo-audit serve --port 12434 --api-key "$KEY" --upstream http://127.0.0.1:8080
+    """
+    try:
+        from ..router import EchoBackend, RouterConfig, UpstreamBackend, run_router
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigurationError(f"the router needs the 'router' extra: pip install 'nomyo-audit[router]' ({exc})") from None
+    backend = UpstreamBackend(upstream, upstream_api_key) if upstream else EchoBackend()
+    config = RouterConfig(
+        private_key=load_or_create_router_key(key_file),
+        backend=backend,
+        api_keys=api_keys,
+        model_tiers=_parse_model_tiers(model_tiers),
+    )
+    click.echo(f"nomyo-audit router on http://{host}:{port} (backend: {upstream or 'echo'})", err=True)
+    run_router(config, host, port, log_level)

@@ -1,0 +1,444 @@
+"""``SecureCompletionClient``: keys, hybrid encryption and the HTTP exchange.
+
+Same constructor and methods as ``nomyo.SecureCompletionClient`` (see the
+seed API reference), with these differences, each deliberate:
+
+* one pooled ``httpx.AsyncClient`` per instance (keep-alive), closed by
+  :meth:`aclose` or ``async with``; ``transport=`` swaps in any httpx
+  transport (an in-process ASGI app, say) without touching the logic;
+* the server key is fetched once and cached; ``server_key_fingerprint=``
+  pins it (SHA-256 of the DER SubjectPublicKeyInfo) and a mismatch raises
+  :class:`SecurityError` before any prompt is encrypted;
+* the response is bound to the request: a decrypted ``_metadata.payload_id``
+  that differs from ours raises :class:`SecurityError`; a server that does
+  not echo it is accepted and ``_metadata.payload_id_verified`` says False;
+* retries follow the OpenAI SDK (see :mod:`.retry`) and re-encrypt every
+  attempt with a fresh AES key and nonce; ``timeout=`` bounds the whole call;
+* RSA key generation runs in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import re
+import urllib.parse
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ..errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    ConfigurationError,
+    ForbiddenError,
+    InvalidRequestError,
+    ProtocolError,
+    RateLimitError,
+    SecurityError,
+    ServerError,
+    ServiceUnavailableError,
+)
+from ..memory import wipe
+from ..wire import (
+    ALGORITHM,
+    decrypt_package,
+    encrypt_package,
+    key_fingerprint,
+    load_public_key_pem,
+    parse_package,
+)
+from .keys import DEFAULT_KEY_BITS, KeyPair, generate_key_pair, load_key_pair, save_key_pair
+from .retry import backoff_delay, is_retryable_status
+
+__all__ = ["SECURITY_TIERS", "SecureCompletionClient"]
+
+logger = logging.getLogger("nomyo_audit.client")
+
+SECURITY_TIERS = ("standard", "high", "maximum")
+MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
+PUBLIC_KEY_PATH = "/pki/public_key"
+COMPLETION_PATH = "/v1/chat/secure_completion"
+DEFAULT_HTTP_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+_PAYLOAD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_STATUS_ERRORS: dict[int, type[APIError]] = {
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    403: ForbiddenError,
+    429: RateLimitError,
+    500: ServerError,
+    503: ServiceUnavailableError,
+}
+
+
+class SecureCompletionClient:
+    """Client for the ``/v1/chat/secure_completion`` endpoint of a NOMYO router."""
+
+    def __init__(
+        self,
+        router_url: str = "https://api.nomyo.ai",
+        allow_http: bool = False,
+        max_retries: int = 2,
+        *,
+        secure_memory: bool = True,
+        server_key_fingerprint: str | None = None,
+        timeout: float | None = None,
+        http_timeout: httpx.Timeout | float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        key_bits: int = DEFAULT_KEY_BITS,
+    ) -> None:
+        self.router_url = _check_router_url(router_url, allow_http)
+        self.allow_http = allow_http
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigurationError("max_retries must be a non-negative integer")
+        self.max_retries = max_retries
+        self.secure_memory = secure_memory
+        self.server_key_fingerprint = _normalise_fingerprint(server_key_fingerprint)
+        if timeout is not None and timeout <= 0:
+            raise ConfigurationError("timeout must be positive seconds")
+        self.timeout = timeout
+        self.key_bits = key_bits
+        self.private_key: rsa.RSAPrivateKey | None = None
+        self.public_key_pem: str | None = None
+        self._http_timeout = http_timeout if http_timeout is not None else DEFAULT_HTTP_TIMEOUT
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
+        self._http_loop: asyncio.AbstractEventLoop | None = None
+        self._server_key: rsa.RSAPublicKey | None = None
+        self._server_key_pem: str | None = None
+        self._locks: dict[int, tuple[asyncio.Lock, asyncio.Lock]] = {}
+
+    # -- keys -------------------------------------------------------------
+
+    def generate_keys(
+        self, save_to_file: bool = False, key_dir: str = "client_keys", password: str | None = None
+    ) -> None:
+        """Generate the client's RSA key pair (4096 bits by default).
+
+        Blocking; the async paths call it in a worker thread. With
+        ``save_to_file`` the private key is written 0600 (encrypted when a
+        password is given), and existing files are never overwritten.
+        """
+        self._install(generate_key_pair(self.key_bits))
+        if save_to_file:
+            save_key_pair(self._keys(), key_dir, password)
+
+    def load_keys(
+        self, private_key_path: str, public_key_path: str | None = None, password: str | None = None
+    ) -> None:
+        """Load the key pair; keys under 2048 bits and mismatched pairs are refused."""
+        self._install(load_key_pair(private_key_path, public_key_path, password))
+
+    def _install(self, pair: KeyPair) -> None:
+        self.private_key = pair.private_key
+        self.public_key_pem = pair.public_key_pem
+
+    def _keys(self) -> KeyPair:
+        if self.private_key is None or self.public_key_pem is None:
+            raise SecurityError("client keys are not initialised: call generate_keys() or load_keys()")
+        return KeyPair(self.private_key, self.public_key_pem)
+
+    async def ensure_keys(self, key_dir: str | None = None, password: str | None = None) -> None:
+        """Make sure a key pair exists, generating it off the event loop once.
+
+        With ``key_dir``, keys found there are loaded (a wrong password or a
+        corrupt file is an error, never a reason to regenerate); when the
+        directory holds none, new keys are generated and saved there.
+        """
+        if self.private_key is not None:
+            return
+        key_lock, _ = self._loop_locks()
+        async with key_lock:
+            if self.private_key is not None:
+                return
+            if key_dir is not None and os.path.exists(os.path.join(key_dir, "private_key.pem")):
+                self.load_keys(os.path.join(key_dir, "private_key.pem"), password=password)
+                return
+            pair = await asyncio.to_thread(generate_key_pair, self.key_bits)
+            if key_dir is not None:
+                await asyncio.to_thread(save_key_pair, pair, key_dir, password)
+            self._install(pair)
+
+    # -- server key -------------------------------------------------------
+
+    async def fetch_server_public_key(self, *, refresh: bool = False) -> str:
+        """The router's public key PEM, fetched once and then served from cache.
+
+        When a fingerprint is pinned, a key that does not match raises
+        :class:`SecurityError` and is not cached.
+        """
+        if self._server_key_pem is not None and not refresh:
+            return self._server_key_pem
+        _, fetch_lock = self._loop_locks()
+        async with fetch_lock:
+            if self._server_key_pem is not None and not refresh:
+                return self._server_key_pem
+            try:
+                response = await self._client().get(self.router_url + PUBLIC_KEY_PATH)
+            except httpx.TimeoutException as exc:
+                raise APITimeoutError(f"timed out fetching the router's public key: {type(exc).__name__}") from None
+            except httpx.HTTPError as exc:
+                raise APIConnectionError(f"cannot reach router at {self.router_url}: {_describe(exc)}") from None
+            if response.status_code != 200:
+                raise _api_error(response, "fetching the router's public key")
+            key = load_public_key_pem(response.text, what="router public key")
+            fingerprint = key_fingerprint(key)
+            if self.server_key_fingerprint is not None and fingerprint != self.server_key_fingerprint:
+                raise SecurityError(
+                    f"router public key fingerprint {fingerprint} does not match the pinned "
+                    f"{self.server_key_fingerprint}",
+                    code="server_key_pin",
+                )
+            self._server_key = key
+            self._server_key_pem = response.text
+            return response.text
+
+    @property
+    def server_key_fingerprint_seen(self) -> str | None:
+        """Fingerprint of the cached router key, once fetched."""
+        return key_fingerprint(self._server_key) if self._server_key is not None else None
+
+    # -- encryption -------------------------------------------------------
+
+    async def encrypt_payload(self, payload: dict[str, Any]) -> bytes:
+        """Encrypt ``payload`` to the router's key: the package as JSON bytes."""
+        if not isinstance(payload, dict):
+            raise InvalidRequestError("payload must be a dict")
+        if not payload:
+            raise InvalidRequestError("payload cannot be empty")
+        await self.fetch_server_public_key()
+        assert self._server_key is not None
+        try:
+            plaintext = bytearray(json.dumps(payload).encode())
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"payload is not JSON-serialisable: {type(exc).__name__}") from None
+        try:
+            if len(plaintext) > MAX_PAYLOAD_BYTES:
+                raise InvalidRequestError(
+                    f"payload is {len(plaintext)} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit"
+                )
+            return encrypt_package(plaintext, self._server_key)
+        finally:
+            wipe(plaintext)
+
+    async def decrypt_response(self, encrypted_response: bytes, payload_id: str) -> dict[str, Any]:
+        """Decrypt a response package and bind it to ``payload_id``.
+
+        Malformed packages raise :class:`ProtocolError`; a package that fails
+        decryption, or whose ``_metadata.payload_id`` names another request,
+        raises :class:`SecurityError`.
+        """
+        package = parse_package(encrypted_response)
+        plaintext = decrypt_package(package, self._keys().private_key)
+        try:
+            response = json.loads(plaintext)
+        except (ValueError, UnicodeDecodeError):
+            raise ProtocolError("decrypted response is not valid JSON", code="response_json") from None
+        finally:
+            wipe(plaintext)
+        if not isinstance(response, dict):
+            raise ProtocolError("decrypted response is not a JSON object", code="response_json")
+        metadata = response.get("_metadata")
+        if metadata is None:
+            metadata = response["_metadata"] = {}
+        elif not isinstance(metadata, dict):
+            raise ProtocolError("decrypted response has a non-object _metadata", code="response_json")
+        echoed = metadata.get("payload_id")
+        if echoed is not None and echoed != payload_id:
+            raise SecurityError(
+                "response is bound to another request: its payload_id differs from this request's",
+                code="payload_id_mismatch",
+            )
+        metadata.update(
+            {
+                "payload_id": payload_id,
+                "payload_id_verified": echoed is not None,
+                "processed_at": package.processed_at,
+                "is_encrypted": True,
+                "encryption_algorithm": ALGORITHM,
+            }
+        )
+        return response
+
+    # -- the exchange -----------------------------------------------------
+
+    async def send_secure_request(
+        self,
+        payload: dict[str, Any],
+        payload_id: str,
+        api_key: str | None = None,
+        security_tier: str | None = None,
+    ) -> dict[str, Any]:
+        """Encrypt, send with retries, decrypt and bind one chat completion."""
+        validate_security_tier(security_tier)
+        if not isinstance(payload_id, str) or not _PAYLOAD_ID.match(payload_id):
+            raise InvalidRequestError("payload_id must be 1-128 characters of [A-Za-z0-9._:-]")
+        await self.ensure_keys()
+        if self.timeout is None:
+            return await self._send(payload, payload_id, api_key, security_tier)
+        try:
+            return await asyncio.wait_for(
+                self._send(payload, payload_id, api_key, security_tier), self.timeout
+            )
+        except asyncio.TimeoutError:
+            raise APITimeoutError(f"request did not complete within {self.timeout} s") from None
+
+    async def _send(
+        self, payload: dict[str, Any], payload_id: str, api_key: str | None, security_tier: str | None
+    ) -> dict[str, Any]:
+        headers = {
+            "X-Payload-ID": payload_id,
+            "X-Public-Key": urllib.parse.quote(self._keys().public_key_pem),
+            "Content-Type": "application/octet-stream",
+        }
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        if security_tier:
+            headers["X-Security-Tier"] = security_tier
+        url = self.router_url + COMPLETION_PATH
+        attempt = 0
+        while True:
+            body = await self.encrypt_payload(payload)  # fresh AES key and nonce every attempt
+            try:
+                response = await self._client().post(url, headers=headers, content=body)
+            except httpx.TimeoutException as exc:
+                failure: APIError = APITimeoutError(f"request to {url} timed out ({type(exc).__name__})")
+                retry_headers: Mapping[str, str] | None = None
+            except httpx.HTTPError as exc:
+                failure = APIConnectionError(f"cannot reach router at {self.router_url}: {_describe(exc)}")
+                retry_headers = None
+            else:
+                if response.status_code == 200:
+                    return await self.decrypt_response(response.content, payload_id)
+                failure = _api_error(response)
+                if not is_retryable_status(response.status_code):
+                    raise failure
+                retry_headers = response.headers
+            if attempt >= self.max_retries:
+                raise failure
+            delay = backoff_delay(attempt, retry_headers)
+            logger.warning(
+                "retrying secure completion (attempt %d of %d) in %.2fs after %s",
+                attempt + 1, self.max_retries, delay, failure.code,
+            )
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    # -- connection pool --------------------------------------------------
+
+    def _client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http_loop is not loop:
+            # A pooled client is tied to the loop that opened its connections.
+            self._http = httpx.AsyncClient(
+                timeout=self._http_timeout,
+                transport=self._transport,
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=32),
+                follow_redirects=False,
+            )
+            self._http_loop = loop
+        return self._http
+
+    def _loop_locks(self) -> tuple[asyncio.Lock, asyncio.Lock]:
+        loop_id = id(asyncio.get_running_loop())
+        locks = self._locks.get(loop_id)
+        if locks is None:
+            locks = self._locks[loop_id] = (asyncio.Lock(), asyncio.Lock())
+        return locks
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def __aenter__(self) -> SecureCompletionClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def validate_security_tier(tier: object) -> None:
+    if tier is not None and tier not in SECURITY_TIERS:
+        shown = tier if isinstance(tier, str) and len(tier) <= 32 else type(tier).__name__
+        raise InvalidRequestError(
+            f"invalid security_tier {shown!r}: must be one of {', '.join(SECURITY_TIERS)}"
+        )
+
+
+def _check_router_url(url: str, allow_http: bool) -> str:
+    if not isinstance(url, str):
+        raise ConfigurationError("router URL must be a string")
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigurationError(f"router URL must be http(s)://host[:port][/path], got {url!r}")
+    if parsed.scheme == "http":
+        if not allow_http:
+            raise SecurityError(
+                "router URL must use HTTPS; for local development pass allow_http=True",
+                code="insecure_transport",
+            )
+        if not _is_loopback(parsed.hostname):
+            warnings.warn(
+                f"plain HTTP to non-loopback host {parsed.hostname}: the server key can be swapped in transit",
+                UserWarning,
+                stacklevel=3,
+            )
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _normalise_fingerprint(value: str | None) -> str | None:
+    if value is None:
+        return None
+    cleaned = value.lower().replace(":", "").strip()
+    if cleaned.startswith("sha256:"):
+        cleaned = cleaned[len("sha256:"):]
+    if not re.fullmatch(r"[0-9a-f]{64}", cleaned):
+        raise ConfigurationError("server_key_fingerprint must be 64 hex digits (SHA-256 of the DER SPKI)")
+    return cleaned
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _api_error(response: httpx.Response, during: str | None = None) -> APIError:
+    """The exception for an error status, with the router's ``detail`` (bounded)."""
+    details: dict[str, Any] | None = None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        details = body
+        detail = body.get("detail", "")
+    else:
+        detail = ""
+    detail_text = detail if isinstance(detail, str) else json.dumps(detail)[:500]
+    if len(detail_text) > 500:
+        detail_text = detail_text[:500] + "..."
+    status = response.status_code
+    cls = _STATUS_ERRORS.get(status, ServerError if status >= 500 else APIError)
+    prefix = f"HTTP {status}" + (f" {during}" if during else "")
+    message = f"{prefix}: {detail_text}" if detail_text else prefix
+    return cls(message, status_code=status, error_details=details)
+

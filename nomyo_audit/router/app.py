@@ -1,0 +1,225 @@
+"""The reference router as an ASGI app (starlette).
+
+Endpoints, byte-compatible with NOMYO protocol 1.0 (docs/protocol.md):
+
+* ``GET /pki/public_key``: the router's RSA public key, PEM;
+* ``POST /v1/chat/secure_completion``: one encrypted chat request in, one
+  encrypted response out, with ``_metadata`` filled as the seed API says.
+
+Errors are JSON ``{"detail": ...}`` with the statuses the client maps to its
+exceptions: 400 malformed, 401 auth, 403 tier not allowed, 413 too large,
+5xx backend trouble. Nothing from a request's plaintext reaches the logs or an
+error body, and no request can crash the server: unexpected failures become a
+500 that names only the exception type.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+import json
+import logging
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from ..client.secure_client import SECURITY_TIERS
+from ..errors import NomyoAuditError, ProtocolError, SecurityError
+from ..memory import wipe
+from ..wire import MAX_PACKAGE_BYTES, decrypt_package, encrypt_package, load_public_key_pem, parse_package, public_key_pem
+from .backends import Backend, BackendError, EchoBackend
+from .environment import cuda_device_info, memory_protection_metadata
+
+__all__ = ["Attester", "NoAttester", "RouterConfig", "create_app"]
+
+logger = logging.getLogger("nomyo_audit.router")
+
+DEFAULT_TIER = "standard"
+
+
+class Attester(Protocol):
+    """Produces the ``tpm_attestation`` block for one response."""
+
+    def attest_response(self, payload_id: str, completion: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+class NoAttester:
+    """No TPM: says so explicitly rather than leaving the block out."""
+
+    def attest_response(self, payload_id: str, completion: Mapping[str, Any]) -> dict[str, Any]:
+        return {"is_available": False}
+
+
+@dataclass
+class RouterConfig:
+    private_key: rsa.RSAPrivateKey
+    backend: Backend = field(default_factory=EchoBackend)
+    api_keys: tuple[str, ...] = ()
+    #: Model glob -> tiers it may be served at; a model matching no entry may use any tier.
+    model_tiers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    attester: Attester = field(default_factory=NoAttester)
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def create_app(config: RouterConfig) -> Starlette:
+    """The router app. ``app.state.requests`` counts requests per endpoint and
+    ``app.state.clients`` the distinct client ports seen (connection reuse)."""
+    public_pem = public_key_pem(config.private_key.public_key())
+    memory_protection = memory_protection_metadata()
+    cuda_device = cuda_device_info()
+    api_keys = tuple(k.encode() for k in config.api_keys)
+
+    requests: Counter[str] = Counter()
+    clients: set[tuple[str, int]] = set()
+
+    def _count(request: Request) -> None:
+        requests[request.url.path] += 1
+        if request.client is not None:
+            clients.add((request.client.host, request.client.port))
+
+    async def public_key(request: Request) -> Response:
+        _count(request)
+        return PlainTextResponse(public_pem, media_type="application/x-pem-file")
+
+    async def secure_completion(request: Request) -> Response:
+        _count(request)
+        try:
+            return await _handle(request)
+        except _Reject as reject:
+            return JSONResponse({"detail": reject.detail}, status_code=reject.status)
+        except Exception as exc:  # never crash, never echo plaintext
+            logger.error("secure_completion failed: %s", type(exc).__name__)
+            return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+    async def _handle(request: Request) -> Response:
+        _check_auth(request, api_keys)
+        payload_id = request.headers.get("x-payload-id")
+        if not payload_id or len(payload_id) > 128:
+            raise _Reject(400, "missing or over-long X-Payload-ID header")
+        tier = request.headers.get("x-security-tier")
+        if tier is not None and tier not in SECURITY_TIERS:
+            raise _Reject(400, f"invalid X-Security-Tier: must be one of {', '.join(SECURITY_TIERS)}")
+        client_key_header = request.headers.get("x-public-key")
+        if not client_key_header:
+            raise _Reject(400, "missing X-Public-Key header")
+        try:
+            client_key = load_public_key_pem(urllib.parse.unquote(client_key_header), what="X-Public-Key")
+            package = parse_package(await _read_body(request))
+        except ProtocolError as exc:
+            raise _Reject(400, exc.message) from None
+        try:
+            plaintext = decrypt_package(package, config.private_key)
+        except SecurityError:
+            raise _Reject(400, "could not decrypt the package with this router's key") from None
+        try:
+            payload = json.loads(plaintext)
+        except (ValueError, UnicodeDecodeError):
+            raise _Reject(400, "decrypted payload is not valid JSON") from None
+        finally:
+            wipe(plaintext)
+        _check_payload(payload)
+        effective_tier = tier or DEFAULT_TIER
+        allowed = _allowed_tiers(config.model_tiers, payload["model"])
+        if effective_tier not in allowed:
+            raise _Reject(403, f"security tier {effective_tier!r} is not allowed for this model")
+        try:
+            completion = await config.backend.complete(payload)
+        except BackendError as exc:
+            raise _Reject(exc.status, str(exc)) from None
+        processed_at = int(time.time())
+        attestation = config.attester.attest_response(payload_id, completion)
+        completion["_metadata"] = {
+            "payload_id": payload_id,
+            "processed_at": processed_at,
+            "is_encrypted": True,
+            "response_status": "success",
+            "security_tier": effective_tier,
+            "memory_protection": dict(memory_protection),
+            "cuda_device": dict(cuda_device),
+            "tpm_attestation": attestation,
+        }
+        body = bytearray(json.dumps(completion).encode())
+        try:
+            sealed = encrypt_package(body, client_key, processed_at=processed_at)
+        finally:
+            wipe(body)
+        return Response(sealed, media_type="application/json")
+
+    app = Starlette(
+        routes=[
+            Route("/pki/public_key", public_key, methods=["GET"]),
+            Route("/v1/chat/secure_completion", secure_completion, methods=["POST"]),
+        ],
+        exception_handlers={NomyoAuditError: _nomyo_error},
+    )
+    app.state.requests = requests
+    app.state.clients = clients
+    return app
+
+
+async def _nomyo_error(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"detail": str(exc)}, status_code=400)
+
+
+def _check_auth(request: Request, api_keys: tuple[bytes, ...]) -> None:
+    if not api_keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise _Reject(401, "missing API key: send Authorization: Bearer <key>")
+    presented = token.strip().encode()
+    # Compare against every key so timing does not reveal which one is close.
+    matched = False
+    for key in api_keys:
+        matched |= hmac.compare_digest(presented, key)
+    if not matched:
+        raise _Reject(401, "invalid API key")
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_PACKAGE_BYTES:
+        raise _Reject(413, f"package over the {MAX_PACKAGE_BYTES}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_PACKAGE_BYTES:
+            raise _Reject(413, f"package over the {MAX_PACKAGE_BYTES}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_payload(payload: object) -> None:
+    if not isinstance(payload, dict):
+        raise _Reject(400, "decrypted payload must be a JSON object")
+    if not isinstance(payload.get("model"), str) or not payload["model"]:
+        raise _Reject(400, "payload.model must be a non-empty string")
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise _Reject(400, "payload.messages must be a non-empty list of objects")
+    if payload.get("stream"):
+        raise _Reject(400, "stream: true is not supported for encrypted inference")
+
+
+def _allowed_tiers(model_tiers: Mapping[str, tuple[str, ...]], model: str) -> tuple[str, ...]:
+    for pattern, tiers in model_tiers.items():
+        if fnmatch.fnmatchcase(model, pattern):
+            return tiers
+    return SECURITY_TIERS
