@@ -172,17 +172,19 @@ def decrypt_package(package: EncryptedPackage, private_key: rsa.RSAPrivateKey) -
     try:
         key = private_key.decrypt(package.encrypted_aes_key, _OAEP)
     except ValueError:
-        raise SecurityError("decryption failed: integrity or authentication check failed", code="decrypt") from None
+        raise SecurityError(
+            "decryption failed: integrity or authentication check failed", code="decrypt"
+        ) from None
     aes_key = bytearray(key)
     wipe(key)
     try:
         if len(aes_key) != AES_KEY_BYTES:
-            raise SecurityError(
-                "decryption failed: integrity or authentication check failed", code="decrypt"
-            )
+            raise SecurityError("decryption failed: integrity or authentication check failed", code="decrypt")
         plain = AESGCM(aes_key).decrypt(package.nonce, package.ciphertext + package.tag, None)
     except InvalidTag:
-        raise SecurityError("decryption failed: integrity or authentication check failed", code="decrypt") from None
+        raise SecurityError(
+            "decryption failed: integrity or authentication check failed", code="decrypt"
+        ) from None
     finally:
         wipe(aes_key)
     out = bytearray(plain)

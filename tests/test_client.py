@@ -59,14 +59,22 @@ def test_create_returns_openai_shape_with_metadata(router, client_keys_dir):
     reply = run(create(chat(router.url, client_keys_dir), "echo", HELLO))
     assert reply["object"] == "chat.completion"
     assert reply["choices"][0]["message"] == {"role": "assistant", "content": "echo: hello"}
-    assert reply["usage"]["total_tokens"] == reply["usage"]["prompt_tokens"] + reply["usage"]["completion_tokens"]
+    assert (
+        reply["usage"]["total_tokens"]
+        == reply["usage"]["prompt_tokens"] + reply["usage"]["completion_tokens"]
+    )
     meta = reply["_metadata"]
     assert meta["is_encrypted"] is True
     assert meta["encryption_algorithm"] == "hybrid-aes256-rsa4096"
     assert meta["payload_id_verified"] is True
     assert isinstance(meta["processed_at"], int)
     assert meta["security_tier"] == "standard"
-    assert set(meta["memory_protection"]) == {"platform", "memory_locking", "secure_zeroing", "core_dump_prevention"}
+    assert set(meta["memory_protection"]) == {
+        "platform",
+        "memory_locking",
+        "secure_zeroing",
+        "core_dump_prevention",
+    }
     assert meta["cuda_device"]["available"] in (True, False)
     assert meta["tpm_attestation"] == {"is_available": False}
 
@@ -81,9 +89,17 @@ def test_acreate_is_an_alias(router, client_keys_dir):
 
 def test_openai_parameters_travel_in_the_encrypted_payload(router, client_keys_dir):
     params = {
-        "temperature": 0.3, "max_tokens": 12, "top_p": 0.9, "frequency_penalty": 0.1,
-        "presence_penalty": 0.2, "stop": ["\n"], "n": 1, "user": "u-1", "seed": 7,
-        "logit_bias": {"50256": -100}, "response_format": {"type": "json_object"},
+        "temperature": 0.3,
+        "max_tokens": 12,
+        "top_p": 0.9,
+        "frequency_penalty": 0.1,
+        "presence_penalty": 0.2,
+        "stop": ["\n"],
+        "n": 1,
+        "user": "u-1",
+        "seed": 7,
+        "logit_bias": {"50256": -100},
+        "response_format": {"type": "json_object"},
         "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
         "tool_choice": "auto",
     }
@@ -256,8 +272,12 @@ def hostile_router(router_keys, handler) -> ServerThread:
         payload = json.loads(decrypt_package(parse_package(body), router_keys.private_key))
         return await handler(request, payload, client_key, state)
 
-    app = Starlette(routes=[Route("/pki/public_key", public_key),
-                            Route("/v1/chat/secure_completion", completion, methods=["POST"])])
+    app = Starlette(
+        routes=[
+            Route("/pki/public_key", public_key),
+            Route("/v1/chat/secure_completion", completion, methods=["POST"]),
+        ]
+    )
     server = ServerThread(app).start()
     server.state = state  # type: ignore[attr-defined]
     return server
@@ -272,9 +292,8 @@ def test_response_bound_to_another_request_is_refused(router_keys, client_keys_d
     async def handler(request, payload, client_key, state):
         return sealed_reply(client_key, {"payload_id": "someone-elses-request"})
 
-    with hostile_router(router_keys, handler) as server:
-        with pytest.raises(SecurityError) as err:
-            run(create(chat(server.url, client_keys_dir), "echo", HELLO))
+    with hostile_router(router_keys, handler) as server, pytest.raises(SecurityError) as err:
+        run(create(chat(server.url, client_keys_dir), "echo", HELLO))
     assert err.value.code == "payload_id_mismatch"
 
 
@@ -294,24 +313,27 @@ def test_tampered_response_is_a_security_error_not_a_connection_error(router_key
         package["encrypted_payload"]["ciphertext"] = package["encrypted_payload"]["ciphertext"][::-1]
         return Response(json.dumps(package).encode())
 
-    with hostile_router(router_keys, handler) as server:
-        with pytest.raises(SecurityError) as err:
-            run(create(chat(server.url, client_keys_dir), "echo", HELLO))
+    with hostile_router(router_keys, handler) as server, pytest.raises(SecurityError) as err:
+        run(create(chat(server.url, client_keys_dir), "echo", HELLO))
     assert not isinstance(err.value, APIConnectionError)
 
 
 @pytest.mark.parametrize(
     "body",
-    [b"not json", b'{"version": "2.0"}', json.dumps({"version": "1.0", "algorithm": "none",
-                                                       "encrypted_payload": {}, "encrypted_aes_key": ""}).encode()],
+    [
+        b"not json",
+        b'{"version": "2.0"}',
+        json.dumps(
+            {"version": "1.0", "algorithm": "none", "encrypted_payload": {}, "encrypted_aes_key": ""}
+        ).encode(),
+    ],
 )
 def test_garbage_or_downgraded_response(router_keys, client_keys_dir, body):
     async def handler(request, payload, client_key, state):
         return Response(body)
 
-    with hostile_router(router_keys, handler) as server:
-        with pytest.raises(ProtocolError):
-            run(create(chat(server.url, client_keys_dir), "echo", HELLO))
+    with hostile_router(router_keys, handler) as server, pytest.raises(ProtocolError):
+        run(create(chat(server.url, client_keys_dir), "echo", HELLO))
 
 
 def test_response_encrypted_to_another_key(router_keys, client_keys_dir):
@@ -376,9 +398,8 @@ def test_total_timeout_bounds_the_call(router_keys, client_keys_dir):
         await asyncio.sleep(5)
         return Response(b"")
 
-    with hostile_router(router_keys, handler) as server:
-        with pytest.raises(APITimeoutError):
-            run(create(chat(server.url, client_keys_dir, timeout=0.5), "echo", HELLO))
+    with hostile_router(router_keys, handler) as server, pytest.raises(APITimeoutError):
+        run(create(chat(server.url, client_keys_dir, timeout=0.5), "echo", HELLO))
 
 
 def test_unreachable_router_is_an_api_connection_error(client_keys_dir):
@@ -432,8 +453,11 @@ def test_small_keys_refused(tmp_path):
 
     small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     path = tmp_path / "small.pem"
-    path.write_bytes(small.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()))
+    path.write_bytes(
+        small.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     with pytest.raises(ConfigurationError, match="1024 bits; at least 2048"):
         SecureCompletionClient("https://example.org").load_keys(str(path))
 
@@ -469,7 +493,9 @@ def test_send_secure_request_with_explicit_payload_id(router, client_keys_dir):
         async with SecureCompletionClient(router.url, allow_http=True) as client:
             client.load_keys(str(client_keys_dir / "private_key.pem"))
             assert (await client.fetch_server_public_key()).startswith("-----BEGIN PUBLIC KEY-----")
-            return await client.send_secure_request({"model": "echo", "messages": HELLO}, "req-42", None, "high")
+            return await client.send_secure_request(
+                {"model": "echo", "messages": HELLO}, "req-42", None, "high"
+            )
 
     reply = run(go())
     assert reply["_metadata"]["payload_id"] == "req-42"
@@ -479,9 +505,14 @@ def test_send_secure_request_with_explicit_payload_id(router, client_keys_dir):
 def test_decrypt_without_keys_is_a_security_error():
     client = SecureCompletionClient("https://example.org")
     with pytest.raises(SecurityError, match="not initialised"):
-        run(client.decrypt_response(b'{"version":"1.0","algorithm":"hybrid-aes256-rsa4096",'
-                                    b'"encrypted_payload":{"ciphertext":"","nonce":"AAAAAAAAAAAAAAAA",'
-                                    b'"tag":"AAAAAAAAAAAAAAAAAAAAAA=="},"encrypted_aes_key":""}', "p"))
+        run(
+            client.decrypt_response(
+                b'{"version":"1.0","algorithm":"hybrid-aes256-rsa4096",'
+                b'"encrypted_payload":{"ciphertext":"","nonce":"AAAAAAAAAAAAAAAA",'
+                b'"tag":"AAAAAAAAAAAAAAAAAAAAAA=="},"encrypted_aes_key":""}',
+                "p",
+            )
+        )
 
 
 def test_plaintext_never_in_error_messages(router_keys, client_keys_dir):
@@ -490,7 +521,6 @@ def test_plaintext_never_in_error_messages(router_keys, client_keys_dir):
     async def handler(request, payload, client_key, state):
         return JSONResponse({"detail": "bad request"}, status_code=400)
 
-    with hostile_router(router_keys, handler) as server:
-        with pytest.raises(InvalidRequestError) as err:
-            run(create(chat(server.url, client_keys_dir), "echo", [{"role": "user", "content": secret}]))
+    with hostile_router(router_keys, handler) as server, pytest.raises(InvalidRequestError) as err:
+        run(create(chat(server.url, client_keys_dir), "echo", [{"role": "user", "content": secret}]))
     assert secret not in str(err.value) and secret not in repr(err.value.error_details)

@@ -34,8 +34,9 @@ def test_retry_after_seconds_and_ms():
 
 
 def test_retry_after_http_date():
-    assert retry_after_seconds({"Retry-After": "Wed, 21 Oct 2015 07:28:30 GMT"},
-                               now=1445412500.0) == pytest.approx(10.0)
+    assert retry_after_seconds(
+        {"Retry-After": "Wed, 21 Oct 2015 07:28:30 GMT"}, now=1445412500.0
+    ) == pytest.approx(10.0)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "61", "3600", "soon"])

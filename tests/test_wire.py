@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 
 import pytest
@@ -161,20 +162,22 @@ def test_small_rsa_public_keys_refused():
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=2048))
 def test_fuzz_parse_raises_only_protocol_error(data):
-    try:
+    with contextlib.suppress(ProtocolError):
         parse_package(data)
-    except ProtocolError:
-        pass
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
-                    max_leaves=20))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
+        max_leaves=20,
+    )
+)
 def test_fuzz_parse_json_shapes(doc):
-    for candidate in (doc, {"version": "1.0", "algorithm": ALGORITHM, "encrypted_payload": doc,
-                            "encrypted_aes_key": doc}):
-        try:
+    for candidate in (
+        doc,
+        {"version": "1.0", "algorithm": ALGORITHM, "encrypted_payload": doc, "encrypted_aes_key": doc},
+    ):
+        with contextlib.suppress(ProtocolError):
             parse_package(json.dumps(candidate).encode())
-        except ProtocolError:
-            pass

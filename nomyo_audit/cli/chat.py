@@ -24,9 +24,18 @@ from ..errors import ConfigurationError
 @click.option("--server-key-fingerprint", help="Pin the router key (SHA-256 of its DER SPKI, hex).")
 @click.option("--timeout", type=float, help="Seconds for the whole call, retries included.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def chat(prompt: str | None, base_url: str, model: str, system_prompt: str | None, api_key: str | None,
-         security_tier: str | None, allow_http: bool, server_key_fingerprint: str | None,
-         timeout: float | None, fmt: str) -> None:
+def chat(
+    prompt: str | None,
+    base_url: str,
+    model: str,
+    system_prompt: str | None,
+    api_key: str | None,
+    security_tier: str | None,
+    allow_http: bool,
+    server_key_fingerprint: str | None,
+    timeout: float | None,
+    fmt: str,
+) -> None:
     """Send PROMPT (or stdin) as an encrypted chat; print the reply.
 
     The reply goes to stdout; with --format json the whole response,
@@ -48,8 +57,11 @@ def chat(prompt: str | None, base_url: str, model: str, system_prompt: str | Non
 
     async def run() -> dict[str, Any]:
         async with SecureChatCompletion(
-            base_url, allow_http=allow_http, api_key=api_key,
-            server_key_fingerprint=server_key_fingerprint, timeout=timeout,
+            base_url,
+            allow_http=allow_http,
+            api_key=api_key,
+            server_key_fingerprint=server_key_fingerprint,
+            timeout=timeout,
         ) as client:
             kwargs: dict[str, Any] = {"security_tier": security_tier} if security_tier else {}
             return await client.create(model, messages, **kwargs)
@@ -69,7 +81,4 @@ def describe_metadata(metadata: dict[str, Any]) -> str:
     tpm = metadata.get("tpm_attestation") or {}
     attested = "TPM quote attached" if tpm.get("is_available") else "no TPM attestation"
     bound = "payload_id bound" if metadata.get("payload_id_verified") else "payload_id NOT echoed by server"
-    return (
-        f"payload_id={metadata.get('payload_id')} tier={metadata.get('security_tier')} "
-        f"{bound}; {attested}"
-    )
+    return f"payload_id={metadata.get('payload_id')} tier={metadata.get('security_tier')} {bound}; {attested}"

@@ -30,7 +30,9 @@ def demo(fmt: str) -> None:
     try:
         from ..router import RouterConfig, RouterThread
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ConfigurationError(f"the demo needs the 'router' extra: pip install 'nomyo-audit[router]' ({exc})") from None
+        raise ConfigurationError(
+            f"the demo needs the 'router' extra: pip install 'nomyo-audit[router]' ({exc})"
+        ) from None
     from ..client import SecureChatCompletion
     from ..client.keys import generate_key_pair
     from .chat import describe_metadata
@@ -45,15 +47,18 @@ def demo(fmt: str) -> None:
             async with SecureChatCompletion(router.url, allow_http=True) as client:
                 replies = []
                 for prompt in DEMO_PROMPTS:
-                    replies.append(await client.create("echo", [{"role": "user", "content": prompt}],
-                                                       security_tier="high"))
+                    replies.append(
+                        await client.create(
+                            "echo", [{"role": "user", "content": prompt}], security_tier="high"
+                        )
+                    )
                 return replies
 
         replies = asyncio.run(run())
     if fmt == "json":
         click.echo(json.dumps(replies, indent=2))
         return
-    for prompt, reply in zip(DEMO_PROMPTS, replies):
+    for prompt, reply in zip(DEMO_PROMPTS, replies, strict=False):
         click.echo(f"\n> {prompt}")
         click.echo(reply["choices"][0]["message"]["content"])
         click.echo("  " + describe_metadata(reply["_metadata"]))

@@ -42,18 +42,42 @@ def load_or_create_router_key(path: Path | None) -> rsa.RSAPrivateKey:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=12434, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Router private key PEM; generated there (0600) if missing. Default: ephemeral.")
-@click.option("--api-key", "api_keys", multiple=True, envvar="NOMYO_ROUTER_API_KEYS",
-              help="Accepted bearer key (repeatable). None configured: no authentication.")
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Router private key PEM; generated there (0600) if missing. Default: ephemeral.",
+)
+@click.option(
+    "--api-key",
+    "api_keys",
+    multiple=True,
+    envvar="NOMYO_ROUTER_API_KEYS",
+    help="Accepted bearer key (repeatable). None configured: no authentication.",
+)
 @click.option("--upstream", help="OpenAI-compatible base URL to forward to (default: built-in echo model).")
 @click.option("--upstream-api-key", envvar="NOMYO_UPSTREAM_API_KEY", help="Bearer key for --upstream.")
-@click.option("--model-tiers", multiple=True, metavar="GLOB=TIER[,TIER]",
-              help="Tiers a model may use, e.g. 'gpt-4*=high,maximum' (repeatable); 403 otherwise.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(host: str, port: int, key_file: Path | None, api_keys: tuple[str, ...], upstream: str | None,
-          upstream_api_key: str | None, model_tiers: tuple[str, ...], log_level: str) -> None:
+@click.option(
+    "--model-tiers",
+    multiple=True,
+    metavar="GLOB=TIER[,TIER]",
+    help="Tiers a model may use, e.g. 'gpt-4*=high,maximum' (repeatable); 403 otherwise.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
+def serve(
+    host: str,
+    port: int,
+    key_file: Path | None,
+    api_keys: tuple[str, ...],
+    upstream: str | None,
+    upstream_api_key: str | None,
+    model_tiers: tuple[str, ...],
+    log_level: str,
+) -> None:
     """Run the reference router (NOMYO protocol 1.0) on HOST:PORT.
 
     \b
@@ -63,7 +87,9 @@ def serve(host: str, port: int, key_file: Path | None, api_keys: tuple[str, ...]
     try:
         from ..router import EchoBackend, RouterConfig, UpstreamBackend, run_router
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ConfigurationError(f"the router needs the 'router' extra: pip install 'nomyo-audit[router]' ({exc})") from None
+        raise ConfigurationError(
+            f"the router needs the 'router' extra: pip install 'nomyo-audit[router]' ({exc})"
+        ) from None
     backend = UpstreamBackend(upstream, upstream_api_key) if upstream else EchoBackend()
     config = RouterConfig(
         private_key=load_or_create_router_key(key_file),

@@ -15,7 +15,14 @@ import random
 import time
 from collections.abc import Mapping
 
-__all__ = ["INITIAL_DELAY", "MAX_DELAY", "MAX_RETRY_AFTER", "RETRYABLE_STATUSES", "backoff_delay", "is_retryable_status"]
+__all__ = [
+    "INITIAL_DELAY",
+    "MAX_DELAY",
+    "MAX_RETRY_AFTER",
+    "RETRYABLE_STATUSES",
+    "backoff_delay",
+    "is_retryable_status",
+]
 
 INITIAL_DELAY = 0.5
 MAX_DELAY = 8.0

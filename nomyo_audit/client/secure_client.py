@@ -184,9 +184,13 @@ class SecureCompletionClient:
             try:
                 response = await self._client().get(self.router_url + PUBLIC_KEY_PATH)
             except httpx.TimeoutException as exc:
-                raise APITimeoutError(f"timed out fetching the router's public key: {type(exc).__name__}") from None
+                raise APITimeoutError(
+                    f"timed out fetching the router's public key: {type(exc).__name__}"
+                ) from None
             except httpx.HTTPError as exc:
-                raise APIConnectionError(f"cannot reach router at {self.router_url}: {_describe(exc)}") from None
+                raise APIConnectionError(
+                    f"cannot reach router at {self.router_url}: {_describe(exc)}"
+                ) from None
             if response.status_code != 200:
                 raise _api_error(response, "fetching the router's public key")
             key = load_public_key_pem(response.text, what="router public key")
@@ -327,7 +331,10 @@ class SecureCompletionClient:
             delay = backoff_delay(attempt, retry_headers)
             logger.warning(
                 "retrying secure completion (attempt %d of %d) in %.2fs after %s",
-                attempt + 1, self.max_retries, delay, failure.code,
+                attempt + 1,
+                self.max_retries,
+                delay,
+                failure.code,
             )
             await asyncio.sleep(delay)
             attempt += 1
@@ -389,7 +396,8 @@ def _check_router_url(url: str, allow_http: bool) -> str:
             )
         if not _is_loopback(parsed.hostname):
             warnings.warn(
-                f"plain HTTP to non-loopback host {parsed.hostname}: the server key can be swapped in transit",
+                f"plain HTTP to non-loopback host {parsed.hostname}: "
+                "the server key can be swapped in transit",
                 UserWarning,
                 stacklevel=3,
             )
@@ -410,7 +418,7 @@ def _normalise_fingerprint(value: str | None) -> str | None:
         return None
     cleaned = value.lower().replace(":", "").strip()
     if cleaned.startswith("sha256:"):
-        cleaned = cleaned[len("sha256:"):]
+        cleaned = cleaned[len("sha256:") :]
     if not re.fullmatch(r"[0-9a-f]{64}", cleaned):
         raise ConfigurationError("server_key_fingerprint must be 64 hex digits (SHA-256 of the DER SPKI)")
     return cleaned
@@ -441,4 +449,3 @@ def _api_error(response: httpx.Response, during: str | None = None) -> APIError:
     prefix = f"HTTP {status}" + (f" {during}" if during else "")
     message = f"{prefix}: {detail_text}" if detail_text else prefix
     return cls(message, status_code=status, error_details=details)
-

@@ -35,7 +35,14 @@ from starlette.routing import Route
 from ..client.secure_client import SECURITY_TIERS
 from ..errors import NomyoAuditError, ProtocolError, SecurityError
 from ..memory import wipe
-from ..wire import MAX_PACKAGE_BYTES, decrypt_package, encrypt_package, load_public_key_pem, parse_package, public_key_pem
+from ..wire import (
+    MAX_PACKAGE_BYTES,
+    decrypt_package,
+    encrypt_package,
+    load_public_key_pem,
+    parse_package,
+    public_key_pem,
+)
 from .backends import Backend, BackendError, EchoBackend
 from .environment import cuda_device_info, memory_protection_metadata
 

@@ -41,9 +41,7 @@ class EchoBackend:
 
     async def complete(self, payload: dict[str, Any]) -> dict[str, Any]:
         messages = payload["messages"]
-        text = next(
-            (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
-        )
+        text = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
         request_digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         tools = payload.get("tools")
         message: dict[str, Any] = {"role": "assistant"}
@@ -119,5 +117,7 @@ def _text_of(content: object) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # OpenAI content parts
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        return " ".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
     return ""

@@ -41,7 +41,9 @@ def _uvicorn(app: Any, log_level: str) -> uvicorn.Server:
     )
 
 
-def run_router(config: RouterConfig, host: str = "127.0.0.1", port: int = 12434, log_level: str = "info") -> None:
+def run_router(
+    config: RouterConfig, host: str = "127.0.0.1", port: int = 12434, log_level: str = "info"
+) -> None:
     """Serve until interrupted (SIGINT/SIGTERM)."""
     prevent_core_dumps()
     sock = bind_socket(host, port)
@@ -62,8 +64,8 @@ def run_router(config: RouterConfig, host: str = "127.0.0.1", port: int = 12434,
 class ServerThread:
     """Any ASGI app served on loopback from a background thread::
 
-        with ServerThread(app) as server:
-            print(server.url)
+    with ServerThread(app) as server:
+        print(server.url)
     """
 
     def __init__(
