@@ -63,6 +63,12 @@ def load_or_create_router_key(path: Path | None) -> rsa.RSAPrivateKey:
     help="Tiers a model may use, e.g. 'gpt-4*=high,maximum' (repeatable); 403 otherwise.",
 )
 @click.option(
+    "--plain-endpoint",
+    is_flag=True,
+    hidden=True,
+    help="Also serve plaintext /v1/chat/completions (benchmark baseline only).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -76,6 +82,7 @@ def serve(
     upstream: str | None,
     upstream_api_key: str | None,
     model_tiers: tuple[str, ...],
+    plain_endpoint: bool,
     log_level: str,
 ) -> None:
     """Run the reference router (NOMYO protocol 1.0) on HOST:PORT.
@@ -96,6 +103,7 @@ def serve(
         backend=backend,
         api_keys=api_keys,
         model_tiers=_parse_model_tiers(model_tiers),
+        plain_endpoint=plain_endpoint,
     )
     click.echo(f"nomyo-audit router on http://{host}:{port} (backend: {upstream or 'echo'})", err=True)
     run_router(config, host, port, log_level)

@@ -241,7 +241,8 @@ class SecureCompletionClient:
         raises :class:`SecurityError`.
         """
         package = parse_package(encrypted_response)
-        plaintext = decrypt_package(package, self._keys().private_key)
+        # RSA-4096 decryption takes milliseconds and releases the GIL: off the loop.
+        plaintext = await asyncio.to_thread(decrypt_package, package, self._keys().private_key)
         try:
             response = json.loads(plaintext)
         except (ValueError, UnicodeDecodeError):

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -74,6 +75,9 @@ class RouterConfig:
     #: Model glob -> tiers it may be served at; a model matching no entry may use any tier.
     model_tiers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     attester: Attester = field(default_factory=NoAttester)
+    #: Also serve ``POST /v1/chat/completions`` in plaintext: a baseline for
+    #: benchmarks only, never for real traffic.
+    plain_endpoint: bool = False
 
 
 class _Reject(Exception):
@@ -130,7 +134,8 @@ def create_app(config: RouterConfig) -> Starlette:
         except ProtocolError as exc:
             raise _Reject(400, exc.message) from None
         try:
-            plaintext = decrypt_package(package, config.private_key)
+            # RSA-4096 decryption takes milliseconds and releases the GIL: off the loop.
+            plaintext = await run_in_threadpool(decrypt_package, package, config.private_key)
         except SecurityError:
             raise _Reject(400, "could not decrypt the package with this router's key") from None
         try:
@@ -167,11 +172,25 @@ def create_app(config: RouterConfig) -> Starlette:
             wipe(body)
         return Response(sealed, media_type="application/json")
 
+    async def plain_completion(request: Request) -> Response:
+        _count(request)
+        try:
+            payload = await request.json()
+            _check_payload(payload)
+            return JSONResponse(await config.backend.complete(payload))
+        except _Reject as reject:
+            return JSONResponse({"detail": reject.detail}, status_code=reject.status)
+        except ValueError:
+            return JSONResponse({"detail": "body is not valid JSON"}, status_code=400)
+
+    routes = [
+        Route("/pki/public_key", public_key, methods=["GET"]),
+        Route("/v1/chat/secure_completion", secure_completion, methods=["POST"]),
+    ]
+    if config.plain_endpoint:
+        routes.append(Route("/v1/chat/completions", plain_completion, methods=["POST"]))
     app = Starlette(
-        routes=[
-            Route("/pki/public_key", public_key, methods=["GET"]),
-            Route("/v1/chat/secure_completion", secure_completion, methods=["POST"]),
-        ],
+        routes=routes,
         exception_handlers={NomyoAuditError: _nomyo_error},
     )
     app.state.requests = requests

@@ -1,0 +1,214 @@
+"""Client latency and throughput, side by side in one run, on loopback.
+
+    .venv/bin/python bench/client_bench.py [--requests 192] [--latency-requests 60] [--json out.json]
+
+The reference router runs in its own process (``nomyo-audit serve --plain-endpoint``,
+built-in echo model). Against it, in this process, one after another:
+
+* (a) nomyo-audit's ``SecureChatCompletion``;
+* (b) nomyo 0.2.9's ``SecureChatCompletion`` (from NOMYO_REFERENCE_PATH or .cache/nomyo-0.2.9);
+* (c) a plain, unencrypted httpx POST of the same JSON to ``/v1/chat/completions``
+  on the same router (pooled client): the floor without any cryptography.
+
+Then the crypto floor of one completion, both sides: RSA-4096 OAEP encrypt + decrypt
+and AES-256-GCM over the request, and the same for the response.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+MESSAGES = [
+    {"role": "user", "content": "Summarise the attached quarterly incident report in three bullet points."}
+]
+PAYLOAD = {"model": "echo", "messages": MESSAGES, "temperature": 0.2}
+
+
+def start_router() -> tuple[subprocess.Popen[bytes], str]:
+    from nomyo_audit.router.server import bind_socket
+
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nomyo_audit.cli.main",
+            "serve",
+            "--port",
+            str(port),
+            "--plain-endpoint",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url + "/pki/public_key", timeout=1)
+            return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("router did not start")
+
+
+def load_nomyo() -> Any:
+    path = os.environ.get("NOMYO_REFERENCE_PATH") or str(REPO / ".cache" / "nomyo-0.2.9")
+    sys.path.insert(0, path)
+    import nomyo
+
+    sys.path.remove(path)
+    return nomyo
+
+
+Call = Callable[[], Awaitable[Any]]
+
+
+async def latency(call: Call, n: int) -> dict[str, float]:
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - start) * 1000)
+    samples.sort()
+    return {"p50_ms": statistics.median(samples), "p95_ms": samples[int(0.95 * (len(samples) - 1))]}
+
+
+async def throughput(call: Call, total: int, concurrency: int) -> float:
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with semaphore:
+            await call()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(total)))
+    return total / (time.perf_counter() - start)
+
+
+def crypto_floor(n: int = 40) -> float:
+    """Milliseconds of cryptography in one completion, both sides, sequentially."""
+    from nomyo_audit.client.keys import generate_key_pair
+    from nomyo_audit.wire import decrypt_package, encrypt_package, parse_package
+
+    client, router = generate_key_pair(), generate_key_pair()
+    request = json.dumps(PAYLOAD).encode()
+    response = json.dumps({"choices": [{"message": {"content": "x" * 200}}], "_metadata": {}}).encode()
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        decrypt_package(
+            parse_package(encrypt_package(request, router.private_key.public_key())), router.private_key
+        )
+        decrypt_package(
+            parse_package(encrypt_package(response, client.private_key.public_key())), client.private_key
+        )
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+async def measure(url: str, total: int, latency_n: int) -> dict[str, Any]:
+    from nomyo_audit import SecureChatCompletion
+
+    nomyo = load_nomyo()
+    ours = SecureChatCompletion(url, allow_http=True)
+    theirs = nomyo.SecureChatCompletion(url, allow_http=True)
+    plain = httpx.AsyncClient(limits=httpx.Limits(max_connections=100, max_keepalive_connections=32))
+
+    async def call_ours() -> Any:
+        return await ours.create("echo", MESSAGES, temperature=0.2)
+
+    async def call_nomyo() -> Any:
+        return await theirs.create(model="echo", messages=MESSAGES, temperature=0.2)
+
+    async def call_plain() -> Any:
+        response = await plain.post(url + "/v1/chat/completions", json=PAYLOAD)
+        response.raise_for_status()
+        return response.json()
+
+    clients = {"nomyo-audit": call_ours, "nomyo 0.2.9": call_nomyo, "plain httpx (no crypto)": call_plain}
+    results: dict[str, Any] = {}
+    for name, call in clients.items():
+        for _ in range(3):  # warm up: keys generated, connections opened
+            await call()
+        results[name] = await latency(call, latency_n)
+        for concurrency in (8, 32):
+            results[name][f"rps_{concurrency}"] = await throughput(call, total, concurrency)
+        print(f"  measured {name}", file=sys.stderr)
+    await ours.aclose()
+    await plain.aclose()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=192, help="requests per throughput run")
+    parser.add_argument("--latency-requests", type=int, default=60)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)  # nomyo logs a warning per request over HTTP
+    warnings.simplefilter("ignore")
+
+    floor = crypto_floor()
+    proc, url = start_router()
+    try:
+        results = asyncio.run(measure(url, args.requests, args.latency_requests))
+    finally:
+        proc.terminate()
+        proc.wait()
+
+    ours, ref, plain = results["nomyo-audit"], results["nomyo 0.2.9"], results["plain httpx (no crypto)"]
+    added = ours["p50_ms"] - plain["p50_ms"]
+    summary = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.platform()}",
+        "crypto_floor_ms": floor,
+        "added_latency_ms": added,
+        "added_latency_over_floor": added / floor,
+        "throughput_vs_nomyo_32": ours["rps_32"] / ref["rps_32"],
+        "throughput_vs_nomyo_8": ours["rps_8"] / ref["rps_8"],
+        "results": results,
+    }
+    print(f"machine: {summary['machine']}")
+    print(f"crypto floor of one completion (both sides): {floor:.2f} ms\n")
+    print("| client | p50 ms | p95 ms | req/s at 8 | req/s at 32 |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in results.items():
+        print(f"| {name} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['rps_8']:.1f} | {r['rps_32']:.1f} |")
+    print(
+        f"\nadded latency over plain HTTP: {added:.2f} ms "
+        f"= {added / floor:.2f}x the crypto floor (target <= 1.5x)"
+    )
+    print(
+        f"throughput vs nomyo 0.2.9 at 32-way: {summary['throughput_vs_nomyo_32']:.1f}x (target >= 5x); "
+        f"at 8-way: {summary['throughput_vs_nomyo_8']:.1f}x"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
