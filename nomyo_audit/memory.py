@@ -18,10 +18,12 @@ import ctypes.util
 import mmap
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["get_memory_protection_info", "lock", "prevent_core_dumps", "unlock", "wipe"]
+__all__ = ["get_memory_protection_info", "lock", "prevent_core_dumps", "secure_buffer", "unlock", "wipe"]
 
 _PAGE = mmap.PAGESIZE
 # Offset of the first data byte in a CPython bytes object (ob_sval).
@@ -81,6 +83,18 @@ def unlock(buf: bytearray) -> None:
     if lib is not None and buf:
         start, size = _page_span(buf)
         lib.munlock(ctypes.c_void_p(start), ctypes.c_size_t(size))
+
+
+@contextmanager
+def secure_buffer(buf: bytearray, *, locked: bool = True) -> Iterator[bytearray]:
+    """Hold a secret: pages locked while in use (when ``locked``), zeroed on exit, always."""
+    did_lock = lock(buf) if locked else False
+    try:
+        yield buf
+    finally:
+        wipe(buf)
+        if did_lock:
+            unlock(buf)
 
 
 def prevent_core_dumps() -> bool:

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import ProtocolError, SecurityError
-from .memory import wipe
+from .memory import secure_buffer, wipe
 
 __all__ = [
     "ALGORITHM",
@@ -83,15 +83,12 @@ def encrypt_package(
     processed_at: int | None = None,
 ) -> bytes:
     """Encrypt ``plaintext`` to ``recipient`` and return the package as JSON bytes."""
-    aes_key = bytearray(os.urandom(AES_KEY_BYTES))
-    try:
+    with secure_buffer(bytearray(os.urandom(AES_KEY_BYTES))) as aes_key:
         nonce = os.urandom(GCM_NONCE_BYTES)
         sealed = AESGCM(aes_key).encrypt(nonce, plaintext, None)
         key_copy = bytes(aes_key)  # RSA encrypt needs bytes; wiped right after
         wrapped_key = recipient.encrypt(key_copy, _OAEP)
         wipe(key_copy)
-    finally:
-        wipe(aes_key)
     package: dict[str, Any] = {
         "version": VERSION,
         "algorithm": ALGORITHM,

@@ -40,3 +40,16 @@ def test_info_matches_a_real_probe():
     locked = lock(probe)
     unlock(probe)
     assert info["has_memory_locking"] == locked
+
+
+def test_secure_buffer_wipes_on_exit_even_on_error():
+    from nomyo_audit.memory import secure_buffer
+
+    buf = bytearray(b"aes key bytes here")
+    try:
+        with secure_buffer(buf) as held:
+            assert held is buf and held == bytearray(b"aes key bytes here")
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert buf == bytearray(len(buf))

@@ -47,7 +47,7 @@ from ..errors import (
     ServerError,
     ServiceUnavailableError,
 )
-from ..memory import wipe
+from ..memory import secure_buffer, wipe
 from ..wire import (
     ALGORITHM,
     decrypt_package,
@@ -221,17 +221,16 @@ class SecureCompletionClient:
         await self.fetch_server_public_key()
         assert self._server_key is not None
         try:
-            plaintext = bytearray(json.dumps(payload).encode())
+            encoded = json.dumps(payload).encode()
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"payload is not JSON-serialisable: {type(exc).__name__}") from None
-        try:
+        with secure_buffer(bytearray(encoded), locked=self.secure_memory) as plaintext:
+            wipe(encoded)
             if len(plaintext) > MAX_PAYLOAD_BYTES:
                 raise InvalidRequestError(
                     f"payload is {len(plaintext)} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit"
                 )
             return encrypt_package(plaintext, self._server_key)
-        finally:
-            wipe(plaintext)
 
     async def decrypt_response(self, encrypted_response: bytes, payload_id: str) -> dict[str, Any]:
         """Decrypt a response package and bind it to ``payload_id``.
