@@ -145,6 +145,13 @@ class ObjectAttributes:
         return [name for bit, name in cls.NAMES.items() if value & bit]
 
 
+#: For each byte value, the bit positions set in it (PCR bitmaps are read often).
+_BITS = tuple(tuple(bit for bit in range(8) if value >> bit & 1) for value in range(256))
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
 class _Reader:
     """Bounded big-endian reads over an immutable buffer."""
 
@@ -153,28 +160,32 @@ class _Reader:
         self.pos = 0
         self.path = path
 
-    def take(self, n: int, what: str) -> bytes:
-        if n > len(self.data) - self.pos:
+    def _need(self, n: int, what: str) -> int:
+        pos = self.pos
+        if n > len(self.data) - pos:
             raise TPMStructureError(
-                f"truncated: {what} needs {n} bytes, {len(self.data) - self.pos} left",
+                f"truncated: {what} needs {n} bytes, {len(self.data) - pos} left",
                 code="truncated",
                 path=self.path,
             )
-        chunk = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return chunk
+        self.pos = pos + n
+        return pos
+
+    def take(self, n: int, what: str) -> bytes:
+        pos = self._need(n, what)
+        return self.data[pos : pos + n]
 
     def u8(self, what: str) -> int:
-        return self.take(1, what)[0]
+        return self.data[self._need(1, what)]
 
     def u16(self, what: str) -> int:
-        return int(struct.unpack(">H", self.take(2, what))[0])
+        return int(_U16.unpack_from(self.data, self._need(2, what))[0])
 
     def u32(self, what: str) -> int:
-        return int(struct.unpack(">I", self.take(4, what))[0])
+        return int(_U32.unpack_from(self.data, self._need(4, what))[0])
 
     def u64(self, what: str) -> int:
-        return int(struct.unpack(">Q", self.take(8, what))[0])
+        return int(_U64.unpack_from(self.data, self._need(8, what))[0])
 
     def tpm2b(self, what: str, limit: int) -> bytes:
         size = self.u16(f"{what}.size")
@@ -246,16 +257,16 @@ def _read_pcr_selection_list(reader: _Reader) -> tuple[PCRSelection, ...]:
         )
     selections = []
     for i in range(count):
-        alg = _hash_alg(reader, f"pcrSelect[{i}].hash")
-        size = reader.u8(f"pcrSelect[{i}].sizeofSelect")
+        alg = _hash_alg(reader, "pcrSelect[].hash")
+        size = reader.u8("pcrSelect[].sizeofSelect")
         if size > MAX_PCR_SELECT:
             raise TPMStructureError(
                 f"pcrSelect[{i}].sizeofSelect {size} is over {MAX_PCR_SELECT}",
                 code="size_limit",
                 path=reader.path,
             )
-        bitmap = reader.take(size, f"pcrSelect[{i}].pcrSelect")
-        indices = tuple(b * 8 + bit for b in range(size) for bit in range(8) if bitmap[b] >> bit & 1)
+        bitmap = reader.take(size, "pcrSelect[].pcrSelect")
+        indices = tuple(b * 8 + bit for b, byte in enumerate(bitmap) for bit in _BITS[byte])
         selections.append(PCRSelection(alg, indices, size))
     return tuple(selections)
 

@@ -1,0 +1,78 @@
+"""Making evidence: the ``tpm_attestation`` block, from any source of TPM quotes.
+
+A :class:`QuoteSource` is the one small interface behind which the TPM sits:
+a real one through tpm2-pytss (:mod:`.tpm2`) or the in-process
+:class:`~.software.SoftwareTPM`. :class:`TPMAttester` turns its quotes into the
+seed document's shape, bound to each response (docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .binding import response_binding, response_content_digest
+from .structures import HASH_NAMES, PCRSelection
+from .verify import parse_pcr_banks
+
+__all__ = ["DEFAULT_PCR_BANKS", "Quote", "QuoteSource", "TPMAttester"]
+
+DEFAULT_PCR_BANKS = "sha256:0,7,10"
+
+
+@dataclass(frozen=True)
+class Quote:
+    attest: bytes  # TPMS_ATTEST
+    signature: bytes  # TPMT_SIGNATURE
+    pcr_values: tuple[bytes, ...]  # in selection order, read in the same state the quote covers
+
+
+class QuoteSource(Protocol):
+    #: "software", "swtpm" or "tpm-device": said in the evidence, so no report overstates it.
+    kind: str
+    #: The AIK as a marshalled TPM2B_PUBLIC.
+    aik_public: bytes
+
+    def quote(self, selections: tuple[PCRSelection, ...], extra_data: bytes) -> Quote: ...
+
+    def close(self) -> None: ...
+
+
+class TPMAttester:
+    """The router's attester: one quote per response over the configured PCRs."""
+
+    def __init__(self, source: QuoteSource, pcr_banks: str = DEFAULT_PCR_BANKS) -> None:
+        self.source = source
+        self.pcr_banks = pcr_banks
+        self.selections = parse_pcr_banks(pcr_banks)
+        self._lock = threading.Lock()  # TPM sessions are not shared between threads
+
+    def evidence(self, extra_data: bytes) -> dict[str, Any]:
+        with self._lock:
+            quote = self.source.quote(self.selections, extra_data)
+        values: dict[str, dict[str, str]] = {}
+        remaining = iter(quote.pcr_values)
+        for selection in self.selections:
+            bank = values.setdefault(HASH_NAMES[selection.hash_alg], {})
+            for index in selection.indices:
+                bank[str(index)] = next(remaining).hex()
+        return {
+            "is_available": True,
+            "pcr_banks": self.pcr_banks,
+            "pcr_values": values,
+            "quote_b64": base64.b64encode(quote.attest).decode(),
+            "signature_b64": base64.b64encode(quote.signature).decode(),
+            "aik_pubkey_b64": base64.b64encode(self.source.aik_public).decode(),
+            "attester": self.source.kind,
+            "hardware_rooted": False if self.source.kind == "software" else None,
+            "nonce_binding": "nomyo-audit-v1",
+        }
+
+    def attest_response(self, payload_id: str, completion: Mapping[str, Any]) -> dict[str, Any]:
+        return self.evidence(response_binding(payload_id, response_content_digest(completion)))
+
+    def close(self) -> None:
+        self.source.close()

@@ -1,0 +1,91 @@
+"""What a quote's extraData may contain to bind it to one request (docs/protocol.md).
+
+NOMYO documents the quote as "tied to the payload_id nonce" without publishing
+the derivation, so two plausible ones are accepted and named, alongside the
+project's own, stronger binding, which also covers the response content:
+
+``sha256-payload-id``
+    ``SHA-256(payload_id as UTF-8)``
+``raw-payload-id``
+    the payload_id's UTF-8 bytes themselves (at most 64)
+``nomyo-audit-v1``
+    ``SHA-256("nomyo-audit/response-binding/v1" || 0x00 || u16(len(pid)) || pid || SHA-256(content))``
+    where ``content`` is the canonical JSON of the response without ``_metadata``
+    (:func:`response_content_digest`). A quote bound this way cannot be moved to
+    another response for the same request.
+
+``nomyo-audit-key-v1`` binds a router key for attest-before-send:
+``SHA-256("nomyo-audit/key-binding/v1" || 0x00 || nonce || SHA-256(DER SPKI))``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "DERIVATIONS",
+    "KEY_BINDING_LABEL",
+    "RESPONSE_BINDING_LABEL",
+    "canonical_json",
+    "key_binding",
+    "match_derivation",
+    "response_binding",
+    "response_content_digest",
+]
+
+RESPONSE_BINDING_LABEL = b"nomyo-audit/response-binding/v1"
+KEY_BINDING_LABEL = b"nomyo-audit/key-binding/v1"
+
+#: Every derivation name, strongest first.
+DERIVATIONS = ("nomyo-audit-v1", "sha256-payload-id", "raw-payload-id")
+
+
+def canonical_json(value: Any) -> bytes:
+    """Sorted keys, no insignificant white space, UTF-8: deterministic for JSON data."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def response_content_digest(response: Mapping[str, Any]) -> bytes:
+    """SHA-256 of the response as the model produced it: everything but ``_metadata``."""
+    content = {k: v for k, v in response.items() if k != "_metadata"}
+    return hashlib.sha256(canonical_json(content)).digest()
+
+
+def response_binding(payload_id: str, content_digest: bytes) -> bytes:
+    pid = payload_id.encode()
+    return hashlib.sha256(
+        RESPONSE_BINDING_LABEL + b"\x00" + struct.pack(">H", len(pid)) + pid + content_digest
+    ).digest()
+
+
+def key_binding(nonce: bytes, spki_sha256: bytes) -> bytes:
+    return hashlib.sha256(KEY_BINDING_LABEL + b"\x00" + nonce + spki_sha256).digest()
+
+
+def expected_values(payload_id: str, content_digest: bytes | None) -> dict[str, bytes]:
+    values: dict[str, bytes] = {}
+    if content_digest is not None:
+        values["nomyo-audit-v1"] = response_binding(payload_id, content_digest)
+    values["sha256-payload-id"] = hashlib.sha256(payload_id.encode()).digest()
+    values["raw-payload-id"] = payload_id.encode()
+    return values
+
+
+def match_derivation(
+    extra_data: bytes,
+    payload_id: str,
+    content_digest: bytes | None = None,
+    accept: tuple[str, ...] = DERIVATIONS,
+) -> str | None:
+    """The name of the derivation ``extra_data`` matches, compared in constant time; else None."""
+    matched = None
+    for name, value in expected_values(payload_id, content_digest).items():
+        # Compare against every candidate so timing does not tell which one was close.
+        if hmac.compare_digest(extra_data, value) and name in accept and matched is None:
+            matched = name
+    return matched

@@ -1,0 +1,82 @@
+"""TPM public areas as ``cryptography`` keys, and signature checks with the TPM's schemes."""
+
+from __future__ import annotations
+
+import hashlib
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from .structures import ALG, ECC_CURVES, Public, Signature, TPMStructureError
+
+__all__ = ["HASH_ALGORITHMS", "PublicKey", "public_key_fingerprint", "to_crypto_key", "verify_signature"]
+
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+HASH_ALGORITHMS: dict[int, type[hashes.HashAlgorithm]] = {
+    ALG.SHA1: hashes.SHA1,
+    ALG.SHA256: hashes.SHA256,
+    ALG.SHA384: hashes.SHA384,
+    ALG.SHA512: hashes.SHA512,
+}
+_CURVES: dict[int, type[ec.EllipticCurve]] = {
+    0x0003: ec.SECP256R1,
+    0x0004: ec.SECP384R1,
+    0x0005: ec.SECP521R1,
+}
+
+
+def to_crypto_key(public: Public) -> PublicKey:
+    """The key in a TPMT_PUBLIC (exponent 0 means the default 65537)."""
+    try:
+        if public.type == ALG.RSA:
+            exponent = public.rsa_exponent or 65537
+            return rsa.RSAPublicNumbers(exponent, int.from_bytes(public.rsa_modulus, "big")).public_key()
+        assert public.ecc_point is not None
+        size = ECC_CURVES[public.curve_id][1]
+        if len(public.ecc_point.x) > size or len(public.ecc_point.y) > size:
+            raise ValueError("coordinate longer than the curve")
+        numbers = ec.EllipticCurvePublicNumbers(
+            int.from_bytes(public.ecc_point.x, "big"),
+            int.from_bytes(public.ecc_point.y, "big"),
+            _CURVES[public.curve_id](),
+        )
+        return numbers.public_key()
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise TPMStructureError(
+            f"the AIK is not a valid public key ({exc})", code="aik_key_invalid"
+        ) from None
+
+
+def public_key_fingerprint(key: PublicKey) -> str:
+    """SHA-256 of the DER SubjectPublicKeyInfo, hex: how policies pin an AIK."""
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def verify_signature(key: PublicKey, signature: Signature, message: bytes) -> bool:
+    """Check ``signature`` over ``message`` with the scheme and hash it names.
+
+    RSAPSS accepts any salt length (TPMs differ: digest-sized or maximal);
+    ECDSA r and s are integers of any encoded length, leading zeros included.
+    """
+    algorithm = HASH_ALGORITHMS[signature.hash_alg]()
+    try:
+        if signature.sig_alg == ALG.ECDSA:
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                return False
+            der = encode_dss_signature(int.from_bytes(signature.r, "big"), int.from_bytes(signature.s, "big"))
+            key.verify(der, message, ec.ECDSA(algorithm))
+        elif isinstance(key, rsa.RSAPublicKey):
+            if signature.sig_alg == ALG.RSASSA:
+                pad: padding.AsymmetricPadding = padding.PKCS1v15()
+            else:
+                pad = padding.PSS(mgf=padding.MGF1(algorithm), salt_length=padding.PSS.AUTO)
+            key.verify(signature.rsa, message, pad, algorithm)
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True

@@ -1,0 +1,123 @@
+"""A TPM in process memory: PCR banks and an AIK that signs real TPMS_ATTEST quotes.
+
+It is what runs where no TPM is reachable, and what builds fixtures for every
+tamper case. It proves nothing about hardware, and its evidence says so
+(``attester: "software"``): the AIK attributes it claims (fixedTPM...) are
+only claims, which is exactly why AIK anchoring is a separate question.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from .attester import Quote
+from .keys import HASH_ALGORITHMS
+from .structures import (
+    ALG,
+    HASH_NAMES,
+    HASH_SIZES,
+    TPM_GENERATED_VALUE,
+    TPM_ST_ATTEST_QUOTE,
+    ClockInfo,
+    EccPoint,
+    ObjectAttributes,
+    PCRSelection,
+    Public,
+    Signature,
+    TPMSAttest,
+)
+
+__all__ = ["AIK_KINDS", "SoftwareTPM"]
+
+#: AIK kinds: (key type, signature scheme)
+AIK_KINDS = {
+    "rsa2048-rsassa": (ALG.RSA, ALG.RSASSA),
+    "rsa2048-rsapss": (ALG.RSA, ALG.RSAPSS),
+    "ecc256-ecdsa": (ALG.ECC, ALG.ECDSA),
+}
+DEFAULT_ATTRIBUTES = ObjectAttributes.ATTESTATION_KEY | ObjectAttributes.USER_WITH_AUTH
+
+
+class SoftwareTPM:
+    kind = "software"
+
+    def __init__(
+        self,
+        aik: str = "rsa2048-rsassa",
+        *,
+        hash_alg: int = ALG.SHA256,
+        attributes: int = DEFAULT_ATTRIBUTES,
+        banks: tuple[int, ...] = (ALG.SHA1, ALG.SHA256, ALG.SHA384),
+    ) -> None:
+        if aik not in AIK_KINDS:
+            raise ValueError(f"unknown AIK kind {aik!r}: one of {', '.join(AIK_KINDS)}")
+        key_type, self.scheme = AIK_KINDS[aik]
+        self.hash_alg = hash_alg
+        self.pcrs = {bank: [bytes(HASH_SIZES[bank])] * 24 for bank in banks}
+        self.reset_count = 0
+        self._start = time.monotonic()
+        if key_type == ALG.RSA:
+            self._key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = rsa.generate_private_key(65537, 2048)
+            n = self._key.public_key().public_numbers().n.to_bytes(256, "big")
+            self.public = Public(ALG.RSA, ALG.SHA256, attributes, b"", (ALG.NULL,), self.scheme, hash_alg,
+                                 rsa_key_bits=2048, rsa_exponent=0, rsa_modulus=n)  # fmt: skip
+        else:
+            self._key = ec.generate_private_key(ec.SECP256R1())
+            numbers = self._key.public_key().public_numbers()
+            point = EccPoint(numbers.x.to_bytes(32, "big"), numbers.y.to_bytes(32, "big"))
+            self.public = Public(ALG.ECC, ALG.SHA256, attributes, b"", (ALG.NULL,), ALG.ECDSA, hash_alg,
+                                 curve_id=0x0003, kdf=(ALG.NULL,), ecc_point=point)  # fmt: skip
+        self.aik_public = self.public.marshal()
+
+    def extend(self, bank: str, index: int, data: bytes) -> None:
+        """PCR[index] = H(PCR[index] || H(data)), as TPM2_PCR_Event does for one bank."""
+        alg = next(a for a, name in HASH_NAMES.items() if name == bank)
+        digest = hashlib.new(bank, data).digest()
+        self.pcrs[alg][index] = hashlib.new(bank, self.pcrs[alg][index] + digest).digest()
+
+    def read(self, selections: tuple[PCRSelection, ...]) -> tuple[bytes, ...]:
+        return tuple(self.pcrs[s.hash_alg][i] for s in selections for i in s.indices)
+
+    def make_attest(self, selections: tuple[PCRSelection, ...], extra_data: bytes) -> TPMSAttest:
+        values = self.read(selections)
+        return TPMSAttest(
+            magic=TPM_GENERATED_VALUE,
+            type=TPM_ST_ATTEST_QUOTE,
+            qualified_signer=self.public.name,
+            extra_data=extra_data,
+            clock_info=ClockInfo(int((time.monotonic() - self._start) * 1000), self.reset_count, 0, True),
+            firmware_version=0,
+            pcr_select=selections,
+            pcr_digest=hashlib.new(HASH_NAMES[self.hash_alg], b"".join(values)).digest(),
+        )
+
+    def sign(self, message: bytes) -> bytes:
+        """A TPMT_SIGNATURE over ``message`` with this AIK's scheme: any bytes, for tamper fixtures."""
+        algorithm = HASH_ALGORITHMS[self.hash_alg]()
+        if isinstance(self._key, rsa.RSAPrivateKey):
+            pad: padding.AsymmetricPadding = (
+                padding.PKCS1v15()
+                if self.scheme == ALG.RSASSA
+                else padding.PSS(mgf=padding.MGF1(algorithm), salt_length=padding.PSS.DIGEST_LENGTH)
+            )
+            return Signature(
+                self.scheme, self.hash_alg, rsa=self._key.sign(message, pad, algorithm)
+            ).marshal()
+        r, s = decode_dss_signature(self._key.sign(message, ec.ECDSA(algorithm)))
+        return Signature(ALG.ECDSA, self.hash_alg, r=_minimal(r), s=_minimal(s)).marshal()
+
+    def quote(self, selections: tuple[PCRSelection, ...], extra_data: bytes) -> Quote:
+        attest = self.make_attest(selections, extra_data).marshal()
+        return Quote(attest, self.sign(attest), self.read(selections))
+
+    def close(self) -> None:
+        return None
+
+
+def _minimal(value: int) -> bytes:
+    """Big-endian without leading zeros, as TPMs often emit r and s."""
+    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")

@@ -1,0 +1,354 @@
+"""verify_attestation: one finding per check, and every tampering caught with its own code.
+
+Evidence here comes from the in-process software TPM, which signs real TPMS_ATTEST
+structures; tests/test_swtpm.py repeats the essentials with quotes from swtpm.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nomyo_audit.tpm.attester import TPMAttester
+from nomyo_audit.tpm.binding import (
+    canonical_json,
+    response_binding,
+    response_content_digest,
+)
+from nomyo_audit.tpm.software import SoftwareTPM
+from nomyo_audit.tpm.structures import (
+    ALG,
+    ObjectAttributes,
+    Signature,
+    parse_signature,
+)
+from nomyo_audit.tpm.verify import CHECKS, parse_pcr_banks, verify_attestation
+
+PID = "5128aaf2-1ef9-4a21-aec8-2f6a6062008d"
+COMPLETION = {"id": "chatcmpl-1", "object": "chat.completion", "choices": [{"message": {"content": "hi"}}]}
+DIGEST = response_content_digest(COMPLETION)
+
+
+@pytest.fixture(scope="module", params=["rsa2048-rsassa", "rsa2048-rsapss", "ecc256-ecdsa"])
+def tpm(request):
+    source = SoftwareTPM(request.param)
+    source.extend("sha256", 0, b"firmware")
+    source.extend("sha256", 7, b"secure boot policy")
+    return source
+
+
+def evidence(tpm, banks="sha256:0,7,10", extra=None):
+    return TPMAttester(tpm, banks).evidence(extra if extra is not None else response_binding(PID, DIGEST))
+
+
+def verdict(block, payload_id=PID, digest=DIGEST, **kwargs):
+    return verify_attestation(block, payload_id, content_digest=digest, **kwargs)
+
+
+def failing(v):
+    return {f.check: f.code for f in v.findings if f.status == "fail"}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def with_quote(block, attest_bytes, tpm):
+    """Replace the quote, re-signed by the same AIK (the attacker controls a signing oracle)."""
+    forged = dict(block)
+    forged["quote_b64"] = b64(attest_bytes)
+    forged["signature_b64"] = b64(tpm.sign(attest_bytes))
+    return forged
+
+
+# -- the good case -------------------------------------------------------------------------------
+
+
+def test_genuine_evidence_passes_with_one_finding_per_check(tpm):
+    v = verdict(evidence(tpm))
+    assert v.result == "pass", failing(v)
+    assert [f.check for f in v.findings] == list(CHECKS)
+    assert v.facts["nonce_derivation"] == "nomyo-audit-v1"
+    assert v.facts["pcr_banks"] == "sha256:0,7,10"
+    assert v.facts["pcr_values"]["sha256"]["0"] == tpm.pcrs[ALG.SHA256][0].hex()
+
+
+def test_trust_honesty_an_unanchored_aik_is_said_so(tpm):
+    v = verdict(evidence(tpm))
+    anchor = v.finding("aik_anchor")
+    assert anchor.status == "skip" and anchor.code == "aik_not_anchored"
+    assert "not anchored to a hardware root of trust" in anchor.detail
+    assert v.finding("attester").code == "software_attester"
+
+
+def test_missing_or_unavailable_attestation_is_an_explicit_failure():
+    for block in (None, {}, {"is_available": False}):
+        v = verdict(block)
+        assert v.result == "fail"
+        assert failing(v) == {"attestation_present": "no_attestation"}
+        assert all(f.status == "skip" for f in v.findings[1:])
+
+
+# -- nonce binding ----------------------------------------------------------------------------------
+
+
+def test_each_derivation_is_accepted_and_named(tpm):
+    cases = {
+        "sha256-payload-id": hashlib.sha256(PID.encode()).digest(),
+        "raw-payload-id": PID.encode(),
+        "nomyo-audit-v1": response_binding(PID, DIGEST),
+    }
+    for name, extra in cases.items():
+        v = verdict(evidence(tpm, extra=extra))
+        assert v.passed and v.facts["nonce_derivation"] == name
+
+
+def test_another_requests_payload_id_fails(tpm):
+    v = verdict(evidence(tpm), payload_id="another-request")
+    assert failing(v) == {"nonce_binding": "nonce_mismatch"}
+
+
+def test_response_binding_covers_the_content(tpm):
+    other = response_content_digest({**COMPLETION, "choices": [{"message": {"content": "altered"}}]})
+    assert failing(verdict(evidence(tpm), digest=other)) == {"nonce_binding": "nonce_mismatch"}
+    v = verdict(evidence(tpm), digest=None)
+    assert failing(v) == {"nonce_binding": "nonce_mismatch"}
+    assert "response content not available" in v.finding("nonce_binding").detail
+
+
+def test_a_policy_can_narrow_the_accepted_derivations(tpm):
+    block = evidence(tpm, extra=PID.encode())
+    assert failing(verdict(block, accept_derivations=("nomyo-audit-v1",))) == {
+        "nonce_binding": "nonce_mismatch"
+    }
+
+
+def test_canonical_json_is_order_independent():
+    assert canonical_json({"b": 1, "a": [1, "é"]}) == b'{"a":[1,"\xc3\xa9"],"b":1}'
+    assert response_content_digest({"x": 1, "_metadata": {"a": 1}}) == response_content_digest({"x": 1})
+
+
+# -- the tamper matrix ------------------------------------------------------------------------------
+
+
+def test_flipped_signature_byte(tpm):
+    block = evidence(tpm)
+    raw = bytearray(base64.b64decode(block["signature_b64"]))
+    raw[-1] ^= 0x01
+    assert failing(verdict({**block, "signature_b64": b64(bytes(raw))})) == {"signature": "signature_invalid"}
+
+
+def test_altered_pcr_value(tpm):
+    block = copy.deepcopy(evidence(tpm))
+    block["pcr_values"]["sha256"]["7"] = "00" * 32
+    assert failing(verdict(block)) == {"pcr_digest": "pcr_digest_mismatch"}
+
+
+@pytest.mark.parametrize(
+    "claimed",
+    ["sha256:0,7", "sha256:0,7,11", "sha1:0,7,10", "sha256:0,7,10+sha1:16", "sha256:0,7,10,16"],
+)
+def test_supplied_selection_differs_from_the_signed_one_cve_2024_29039(tpm, claimed):
+    block = {**evidence(tpm), "pcr_banks": claimed}
+    assert failing(verdict(block)) == {"pcr_selection": "pcr_selection_mismatch"}
+
+
+def test_reordered_banks(tpm):
+    block = evidence(tpm, "sha1:16+sha256:0,7,10")
+    assert verdict(block).passed
+    assert failing(verdict({**block, "pcr_banks": "sha256:0,7,10+sha1:16"})) == {
+        "pcr_selection": "pcr_selection_mismatch"
+    }
+    swapped = copy.deepcopy(block)
+    swapped["pcr_values"]["sha256"]["0"], swapped["pcr_values"]["sha256"]["7"] = (
+        swapped["pcr_values"]["sha256"]["7"],
+        swapped["pcr_values"]["sha256"]["0"],
+    )
+    assert failing(verdict(swapped)) == {"pcr_digest": "pcr_digest_mismatch"}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code"),
+    [
+        (lambda v: v["sha256"].__setitem__("7", "ab" * 20), "pcr_value_format"),  # a SHA-1 length in sha256
+        (lambda v: v["sha256"].__setitem__("7", "zz" * 32), "pcr_value_format"),
+        (lambda v: v["sha256"].pop("10"), "pcr_value_missing"),
+        (lambda v: v["sha256"].__setitem__("16", "00" * 32), "pcr_value_unquoted"),
+    ],
+)
+def test_pcr_value_shapes(tpm, mutate, code):
+    block = copy.deepcopy(evidence(tpm))
+    mutate(block["pcr_values"])
+    assert failing(verdict(block)) == {"pcr_digest": code}
+
+
+def test_quote_signed_by_a_different_aik(tpm):
+    genuine = evidence(tpm)
+    other = SoftwareTPM("rsa2048-rsassa" if tpm.public.type == ALG.RSA else "ecc256-ecdsa")
+    # the other AIK's public key with the genuine quote and signature
+    swapped = {**genuine, "aik_pubkey_b64": b64(other.aik_public)}
+    assert failing(verdict(swapped))["signature"] in ("signature_invalid", "scheme_mismatch")
+    # the other AIK signs a quote naming the genuine AIK as its signer
+    forged_attest = tpm.make_attest(parse_pcr_banks("sha256:0,7,10"), response_binding(PID, DIGEST)).marshal()
+    forged = {**genuine, "aik_pubkey_b64": b64(other.aik_public), "quote_b64": b64(forged_attest),
+              "signature_b64": b64(other.sign(forged_attest))}  # fmt: skip
+    assert failing(verdict(forged)) == {"signer_name": "signer_mismatch"}
+
+
+def test_unrestricted_aik_fails_loudly():
+    unrestricted = SoftwareTPM(attributes=ObjectAttributes.SIGN | ObjectAttributes.USER_WITH_AUTH)
+    v = verdict(evidence(unrestricted))
+    assert failing(v) == {"aik_attributes": "aik_not_restricted"}
+    assert (
+        "restricted" in v.finding("aik_attributes").detail and "forged" in v.finding("aik_attributes").detail
+    )
+
+
+def test_decrypt_capable_aik_fails():
+    both = SoftwareTPM(attributes=ObjectAttributes.ATTESTATION_KEY | ObjectAttributes.DECRYPT)
+    assert failing(verdict(evidence(both))) == {"aik_attributes": "aik_attributes"}
+
+
+def test_wrong_magic_even_when_signed_cve_2024_29038(tpm):
+    attest = bytearray(base64.b64decode(evidence(tpm)["quote_b64"]))
+    attest[3] ^= 0xFF
+    assert failing(verdict(with_quote(evidence(tpm), bytes(attest), tpm))) == {"evidence_format": "bad_magic"}
+
+
+def test_aik_signed_non_quote_structure_ghsa_gwfg_w3jr_xh66(tpm):
+    attest = bytearray(base64.b64decode(evidence(tpm)["quote_b64"]))
+    attest[4:6] = (0x8014).to_bytes(2, "big")  # TPM_ST_ATTEST_NV, e.g. from an NV_Certify
+    v = verdict(with_quote(evidence(tpm), bytes(attest), tpm))
+    assert failing(v) == {"quote_structure": "not_a_quote"}
+    assert v.finding("pcr_digest").status == "skip"
+
+
+@pytest.mark.parametrize(
+    ("field", "transform", "code"),
+    [
+        ("quote_b64", lambda raw: raw[:-3], "truncated"),
+        ("quote_b64", lambda raw: raw + b"\x00\x00", "trailing_bytes"),
+        ("aik_pubkey_b64", lambda raw: raw[:40], "truncated"),
+        ("signature_b64", lambda raw: raw + b"\x01", "trailing_bytes"),
+    ],
+)
+def test_truncated_and_padded_blobs(tpm, field, transform, code):
+    block = evidence(tpm)
+    block = {**block, field: b64(transform(base64.b64decode(block[field])))}
+    assert failing(verdict(block)) == {"evidence_format": code}
+
+
+@pytest.mark.parametrize("field", ["quote_b64", "signature_b64", "aik_pubkey_b64"])
+def test_base64_garbage(tpm, field):
+    assert failing(verdict({**evidence(tpm), field: "%%% not base64 %%%"})) == {
+        "evidence_format": "bad_base64"
+    }
+
+
+@pytest.mark.parametrize("field", ["quote_b64", "signature_b64", "aik_pubkey_b64", "pcr_banks"])
+def test_missing_fields(tpm, field):
+    block = {k: v for k, v in evidence(tpm).items() if k != field}
+    assert set(failing(verdict(block))) == {"evidence_format"}
+
+
+def test_signature_scheme_must_be_the_aiks():
+    tpm = SoftwareTPM("rsa2048-rsassa")
+    block = evidence(tpm)
+    sig = parse_signature(base64.b64decode(block["signature_b64"]))
+    relabelled = Signature(ALG.RSAPSS, sig.hash_alg, rsa=sig.rsa).marshal()
+    assert failing(verdict({**block, "signature_b64": b64(relabelled)})) == {"signature": "scheme_mismatch"}
+
+
+# -- the classic pitfalls ------------------------------------------------------------------------
+
+
+def test_pcr_digest_uses_the_signature_hash_not_the_bank_hash():
+    tpm = SoftwareTPM("rsa2048-rsassa", hash_alg=ALG.SHA256)
+    tpm.extend("sha1", 0, b"boot")
+    assert verdict(evidence(tpm, "sha1:0,1")).passed  # sha1 bank, sha256-signed: digest is sha256
+    # a quote whose pcrDigest was computed with the bank's hash is refused
+    attest = tpm.make_attest(parse_pcr_banks("sha1:0,1"), response_binding(PID, DIGEST))
+    wrong = type(attest)(
+        **{**attest.__dict__, "pcr_digest": hashlib.sha1(b"".join(tpm.read(attest.pcr_select))).digest()}
+    )
+    block = with_quote(evidence(tpm, "sha1:0,1"), wrong.marshal(), tpm)
+    assert failing(verdict(block)) == {"pcr_digest": "pcr_digest_mismatch"}
+
+
+def test_ecdsa_r_and_s_with_leading_zeros():
+    tpm = SoftwareTPM("ecc256-ecdsa")
+    block = evidence(tpm)
+    sig = parse_signature(base64.b64decode(block["signature_b64"]))
+    padded = Signature(ALG.ECDSA, sig.hash_alg, r=b"\x00" * (40 - len(sig.r)) + sig.r, s=b"\x00" + sig.s)
+    assert verdict({**block, "signature_b64": b64(padded.marshal())}).passed
+
+
+def test_clock_not_safe_is_recorded(tpm):
+    attest = tpm.make_attest(parse_pcr_banks("sha256:0,7,10"), response_binding(PID, DIGEST))
+    unsafe = type(attest)(**{**attest.__dict__, "clock_info": type(attest.clock_info)(1, 0, 0, False)})
+    v = verdict(with_quote(evidence(tpm), unsafe.marshal(), tpm))
+    assert v.passed and v.finding("clock_safe").code == "clock_not_safe"
+
+
+def test_tpm2b_attest_form_is_accepted_and_recorded(tpm):
+    block = evidence(tpm)
+    raw = base64.b64decode(block["quote_b64"])
+    sized = {**block, "quote_b64": b64(len(raw).to_bytes(2, "big") + raw)}
+    v = verdict(sized)
+    assert v.passed and v.facts["quote_encoding"] == "TPM2B_ATTEST"
+
+
+def test_expected_nonce_for_attest_before_send(tpm):
+    block = evidence(tpm, extra=b"\x42" * 32)
+    assert verify_attestation(block, None, expected_nonce=b"\x42" * 32).passed
+    assert failing(verify_attestation(block, None, expected_nonce=b"\x43" * 32)) == {
+        "nonce_binding": "nonce_mismatch"
+    }
+
+
+def test_verdict_serialises():
+    v = verdict(evidence(SoftwareTPM()))
+    doc = v.to_dict()
+    assert doc["result"] == "pass" and len(doc["findings"]) == len(CHECKS)
+    assert set(doc["findings"][0]) == {"check", "status", "code", "detail"}
+
+
+# -- fuzzing: verify_attestation never raises on any evidence ------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_fuzz_mutated_evidence_never_raises(data):
+    block = dict(_FUZZ_BLOCK)  # one key for all examples: generating one per example is slow
+    field = data.draw(st.sampled_from(["quote_b64", "signature_b64", "aik_pubkey_b64"]))
+    raw = bytearray(base64.b64decode(block[field]))
+    for _ in range(data.draw(st.integers(1, 3))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    block[field] = b64(bytes(raw[: data.draw(st.integers(0, len(raw)))]))
+    v = verdict(block)
+    assert v.result in ("pass", "fail")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["is_available", "pcr_banks", "pcr_values", "quote_b64", "signature_b64", "aik_pubkey_b64"]
+        ),
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.text(max_size=30)
+        | st.dictionaries(st.text(max_size=5), st.text(max_size=5)),
+    )
+)
+def test_fuzz_arbitrary_blocks_never_raise(block):
+    assert verdict(block).result in ("pass", "fail")
+
+
+_FUZZ_BLOCK = evidence(SoftwareTPM("ecc256-ecdsa"))
