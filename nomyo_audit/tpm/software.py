@@ -20,6 +20,7 @@ from .structures import (
     ALG,
     HASH_NAMES,
     HASH_SIZES,
+    HIERARCHIES,
     TPM_GENERATED_VALUE,
     TPM_ST_ATTEST_QUOTE,
     ClockInfo,
@@ -87,7 +88,8 @@ class SoftwareTPM:
         return TPMSAttest(
             magic=TPM_GENERATED_VALUE,
             type=TPM_ST_ATTEST_QUOTE,
-            qualified_signer=self.public.name,
+            # as a real TPM does for a primary key in the endorsement hierarchy
+            qualified_signer=self.public.qualified_name(HIERARCHIES["endorsement"]),
             extra_data=extra_data,
             clock_info=ClockInfo(int((time.monotonic() - self._start) * 1000), self.reset_count, 0, True),
             firmware_version=0,

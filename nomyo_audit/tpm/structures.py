@@ -25,6 +25,7 @@ __all__ = [
     "ATTEST_TYPES",
     "ECC_CURVES",
     "HASH_SIZES",
+    "HIERARCHIES",
     "TPM_GENERATED_VALUE",
     "TPM_ST_ATTEST_QUOTE",
     "ClockInfo",
@@ -87,6 +88,14 @@ HASH_NAMES = {ALG.SHA1: "sha1", ALG.SHA256: "sha256", ALG.SHA384: "sha384", ALG.
 HASH_BY_NAME = {name: alg for alg, name in HASH_NAMES.items()}
 #: TPM_ECC_CURVE -> (name, coordinate size in bytes)
 ECC_CURVES = {0x0003: ("NIST_P256", 32), 0x0004: ("NIST_P384", 48), 0x0005: ("NIST_P521", 66)}
+
+#: Hierarchy handles: the qualified names of primary keys' parents.
+HIERARCHIES = {
+    "endorsement": b"\x40\x00\x00\x0b",
+    "owner": b"\x40\x00\x00\x01",
+    "platform": b"\x40\x00\x00\x0c",
+    "null": b"\x40\x00\x00\x07",
+}
 
 # Size limits (Part 2 with the reference implementation's defaults, generous where vendors vary).
 MAX_DIGEST = 64
@@ -480,6 +489,16 @@ class Public:
     def name(self) -> bytes:
         """The TPM name: nameAlg || H_nameAlg(TPMT_PUBLIC)."""
         digest = hashlib.new(HASH_NAMES[self.name_alg], self.tpmt or self.marshal_tpmt()).digest()
+        return _u16(self.name_alg) + digest
+
+    def qualified_name(self, parent_qualified_name: bytes) -> bytes:
+        """nameAlg || H_nameAlg(QN(parent) || Name): what a TPM puts in qualifiedSigner.
+
+        A hierarchy's qualified name is its handle, so a primary key's is
+        computable from the key alone (:data:`HIERARCHIES`); a child key's
+        depends on every parent up to the hierarchy.
+        """
+        digest = hashlib.new(HASH_NAMES[self.name_alg], parent_qualified_name + self.name).digest()
         return _u16(self.name_alg) + digest
 
 

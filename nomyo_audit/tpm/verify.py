@@ -43,6 +43,7 @@ from .structures import (
     HASH_BY_NAME,
     HASH_NAMES,
     HASH_SIZES,
+    HIERARCHIES,
     TPM_ST_ATTEST_QUOTE,
     ObjectAttributes,
     PCRSelection,
@@ -353,10 +354,22 @@ def _check_structure(attest: TPMSAttest, aik: Public, checks: _Checks) -> None:
         checks.fail("quote_structure", "not_a_quote", f"the AIK signed a {attest.type_name}, not a quote")
     else:
         checks.ok("quote_structure", "quote", "TPM_GENERATED_VALUE magic and TPM_ST_ATTEST_QUOTE type")
-    if attest.qualified_signer == aik.name:
+    signer = _signer_form(attest.qualified_signer, aik)
+    if signer == "name":
         checks.ok("signer_name", "signer_matches", "qualifiedSigner is the AIK's name")
+    elif signer is not None:
+        checks.ok(
+            "signer_name",
+            "signer_matches",
+            f"qualifiedSigner is the AIK's qualified name as a {signer} primary key",
+        )
     else:
-        checks.fail("signer_name", "signer_mismatch", "qualifiedSigner is not the AIK's name")
+        checks.fail(
+            "signer_name",
+            "signer_mismatch",
+            "qualifiedSigner is neither the AIK's name nor its qualified name as a primary key "
+            "(a child key's qualified name depends on parents the evidence does not carry)",
+        )
     missing = ObjectAttributes.ATTESTATION_KEY & ~aik.object_attributes
     if missing:
         checks.fail(
@@ -372,6 +385,16 @@ def _check_structure(attest: TPMSAttest, aik: Public, checks: _Checks) -> None:
             "restricted_signing_key",
             "restricted, sign, fixedTPM, fixedParent, sensitiveDataOrigin",
         )
+
+
+def _signer_form(qualified_signer: bytes, aik: Public) -> str | None:
+    """Which of the AIK's names the quote carries: "name", a hierarchy, or None."""
+    if qualified_signer == aik.name:
+        return "name"
+    for hierarchy, handle in HIERARCHIES.items():
+        if qualified_signer == aik.qualified_name(handle):
+            return hierarchy
+    return None
 
 
 def _check_pcrs(
