@@ -288,6 +288,16 @@ def test_ecdsa_r_and_s_with_leading_zeros():
     assert verdict({**block, "signature_b64": b64(padded.marshal())}).passed
 
 
+def test_signer_as_plain_name_or_qualified_name(tpm):
+    attest = tpm.make_attest(parse_pcr_banks("sha256:0,7,10"), response_binding(PID, DIGEST))
+    assert verdict(evidence(tpm)).finding("signer_name").detail.endswith("endorsement primary key")
+    plain = type(attest)(**{**attest.__dict__, "qualified_signer": tpm.public.name})
+    assert verdict(with_quote(evidence(tpm), plain.marshal(), tpm)).finding("signer_name").status == "pass"
+    owner_qn = tpm.public.qualified_name(b"\x40\x00\x00\x01")
+    owner = type(attest)(**{**attest.__dict__, "qualified_signer": owner_qn})
+    assert "owner" in verdict(with_quote(evidence(tpm), owner.marshal(), tpm)).finding("signer_name").detail
+
+
 def test_clock_not_safe_is_recorded(tpm):
     attest = tpm.make_attest(parse_pcr_banks("sha256:0,7,10"), response_binding(PID, DIGEST))
     unsafe = type(attest)(**{**attest.__dict__, "clock_info": type(attest.clock_info)(1, 0, 0, False)})

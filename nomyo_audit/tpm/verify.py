@@ -324,6 +324,10 @@ def verify_attestation(
             "software_attester",
             "the router says this quote came from a software attester",
         )
+    elif isinstance(attester, str) and attester:
+        checks.add(
+            "attester", "skip", "attester_declared", f"the router says the quote came from {attester[:32]!r}"
+        )
     else:
         checks.add("attester", "skip", "attester_unlabelled", "the evidence does not say what produced it")
     return checks.done(payload_id, facts, "the signed structure is not a quote")
