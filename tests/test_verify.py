@@ -290,7 +290,7 @@ def test_ecdsa_r_and_s_with_leading_zeros():
 
 def test_signer_as_plain_name_or_qualified_name(tpm):
     attest = tpm.make_attest(parse_pcr_banks("sha256:0,7,10"), response_binding(PID, DIGEST))
-    assert verdict(evidence(tpm)).finding("signer_name").detail.endswith("endorsement primary key")
+    assert verdict(evidence(tpm)).finding("signer_name").detail.endswith("in the endorsement hierarchy")
     plain = type(attest)(**{**attest.__dict__, "qualified_signer": tpm.public.name})
     assert verdict(with_quote(evidence(tpm), plain.marshal(), tpm)).finding("signer_name").status == "pass"
     owner_qn = tpm.public.qualified_name(b"\x40\x00\x00\x01")

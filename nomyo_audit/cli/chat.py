@@ -77,8 +77,15 @@ def chat(
 
 
 def describe_metadata(metadata: dict[str, Any]) -> str:
-    """A short human summary of a response's ``_metadata`` (no secrets in it)."""
-    tpm = metadata.get("tpm_attestation") or {}
-    attested = "TPM quote attached" if tpm.get("is_available") else "no TPM attestation"
+    """A short human summary of a response's ``_metadata`` and its verdict (no secrets in it)."""
     bound = "payload_id bound" if metadata.get("payload_id_verified") else "payload_id NOT echoed by server"
-    return f"payload_id={metadata.get('payload_id')} tier={metadata.get('security_tier')} {bound}; {attested}"
+    lines = [f"payload_id={metadata.get('payload_id')} tier={metadata.get('security_tier')} {bound}"]
+    verification = metadata.get("verification")
+    if verification:
+        lines.append(f"attestation: {verification['result'].upper()}")
+        for finding in verification["findings"]:
+            if finding["code"] == "not_reached":
+                continue
+            mark = {"pass": "ok  ", "fail": "FAIL", "skip": "note"}[finding["status"]]
+            lines.append(f"  {mark} {finding['check']:<19} {finding['code']}: {finding['detail']}")
+    return "\n".join(lines)

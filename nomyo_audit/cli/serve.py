@@ -63,6 +63,22 @@ def load_or_create_router_key(path: Path | None) -> rsa.RSAPrivateKey:
     help="Tiers a model may use, e.g. 'gpt-4*=high,maximum' (repeatable); 403 otherwise.",
 )
 @click.option(
+    "--tpm",
+    "tpm_spec",
+    default="none",
+    show_default=True,
+    metavar="none|software|swtpm:host=H,port=P|device:/dev/tpmrm0",
+    help="Attester for every response's tpm_attestation (software: in-process, not hardware-rooted).",
+)
+@click.option(
+    "--aik",
+    default="rsa2048-rsassa",
+    show_default=True,
+    type=click.Choice(["rsa2048-rsassa", "rsa2048-rsapss", "ecc256-ecdsa"]),
+    help="Kind of the ephemeral attestation key.",
+)
+@click.option("--pcrs", default="sha256:0,7,10", show_default=True, help="PCR selection to quote.")
+@click.option(
     "--plain-endpoint",
     is_flag=True,
     hidden=True,
@@ -82,6 +98,9 @@ def serve(
     upstream: str | None,
     upstream_api_key: str | None,
     model_tiers: tuple[str, ...],
+    tpm_spec: str,
+    aik: str,
+    pcrs: str,
     plain_endpoint: bool,
     log_level: str,
 ) -> None:
@@ -89,10 +108,11 @@ def serve(
 
     \b
     Example:
-      nomyo-audit serve --port 12434 --api-key "$KEY" --upstream http://127.0.0.1:8080
+      nomyo-audit serve --port 12434 --tpm swtpm:host=127.0.0.1,port=2321
     """
     try:
         from ..router import EchoBackend, RouterConfig, UpstreamBackend, run_router
+        from ..router.attestation import make_attester
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ConfigurationError(
             f"the router needs the 'router' extra: pip install 'nomyo-audit[router]' ({exc})"
@@ -104,6 +124,10 @@ def serve(
         api_keys=api_keys,
         model_tiers=_parse_model_tiers(model_tiers),
         plain_endpoint=plain_endpoint,
+        attester=make_attester(tpm_spec, aik, pcrs),
     )
-    click.echo(f"nomyo-audit router on http://{host}:{port} (backend: {upstream or 'echo'})", err=True)
+    click.echo(
+        f"nomyo-audit router on http://{host}:{port} (backend: {upstream or 'echo'}, attester: {tpm_spec})",
+        err=True,
+    )
     run_router(config, host, port, log_level)

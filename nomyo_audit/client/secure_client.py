@@ -12,6 +12,8 @@ seed API reference), with these differences, each deliberate:
 * the response is bound to the request: a decrypted ``_metadata.payload_id``
   that differs from ours raises :class:`SecurityError`; a server that does
   not echo it is accepted and ``_metadata.payload_id_verified`` says False;
+* the TPM evidence is verified on arrival and the verdict recorded in
+  ``_metadata.verification`` (policies decide what a failing verdict means);
 * retries follow the OpenAI SDK (see :mod:`.retry`) and re-encrypt every
   attempt with a fresh AES key and nonce; ``timeout=`` bounds the whole call;
 * RSA key generation runs in a worker thread, never on the event loop.
@@ -48,6 +50,8 @@ from ..errors import (
     ServiceUnavailableError,
 )
 from ..memory import secure_buffer, wipe
+from ..tpm.binding import response_content_digest
+from ..tpm.verify import verify_attestation
 from ..wire import (
     ALGORITHM,
     decrypt_package,
@@ -270,6 +274,10 @@ class SecureCompletionClient:
                 "encryption_algorithm": ALGORITHM,
             }
         )
+        verdict = verify_attestation(
+            metadata.get("tpm_attestation"), payload_id, content_digest=response_content_digest(response)
+        )
+        metadata["verification"] = verdict.to_dict()
         return response
 
     # -- the exchange -----------------------------------------------------

@@ -59,12 +59,17 @@ class Attester(Protocol):
 
     def attest_response(self, payload_id: str, completion: Mapping[str, Any]) -> dict[str, Any]: ...
 
+    def close(self) -> None: ...
+
 
 class NoAttester:
     """No TPM: says so explicitly rather than leaving the block out."""
 
     def attest_response(self, payload_id: str, completion: Mapping[str, Any]) -> dict[str, Any]:
         return {"is_available": False}
+
+    def close(self) -> None:
+        return None
 
 
 @dataclass
@@ -78,6 +83,13 @@ class RouterConfig:
     #: Also serve ``POST /v1/chat/completions`` in plaintext: a baseline for
     #: benchmarks only, never for real traffic.
     plain_endpoint: bool = False
+
+    async def aclose(self) -> None:
+        """Release the backend's connections and the TPM session."""
+        try:
+            await self.backend.aclose()
+        finally:
+            self.attester.close()
 
 
 class _Reject(Exception):
@@ -154,7 +166,8 @@ def create_app(config: RouterConfig) -> Starlette:
         except BackendError as exc:
             raise _Reject(exc.status, str(exc)) from None
         processed_at = int(time.time())
-        attestation = config.attester.attest_response(payload_id, completion)
+        # A TPM quote takes milliseconds of blocking I/O: off the event loop.
+        attestation = await run_in_threadpool(config.attester.attest_response, payload_id, completion)
         completion["_metadata"] = {
             "payload_id": payload_id,
             "processed_at": processed_at,

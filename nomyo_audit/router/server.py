@@ -53,7 +53,7 @@ def run_router(
         try:
             await server.serve(sockets=[sock])
         finally:
-            await config.backend.aclose()
+            await config.aclose()
 
     try:
         asyncio.run(main())
@@ -128,7 +128,7 @@ class RouterThread(ServerThread):
     def __init__(self, config: RouterConfig, host: str = "127.0.0.1", port: int = 0) -> None:
         prevent_core_dumps()
         self.config = config
-        super().__init__(create_app(config), host, port, on_stop=config.backend.aclose)
+        super().__init__(create_app(config), host, port, on_stop=config.aclose)
 
     def __enter__(self) -> RouterThread:
         self.start()

@@ -365,7 +365,7 @@ def _check_structure(attest: TPMSAttest, aik: Public, checks: _Checks) -> None:
         checks.ok(
             "signer_name",
             "signer_matches",
-            f"qualifiedSigner is the AIK's qualified name as a {signer} primary key",
+            f"qualifiedSigner is the AIK's qualified name as a primary key in the {signer} hierarchy",
         )
     else:
         checks.fail(

@@ -1,0 +1,26 @@
+"""Choosing the router's attester from ``--tpm``."""
+
+from __future__ import annotations
+
+from ..errors import ConfigurationError
+from ..tpm.attester import DEFAULT_PCR_BANKS, TPMAttester
+from .app import Attester, NoAttester
+
+__all__ = ["make_attester"]
+
+
+def make_attester(spec: str, aik: str = "rsa2048-rsassa", pcr_banks: str = DEFAULT_PCR_BANKS) -> Attester:
+    """``none``, ``software``, ``swtpm:host=H,port=P`` or ``device:/dev/tpmrm0``."""
+    if spec == "none":
+        return NoAttester()
+    if spec == "software":
+        from ..tpm.software import AIK_KINDS, SoftwareTPM
+
+        if aik not in AIK_KINDS:
+            raise ConfigurationError(f"unknown AIK kind {aik!r}: one of {', '.join(AIK_KINDS)}")
+        return TPMAttester(SoftwareTPM(aik), pcr_banks)
+    if spec.startswith(("swtpm", "device")):
+        from ..tpm.tpm2 import Tpm2QuoteSource
+
+        return TPMAttester(Tpm2QuoteSource(spec, aik), pcr_banks)
+    raise ConfigurationError(f"--tpm {spec!r}: use none, software, swtpm:host=H,port=P or device:/dev/tpmrm0")

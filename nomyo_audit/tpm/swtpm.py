@@ -1,0 +1,112 @@
+"""Run a software TPM (swtpm) on a free loopback port: for tests, the demo and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from types import TracebackType
+
+from ..errors import ConfigurationError
+
+__all__ = ["SwtpmProcess", "swtpm_available"]
+
+
+def swtpm_available() -> bool:
+    return shutil.which("swtpm") is not None
+
+
+def _free_port_pair(host: str) -> int:
+    """A port P with P+1 also free (swtpm wants the control channel beside the server)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind((host, 0))
+            port = first.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as second:
+                try:
+                    second.bind((host, port + 1))
+                except OSError:
+                    continue
+                return int(port)
+    raise ConfigurationError("no free pair of loopback ports for swtpm")
+
+
+class SwtpmProcess:
+    """``with SwtpmProcess() as tpm: tpm.spec`` -> ``"swtpm:host=127.0.0.1,port=N"``.
+
+    A fresh TPM (new state directory) each time, started with TPM2_Startup
+    done, stopped and removed on exit.
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._state: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def spec(self) -> str:
+        return f"swtpm:host={self.host},port={self.port}"
+
+    def start(self) -> SwtpmProcess:
+        binary = shutil.which("swtpm")
+        if binary is None:
+            raise ConfigurationError("swtpm is not installed (Debian: apt-get install swtpm swtpm-tools)")
+        self._state = tempfile.TemporaryDirectory(prefix="nomyo-swtpm-")
+        for _ in range(5):
+            self.port = _free_port_pair(self.host)
+            self._proc = subprocess.Popen(
+                [binary, "socket", "--tpm2",
+                 "--server", f"type=tcp,port={self.port},bindaddr={self.host}",
+                 "--ctrl", f"type=tcp,port={self.port + 1},bindaddr={self.host}",
+                 "--tpmstate", f"dir={self._state.name}",
+                 "--flags", "not-need-init,startup-clear"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ},
+            )  # fmt: skip
+            if self._wait_listening():
+                return self
+            self._proc.kill()
+            self._proc.wait()
+        stderr = self._proc.stderr.read().decode(errors="replace") if self._proc and self._proc.stderr else ""
+        raise ConfigurationError(f"swtpm did not start: {stderr.strip()[:300]}")
+
+    def _wait_listening(self) -> bool:
+        assert self._proc is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return True
+            except OSError:
+                time.sleep(0.02)
+        return False
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            if self._proc.stderr is not None:
+                self._proc.stderr.close()
+            self._proc = None
+        if self._state is not None:
+            self._state.cleanup()
+            self._state = None
+
+    def __enter__(self) -> SwtpmProcess:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
