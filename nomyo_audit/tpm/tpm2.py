@@ -50,6 +50,7 @@ class Tpm2QuoteSource:
             ) from None
         if aik not in AIK_TEMPLATES:
             raise ConfigurationError(f"unknown AIK kind {aik!r}: one of {', '.join(AIK_TEMPLATES)}")
+        self.aik_kind = aik
         tcti_name, tcti_config = parse_tpm_spec(spec)
         self.kind = "swtpm" if tcti_name == "swtpm" else "tpm-device"
         try:
