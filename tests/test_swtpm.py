@@ -86,10 +86,27 @@ def checkquote(tmp: Path, block: dict, nonce: bytes) -> bool:
     )
     (tmp / "pcrs.bin").write_bytes(values)
     result = subprocess.run(
-        ["tpm2_checkquote", "-u", "ak.pem", "-m", "quote.msg", "-s", "quote.sig", "-g", "sha256",
-         "-q", nonce.hex(), "-f", "pcrs.bin", "-l", block["pcr_banks"]],
-        cwd=tmp, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            "tpm2_checkquote",
+            "-u",
+            "ak.pem",
+            "-m",
+            "quote.msg",
+            "-s",
+            "quote.sig",
+            "-g",
+            "sha256",
+            "-q",
+            nonce.hex(),
+            "-f",
+            "pcrs.bin",
+            "-l",
+            block["pcr_banks"],
+        ],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+    )
     return result.returncode == 0
 
 
@@ -129,16 +146,24 @@ def test_every_field_we_parse_equals_tpm2_pytss(source):
     assert ours.qualified_signer == bytes(theirs.qualifiedSigner)
     assert ours.extra_data == bytes(theirs.extraData) == BINDING
     clock = theirs.clockInfo
-    assert (ours.clock_info.clock, ours.clock_info.reset_count, ours.clock_info.restart_count,
-            ours.clock_info.safe) == (int(clock.clock), int(clock.resetCount), int(clock.restartCount),
-                                      bool(clock.safe))  # fmt: skip
+    assert (
+        ours.clock_info.clock,
+        ours.clock_info.reset_count,
+        ours.clock_info.restart_count,
+        ours.clock_info.safe,
+    ) == (int(clock.clock), int(clock.resetCount), int(clock.restartCount), bool(clock.safe))
     assert ours.firmware_version == int(theirs.firmwareVersion)
     quote_info = theirs.attested.quote
     assert ours.pcr_digest == bytes(quote_info.pcrDigest)
     pytss_selection = [
-        (int(s.hash), tuple(b * 8 + bit for b in range(s.sizeofSelect) for bit in range(8) if s.pcrSelect[b] >> bit & 1))
+        (
+            int(s.hash),
+            tuple(
+                b * 8 + bit for b in range(s.sizeofSelect) for bit in range(8) if s.pcrSelect[b] >> bit & 1
+            ),
+        )
         for s in list(quote_info.pcrSelect.pcrSelections)[: quote_info.pcrSelect.count]
-    ]  # fmt: skip
+    ]
     assert [(s.hash_alg, s.indices) for s in ours.pcr_select] == pytss_selection
 
     signature_bytes = base64.b64decode(block["signature_b64"])
@@ -239,19 +264,31 @@ def unrestricted_signer(swtpm):
 
     def forge(magic=TPM_GENERATED_VALUE, attest_type=TPM_ST_ATTEST_QUOTE, quoted="sha256:0,7,10"):
         values = [hashlib.sha256(b"golden %d" % i).digest() for i in range(3)]  # any values the forger likes
-        attest = TPMSAttest(magic, attest_type, aik.qualified_name(HIERARCHIES["endorsement"]), BINDING,
-                            ClockInfo(1, 0, 0, True), 0, parse_pcr_banks(quoted),
-                            hashlib.sha256(b"".join(values)).digest()).marshal()  # fmt: skip
+        attest = TPMSAttest(
+            magic,
+            attest_type,
+            aik.qualified_name(HIERARCHIES["endorsement"]),
+            BINDING,
+            ClockInfo(1, 0, 0, True),
+            0,
+            parse_pcr_banks(quoted),
+            hashlib.sha256(b"".join(values)).digest(),
+        ).marshal()
         ticket = TPMT_TK_HASHCHECK(tag=TPM2_ST.HASHCHECK, hierarchy=TPM2_RH.NULL)
-        signature = esys.sign(handle, TPM2B_DIGEST(hashlib.sha256(attest).digest()),
-                              TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL), ticket)  # fmt: skip
+        signature = esys.sign(
+            handle,
+            TPM2B_DIGEST(hashlib.sha256(attest).digest()),
+            TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL),
+            ticket,
+        )
         return {
-            "is_available": True, "pcr_banks": "sha256:0,7,10",
+            "is_available": True,
+            "pcr_banks": "sha256:0,7,10",
             "pcr_values": {"sha256": {str(i): v.hex() for i, v in zip((0, 7, 10), values, strict=True)}},
             "quote_b64": base64.b64encode(attest).decode(),
             "signature_b64": base64.b64encode(signature.marshal()).decode(),
             "aik_pubkey_b64": base64.b64encode(public.marshal()).decode(),
-        }  # fmt: skip
+        }
 
     yield forge
     esys.flush_context(handle)
@@ -303,8 +340,12 @@ def test_disagreement_genuine_rsapss_quote(source, tmp_path, checkquote_version)
     assert verify_attestation(block, PID, content_digest=DIGEST).passed
     key = to_crypto_key(parse_public(base64.b64decode(block["aik_pubkey_b64"])))
     signature = parse_signature(base64.b64decode(block["signature_b64"]))
-    key.verify(signature.rsa, base64.b64decode(block["quote_b64"]),
-               padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32), hashes.SHA256())  # fmt: skip
+    key.verify(
+        signature.rsa,
+        base64.b64decode(block["quote_b64"]),
+        padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
+        hashes.SHA256(),
+    )
     if checkquote_version < (5, 8):
         assert not checkquote(tmp_path, block, BINDING)
 

@@ -195,8 +195,12 @@ def test_quote_signed_by_a_different_aik(tpm):
     assert failing(verdict(swapped))["signature"] in ("signature_invalid", "scheme_mismatch")
     # the other AIK signs a quote naming the genuine AIK as its signer
     forged_attest = tpm.make_attest(parse_pcr_banks("sha256:0,7,10"), response_binding(PID, DIGEST)).marshal()
-    forged = {**genuine, "aik_pubkey_b64": b64(other.aik_public), "quote_b64": b64(forged_attest),
-              "signature_b64": b64(other.sign(forged_attest))}  # fmt: skip
+    forged = {
+        **genuine,
+        "aik_pubkey_b64": b64(other.aik_public),
+        "quote_b64": b64(forged_attest),
+        "signature_b64": b64(other.sign(forged_attest)),
+    }
     assert failing(verdict(forged)) == {"signer_name": "signer_mismatch"}
 
 

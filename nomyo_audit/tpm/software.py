@@ -64,14 +64,34 @@ class SoftwareTPM:
         if key_type == ALG.RSA:
             self._key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = rsa.generate_private_key(65537, 2048)
             n = self._key.public_key().public_numbers().n.to_bytes(256, "big")
-            self.public = Public(ALG.RSA, ALG.SHA256, attributes, b"", (ALG.NULL,), self.scheme, hash_alg,
-                                 rsa_key_bits=2048, rsa_exponent=0, rsa_modulus=n)  # fmt: skip
+            self.public = Public(
+                ALG.RSA,
+                ALG.SHA256,
+                attributes,
+                b"",
+                (ALG.NULL,),
+                self.scheme,
+                hash_alg,
+                rsa_key_bits=2048,
+                rsa_exponent=0,
+                rsa_modulus=n,
+            )
         else:
             self._key = ec.generate_private_key(ec.SECP256R1())
             numbers = self._key.public_key().public_numbers()
             point = EccPoint(numbers.x.to_bytes(32, "big"), numbers.y.to_bytes(32, "big"))
-            self.public = Public(ALG.ECC, ALG.SHA256, attributes, b"", (ALG.NULL,), ALG.ECDSA, hash_alg,
-                                 curve_id=0x0003, kdf=(ALG.NULL,), ecc_point=point)  # fmt: skip
+            self.public = Public(
+                ALG.ECC,
+                ALG.SHA256,
+                attributes,
+                b"",
+                (ALG.NULL,),
+                ALG.ECDSA,
+                hash_alg,
+                curve_id=0x0003,
+                kdf=(ALG.NULL,),
+                ecc_point=point,
+            )
         self.aik_public = self.public.marshal()
 
     def extend(self, bank: str, index: int, data: bytes) -> None:

@@ -61,13 +61,23 @@ class SwtpmProcess:
         for _ in range(5):
             self.port = _free_port_pair(self.host)
             self._proc = subprocess.Popen(
-                [binary, "socket", "--tpm2",
-                 "--server", f"type=tcp,port={self.port},bindaddr={self.host}",
-                 "--ctrl", f"type=tcp,port={self.port + 1},bindaddr={self.host}",
-                 "--tpmstate", f"dir={self._state.name}",
-                 "--flags", "not-need-init,startup-clear"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ},
-            )  # fmt: skip
+                [
+                    binary,
+                    "socket",
+                    "--tpm2",
+                    "--server",
+                    f"type=tcp,port={self.port},bindaddr={self.host}",
+                    "--ctrl",
+                    f"type=tcp,port={self.port + 1},bindaddr={self.host}",
+                    "--tpmstate",
+                    f"dir={self._state.name}",
+                    "--flags",
+                    "not-need-init,startup-clear",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env={**os.environ},
+            )
             if self._wait_listening():
                 return self
             self._proc.kill()
