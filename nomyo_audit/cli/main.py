@@ -17,6 +17,7 @@ from ..errors import ExitCode, NomyoAuditError
 from .chat import chat
 from .demo import demo
 from .serve import serve
+from .verify import verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,11 +34,14 @@ def cli() -> None:
 cli.add_command(serve)
 cli.add_command(chat)
 cli.add_command(demo)
+cli.add_command(verify)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="nomyo-audit", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return ExitCode.USAGE

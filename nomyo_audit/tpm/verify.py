@@ -97,6 +97,8 @@ class Verdict:
     findings: tuple[Finding, ...]
     payload_id: str | None
     facts: Mapping[str, Any] = field(default_factory=dict)
+    #: SHA-256 of the response content the binding was checked against, if any.
+    content_digest: bytes | None = None
 
     @property
     def result(self) -> Literal["pass", "fail"]:
@@ -119,6 +121,7 @@ class Verdict:
             "payload_id": self.payload_id,
             "findings": [f.to_dict() for f in self.findings],
             "facts": dict(self.facts),
+            "content_digest": self.content_digest.hex() if self.content_digest is not None else None,
         }
 
 
@@ -137,14 +140,20 @@ class _Checks:
     def fail(self, check: str, code: str, detail: str) -> None:
         self.add(check, "fail", code, detail)
 
-    def done(self, payload_id: str | None, facts: dict[str, Any], reason: str = "") -> Verdict:
+    def done(
+        self,
+        payload_id: str | None,
+        facts: dict[str, Any],
+        reason: str = "",
+        content_digest: bytes | None = None,
+    ) -> Verdict:
         findings = []
         for check in CHECKS:
             found = self.findings.get(check)
             if found is None:
                 found = Finding(check, "skip", "not_reached", reason or "not checked")
             findings.append(found)
-        return Verdict(tuple(findings), payload_id, facts)
+        return Verdict(tuple(findings), payload_id, facts, content_digest)
 
 
 def parse_pcr_banks(text: str) -> tuple[PCRSelection, ...]:
@@ -330,7 +339,7 @@ def verify_attestation(
         )
     else:
         checks.add("attester", "skip", "attester_unlabelled", "the evidence does not say what produced it")
-    return checks.done(payload_id, facts, "the signed structure is not a quote")
+    return checks.done(payload_id, facts, "the signed structure is not a quote", content_digest)
 
 
 @lru_cache(maxsize=256)

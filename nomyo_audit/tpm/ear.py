@@ -1,0 +1,61 @@
+"""A Verdict as an IETF RATS EAT Attestation Result (draft-ietf-rats-ear), JSON claims-set.
+
+The mapping never claims more than the evidence gave:
+
+* ``ear.status`` is ``contraindicated`` when any check failed, and at best
+  ``warning`` otherwise: without a certificate chain the AIK is not anchored
+  to a hardware root of trust, so nomyo-audit never emits ``affirming`` for it.
+* In the AR4SI trustworthiness vector only what was appraised is claimed:
+  ``instance-identity`` 97 ("not recognized") when the quote's signature,
+  signer or AIK attributes fail, ``executables`` 96 ("contraindicated") when
+  the PCR evidence is inconsistent, and 0 ("no claim") everywhere else;
+  golden-value appraisal (executables 2 or 33) is the policy's to claim.
+* The finding codes travel in the ``nomyo-audit.findings`` extension.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._version import __version__
+from .verify import Verdict
+
+__all__ = ["EAT_PROFILE", "to_ear"]
+
+EAT_PROFILE = "tag:github.com,2023:veraison/ear"
+DEFAULT_POLICY_ID = "nomyo-audit/verify-only"
+_IDENTITY_CHECKS = ("evidence_format", "signature", "quote_structure", "signer_name", "aik_attributes")
+_PCR_CHECKS = ("pcr_selection", "pcr_digest")
+
+
+def to_ear(
+    verdict: Verdict,
+    *,
+    issued_at: int,
+    policy_id: str = DEFAULT_POLICY_ID,
+    submod: str = "tpm",
+) -> dict[str, Any]:
+    failed = {f.check for f in verdict.failures}
+    vector = {
+        "instance-identity": 97 if failed & set(_IDENTITY_CHECKS) else 0,
+        "configuration": 0,
+        "executables": 96 if failed & set(_PCR_CHECKS) else 0,
+        "file-system": 0,
+        "hardware": 0,
+        "runtime-opaque": 0,
+        "storage-opaque": 0,
+        "sourced-data": 0,
+    }
+    return {
+        "eat_profile": EAT_PROFILE,
+        "iat": issued_at,
+        "ear.verifier-id": {"developer": "nomyo-audit", "build": f"nomyo-audit {__version__}"},
+        "submods": {
+            submod: {
+                "ear.status": "contraindicated" if failed else "warning",
+                "ear.trustworthiness-vector": vector,
+                "ear.appraisal-policy-id": policy_id,
+                "nomyo-audit.findings": [f.to_dict() for f in verdict.findings],
+            }
+        },
+    }
