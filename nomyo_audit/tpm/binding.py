@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 __all__ = [
@@ -67,13 +67,17 @@ def key_binding(nonce: bytes, spki_sha256: bytes) -> bytes:
     return hashlib.sha256(KEY_BINDING_LABEL + b"\x00" + nonce + spki_sha256).digest()
 
 
-def expected_values(payload_id: str, content_digest: bytes | None) -> dict[str, bytes]:
-    values: dict[str, bytes] = {}
-    if content_digest is not None:
-        values["nomyo-audit-v1"] = response_binding(payload_id, content_digest)
-    values["sha256-payload-id"] = hashlib.sha256(payload_id.encode()).digest()
-    values["raw-payload-id"] = payload_id.encode()
-    return values
+def _candidates(
+    payload_id: str, content_digest: bytes | None, accept: tuple[str, ...]
+) -> Iterator[tuple[str, bytes]]:
+    for name in accept:
+        if name == "nomyo-audit-v1":
+            if content_digest is not None:
+                yield name, response_binding(payload_id, content_digest)
+        elif name == "sha256-payload-id":
+            yield name, hashlib.sha256(payload_id.encode()).digest()
+        elif name == "raw-payload-id":
+            yield name, payload_id.encode()
 
 
 def match_derivation(
@@ -82,10 +86,12 @@ def match_derivation(
     content_digest: bytes | None = None,
     accept: tuple[str, ...] = DERIVATIONS,
 ) -> str | None:
-    """The name of the derivation ``extra_data`` matches, compared in constant time; else None."""
-    matched = None
-    for name, value in expected_values(payload_id, content_digest).items():
-        # Compare against every candidate so timing does not tell which one was close.
-        if hmac.compare_digest(extra_data, value) and name in accept and matched is None:
-            matched = name
-    return matched
+    """The name of the accepted derivation ``extra_data`` matches (tried in ``accept`` order), or None.
+
+    Each comparison is constant-time; the values compared are public, so
+    stopping at the first match tells an observer nothing secret.
+    """
+    for name, value in _candidates(payload_id, content_digest, accept):
+        if hmac.compare_digest(extra_data, value):
+            return name
+    return None

@@ -343,6 +343,68 @@ class TPMSAttest:
         return body
 
 
+_QUOTE_HEAD = struct.Struct(">IH")
+_CLOCK_FIRMWARE = struct.Struct(">QIIBQ")
+_QUOTE_MAGIC_TYPE = (TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE)
+
+
+def _parse_quote_fast(data: bytes, encoding: str) -> TPMSAttest | None:
+    """The common case -- a well-formed quote -- in one pass with few calls.
+
+    Anything unexpected returns None, and the careful parser below runs
+    instead and reports exactly what is wrong. Both accept the same inputs.
+    """
+    try:
+        end = len(data)
+        if _QUOTE_HEAD.unpack_from(data, 0) != _QUOTE_MAGIC_TYPE:
+            return None
+        size = _U16.unpack_from(data, 6)[0]
+        pos = 8 + size
+        if size > MAX_NAME or pos > end:
+            return None
+        signer = data[8:pos]
+        size = _U16.unpack_from(data, pos)[0]
+        if size > MAX_DATA or pos + 2 + size > end:
+            return None
+        extra = data[pos + 2 : pos + 2 + size]
+        pos += 2 + size
+        clock, resets, restarts, safe, firmware = _CLOCK_FIRMWARE.unpack_from(data, pos)
+        pos += 25
+        count = _U32.unpack_from(data, pos)[0]
+        pos += 4
+        if count > MAX_PCR_BANKS:
+            return None
+        selections = []
+        for _ in range(count):
+            alg = _U16.unpack_from(data, pos)[0]
+            width = data[pos + 2]
+            bitmap = data[pos + 3 : pos + 3 + width]
+            pos += 3 + width
+            if alg not in HASH_SIZES or width > MAX_PCR_SELECT or pos > end:
+                return None
+            indices = tuple(b * 8 + bit for b, byte in enumerate(bitmap) for bit in _BITS[byte])
+            selections.append(PCRSelection(alg, indices, width))
+        size = _U16.unpack_from(data, pos)[0]
+        if size > MAX_DIGEST or pos + 2 + size != end:
+            return None
+        digest = data[pos + 2 :]
+    except (struct.error, IndexError):
+        return None
+    info = ClockInfo(clock, resets, restarts, safe != 0)
+    return TPMSAttest(
+        TPM_GENERATED_VALUE,
+        TPM_ST_ATTEST_QUOTE,
+        signer,
+        extra,
+        info,
+        firmware,
+        tuple(selections),
+        digest,
+        encoding,
+        data,
+    )
+
+
 def parse_attest(data: bytes) -> TPMSAttest:
     """Unmarshal a quote given as a bare TPMS_ATTEST or a size-prefixed TPM2B_ATTEST.
 
@@ -366,6 +428,9 @@ def parse_attest(data: bytes) -> TPMSAttest:
             code="size_limit",
             path="TPMS_ATTEST",
         )
+    fast = _parse_quote_fast(data, encoding)
+    if fast is not None:
+        return fast
     reader = _Reader(data, "TPMS_ATTEST")
     magic = reader.u32("magic")
     if magic != TPM_GENERATED_VALUE:
@@ -420,8 +485,21 @@ class Signature:
         return head + _tpm2b(self.rsa)
 
 
+_SIG_HEAD = struct.Struct(">HHH")
+
+
 def parse_signature(data: bytes) -> Signature:
-    reader = _Reader(bytes(data), "TPMT_SIGNATURE")
+    data = bytes(data)
+    if len(data) >= 6:  # fast path for the common, well-formed RSA signature
+        sig_alg, hash_alg, size = _SIG_HEAD.unpack_from(data, 0)
+        if (
+            sig_alg in (ALG.RSASSA, ALG.RSAPSS)
+            and hash_alg in HASH_SIZES
+            and size <= MAX_RSA_KEY_BYTES
+            and len(data) == 6 + size
+        ):
+            return Signature(sig_alg, hash_alg, rsa=data[6:])
+    reader = _Reader(data, "TPMT_SIGNATURE")
     sig_alg = reader.u16("sigAlg")
     if sig_alg not in (ALG.RSASSA, ALG.RSAPSS, ALG.ECDSA):
         raise TPMStructureError(

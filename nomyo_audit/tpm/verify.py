@@ -30,6 +30,7 @@ import binascii
 import hashlib
 import hmac
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -135,10 +136,10 @@ class _Checks:
         self.findings[check] = Finding(check, status, code, detail)
 
     def ok(self, check: str, code: str, detail: str) -> None:
-        self.add(check, "pass", code, detail)
+        self.findings[check] = Finding(check, "pass", code, detail)
 
     def fail(self, check: str, code: str, detail: str) -> None:
-        self.add(check, "fail", code, detail)
+        self.findings[check] = Finding(check, "fail", code, detail)
 
     def done(
         self,
@@ -147,13 +148,12 @@ class _Checks:
         reason: str = "",
         content_digest: bytes | None = None,
     ) -> Verdict:
-        findings = []
-        for check in CHECKS:
-            found = self.findings.get(check)
-            if found is None:
-                found = Finding(check, "skip", "not_reached", reason or "not checked")
-            findings.append(found)
-        return Verdict(tuple(findings), payload_id, facts, content_digest)
+        found = self.findings
+        if len(found) != len(CHECKS):
+            for check in CHECKS:
+                if check not in found:
+                    found[check] = Finding(check, "skip", "not_reached", reason or "not checked")
+        return Verdict(tuple(found[check] for check in CHECKS), payload_id, facts, content_digest)
 
 
 def parse_pcr_banks(text: str) -> tuple[PCRSelection, ...]:
@@ -183,6 +183,17 @@ def _parse_pcr_banks(text: str) -> tuple[PCRSelection, ...]:
     return tuple(selections)
 
 
+if sys.version_info >= (3, 11):
+
+    def _strict_b64decode(value: str) -> bytes:
+        return binascii.a2b_base64(value, strict_mode=True)
+
+else:  # pragma: no cover - Python 3.10
+
+    def _strict_b64decode(value: str) -> bytes:
+        return base64.b64decode(value, validate=True)
+
+
 def _b64(block: Mapping[str, Any], name: str) -> bytes:
     value = block.get(name)
     if not isinstance(value, str):
@@ -190,14 +201,63 @@ def _b64(block: Mapping[str, Any], name: str) -> bytes:
     if len(value) > _MAX_B64:
         raise EvidenceError(f"{name} is {len(value)} characters, over {_MAX_B64}", code="size_limit")
     try:
-        return base64.b64decode(value, validate=True)
+        return _strict_b64decode(value)
     except (binascii.Error, ValueError):
         raise EvidenceError(f"{name} is not valid base64", code="bad_base64") from None
 
 
-def _pcr_values(block: Mapping[str, Any], selections: tuple[PCRSelection, ...]) -> list[bytes]:
-    """The values for the selection, in selection order, each checked for its bank's length."""
+def _pcr_values(
+    block: Mapping[str, Any], selections: tuple[PCRSelection, ...]
+) -> tuple[list[bytes], dict[str, dict[str, str]]]:
+    """The values for the selection, in selection order, each checked for its bank's length.
+
+    A fast pass handles well-formed values; anything unexpected goes to the
+    careful pass, which says exactly what is wrong (both accept the same input).
+    Also returns the values as recorded in the verdict: ``{bank: {index: hex}}``.
+    """
     values = block.get("pcr_values")
+    if type(values) is dict and len(values) == len(selections):
+        ordered = []
+        try:
+            for selection in selections:
+                entries = values[HASH_NAMES[selection.hash_alg]]
+                if type(entries) is not dict or len(entries) != len(selection.indices):
+                    break
+                size = HASH_SIZES[selection.hash_alg]
+                for index in selection.indices:
+                    digest = bytes.fromhex(entries[_INDEX_KEYS[index]])
+                    if len(digest) != size:
+                        break
+                    ordered.append(digest)
+                else:
+                    continue
+                break
+            else:
+                return ordered, {
+                    bank: {k: v.lower() for k, v in entries.items()} for bank, entries in values.items()
+                }
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass
+    ordered = _pcr_values_careful(values, selections)
+    recorded: dict[str, dict[str, str]] = {}
+    remaining = iter(ordered)
+    for selection in selections:
+        bank = recorded.setdefault(HASH_NAMES[selection.hash_alg], {})
+        for index in selection.indices:
+            bank[str(index)] = next(remaining).hex()
+    return ordered, recorded
+
+
+_INDEX_KEYS = tuple(str(i) for i in range(32))
+_HASH_FUNCTIONS = {
+    ALG.SHA1: hashlib.sha1,
+    ALG.SHA256: hashlib.sha256,
+    ALG.SHA384: hashlib.sha384,
+    ALG.SHA512: hashlib.sha512,
+}
+
+
+def _pcr_values_careful(values: object, selections: tuple[PCRSelection, ...]) -> list[bytes]:
     if not isinstance(values, Mapping):
         raise EvidenceError("pcr_values is missing or not an object", code="missing_field")
     selected = {(HASH_NAMES[s.hash_alg], i) for s in selections for i in s.indices}
@@ -241,9 +301,21 @@ def _index(key: object) -> int:
         return -1
 
 
-@lru_cache(maxsize=64)
 def _selection_text(selections: tuple[PCRSelection, ...]) -> str:
     """``sha256:0,7,10`` (sizeofSelect is not part of it)."""
+    key = tuple((s.hash_alg, s.indices) for s in selections)
+    text = _SELECTION_TEXT.get(key)
+    if text is None:
+        text = _SELECTION_TEXT[key] = _format_selection(selections)
+    return text
+
+
+_SELECTION_TEXT: dict[tuple[tuple[int, tuple[int, ...]], ...], str] = {}
+
+
+def _format_selection(selections: tuple[PCRSelection, ...]) -> str:
+    if len(_SELECTION_TEXT) > 256:
+        _SELECTION_TEXT.clear()
     return "+".join(f"{HASH_NAMES[s.hash_alg]}:{','.join(map(str, s.indices))}" for s in selections)
 
 
@@ -272,17 +344,19 @@ def verify_attestation(
         quote_bytes = _b64(tpm_attestation, "quote_b64")
         signature_bytes = _b64(tpm_attestation, "signature_b64")
         aik_bytes = _b64(tpm_attestation, "aik_pubkey_b64")
-        aik, aik_key, aik_fingerprint = _aik_material(aik_bytes)
+        material = _aik_material(aik_bytes)
+        aik, aik_key = material.public, material.key
         signature = parse_signature(signature_bytes)
         attest = parse_attest(quote_bytes)
-        claimed = parse_pcr_banks(tpm_attestation.get("pcr_banks"))  # type: ignore[arg-type]
+        claimed_text = tpm_attestation.get("pcr_banks")
+        claimed = parse_pcr_banks(claimed_text)  # type: ignore[arg-type]
     except EvidenceError as exc:
         checks.fail("evidence_format", exc.code, exc.message)
         return checks.done(payload_id, facts, "evidence could not be parsed")
     facts.update(
         quote_encoding=attest.encoding,
-        aik_name=aik.name.hex(),
-        aik_fingerprint=aik_fingerprint,
+        aik_name=material.name_hex,
+        aik_fingerprint=material.fingerprint,
         aik_type="rsa" if aik.type == ALG.RSA else "ecc",
         signature_scheme={ALG.RSASSA: "rsassa", ALG.RSAPSS: "rsapss", ALG.ECDSA: "ecdsa"}[signature.sig_alg],
         signature_hash=signature.hash_name,
@@ -299,7 +373,7 @@ def verify_attestation(
         "signature", "signature_valid", f"{facts['signature_scheme']}-{signature.hash_name} over the quote"
     )
 
-    _check_structure(attest, aik, checks)
+    _check_structure(attest, material, checks)
     facts.update(
         clock=attest.clock_info.clock,
         reset_count=attest.clock_info.reset_count,
@@ -342,12 +416,23 @@ def verify_attestation(
     return checks.done(payload_id, facts, "the signed structure is not a quote", content_digest)
 
 
+class _AikMaterial(NamedTuple):
+    public: Public
+    key: PublicKey
+    fingerprint: str
+    name_hex: str
+    #: qualifiedSigner value -> "name" or the hierarchy of which it is the primary-key qualified name
+    signer_forms: dict[bytes, str]
+
+
 @lru_cache(maxsize=256)
-def _aik_material(aik_bytes: bytes) -> tuple[Public, PublicKey, str]:
-    """Parsed AIK, its key and fingerprint: AIKs repeat across responses, so this is cached."""
+def _aik_material(aik_bytes: bytes) -> _AikMaterial:
+    """Everything derived from an AIK: AIKs repeat across responses, so this is cached."""
     aik = parse_public(aik_bytes)
     key = to_crypto_key(aik)
-    return aik, key, public_key_fingerprint(key)
+    forms = {aik.qualified_name(handle): hierarchy for hierarchy, handle in HIERARCHIES.items()}
+    forms[aik.name] = "name"
+    return _AikMaterial(aik, key, public_key_fingerprint(key), aik.name.hex(), forms)
 
 
 def _signature_matches_key(aik: Public, signature: Signature, checks: _Checks) -> bool:
@@ -362,12 +447,13 @@ def _signature_matches_key(aik: Public, signature: Signature, checks: _Checks) -
     return True
 
 
-def _check_structure(attest: TPMSAttest, aik: Public, checks: _Checks) -> None:
+def _check_structure(attest: TPMSAttest, material: _AikMaterial, checks: _Checks) -> None:
+    aik = material.public
     if attest.type != TPM_ST_ATTEST_QUOTE:
         checks.fail("quote_structure", "not_a_quote", f"the AIK signed a {attest.type_name}, not a quote")
     else:
         checks.ok("quote_structure", "quote", "TPM_GENERATED_VALUE magic and TPM_ST_ATTEST_QUOTE type")
-    signer = _signer_form(attest.qualified_signer, aik)
+    signer = material.signer_forms.get(attest.qualified_signer)
     if signer == "name":
         checks.ok("signer_name", "signer_matches", "qualifiedSigner is the AIK's name")
     elif signer is not None:
@@ -400,16 +486,6 @@ def _check_structure(attest: TPMSAttest, aik: Public, checks: _Checks) -> None:
         )
 
 
-def _signer_form(qualified_signer: bytes, aik: Public) -> str | None:
-    """Which of the AIK's names the quote carries: "name", a hierarchy, or None."""
-    if qualified_signer == aik.name:
-        return "name"
-    for hierarchy, handle in HIERARCHIES.items():
-        if qualified_signer == aik.qualified_name(handle):
-            return hierarchy
-    return None
-
-
 def _check_pcrs(
     block: Mapping[str, Any],
     attest: TPMSAttest,
@@ -420,7 +496,9 @@ def _check_pcrs(
 ) -> None:
     quoted = attest.pcr_select
     facts["pcr_banks"] = _selection_text(quoted)
-    if [(s.hash_alg, s.indices) for s in quoted] != [(s.hash_alg, s.indices) for s in claimed]:
+    if len(quoted) != len(claimed) or any(
+        q.hash_alg != c.hash_alg or q.indices != c.indices for q, c in zip(quoted, claimed, strict=False)
+    ):
         checks.fail(
             "pcr_selection",
             "pcr_selection_mismatch",
@@ -430,21 +508,14 @@ def _check_pcrs(
         return
     checks.ok("pcr_selection", "pcr_selection_matches", f"the quote covers {facts['pcr_banks']}")
     try:
-        values = _pcr_values(block, quoted)
+        values, recorded = _pcr_values(block, quoted)
     except EvidenceError as exc:
         checks.fail("pcr_digest", exc.code, exc.message)
         return
     # The digest uses the signing scheme's hash, whatever the banks' hashes are.
-    digest = hashlib.new(HASH_NAMES[signature.hash_alg], b"".join(values)).digest()
-    if digest != attest.pcr_digest:
+    if _HASH_FUNCTIONS[signature.hash_alg](b"".join(values)).digest() != attest.pcr_digest:
         checks.fail("pcr_digest", "pcr_digest_mismatch", "the PCR values do not hash to the quoted pcrDigest")
         return
-    recorded: dict[str, dict[str, str]] = {}
-    remaining = iter(values)
-    for selection in quoted:
-        bank = recorded.setdefault(HASH_NAMES[selection.hash_alg], {})
-        for index in selection.indices:
-            bank[str(index)] = next(remaining).hex()
     facts["pcr_values"] = recorded
     checks.ok("pcr_digest", "pcr_digest_matches", f"{len(values)} PCR values hash to pcrDigest")
 
