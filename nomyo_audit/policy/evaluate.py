@@ -1,0 +1,321 @@
+"""``evaluate(policy, response_or_metadata) -> PolicyResult``: pure, deterministic, no I/O.
+
+One outcome per rule the policy states, each naming the verifier findings it
+rests on. Rules only ever look at values the verifier *proved*: a PCR golden
+value is compared with ``verdict.facts["pcr_values"]``, which exists only when
+the signed quote covers those values, never with the raw ``pcr_values`` a
+router sent. The caller supplies ``now`` (seconds since the epoch) for
+``max_age``, so evaluation is reproducible from a stored record.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..tpm.binding import response_content_digest
+from ..tpm.verify import Verdict, verify_attestation
+from .model import Policy, parse_duration
+
+__all__ = ["PolicyResult", "RuleOutcome", "evaluate"]
+
+Outcome = Literal["pass", "warn", "deny"]
+#: Rules that apply to the attestation of a router key before any prompt is sent.
+KEY_SCOPE = ("require_attestation", "pcrs", "pcr_selection", "aik_trust")
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    rule: str
+    status: Literal["pass", "fail", "skip"]
+    detail: str
+    #: codes of the verifier findings this outcome rests on
+    findings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "status": self.status,
+            "detail": self.detail,
+            "findings": list(self.findings),
+        }
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    policy_name: str
+    policy_digest: str
+    on_failure: str
+    rules: tuple[RuleOutcome, ...]
+    verdict: Verdict
+
+    @property
+    def failures(self) -> tuple[RuleOutcome, ...]:
+        return tuple(r for r in self.rules if r.status == "fail")
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def outcome(self) -> Outcome:
+        if self.passed:
+            return "pass"
+        return "warn" if self.on_failure == "warn" else "deny"
+
+    def summary(self) -> str:
+        if self.passed:
+            return f"policy {self.policy_name}: pass"
+        failed = "; ".join(f"{r.rule}: {r.detail}" for r in self.failures)
+        return f"policy {self.policy_name}: {self.outcome} ({failed})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy_name,
+            "policy_digest": self.policy_digest,
+            "outcome": self.outcome,
+            "rules": [r.to_dict() for r in self.rules],
+        }
+
+
+def evaluate(
+    policy: Policy,
+    response_or_metadata: Mapping[str, Any],
+    *,
+    now: float | None = None,
+    verdict: Verdict | None = None,
+    model: str | None = None,
+    scope: tuple[str, ...] | None = None,
+) -> PolicyResult:
+    """Appraise one response (or its ``_metadata``) against ``policy``.
+
+    Without ``verdict`` the evidence is verified here (a full response lets the
+    response binding be checked). ``scope`` limits the rules applied, as for
+    key attestation (:data:`KEY_SCOPE`); rules outside it are not reported.
+    """
+    if isinstance(response_or_metadata.get("_metadata"), Mapping):
+        metadata: Mapping[str, Any] = response_or_metadata["_metadata"]
+        model = model if model is not None else response_or_metadata.get("model")
+        content_digest: bytes | None = response_content_digest(response_or_metadata)
+    else:
+        metadata = response_or_metadata
+        recorded = (metadata.get("verification") or {}).get("content_digest")
+        content_digest = bytes.fromhex(recorded) if isinstance(recorded, str) else None
+    if verdict is None:
+        payload_id = metadata.get("payload_id")
+        verdict = verify_attestation(
+            metadata.get("tpm_attestation"),
+            payload_id if isinstance(payload_id, str) else None,
+            content_digest=content_digest,
+        )
+    spec = policy.spec
+    rules: list[RuleOutcome] = []
+    for rule, check in _RULES:
+        if rule in spec and (scope is None or rule in scope):
+            rules.append(check(spec[rule], spec, metadata, verdict, model, now))
+    return PolicyResult(policy.name, policy.digest, policy.on_failure, tuple(rules), verdict)
+
+
+# -- the rules ----------------------------------------------------------------------------------
+
+Check = Any  # (value, spec, metadata, verdict, model, now) -> RuleOutcome
+
+
+def _require_attestation(
+    value: bool, spec: Any, metadata: Any, verdict: Verdict, model: Any, now: Any
+) -> RuleOutcome:
+    if not value:
+        return RuleOutcome("require_attestation", "skip", "attestation not required")
+    failed = tuple(f.code for f in verdict.failures)
+    if failed:
+        return RuleOutcome(
+            "require_attestation", "fail", f"the TPM evidence did not verify ({', '.join(failed)})", failed
+        )
+    return RuleOutcome(
+        "require_attestation", "pass", "the TPM evidence verified", ("signature_valid", "nonce_matches")
+    )
+
+
+def _security_tiers(
+    value: list[str], spec: Any, metadata: Any, verdict: Any, model: Any, now: Any
+) -> RuleOutcome:
+    tier = metadata.get("security_tier")
+    if tier in value:
+        return RuleOutcome("security_tiers", "pass", f"tier {tier!r} is allowed")
+    return RuleOutcome("security_tiers", "fail", f"tier {tier!r} is not one of {', '.join(value)}")
+
+
+def _models(
+    value: list[str], spec: Any, metadata: Any, verdict: Any, model: str | None, now: Any
+) -> RuleOutcome:
+    if not isinstance(model, str):
+        return RuleOutcome("models", "fail", "the model is not known for this evidence")
+    if any(fnmatch.fnmatchcase(model, pattern) for pattern in value):
+        return RuleOutcome("models", "pass", f"model {model!r} is allowed")
+    return RuleOutcome("models", "fail", f"model {model!r} matches none of {', '.join(value)}")
+
+
+def _proved_pcrs(verdict: Verdict) -> Mapping[str, Mapping[str, str]] | None:
+    values = verdict.facts.get("pcr_values")
+    return values if verdict.finding("pcr_digest").status == "pass" and isinstance(values, Mapping) else None
+
+
+def _pcrs(
+    value: Mapping[str, Mapping[str, Any]], spec: Any, metadata: Any, verdict: Verdict, model: Any, now: Any
+) -> RuleOutcome:
+    proved = _proved_pcrs(verdict)
+    if proved is None:
+        code = verdict.finding("pcr_digest").code
+        return RuleOutcome("pcrs", "fail", "no PCR values were proved by a verified quote", (code,))
+    problems = []
+    for bank, indices in value.items():
+        for index, allowed in indices.items():
+            actual = proved.get(bank, {}).get(index)
+            if actual is None:
+                problems.append(f"{bank} PCR {index} was not quoted")
+            elif allowed != "any" and actual not in allowed:
+                problems.append(f"{bank} PCR {index} = {actual[:16]}... is not a golden value")
+    if problems:
+        return RuleOutcome("pcrs", "fail", "; ".join(problems), ("pcr_digest_matches",))
+    count = sum(len(v) for v in value.values())
+    return RuleOutcome(
+        "pcrs", "pass", f"{count} PCR value(s) match the golden values", ("pcr_digest_matches",)
+    )
+
+
+def _pcr_selection(
+    value: Mapping[str, list[int]], spec: Any, metadata: Any, verdict: Verdict, model: Any, now: Any
+) -> RuleOutcome:
+    selection = verdict.finding("pcr_selection")
+    if selection.status != "pass":
+        return RuleOutcome("pcr_selection", "fail", "no verified PCR selection", (selection.code,))
+    quoted: dict[str, set[int]] = {}
+    for part in str(verdict.facts.get("pcr_banks", "")).split("+"):
+        bank, _, indices = part.partition(":")
+        quoted[bank] = {int(i) for i in indices.split(",") if i}
+    missing = [
+        f"{bank}:{i}" for bank, indices in value.items() for i in indices if i not in quoted.get(bank, set())
+    ]
+    if missing:
+        return RuleOutcome("pcr_selection", "fail", f"not quoted: {', '.join(missing)}", (selection.code,))
+    return RuleOutcome(
+        "pcr_selection", "pass", f"the quote covers {verdict.facts.get('pcr_banks')}", (selection.code,)
+    )
+
+
+def _nonce_binding(
+    value: list[str], spec: Any, metadata: Any, verdict: Verdict, model: Any, now: Any
+) -> RuleOutcome:
+    finding = verdict.finding("nonce_binding")
+    derivation = verdict.facts.get("nonce_derivation")
+    if finding.status == "pass" and derivation in value:
+        return RuleOutcome("nonce_binding", "pass", f"bound by {derivation}", (finding.code,))
+    if finding.status == "pass":
+        return RuleOutcome(
+            "nonce_binding",
+            "fail",
+            f"bound by {derivation}, which this policy does not accept",
+            (finding.code,),
+        )
+    return RuleOutcome("nonce_binding", "fail", "the quote is not bound to this request", (finding.code,))
+
+
+def _aik_trust(
+    value: Mapping[str, Any], spec: Any, metadata: Any, verdict: Verdict, model: Any, now: Any
+) -> RuleOutcome:
+    signature = verdict.finding("signature")
+    if signature.status != "pass":
+        return RuleOutcome("aik_trust", "fail", "the quote's signature did not verify", (signature.code,))
+    mode = value["mode"]
+    if mode == "any":
+        return RuleOutcome(
+            "aik_trust",
+            "pass",
+            "any signature-valid AIK (not anchored to a hardware root of trust)",
+            ("signature_valid", "aik_not_anchored"),
+        )
+    if mode == "pinned":
+        pins = set(value.get("pinned", []))
+        if verdict.facts.get("aik_fingerprint") in pins or verdict.facts.get("aik_name") in pins:
+            return RuleOutcome("aik_trust", "pass", "the AIK is pinned", ("signature_valid",))
+        return RuleOutcome(
+            "aik_trust",
+            "fail",
+            f"AIK {str(verdict.facts.get('aik_fingerprint'))[:16]}... is not pinned",
+            ("signature_valid",),
+        )
+    return RuleOutcome(
+        "aik_trust",
+        "fail",
+        "the evidence carries no AIK certificate chain to check against the CAs",
+        ("aik_not_anchored",),
+    )
+
+
+def _memory_protection(
+    value: list[str], spec: Any, metadata: Mapping[str, Any], verdict: Any, model: Any, now: Any
+) -> RuleOutcome:
+    reported = metadata.get("memory_protection")
+    reported = reported if isinstance(reported, Mapping) else {}
+    missing = [flag for flag in value if reported.get(flag) is not True]
+    if missing:
+        return RuleOutcome("memory_protection", "fail", f"the router does not report {', '.join(missing)}")
+    return RuleOutcome(
+        "memory_protection", "pass", f"the router reports {', '.join(value)} (its own word, unattested)"
+    )
+
+
+def _cuda_device(
+    value: Mapping[str, Any], spec: Any, metadata: Mapping[str, Any], verdict: Any, model: Any, now: Any
+) -> RuleOutcome:
+    device = metadata.get("cuda_device")
+    device = device if isinstance(device, Mapping) else {}
+    if "available" in value and device.get("available") is not value["available"]:
+        return RuleOutcome(
+            "cuda_device",
+            "fail",
+            f"cuda_device.available is {device.get('available')!r}, required {value['available']!r}",
+        )
+    if "device_hashes" in value and device.get("device_hash") not in value["device_hashes"]:
+        return RuleOutcome("cuda_device", "fail", "the CUDA device hash is not an allowed one")
+    return RuleOutcome("cuda_device", "pass", "the CUDA device is as required")
+
+
+def _max_age(
+    value: int | str,
+    spec: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+    verdict: Any,
+    model: Any,
+    now: float | None,
+) -> RuleOutcome:
+    if now is None:
+        return RuleOutcome("max_age", "skip", "no evaluation time given")
+    processed = metadata.get("processed_at")
+    if not isinstance(processed, (int, float)) or isinstance(processed, bool):
+        return RuleOutcome("max_age", "fail", "processed_at is missing")
+    limit, skew = parse_duration(value), parse_duration(spec.get("clock_skew", 60))
+    age = now - processed
+    if age < -skew:
+        return RuleOutcome(
+            "max_age", "fail", f"processed_at is {-age:.0f}s in the future (skew allowed: {skew}s)"
+        )
+    if age > limit + skew:
+        return RuleOutcome("max_age", "fail", f"the evidence is {age:.0f}s old (max {limit}s + {skew}s skew)")
+    return RuleOutcome("max_age", "pass", f"the evidence is {max(age, 0):.0f}s old")
+
+
+_RULES: tuple[tuple[str, Check], ...] = (
+    ("require_attestation", _require_attestation),
+    ("security_tiers", _security_tiers),
+    ("models", _models),
+    ("pcrs", _pcrs),
+    ("pcr_selection", _pcr_selection),
+    ("nonce_binding", _nonce_binding),
+    ("aik_trust", _aik_trust),
+    ("memory_protection", _memory_protection),
+    ("cuda_device", _cuda_device),
+    ("max_age", _max_age),
+)

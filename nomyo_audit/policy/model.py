@@ -1,0 +1,93 @@
+"""A resolved attestation policy: plain data, no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import NomyoAuditError, SecurityError
+from ..tpm.binding import canonical_json
+
+__all__ = ["Policy", "PolicyError", "PolicyViolationError", "parse_duration"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class PolicyError(NomyoAuditError):
+    """A policy file is unreadable or invalid; the message names file, line and field."""
+
+    code = "policy_invalid"
+    exit_code = 2
+
+
+class PolicyViolationError(SecurityError):
+    """The evidence does not satisfy a policy whose ``on_failure`` is ``deny``.
+
+    ``result`` is the :class:`~.evaluate.PolicyResult`; the response content is not kept.
+    """
+
+    code = "policy_denied"
+
+    def __init__(self, message: str, result: Any) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def parse_duration(value: int | str) -> int:
+    """Seconds from ``30``, ``"30s"``, ``"5m"``, ``"2h"`` or ``"1d"``."""
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"(\d+)([smhd])", value)
+    if not match:
+        raise PolicyError(f"{value!r} is not a duration like 30s, 5m, 2h or 1d")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A policy after ``extends`` was applied. ``digest`` identifies it exactly.
+
+    The digest is SHA-256 over the canonical JSON of the resolved document
+    (apiVersion, kind, metadata, spec), so reformatting a file or splitting
+    it into ``extends`` layers does not change it, and any change in meaning does.
+    """
+
+    name: str
+    description: str
+    spec: Mapping[str, Any]
+    source: str = "<memory>"
+    document: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(canonical_json(dict(self.document))).hexdigest()
+
+    @property
+    def on_failure(self) -> str:
+        return str(self.spec.get("on_failure", "deny"))
+
+    @property
+    def clock_skew(self) -> int:
+        return parse_duration(self.spec.get("clock_skew", 60))
+
+    @property
+    def key_attestation_ttl(self) -> int:
+        return parse_duration(self.spec.get("key_attestation_ttl", "5m"))
+
+    @property
+    def require_key_attestation(self) -> bool:
+        return bool(self.spec.get("require_key_attestation", False))
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any], source: str = "<memory>") -> Policy:
+        metadata = document.get("metadata", {})
+        return cls(
+            name=str(metadata.get("name", "")),
+            description=str(metadata.get("description", "")),
+            spec=dict(document.get("spec", {})),
+            source=source,
+            document={k: document[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in document},
+        )
