@@ -24,6 +24,7 @@ from .errors import (
     ServiceUnavailableError,
 )
 from .memory import get_memory_protection_info
+from .policy import Policy, PolicyViolationError, load_policy
 
 __all__ = [
     "APIConnectionError",
@@ -35,6 +36,8 @@ __all__ = [
     "ForbiddenError",
     "InvalidRequestError",
     "NomyoAuditError",
+    "Policy",
+    "PolicyViolationError",
     "ProtocolError",
     "RateLimitError",
     "SecureChatCompletion",
@@ -45,4 +48,5 @@ __all__ = [
     "SyncSecureChatCompletion",
     "__version__",
     "get_memory_protection_info",
+    "load_policy",
 ]

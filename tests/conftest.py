@@ -87,5 +87,19 @@ def nomyo_reference() -> Any:
     return module
 
 
-def which(tool: str) -> str | None:
-    return shutil.which(tool)
+@pytest.fixture(scope="session")
+def swtpm() -> Iterator[Any]:
+    """A real swtpm on a free loopback port, for the session (fails, never skips, in CI)."""
+    from nomyo_audit.tpm.swtpm import SwtpmProcess, swtpm_available
+
+    try:
+        import tpm2_pytss  # noqa: F401
+
+        pytss = True
+    except ImportError:
+        pytss = False
+    require(swtpm_available(), "swtpm is not installed")
+    require(pytss, "tpm2-pytss (the 'tpm' extra) is not installed")
+    require(shutil.which("tpm2_checkquote") is not None, "tpm2-tools is not installed")
+    with SwtpmProcess() as process:
+        yield process

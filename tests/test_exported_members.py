@@ -6,33 +6,20 @@ import nomyo_audit
 def test_exported_members():
     assert sorted(nomyo_audit.__all__) == sorted(
         [
-            "APIConnectionError",
-            "APIError",
-            "APITimeoutError",
-            "AuthenticationError",
-            "ConfigurationError",
-            "EvidenceError",
-            "ForbiddenError",
-            "InvalidRequestError",
-            "NomyoAuditError",
-            "ProtocolError",
-            "RateLimitError",
-            "SecureChatCompletion",
-            "SecureCompletionClient",
-            "SecurityError",
-            "ServerError",
-            "ServiceUnavailableError",
-            "SyncSecureChatCompletion",
-            "__version__",
-            "get_memory_protection_info",
+            "APIConnectionError", "APIError", "APITimeoutError", "AuthenticationError", "ConfigurationError",
+            "EvidenceError", "ForbiddenError", "InvalidRequestError", "NomyoAuditError", "Policy",
+            "PolicyViolationError", "ProtocolError", "RateLimitError", "SecureChatCompletion",
+            "SecureCompletionClient", "SecurityError", "ServerError", "ServiceUnavailableError",
+            "SyncSecureChatCompletion", "__version__", "get_memory_protection_info", "load_policy",
         ]
-    )
+    )  # fmt: skip
     for name in nomyo_audit.__all__:
         assert hasattr(nomyo_audit, name), name
 
 
 def test_one_exception_tree():
     errors = [getattr(nomyo_audit, n) for n in nomyo_audit.__all__ if n.endswith("Error")]
+    assert issubclass(nomyo_audit.PolicyViolationError, nomyo_audit.SecurityError)
     assert all(issubclass(e, nomyo_audit.NomyoAuditError) for e in errors)
     api = [
         "APIConnectionError",

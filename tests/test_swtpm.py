@@ -10,12 +10,10 @@ import base64
 import copy
 import hashlib
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require
 from cryptography.hazmat.primitives import serialization
 
 from nomyo_audit.tpm.attester import TPMAttester
@@ -31,7 +29,7 @@ from nomyo_audit.tpm.structures import (
     parse_public,
     parse_signature,
 )
-from nomyo_audit.tpm.swtpm import SwtpmProcess, swtpm_available
+from nomyo_audit.tpm.swtpm import SwtpmProcess
 from nomyo_audit.tpm.verify import parse_pcr_banks, verify_attestation
 
 pytestmark = pytest.mark.swtpm
@@ -40,21 +38,6 @@ PID = "9f1c2a5e-0000-4000-8000-000000000001"
 COMPLETION = {"id": "chatcmpl-7", "choices": [{"message": {"content": "attested"}}]}
 DIGEST = response_content_digest(COMPLETION)
 BINDING = response_binding(PID, DIGEST)
-
-
-@pytest.fixture(scope="module")
-def swtpm():
-    try:
-        import tpm2_pytss  # noqa: F401
-
-        pytss = True
-    except ImportError:
-        pytss = False
-    require(swtpm_available(), "swtpm is not installed")
-    require(pytss, "tpm2-pytss (the 'tpm' extra) is not installed")
-    require(shutil.which("tpm2_checkquote") is not None, "tpm2-tools is not installed")
-    with SwtpmProcess() as process:
-        yield process
 
 
 @pytest.fixture

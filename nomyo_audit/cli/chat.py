@@ -23,6 +23,12 @@ from ..errors import ConfigurationError
 @click.option("--allow-http", is_flag=True, help="Permit a plain http:// base URL (local development only).")
 @click.option("--server-key-fingerprint", help="Pin the router key (SHA-256 of its DER SPKI, hex).")
 @click.option("--timeout", type=float, help="Seconds for the whole call, retries included.")
+@click.option(
+    "--policy",
+    "policy_file",
+    envvar="NOMYO_POLICY",
+    help="Policy gating the reply (denied: exit 1, no reply).",
+)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def chat(
     prompt: str | None,
@@ -34,6 +40,7 @@ def chat(
     allow_http: bool,
     server_key_fingerprint: str | None,
     timeout: float | None,
+    policy_file: str | None,
     fmt: str,
 ) -> None:
     """Send PROMPT (or stdin) as an encrypted chat; print the reply.
@@ -62,6 +69,7 @@ def chat(
             api_key=api_key,
             server_key_fingerprint=server_key_fingerprint,
             timeout=timeout,
+            policy=policy_file,
         ) as client:
             kwargs: dict[str, Any] = {"security_tier": security_tier} if security_tier else {}
             return await client.create(model, messages, **kwargs)

@@ -16,6 +16,7 @@ from .._version import __version__
 from ..errors import ExitCode, NomyoAuditError
 from .chat import chat
 from .demo import demo
+from .policy import policy_group
 from .serve import serve
 from .verify import verify
 
@@ -35,6 +36,7 @@ cli.add_command(serve)
 cli.add_command(chat)
 cli.add_command(demo)
 cli.add_command(verify)
+cli.add_command(policy_group)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import click
 
 from ..errors import EvidenceError, ExitCode
+from ..policy import PolicyResult, evaluate, load_policy
 from ..tpm.binding import response_content_digest
 from ..tpm.ear import to_ear
 from ..tpm.verify import Verdict, verify_attestation
@@ -26,6 +28,7 @@ class Record:
     metadata: dict[str, Any]
     content_digest: bytes | None
     digest_origin: str  # "content" (re-hashed), "recorded" (from the record) or "none"
+    response: dict[str, Any] | None = None
 
 
 def read_records(name: str) -> Iterator[Record]:
@@ -61,7 +64,7 @@ def read_records(name: str) -> Iterator[Record]:
 
 def _record(source: str, value: object) -> Record:
     if isinstance(value, dict) and isinstance(value.get("_metadata"), dict):
-        return Record(source, value["_metadata"], response_content_digest(value), "content")
+        return Record(source, value["_metadata"], response_content_digest(value), "content", value)
     if isinstance(value, dict) and ("tpm_attestation" in value or "payload_id" in value):
         recorded = (value.get("verification") or {}).get("content_digest")
         if isinstance(recorded, str):
@@ -84,8 +87,9 @@ def appraise(record: Record) -> Verdict:
     )
 
 
-def _text(record: Record, verdict: Verdict) -> str:
-    lines = [f"{record.source}  payload_id={verdict.payload_id}  {verdict.result.upper()}"]
+def _text(record: Record, verdict: Verdict, result: PolicyResult | None) -> str:
+    status = verdict.result.upper() if result is None else f"{verdict.result.upper()}, {result.summary()}"
+    lines = [f"{record.source}  payload_id={verdict.payload_id}  {status}"]
     for finding in verdict.findings:
         if finding.status == "pass" or finding.code == "not_reached":
             continue
@@ -96,36 +100,115 @@ def _text(record: Record, verdict: Verdict) -> str:
     return "\n".join(lines)
 
 
+def junit_xml(results: list[tuple[Record, Verdict, PolicyResult | None]]) -> str:
+    """One <testsuite> per record, one <testcase> per policy rule (or per check, without a policy)."""
+    suites = ET.Element("testsuites", name="nomyo-audit verify")
+    for record, verdict, result in results:
+        cases: list[tuple[str, str, str, str]] = (
+            [(r.rule, r.status, r.detail, result.policy_name) for r in result.rules]
+            if result is not None
+            else [(f.check, f.status, f"{f.code}: {f.detail}", "verifier") for f in verdict.findings]
+        )
+        suite = ET.SubElement(
+            suites,
+            "testsuite",
+            name=f"{record.source} ({verdict.payload_id})",
+            tests=str(len(cases)),
+            failures=str(sum(1 for c in cases if c[1] == "fail")),
+            errors="0",
+            skipped=str(sum(1 for c in cases if c[1] == "skip")),
+        )
+        for name, status, detail, classname in cases:
+            case = ET.SubElement(suite, "testcase", name=name, classname=classname)
+            if status == "fail":
+                ET.SubElement(case, "failure", message=detail[:500]).text = detail
+            elif status == "skip":
+                ET.SubElement(case, "skipped", message=detail[:500])
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+def _evaluation_time(value: str) -> float:
+    if value == "now":
+        return time.time()
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter("'now' or seconds since the epoch", param_hint="--at") from None
+
+
 @click.command()
 @click.argument("files", nargs=-1, required=True)
 @click.option(
+    "--policy", "policy_file", envvar="NOMYO_POLICY", help="Appraise against this policy (exit 1 if denied)."
+)
+@click.option(
+    "--at", "at", default="now", show_default=True, help="Evaluation time for max_age: now or epoch seconds."
+)
+@click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json", "ear"]),
+    type=click.Choice(["text", "json", "junit", "ear"]),
     default="text",
     show_default=True,
-    help="text: a table for people; json: verdicts; ear: IETF RATS attestation results.",
+    help="text for people; json verdicts; junit for CI test views; ear: IETF RATS attestation results.",
 )
-def verify(files: tuple[str, ...], fmt: str) -> None:
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here."
+)
+def verify(files: tuple[str, ...], policy_file: str | None, at: str, fmt: str, output: Path | None) -> None:
     """Verify the TPM evidence in saved responses or _metadata (JSON, JSON Lines, '-' for stdin).
 
-    Exit status: 0 all verified, 1 a verification failed, 2 unreadable or invalid input.
+    Exit status: 0 all verified (or allowed by the policy), 1 a verification
+    failed or the policy denied, 2 unreadable or invalid input.
 
     \b
     Example:
-      nomyo-audit chat --format json "hi" > reply.json && nomyo-audit verify reply.json
+      nomyo-audit verify --policy policies/production.yaml --format junit -o report.xml replies.jsonl
     """
-    results = [(record, appraise(record)) for name in files for record in read_records(name)]
-    failed = sum(1 for _, verdict in results if not verdict.passed)
-    if fmt == "text":
-        for record, verdict in results:
-            click.echo(_text(record, verdict))
-        click.echo(f"{len(results)} verified: {len(results) - failed} passed, {failed} failed", err=True)
-    elif fmt == "json":
-        docs = [{"source": r.source, "binding_digest": r.digest_origin, **v.to_dict()} for r, v in results]
-        click.echo(json.dumps(docs, indent=2))
+    policy = load_policy(policy_file) if policy_file else None
+    now = _evaluation_time(at)
+    results = []
+    for name in files:
+        for record in read_records(name):
+            verdict = appraise(record)
+            result = None
+            if policy is not None:
+                target = record.response if record.response is not None else record.metadata
+                result = evaluate(policy, target, now=now, verdict=verdict)
+            results.append((record, verdict, result))
+    if policy is None:
+        failed = sum(1 for _, verdict, _ in results if not verdict.passed)
     else:
-        now = int(time.time())
-        click.echo(json.dumps([to_ear(v, issued_at=now) for _, v in results], indent=2))
+        failed = sum(1 for _, _, result in results if result is not None and result.outcome == "deny")
+    if fmt == "text":
+        text = "\n".join(_text(record, verdict, result) for record, verdict, result in results) + "\n"
+        summary = "allowed" if policy is not None else "passed"
+        click.echo(f"{len(results)} verified: {len(results) - failed} {summary}, {failed} failed", err=True)
+    elif fmt == "json":
+        docs = [
+            {
+                "source": r.source,
+                "binding_digest": r.digest_origin,
+                **v.to_dict(),
+                "policy": p.to_dict() if p is not None else None,
+            }
+            for r, v, p in results
+        ]
+        text = json.dumps(docs, indent=2) + "\n"
+    elif fmt == "junit":
+        text = junit_xml(results)
+    else:
+        policy_id = (
+            f"{policy.name}@sha256:{policy.digest}" if policy is not None else "nomyo-audit/verify-only"
+        )
+        text = (
+            json.dumps([to_ear(v, issued_at=int(now), policy_id=policy_id) for _, v, _ in results], indent=2)
+            + "\n"
+        )
+    if output is not None:
+        output.write_text(text)
+    else:
+        click.echo(text, nl=False)
     if failed:
         raise click.exceptions.Exit(ExitCode.FINDING)

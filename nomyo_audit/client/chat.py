@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import uuid
 from collections.abc import Coroutine
@@ -11,14 +12,12 @@ from typing import Any, TypeVar
 import httpx
 
 from ..errors import InvalidRequestError
+from ..policy import Policy
 from .secure_client import SecureCompletionClient, validate_security_tier
 
 __all__ = ["SecureChatCompletion", "SyncSecureChatCompletion"]
 
 T = TypeVar("T")
-
-#: Keyword arguments that steer the call and never enter the encrypted payload.
-_CONTROL_KWARGS = ("security_tier", "api_key")
 
 
 class SecureChatCompletion:
@@ -45,6 +44,7 @@ class SecureChatCompletion:
         server_key_fingerprint: str | None = None,
         timeout: float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        policy: Policy | str | os.PathLike[str] | None = None,
     ) -> None:
         self.client = SecureCompletionClient(
             router_url=base_url,
@@ -54,6 +54,7 @@ class SecureChatCompletion:
             server_key_fingerprint=server_key_fingerprint,
             timeout=timeout,
             transport=transport,
+            policy=policy,
         )
         self.api_key = api_key
         self._key_dir = key_dir
@@ -65,11 +66,13 @@ class SecureChatCompletion:
         Every OpenAI parameter in ``kwargs`` travels inside the encrypted
         payload. ``security_tier`` travels as the ``X-Security-Tier`` header
         and ``api_key`` (overriding the instance key) as ``Authorization:
-        Bearer``; neither enters the payload. ``stream=True`` is refused
-        before anything is sent: responses are encrypted whole.
+        Bearer``; neither enters the payload. ``policy`` overrides the
+        client's policy for this call. ``stream=True`` is refused before
+        anything is sent: responses are encrypted whole.
         """
         security_tier = kwargs.pop("security_tier", None)
         api_key = kwargs.pop("api_key", None)
+        policy = kwargs.pop("policy", None)
         validate_security_tier(security_tier)
         if kwargs.get("stream"):
             raise InvalidRequestError("stream=True is not supported: encrypted responses are sent whole")
@@ -81,6 +84,7 @@ class SecureChatCompletion:
             str(uuid.uuid4()),
             api_key if api_key is not None else self.api_key,
             security_tier,
+            policy=policy,
         )
 
     async def acreate(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import time
 import urllib.parse
 import warnings
 from collections.abc import Mapping
@@ -50,8 +51,9 @@ from ..errors import (
     ServiceUnavailableError,
 )
 from ..memory import secure_buffer, wipe
-from ..tpm.binding import response_content_digest
-from ..tpm.verify import verify_attestation
+from ..policy import KEY_SCOPE, Policy, PolicyViolationError, evaluate, load_policy
+from ..tpm.binding import key_binding, response_content_digest
+from ..tpm.verify import Verdict, verify_attestation
 from ..wire import (
     ALGORITHM,
     decrypt_package,
@@ -71,6 +73,7 @@ SECURITY_TIERS = ("standard", "high", "maximum")
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 PUBLIC_KEY_PATH = "/pki/public_key"
 COMPLETION_PATH = "/v1/chat/secure_completion"
+KEY_ATTESTATION_PATH = "/pki/attestation"
 DEFAULT_HTTP_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 _PAYLOAD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _STATUS_ERRORS: dict[int, type[APIError]] = {
@@ -98,8 +101,12 @@ class SecureCompletionClient:
         http_timeout: httpx.Timeout | float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         key_bits: int = DEFAULT_KEY_BITS,
+        policy: Policy | str | os.PathLike[str] | None = None,
     ) -> None:
         self.router_url = _check_router_url(router_url, allow_http)
+        self._policies: dict[str, Policy] = {}
+        self.policy = self._as_policy(policy)
+        self._key_attested_until: dict[str, float] = {}
         self.allow_http = allow_http
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigurationError("max_retries must be a non-negative integer")
@@ -243,6 +250,10 @@ class SecureCompletionClient:
         decryption, or whose ``_metadata.payload_id`` names another request,
         raises :class:`SecurityError`.
         """
+        response, _ = await self._decrypt(encrypted_response, payload_id)
+        return response
+
+    async def _decrypt(self, encrypted_response: bytes, payload_id: str) -> tuple[dict[str, Any], Verdict]:
         package = parse_package(encrypted_response)
         # RSA-4096 decryption takes milliseconds and releases the GIL: off the loop.
         plaintext = await asyncio.to_thread(decrypt_package, package, self._keys().private_key)
@@ -278,7 +289,7 @@ class SecureCompletionClient:
             metadata.get("tpm_attestation"), payload_id, content_digest=response_content_digest(response)
         )
         metadata["verification"] = verdict.to_dict()
-        return response
+        return response, verdict
 
     # -- the exchange -----------------------------------------------------
 
@@ -288,24 +299,116 @@ class SecureCompletionClient:
         payload_id: str,
         api_key: str | None = None,
         security_tier: str | None = None,
+        *,
+        policy: Policy | str | os.PathLike[str] | None = None,
     ) -> dict[str, Any]:
-        """Encrypt, send with retries, decrypt and bind one chat completion."""
+        """Encrypt, send with retries, decrypt, bind and (with a policy) gate one chat completion.
+
+        ``policy`` overrides the client's. With ``require_key_attestation`` the
+        router key is attested before any prompt is encrypted to it; a failure
+        there sends nothing. A response failing a ``deny`` policy raises
+        :class:`PolicyViolationError` and its content is not returned.
+        """
         validate_security_tier(security_tier)
         if not isinstance(payload_id, str) or not _PAYLOAD_ID.match(payload_id):
             raise InvalidRequestError("payload_id must be 1-128 characters of [A-Za-z0-9._:-]")
+        active = self._as_policy(policy) or self.policy
         await self.ensure_keys()
+        exchange = self._gated_send(payload, payload_id, api_key, security_tier, active)
         if self.timeout is None:
-            return await self._send(payload, payload_id, api_key, security_tier)
+            return await exchange
         try:
-            return await asyncio.wait_for(
-                self._send(payload, payload_id, api_key, security_tier), self.timeout
-            )
+            return await asyncio.wait_for(exchange, self.timeout)
         except asyncio.TimeoutError:
             raise APITimeoutError(f"request did not complete within {self.timeout} s") from None
 
+    async def _gated_send(
+        self,
+        payload: dict[str, Any],
+        payload_id: str,
+        api_key: str | None,
+        security_tier: str | None,
+        policy: Policy | None,
+    ) -> dict[str, Any]:
+        if policy is not None and policy.require_key_attestation:
+            await self.attest_server_key(policy)
+        response, verdict = await self._send(payload, payload_id, api_key, security_tier)
+        if policy is not None:
+            self._apply_policy(policy, response, verdict)
+        return response
+
+    def _apply_policy(self, policy: Policy, response: dict[str, Any], verdict: Verdict) -> None:
+        metadata = response["_metadata"]
+        result = evaluate(policy, response, now=time.time(), verdict=verdict)
+        metadata["policy"] = result.to_dict()
+        metadata["verification"]["policy"] = {
+            "name": result.policy_name,
+            "digest": result.policy_digest,
+            "outcome": result.outcome,
+        }
+        if result.outcome == "deny":
+            response.clear()  # drop our references to the content before raising
+            raise PolicyViolationError(result.summary(), result)
+
+    async def attest_server_key(self, policy: Policy) -> None:
+        """Verify the router key's TPM attestation against ``policy`` (cached for its TTL).
+
+        Fails closed: a router without ``/pki/attestation``, or whose quote does
+        not satisfy the policy, raises :class:`SecurityError` and nothing is sent.
+        """
+        await self.fetch_server_public_key()
+        assert self._server_key is not None
+        fingerprint = key_fingerprint(self._server_key)
+        if self._key_attested_until.get(fingerprint, 0.0) > time.monotonic():
+            return
+        nonce = os.urandom(32)
+        try:
+            reply = await self._client().get(
+                self.router_url + KEY_ATTESTATION_PATH, params={"nonce": nonce.hex()}
+            )
+        except httpx.HTTPError as exc:
+            raise APIConnectionError(f"cannot reach router at {self.router_url}: {_describe(exc)}") from None
+        if reply.status_code == 404:
+            raise SecurityError(
+                "the router offers no key attestation (GET /pki/attestation: 404); "
+                "the policy requires it, so nothing was sent",
+                code="key_attestation_unavailable",
+            )
+        if reply.status_code != 200:
+            raise SecurityError(
+                f"key attestation failed: HTTP {reply.status_code}; nothing was sent",
+                code="key_attestation_unavailable",
+            )
+        try:
+            block = reply.json().get("tpm_attestation")
+        except (ValueError, AttributeError):
+            block = None
+        verdict = verify_attestation(
+            block, None, expected_nonce=key_binding(nonce, bytes.fromhex(fingerprint))
+        )
+        result = evaluate(policy, {"tpm_attestation": block}, verdict=verdict, scope=KEY_SCOPE)
+        if not verdict.passed or not result.passed:
+            reasons = [f"{f.check}: {f.code}" for f in verdict.failures]
+            reasons += [f"{r.rule}: {r.detail}" for r in result.failures]
+            raise PolicyViolationError(
+                "the router key's attestation does not satisfy policy "
+                f"{policy.name} ({'; '.join(reasons)}); nothing was sent",
+                result,
+            )
+        self._key_attested_until[fingerprint] = time.monotonic() + policy.key_attestation_ttl
+
+    def _as_policy(self, policy: Policy | str | os.PathLike[str] | None) -> Policy | None:
+        """A policy object, loading a file only once per client (not once per request)."""
+        if policy is None or isinstance(policy, Policy):
+            return policy
+        key = os.fspath(policy)
+        if key not in self._policies:
+            self._policies[key] = load_policy(key)
+        return self._policies[key]
+
     async def _send(
         self, payload: dict[str, Any], payload_id: str, api_key: str | None, security_tier: str | None
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], Verdict]:
         headers = {
             "X-Payload-ID": payload_id,
             "X-Public-Key": urllib.parse.quote(self._keys().public_key_pem),
@@ -329,7 +432,7 @@ class SecureCompletionClient:
                 retry_headers = None
             else:
                 if response.status_code == 200:
-                    return await self.decrypt_response(response.content, payload_id)
+                    return await self._decrypt(response.content, payload_id)
                 failure = _api_error(response)
                 if not is_retryable_status(response.status_code):
                     raise failure

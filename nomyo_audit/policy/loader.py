@@ -164,7 +164,8 @@ def validate_document(
     for error in errors:
         error = _most_specific(error)
         where, message = _describe(error)
-        lines.append(f"{path}:{_line(node, where)} {message}")
+        on_key = error.validator == "additionalProperties"
+        lines.append(f"{path}:{_line(node, where, on_key)} {message}")
     raise PolicyError("\n".join(lines))
 
 
@@ -201,12 +202,15 @@ def _describe(error: ValidationError) -> tuple[list[Any], str]:
 _DURATIONS = ("max_age", "clock_skew", "key_attestation_ttl")
 
 
-def _line(node: yaml.Node | None, path: list[Any]) -> int:
-    """The line of the deepest YAML node on ``path`` (1-based)."""
+def _line(node: yaml.Node | None, path: list[Any], on_key: bool = False) -> int:
+    """The line of the deepest YAML node on ``path`` (1-based); with ``on_key``, of the last key."""
     if node is None:
         return 1
     line = node.start_mark.line + 1
-    for step in path:
+    for depth, step in enumerate(path):
+        if on_key and depth == len(path) - 1 and isinstance(node, yaml.MappingNode):
+            key = next((k for k, _ in node.value if str(k.value) == str(step)), None)
+            return key.start_mark.line + 1 if key is not None else line
         child = None
         if isinstance(node, yaml.MappingNode):
             child = next((v for k, v in node.value if str(k.value) == str(step)), None)

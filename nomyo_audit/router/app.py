@@ -40,6 +40,7 @@ from ..wire import (
     MAX_PACKAGE_BYTES,
     decrypt_package,
     encrypt_package,
+    key_fingerprint,
     load_public_key_pem,
     parse_package,
     public_key_pem,
@@ -59,6 +60,8 @@ class Attester(Protocol):
 
     def attest_response(self, payload_id: str, completion: Mapping[str, Any]) -> dict[str, Any]: ...
 
+    def attest_key(self, nonce: bytes, spki_sha256: bytes) -> dict[str, Any]: ...
+
     def close(self) -> None: ...
 
 
@@ -66,6 +69,9 @@ class NoAttester:
     """No TPM: says so explicitly rather than leaving the block out."""
 
     def attest_response(self, payload_id: str, completion: Mapping[str, Any]) -> dict[str, Any]:
+        return {"is_available": False}
+
+    def attest_key(self, nonce: bytes, spki_sha256: bytes) -> dict[str, Any]:
         return {"is_available": False}
 
     def close(self) -> None:
@@ -118,6 +124,24 @@ def create_app(config: RouterConfig) -> Starlette:
     async def public_key(request: Request) -> Response:
         _count(request)
         return PlainTextResponse(public_pem, media_type="application/x-pem-file")
+
+    spki_sha256 = bytes.fromhex(key_fingerprint(config.private_key.public_key()))
+
+    async def key_attestation(request: Request) -> Response:
+        """GET /pki/attestation?nonce=<hex>: a quote binding the caller's nonce and this router's key."""
+        _count(request)
+        try:
+            nonce = bytes.fromhex(request.query_params.get("nonce", ""))
+        except ValueError:
+            nonce = b""
+        if not 16 <= len(nonce) <= 64:
+            return JSONResponse({"detail": "nonce must be 16-64 bytes of hex"}, status_code=400)
+        try:
+            block = await run_in_threadpool(config.attester.attest_key, nonce, spki_sha256)
+        except Exception as exc:
+            logger.error("key attestation failed: %s", type(exc).__name__)
+            return JSONResponse({"detail": f"attestation failed ({type(exc).__name__})"}, status_code=503)
+        return JSONResponse({"public_key_sha256": spki_sha256.hex(), "tpm_attestation": block})
 
     async def secure_completion(request: Request) -> Response:
         _count(request)
@@ -198,6 +222,7 @@ def create_app(config: RouterConfig) -> Starlette:
 
     routes = [
         Route("/pki/public_key", public_key, methods=["GET"]),
+        Route("/pki/attestation", key_attestation, methods=["GET"]),
         Route("/v1/chat/secure_completion", secure_completion, methods=["POST"]),
     ]
     if config.plain_endpoint:

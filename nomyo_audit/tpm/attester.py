@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .binding import response_binding, response_content_digest
+from .binding import key_binding, response_binding, response_content_digest
 from .structures import HASH_NAMES, PCRSelection
 from .verify import parse_pcr_banks
 
@@ -73,6 +73,12 @@ class TPMAttester:
 
     def attest_response(self, payload_id: str, completion: Mapping[str, Any]) -> dict[str, Any]:
         return self.evidence(response_binding(payload_id, response_content_digest(completion)))
+
+    def attest_key(self, nonce: bytes, spki_sha256: bytes) -> dict[str, Any]:
+        """Evidence that this TPM vouches for the router key, for the caller's fresh nonce."""
+        block = self.evidence(key_binding(nonce, spki_sha256))
+        block["nonce_binding"] = "nomyo-audit-key-v1"
+        return block
 
     def close(self) -> None:
         self.source.close()
