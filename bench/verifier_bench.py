@@ -31,9 +31,11 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 
+from nomyo_audit.policy import evaluate, load_policy
 from nomyo_audit.tpm.attester import TPMAttester
 from nomyo_audit.tpm.binding import response_binding, response_content_digest
 from nomyo_audit.tpm.keys import to_crypto_key
+from nomyo_audit.tpm.measurements import measure_demo_boot
 from nomyo_audit.tpm.structures import HIERARCHIES, ObjectAttributes, parse_public, parse_signature
 from nomyo_audit.tpm.verify import verify_attestation
 
@@ -73,18 +75,39 @@ def make_evidence() -> tuple[str, dict[str, dict[str, Any]], Any]:
     except Exception:  # no swtpm or no tpm2-pytss: software attester
         from nomyo_audit.tpm.software import SoftwareTPM
 
-        return "software attester", {k: TPMAttester(SoftwareTPM(k)).evidence(BINDING) for k in AIKS}, None
+        blocks = {}
+        for kind in AIKS:
+            tpm = SoftwareTPM(kind)
+            measure_demo_boot(tpm)
+            blocks[kind] = TPMAttester(tpm).evidence(BINDING)
+        return "software attester", blocks, None
     blocks = {}
-    for kind in AIKS:
+    for n, kind in enumerate(AIKS):
         source = Tpm2QuoteSource(swtpm.spec, kind)
-        for index in (0, 7, 10):
-            source.extend("sha256", index, b"measurement %d" % index)
+        if n == 0:
+            measure_demo_boot(source)  # once: the PCRs belong to the TPM, not to the AIK
         blocks[kind] = TPMAttester(source).evidence(BINDING)
         source.close()
     return "swtpm", blocks, swtpm
 
 
 AIKS = ("rsa2048-rsassa", "ecc256-ecdsa")
+
+
+PRODUCTION = load_policy("production")
+NOW = 1_800_000_000
+
+
+def policy_metadata(block: dict[str, Any]) -> dict[str, Any]:
+    """The _metadata a router sends with this evidence, for policy evaluation."""
+    return {
+        "payload_id": PID,
+        "processed_at": NOW,
+        "security_tier": "high",
+        "tpm_attestation": block,
+        "memory_protection": {"memory_locking": True, "secure_zeroing": True, "core_dump_prevention": True},
+        "cuda_device": {"available": False, "device_hash": None},
+    }
 
 
 def floor_check(block: dict[str, Any]) -> Callable[[], object]:
@@ -183,9 +206,15 @@ def main() -> None:
         for kind, block in blocks.items():
             ours = lambda block=block: verify_attestation(block, PID, content_digest=DIGEST)  # noqa: E731
             assert ours().passed
+            metadata = policy_metadata(block)
+            gated = lambda metadata=metadata, block=block: evaluate(  # noqa: E731
+                PRODUCTION, metadata, now=NOW, verdict=verify_attestation(block, PID, content_digest=DIGEST)
+            )
+            assert gated().passed, gated().summary()
             results[kind] = {
                 "floor": rate(floor_check(block), args.seconds),
                 "nomyo-audit": rate(ours, args.seconds),
+                "nomyo-audit + production policy": rate(gated, args.seconds),
                 "tpm2-pytss + same checks": rate(pytss_check(block), args.seconds),
                 "tpm2_checkquote (process)": checkquote_rate(block, args.checkquote_runs),
             }
@@ -208,6 +237,11 @@ def main() -> None:
                 print(f"| {kind} | {name} | n/a | | |")
                 continue
             print(f"| {kind} | {name} | {value:,.0f} | {1e6 / value:,.1f} | {floor / value:.2f} |")
+    for kind, row in results.items():
+        plain, gated = row["nomyo-audit"], row["nomyo-audit + production policy"]
+        if plain and gated:
+            added = 100 * (plain / gated - 1)
+            print(f"{kind}: policy evaluation adds {added:.1f}% to verification (target <= 10%)")
     for kind, row in results.items():
         ours, checkquote = row["nomyo-audit"], row["tpm2_checkquote (process)"]
         if ours and checkquote:

@@ -6,28 +6,32 @@ value is compared with ``verdict.facts["pcr_values"]``, which exists only when
 the signed quote covers those values, never with the raw ``pcr_values`` a
 router sent. The caller supplies ``now`` (seconds since the epoch) for
 ``max_age``, so evaluation is reproducible from a stored record.
+
+A policy is compiled once into one closure per rule (durations parsed, sets
+built) and the result cached on the :class:`Policy`: evaluation happens per
+request, compilation per policy.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from functools import lru_cache
+from typing import Any, Literal, NamedTuple
 
 from ..tpm.binding import response_content_digest
 from ..tpm.verify import Verdict, verify_attestation
 from .model import Policy, parse_duration
 
-__all__ = ["PolicyResult", "RuleOutcome", "evaluate"]
+__all__ = ["KEY_SCOPE", "PolicyResult", "RuleOutcome", "evaluate"]
 
 Outcome = Literal["pass", "warn", "deny"]
 #: Rules that apply to the attestation of a router key before any prompt is sent.
 KEY_SCOPE = ("require_attestation", "pcrs", "pcr_selection", "aik_trust")
 
 
-@dataclass(frozen=True)
-class RuleOutcome:
+class RuleOutcome(NamedTuple):
     rule: str
     status: Literal["pass", "fail", "skip"]
     detail: str
@@ -95,13 +99,17 @@ def evaluate(
     response binding be checked). ``scope`` limits the rules applied, as for
     key attestation (:data:`KEY_SCOPE`); rules outside it are not reported.
     """
-    if isinstance(response_or_metadata.get("_metadata"), Mapping):
-        metadata: Mapping[str, Any] = response_or_metadata["_metadata"]
-        model = model if model is not None else response_or_metadata.get("model")
-        content_digest: bytes | None = response_content_digest(response_or_metadata)
+    inner = response_or_metadata.get("_metadata")
+    if isinstance(inner, Mapping):
+        metadata: Mapping[str, Any] = inner
+        if model is None:
+            model = response_or_metadata.get("model")
+        content_digest: bytes | None = (
+            response_content_digest(response_or_metadata) if verdict is None else None
+        )
     else:
         metadata = response_or_metadata
-        recorded = (metadata.get("verification") or {}).get("content_digest")
+        recorded = (metadata.get("verification") or {}).get("content_digest") if verdict is None else None
         content_digest = bytes.fromhex(recorded) if isinstance(recorded, str) else None
     if verdict is None:
         payload_id = metadata.get("payload_id")
@@ -110,204 +118,255 @@ def evaluate(
             payload_id if isinstance(payload_id, str) else None,
             content_digest=content_digest,
         )
-    spec = policy.spec
-    rules: list[RuleOutcome] = []
-    for rule, check in _RULES:
-        if rule in spec and (scope is None or rule in scope):
-            rules.append(check(spec[rule], spec, metadata, verdict, model, now))
-    return PolicyResult(policy.name, policy.digest, policy.on_failure, tuple(rules), verdict)
+    compiled = _compiled(policy)
+    if scope is None:
+        rules = tuple([check(metadata, verdict, model, now) for _, check in compiled])
+    else:
+        rules = tuple([check(metadata, verdict, model, now) for rule, check in compiled if rule in scope])
+    return PolicyResult(policy.name, policy.digest, policy.on_failure, rules, verdict)
 
 
-# -- the rules ----------------------------------------------------------------------------------
-
-Check = Any  # (value, spec, metadata, verdict, model, now) -> RuleOutcome
+Check = Callable[[Mapping[str, Any], Verdict, "str | None", "float | None"], RuleOutcome]
 
 
-def _require_attestation(
-    value: bool, spec: Any, metadata: Any, verdict: Verdict, model: Any, now: Any
-) -> RuleOutcome:
-    if not value:
-        return RuleOutcome("require_attestation", "skip", "attestation not required")
-    failed = tuple(f.code for f in verdict.failures)
-    if failed:
-        return RuleOutcome(
-            "require_attestation", "fail", f"the TPM evidence did not verify ({', '.join(failed)})", failed
+def _compiled(policy: Policy) -> tuple[tuple[str, Check], ...]:
+    rules = policy.cache.get("rules")
+    if rules is None:
+        spec = policy.spec
+        rules = policy.cache["rules"] = tuple(
+            (rule, compile_rule(spec[rule], spec)) for rule, compile_rule in _RULES if rule in spec
         )
-    return RuleOutcome(
-        "require_attestation", "pass", "the TPM evidence verified", ("signature_valid", "nonce_matches")
+    return rules
+
+
+# -- the rules: each compiles its part of the spec into a check -------------------------------------
+
+
+def _require_attestation(value: bool, spec: Mapping[str, Any]) -> Check:
+    def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
+        if not value:
+            return RuleOutcome("require_attestation", "skip", "attestation not required")
+        failed = tuple(f.code for f in verdict.failures)
+        if failed:
+            return RuleOutcome(
+                "require_attestation",
+                "fail",
+                f"the TPM evidence did not verify ({', '.join(failed)})",
+                failed,
+            )
+        return verified
+
+    verified = RuleOutcome("require_attestation", "pass", "the TPM evidence verified", _VERIFIED)
+    return check
+
+
+_VERIFIED = ("signature_valid", "nonce_matches")
+
+
+def _security_tiers(value: list[str], spec: Mapping[str, Any]) -> Check:
+    allowed = {tier: RuleOutcome("security_tiers", "pass", f"tier {tier!r} is allowed") for tier in value}
+
+    def check(metadata: Mapping[str, Any], verdict: Any, model: Any, now: Any) -> RuleOutcome:
+        tier = metadata.get("security_tier")
+        passed = allowed.get(tier) if isinstance(tier, str) else None
+        if passed is not None:
+            return passed
+        return RuleOutcome("security_tiers", "fail", f"tier {tier!r} is not one of {', '.join(value)}")
+
+    return check
+
+
+def _models(value: list[str], spec: Mapping[str, Any]) -> Check:
+    def check(metadata: Any, verdict: Any, model: str | None, now: Any) -> RuleOutcome:
+        if not isinstance(model, str):
+            return RuleOutcome("models", "fail", "the model is not known for this evidence")
+        if any(fnmatch.fnmatchcase(model, pattern) for pattern in value):
+            return RuleOutcome("models", "pass", f"model {model!r} is allowed")
+        return RuleOutcome("models", "fail", f"model {model!r} matches none of {', '.join(value)}")
+
+    return check
+
+
+_PCR_PROVED = ("pcr_digest_matches",)
+
+
+def _pcrs(value: Mapping[str, Mapping[str, Any]], spec: Mapping[str, Any]) -> Check:
+    golden = tuple(
+        (bank, index, None if allowed == "any" else frozenset(allowed))
+        for bank, indices in value.items()
+        for index, allowed in indices.items()
     )
+    passed = RuleOutcome("pcrs", "pass", f"{len(golden)} PCR value(s) match the golden values", _PCR_PROVED)
 
-
-def _security_tiers(
-    value: list[str], spec: Any, metadata: Any, verdict: Any, model: Any, now: Any
-) -> RuleOutcome:
-    tier = metadata.get("security_tier")
-    if tier in value:
-        return RuleOutcome("security_tiers", "pass", f"tier {tier!r} is allowed")
-    return RuleOutcome("security_tiers", "fail", f"tier {tier!r} is not one of {', '.join(value)}")
-
-
-def _models(
-    value: list[str], spec: Any, metadata: Any, verdict: Any, model: str | None, now: Any
-) -> RuleOutcome:
-    if not isinstance(model, str):
-        return RuleOutcome("models", "fail", "the model is not known for this evidence")
-    if any(fnmatch.fnmatchcase(model, pattern) for pattern in value):
-        return RuleOutcome("models", "pass", f"model {model!r} is allowed")
-    return RuleOutcome("models", "fail", f"model {model!r} matches none of {', '.join(value)}")
-
-
-def _proved_pcrs(verdict: Verdict) -> Mapping[str, Mapping[str, str]] | None:
-    values = verdict.facts.get("pcr_values")
-    return values if verdict.finding("pcr_digest").status == "pass" and isinstance(values, Mapping) else None
-
-
-def _pcrs(
-    value: Mapping[str, Mapping[str, Any]], spec: Any, metadata: Any, verdict: Verdict, model: Any, now: Any
-) -> RuleOutcome:
-    proved = _proved_pcrs(verdict)
-    if proved is None:
-        code = verdict.finding("pcr_digest").code
-        return RuleOutcome("pcrs", "fail", "no PCR values were proved by a verified quote", (code,))
-    problems = []
-    for bank, indices in value.items():
-        for index, allowed in indices.items():
+    def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
+        digest = verdict.finding("pcr_digest")
+        proved = verdict.facts.get("pcr_values")
+        if digest.status != "pass" or not isinstance(proved, Mapping):
+            return RuleOutcome(
+                "pcrs", "fail", "no PCR values were proved by a verified quote", (digest.code,)
+            )
+        problems = []
+        for bank, index, allowed in golden:
             actual = proved.get(bank, {}).get(index)
             if actual is None:
                 problems.append(f"{bank} PCR {index} was not quoted")
-            elif allowed != "any" and actual not in allowed:
+            elif allowed is not None and actual not in allowed:
                 problems.append(f"{bank} PCR {index} = {actual[:16]}... is not a golden value")
-    if problems:
-        return RuleOutcome("pcrs", "fail", "; ".join(problems), ("pcr_digest_matches",))
-    count = sum(len(v) for v in value.values())
-    return RuleOutcome(
-        "pcrs", "pass", f"{count} PCR value(s) match the golden values", ("pcr_digest_matches",)
-    )
+        if problems:
+            return RuleOutcome("pcrs", "fail", "; ".join(problems), _PCR_PROVED)
+        return passed
+
+    return check
 
 
-def _pcr_selection(
-    value: Mapping[str, list[int]], spec: Any, metadata: Any, verdict: Verdict, model: Any, now: Any
-) -> RuleOutcome:
-    selection = verdict.finding("pcr_selection")
-    if selection.status != "pass":
-        return RuleOutcome("pcr_selection", "fail", "no verified PCR selection", (selection.code,))
-    quoted: dict[str, set[int]] = {}
-    for part in str(verdict.facts.get("pcr_banks", "")).split("+"):
+@lru_cache(maxsize=256)
+def _quoted_sets(pcr_banks: str) -> dict[str, frozenset[int]]:
+    quoted = {}
+    for part in pcr_banks.split("+"):
         bank, _, indices = part.partition(":")
-        quoted[bank] = {int(i) for i in indices.split(",") if i}
-    missing = [
-        f"{bank}:{i}" for bank, indices in value.items() for i in indices if i not in quoted.get(bank, set())
-    ]
-    if missing:
-        return RuleOutcome("pcr_selection", "fail", f"not quoted: {', '.join(missing)}", (selection.code,))
-    return RuleOutcome(
-        "pcr_selection", "pass", f"the quote covers {verdict.facts.get('pcr_banks')}", (selection.code,)
-    )
+        quoted[bank] = frozenset(int(i) for i in indices.split(",") if i)
+    return quoted
 
 
-def _nonce_binding(
-    value: list[str], spec: Any, metadata: Any, verdict: Verdict, model: Any, now: Any
-) -> RuleOutcome:
-    finding = verdict.finding("nonce_binding")
-    derivation = verdict.facts.get("nonce_derivation")
-    if finding.status == "pass" and derivation in value:
-        return RuleOutcome("nonce_binding", "pass", f"bound by {derivation}", (finding.code,))
-    if finding.status == "pass":
-        return RuleOutcome(
-            "nonce_binding",
-            "fail",
-            f"bound by {derivation}, which this policy does not accept",
-            (finding.code,),
-        )
-    return RuleOutcome("nonce_binding", "fail", "the quote is not bound to this request", (finding.code,))
+def _pcr_selection(value: Mapping[str, list[int]], spec: Mapping[str, Any]) -> Check:
+    required = tuple((bank, index) for bank, indices in value.items() for index in indices)
+
+    def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
+        selection = verdict.finding("pcr_selection")
+        if selection.status != "pass":
+            return RuleOutcome("pcr_selection", "fail", "no verified PCR selection", (selection.code,))
+        banks = str(verdict.facts.get("pcr_banks", ""))
+        quoted = _quoted_sets(banks)
+        missing = [f"{bank}:{i}" for bank, i in required if i not in quoted.get(bank, ())]
+        if missing:
+            return RuleOutcome(
+                "pcr_selection", "fail", f"not quoted: {', '.join(missing)}", (selection.code,)
+            )
+        passed = passes.get(banks)
+        if passed is None:
+            passed = passes[banks] = RuleOutcome(
+                "pcr_selection", "pass", f"the quote covers {banks}", (selection.code,)
+            )
+        return passed
+
+    passes: dict[str, RuleOutcome] = {}
+    return check
 
 
-def _aik_trust(
-    value: Mapping[str, Any], spec: Any, metadata: Any, verdict: Verdict, model: Any, now: Any
-) -> RuleOutcome:
-    signature = verdict.finding("signature")
-    if signature.status != "pass":
-        return RuleOutcome("aik_trust", "fail", "the quote's signature did not verify", (signature.code,))
+def _nonce_binding(value: list[str], spec: Mapping[str, Any]) -> Check:
+    accepted = {d: RuleOutcome("nonce_binding", "pass", f"bound by {d}", ("nonce_matches",)) for d in value}
+
+    def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
+        finding = verdict.finding("nonce_binding")
+        derivation = verdict.facts.get("nonce_derivation")
+        if finding.status == "pass" and derivation in accepted:
+            return accepted[derivation]
+        if finding.status == "pass":
+            return RuleOutcome(
+                "nonce_binding",
+                "fail",
+                f"bound by {derivation}, which this policy does not accept",
+                (finding.code,),
+            )
+        return RuleOutcome("nonce_binding", "fail", "the quote is not bound to this request", (finding.code,))
+
+    return check
+
+
+def _aik_trust(value: Mapping[str, Any], spec: Mapping[str, Any]) -> Check:
     mode = value["mode"]
-    if mode == "any":
-        return RuleOutcome(
-            "aik_trust",
-            "pass",
-            "any signature-valid AIK (not anchored to a hardware root of trust)",
-            ("signature_valid", "aik_not_anchored"),
-        )
-    if mode == "pinned":
-        pins = set(value.get("pinned", []))
-        if verdict.facts.get("aik_fingerprint") in pins or verdict.facts.get("aik_name") in pins:
-            return RuleOutcome("aik_trust", "pass", "the AIK is pinned", ("signature_valid",))
-        return RuleOutcome(
-            "aik_trust",
-            "fail",
-            f"AIK {str(verdict.facts.get('aik_fingerprint'))[:16]}... is not pinned",
-            ("signature_valid",),
-        )
-    return RuleOutcome(
+    pins = frozenset(value.get("pinned", ()))
+    any_aik = RuleOutcome(
         "aik_trust",
-        "fail",
-        "the evidence carries no AIK certificate chain to check against the CAs",
-        ("aik_not_anchored",),
+        "pass",
+        "any signature-valid AIK (not anchored to a hardware root of trust)",
+        ("signature_valid", "aik_not_anchored"),
     )
 
-
-def _memory_protection(
-    value: list[str], spec: Any, metadata: Mapping[str, Any], verdict: Any, model: Any, now: Any
-) -> RuleOutcome:
-    reported = metadata.get("memory_protection")
-    reported = reported if isinstance(reported, Mapping) else {}
-    missing = [flag for flag in value if reported.get(flag) is not True]
-    if missing:
-        return RuleOutcome("memory_protection", "fail", f"the router does not report {', '.join(missing)}")
-    return RuleOutcome(
-        "memory_protection", "pass", f"the router reports {', '.join(value)} (its own word, unattested)"
-    )
-
-
-def _cuda_device(
-    value: Mapping[str, Any], spec: Any, metadata: Mapping[str, Any], verdict: Any, model: Any, now: Any
-) -> RuleOutcome:
-    device = metadata.get("cuda_device")
-    device = device if isinstance(device, Mapping) else {}
-    if "available" in value and device.get("available") is not value["available"]:
+    def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
+        signature = verdict.finding("signature")
+        if signature.status != "pass":
+            return RuleOutcome("aik_trust", "fail", "the quote's signature did not verify", (signature.code,))
+        if mode == "any":
+            return any_aik
+        if mode == "pinned":
+            fingerprint = verdict.facts.get("aik_fingerprint")
+            if fingerprint in pins or verdict.facts.get("aik_name") in pins:
+                return RuleOutcome("aik_trust", "pass", "the AIK is pinned", ("signature_valid",))
+            return RuleOutcome(
+                "aik_trust", "fail", f"AIK {str(fingerprint)[:16]}... is not pinned", ("signature_valid",)
+            )
         return RuleOutcome(
-            "cuda_device",
+            "aik_trust",
             "fail",
-            f"cuda_device.available is {device.get('available')!r}, required {value['available']!r}",
+            "the evidence carries no AIK certificate chain to check against the CAs",
+            ("aik_not_anchored",),
         )
-    if "device_hashes" in value and device.get("device_hash") not in value["device_hashes"]:
-        return RuleOutcome("cuda_device", "fail", "the CUDA device hash is not an allowed one")
-    return RuleOutcome("cuda_device", "pass", "the CUDA device is as required")
+
+    return check
 
 
-def _max_age(
-    value: int | str,
-    spec: Mapping[str, Any],
-    metadata: Mapping[str, Any],
-    verdict: Any,
-    model: Any,
-    now: float | None,
-) -> RuleOutcome:
-    if now is None:
-        return RuleOutcome("max_age", "skip", "no evaluation time given")
-    processed = metadata.get("processed_at")
-    if not isinstance(processed, (int, float)) or isinstance(processed, bool):
-        return RuleOutcome("max_age", "fail", "processed_at is missing")
-    limit, skew = parse_duration(value), parse_duration(spec.get("clock_skew", 60))
-    age = now - processed
-    if age < -skew:
+def _memory_protection(value: list[str], spec: Mapping[str, Any]) -> Check:
+    def check(metadata: Mapping[str, Any], verdict: Any, model: Any, now: Any) -> RuleOutcome:
+        reported = metadata.get("memory_protection")
+        reported = reported if isinstance(reported, Mapping) else {}
+        missing = [flag for flag in value if reported.get(flag) is not True]
+        if missing:
+            return RuleOutcome(
+                "memory_protection", "fail", f"the router does not report {', '.join(missing)}"
+            )
         return RuleOutcome(
-            "max_age", "fail", f"processed_at is {-age:.0f}s in the future (skew allowed: {skew}s)"
+            "memory_protection", "pass", f"the router reports {', '.join(value)} (its own word, unattested)"
         )
-    if age > limit + skew:
-        return RuleOutcome("max_age", "fail", f"the evidence is {age:.0f}s old (max {limit}s + {skew}s skew)")
-    return RuleOutcome("max_age", "pass", f"the evidence is {max(age, 0):.0f}s old")
+
+    return check
 
 
-_RULES: tuple[tuple[str, Check], ...] = (
+def _cuda_device(value: Mapping[str, Any], spec: Mapping[str, Any]) -> Check:
+    hashes = frozenset(value.get("device_hashes", ()))
+
+    def check(metadata: Mapping[str, Any], verdict: Any, model: Any, now: Any) -> RuleOutcome:
+        device = metadata.get("cuda_device")
+        device = device if isinstance(device, Mapping) else {}
+        if "available" in value and device.get("available") is not value["available"]:
+            return RuleOutcome(
+                "cuda_device",
+                "fail",
+                f"cuda_device.available is {device.get('available')!r}, required {value['available']!r}",
+            )
+        if hashes and device.get("device_hash") not in hashes:
+            return RuleOutcome("cuda_device", "fail", "the CUDA device hash is not an allowed one")
+        return passed
+
+    passed = RuleOutcome("cuda_device", "pass", "the CUDA device is as required")
+    return check
+
+
+def _max_age(value: int | str, spec: Mapping[str, Any]) -> Check:
+    limit, skew = parse_duration(value), parse_duration(spec.get("clock_skew", 60))
+
+    def check(metadata: Mapping[str, Any], verdict: Any, model: Any, now: float | None) -> RuleOutcome:
+        if now is None:
+            return RuleOutcome("max_age", "skip", "no evaluation time given")
+        processed = metadata.get("processed_at")
+        if not isinstance(processed, (int, float)) or isinstance(processed, bool):
+            return RuleOutcome("max_age", "fail", "processed_at is missing")
+        age = now - processed
+        if age < -skew:
+            return RuleOutcome(
+                "max_age", "fail", f"processed_at is {-age:.0f}s in the future (skew allowed: {skew}s)"
+            )
+        if age > limit + skew:
+            return RuleOutcome(
+                "max_age", "fail", f"the evidence is {age:.0f}s old (max {limit}s + {skew}s skew)"
+            )
+        return passed
+
+    passed = RuleOutcome("max_age", "pass", f"the evidence is at most {limit}s old (clock skew {skew}s)")
+    return check
+
+
+_RULES: tuple[tuple[str, Callable[[Any, Mapping[str, Any]], Check]], ...] = (
     ("require_attestation", _require_attestation),
     ("security_tiers", _security_tiers),
     ("models", _models),

@@ -6,6 +6,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from ..errors import NomyoAuditError, SecurityError
@@ -60,8 +61,10 @@ class Policy:
     spec: Mapping[str, Any]
     source: str = "<memory>"
     document: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    #: Derived data (the compiled rules), computed once per policy, not per request.
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    @property
+    @cached_property
     def digest(self) -> str:
         return hashlib.sha256(canonical_json(dict(self.document))).hexdigest()
 

@@ -75,6 +75,7 @@ CHECKS = (
     "aik_anchor",
     "attester",
 )
+_CHECK_INDEX = {check: i for i, check in enumerate(CHECKS)}
 _MAX_B64 = 8192
 _BANKS = re.compile(r"^[a-z0-9]+:\d{1,2}(,\d{1,2})*(\+[a-z0-9]+:\d{1,2}(,\d{1,2})*)*$")
 
@@ -110,7 +111,7 @@ class Verdict:
         return self.result == "pass"
 
     def finding(self, check: str) -> Finding:
-        return next(f for f in self.findings if f.check == check)
+        return self.findings[_CHECK_INDEX[check]]
 
     @property
     def failures(self) -> tuple[Finding, ...]:
