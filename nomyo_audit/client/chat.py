@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from ..audit.log import AuditLog
 from ..errors import InvalidRequestError
 from ..policy import Policy
 from .secure_client import SecureCompletionClient, validate_security_tier
@@ -45,7 +46,10 @@ class SecureChatCompletion:
         timeout: float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         policy: Policy | str | os.PathLike[str] | None = None,
+        audit_log: AuditLog | str | os.PathLike[str] | None = None,
     ) -> None:
+        if audit_log is None and os.environ.get("NOMYO_AUDIT_LOG"):
+            audit_log = os.environ["NOMYO_AUDIT_LOG"]
         self.client = SecureCompletionClient(
             router_url=base_url,
             allow_http=allow_http,
@@ -55,6 +59,7 @@ class SecureChatCompletion:
             timeout=timeout,
             transport=transport,
             policy=policy,
+            audit_log=audit_log,
         )
         self.api_key = api_key
         self._key_dir = key_dir

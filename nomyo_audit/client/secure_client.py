@@ -36,6 +36,8 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ..audit.log import AuditLog
+from ..audit.records import build_record
 from ..errors import (
     APIConnectionError,
     APIError,
@@ -44,6 +46,7 @@ from ..errors import (
     ConfigurationError,
     ForbiddenError,
     InvalidRequestError,
+    NomyoAuditError,
     ProtocolError,
     RateLimitError,
     SecurityError,
@@ -102,8 +105,11 @@ class SecureCompletionClient:
         transport: httpx.AsyncBaseTransport | None = None,
         key_bits: int = DEFAULT_KEY_BITS,
         policy: Policy | str | os.PathLike[str] | None = None,
+        audit_log: AuditLog | str | os.PathLike[str] | None = None,
     ) -> None:
         self.router_url = _check_router_url(router_url, allow_http)
+        self._owns_audit_log = isinstance(audit_log, (str, os.PathLike))
+        self.audit_log = AuditLog(audit_log) if isinstance(audit_log, (str, os.PathLike)) else audit_log
         self._policies: dict[str, Policy] = {}
         self.policy = self._as_policy(policy)
         self._key_attested_until: dict[str, float] = {}
@@ -314,13 +320,82 @@ class SecureCompletionClient:
             raise InvalidRequestError("payload_id must be 1-128 characters of [A-Za-z0-9._:-]")
         active = self._as_policy(policy) or self.policy
         await self.ensure_keys()
-        exchange = self._gated_send(payload, payload_id, api_key, security_tier, active)
+        exchange = self._audited_send(payload, payload_id, api_key, security_tier, active)
         if self.timeout is None:
             return await exchange
         try:
             return await asyncio.wait_for(exchange, self.timeout)
         except asyncio.TimeoutError:
             raise APITimeoutError(f"request did not complete within {self.timeout} s") from None
+
+    async def _audited_send(
+        self,
+        payload: dict[str, Any],
+        payload_id: str,
+        api_key: str | None,
+        security_tier: str | None,
+        policy: Policy | None,
+    ) -> dict[str, Any]:
+        """The exchange, and (with an audit log) one record of it whatever happens."""
+        if self.audit_log is None:
+            return await self._gated_send(payload, payload_id, api_key, security_tier, policy)
+        try:
+            response = await self._gated_send(payload, payload_id, api_key, security_tier, policy)
+        except PolicyViolationError as denied:
+            metadata = getattr(denied, "metadata", None)
+            await self._audit(
+                payload_id,
+                payload,
+                security_tier,
+                "policy_denied",
+                {"_metadata": metadata} if metadata else None,
+                denied,
+                denied.result.to_dict(),
+            )
+            raise
+        except NomyoAuditError as failure:
+            await self._audit(payload_id, payload, security_tier, _outcome_of(failure), None, failure, None)
+            raise
+        policy_result = response["_metadata"].get("policy")
+        outcome = "policy_warned" if policy_result and policy_result.get("outcome") == "warn" else "ok"
+        await self._audit(payload_id, payload, security_tier, outcome, response, None, policy_result)
+        return response
+
+    async def _audit(
+        self,
+        payload_id: str,
+        payload: dict[str, Any],
+        security_tier: str | None,
+        outcome: str,
+        response: dict[str, Any] | None,
+        error: NomyoAuditError | None,
+        policy: dict[str, Any] | None,
+    ) -> None:
+        assert self.audit_log is not None
+        summary = (
+            {"code": error.code, "class": type(error).__name__, "message": error.message} if error else None
+        )
+
+        def build(seq: int, salt: bytes) -> bytes:
+            return build_record(
+                seq=seq,
+                timestamp=time.time(),
+                salt=salt,
+                payload_id=payload_id,
+                router=self.router_url,
+                server_key=self.server_key_fingerprint_seen,
+                model=payload.get("model"),
+                security_tier=security_tier,
+                outcome=outcome,
+                request=payload,
+                response=response if outcome != "policy_denied" else None,
+                error=summary,
+                policy=policy,
+                metadata=(response or {}).get("_metadata"),
+            )
+
+        # A durable SQLite append takes a disk flush: off the event loop.
+        await asyncio.to_thread(self.audit_log.append, payload_id, build)
 
     async def _gated_send(
         self,
@@ -348,7 +423,9 @@ class SecureCompletionClient:
         }
         if result.outcome == "deny":
             response.clear()  # drop our references to the content before raising
-            raise PolicyViolationError(result.summary(), result)
+            denied = PolicyViolationError(result.summary(), result)
+            denied.metadata = metadata  # type: ignore[attr-defined]  # for the audit record only
+            raise denied
 
     async def attest_server_key(self, policy: Policy) -> None:
         """Verify the router key's TPM attestation against ``policy`` (cached for its TTL).
@@ -477,12 +554,23 @@ class SecureCompletionClient:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+        if self._owns_audit_log and self.audit_log is not None:
+            self.audit_log.close()
+            self.audit_log = None
 
     async def __aenter__(self) -> SecureCompletionClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _outcome_of(error: NomyoAuditError) -> str:
+    if isinstance(error, APIError):
+        return f"http_error:{type(error).__name__}"
+    if isinstance(error, SecurityError):
+        return f"security_error:{error.code}"
+    return f"error:{error.code}"
 
 
 def validate_security_tier(tier: object) -> None:

@@ -1,0 +1,472 @@
+"""The tamper-evident audit log: records as Merkle leaves, signed checkpoints, proofs.
+
+Storage sits behind :class:`LogStore`, a small interface with one backend,
+:class:`SQLiteStore`: one file, WAL, ``synchronous=FULL``, one ``BEGIN
+IMMEDIATE`` transaction per append, so threads and processes append to one log
+and an acknowledged record survives a crash. A server database can be added
+as another store without touching the Merkle, checkpoint or report code.
+
+Rules :class:`AuditLog` keeps:
+
+* record ``n`` is the ``n``-th leaf (0-based) and says ``"seq": n`` in its own
+  bytes, so a deleted, inserted or reordered row is named by its position;
+* the frontier (compact range) is updated in the same transaction as the
+  record, so the root at the current size is always O(log n) away;
+* checkpoints are C2SP signed notes over (origin, size, root), all kept;
+  with a key configured one is made every ``checkpoint_every`` records or
+  ``checkpoint_interval`` seconds, in the appending transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ..errors import NomyoAuditError
+from .merkle import Frontier, inclusion_proof, leaf_hash
+from .note import Checkpoint, NoteError, parse_checkpoint, sign_checkpoint, verify_checkpoint
+
+__all__ = [
+    "AuditLog",
+    "IntegrityError",
+    "LogError",
+    "LogStore",
+    "SQLiteStore",
+    "StoredRecord",
+    "VerifyReport",
+]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    payload_id TEXT NOT NULL,
+    time REAL NOT NULL,
+    data BLOB NOT NULL,
+    leaf BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_payload_id ON records (payload_id);
+CREATE INDEX IF NOT EXISTS records_time ON records (time);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    size INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    note TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+class LogError(NomyoAuditError):
+    """The log cannot be opened or used as asked."""
+
+    code = "log_error"
+    exit_code = 2
+
+
+class IntegrityError(NomyoAuditError):
+    """The log, a checkpoint or a proof has been altered."""
+
+    code = "integrity"
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    seq: int
+    payload_id: str
+    time: float
+    data: bytes
+    leaf: bytes
+
+
+class LogStore(Protocol):
+    """What the log needs from storage."""
+
+    def append(
+        self,
+        payload_id: str,
+        timestamp: float,
+        build: Callable[[int], bytes],
+        checkpoint: Callable[[Frontier, float | None], tuple[int, bytes, str] | None],
+    ) -> int: ...
+    def records(self, since: float | None = None, until: float | None = None) -> Iterator[StoredRecord]: ...
+    def find(self, payload_id: str) -> StoredRecord | None: ...
+    def frontier(self) -> Frontier: ...
+    def add_checkpoint(self, size: int, root: bytes, note: str) -> None: ...
+    def checkpoints(self) -> list[tuple[int, bytes, str]]: ...
+    def meta(self, key: str) -> bytes | None: ...
+    def set_meta(self, key: str, value: bytes) -> None: ...
+    def integrity_check(self) -> str: ...
+
+
+class SQLiteStore:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise LogError(f"{self.path}: not an audit log ({exc})") from None
+        # One connection serves this process's threads: one transaction at a time on it.
+        # Other processes have their own connections; SQLite's locks order them.
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def append(
+        self,
+        payload_id: str,
+        timestamp: float,
+        build: Callable[[int], bytes],
+        checkpoint: Callable[[Frontier, float | None], tuple[int, bytes, str] | None],
+    ) -> int:
+        with self._lock:
+            return self._append(payload_id, timestamp, build, checkpoint)
+
+    def _append(
+        self,
+        payload_id: str,
+        timestamp: float,
+        build: Callable[[int], bytes],
+        checkpoint: Callable[[Frontier, float | None], tuple[int, bytes, str] | None],
+    ) -> int:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            frontier = self.frontier()
+            seq = frontier.size
+            data = build(seq)
+            leaf = leaf_hash(data)
+            db.execute(
+                "INSERT INTO records (seq, payload_id, time, data, leaf) VALUES (?, ?, ?, ?, ?)",
+                (seq, payload_id, timestamp, data, leaf),
+            )
+            frontier.append(leaf)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('frontier', ?)", (frontier.to_bytes(),))
+            last = db.execute("SELECT MAX(created) FROM checkpoints").fetchone()[0]
+            made = checkpoint(frontier, last)
+            if made is not None:
+                db.execute(
+                    "INSERT INTO checkpoints (size, root, note, created) VALUES (?, ?, ?, ?)",
+                    (*made, time.time()),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return seq
+
+    def records(self, since: float | None = None, until: float | None = None) -> Iterator[StoredRecord]:
+        query, args = "SELECT seq, payload_id, time, data, leaf FROM records", []
+        clauses = []
+        if since is not None:
+            clauses.append("time >= ?")
+            args.append(since)
+        if until is not None:
+            clauses.append("time < ?")
+            args.append(until)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        with closing(self._db.execute(query + " ORDER BY seq", args)) as cursor:
+            for row in cursor:
+                yield StoredRecord(*row)
+
+    def find(self, payload_id: str) -> StoredRecord | None:
+        row = self._db.execute(
+            "SELECT seq, payload_id, time, data, leaf FROM records WHERE payload_id = ? ORDER BY seq LIMIT 1",
+            (payload_id,),
+        ).fetchone()
+        return StoredRecord(*row) if row else None
+
+    def frontier(self) -> Frontier:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'frontier'").fetchone()
+        return Frontier.from_bytes(row[0]) if row else Frontier()
+
+    def add_checkpoint(self, size: int, root: bytes, note: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO checkpoints (size, root, note, created) VALUES (?, ?, ?, ?)",
+                (size, root, note, time.time()),
+            )
+
+    def checkpoints(self) -> list[tuple[int, bytes, str]]:
+        rows = self._db.execute("SELECT size, root, note FROM checkpoints ORDER BY id")
+        return [(int(size), bytes(root), str(note)) for size, root, note in rows]
+
+    def meta(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
+
+    def integrity_check(self) -> str:
+        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+@dataclass
+class VerifyReport:
+    size: int
+    root: bytes
+    checkpoints: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class AuditLog:
+    """``AuditLog("audit.db")``: append records, checkpoint, verify, prove."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        key: Ed25519PrivateKey | None = None,
+        origin: str | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_interval: float = 300.0,
+        store: LogStore | None = None,
+    ) -> None:
+        self.store: LogStore = store if store is not None else SQLiteStore(path)
+        self.path = Path(path)
+        self.store.set_meta("salt", os.urandom(32))
+        self.store.set_meta("origin", (origin or f"nomyo-audit.local/{self.path.stem}").encode())
+        self.salt = self.store.meta("salt") or b""
+        self.origin = (self.store.meta("origin") or b"").decode()
+        self.key = key
+        if key is not None:
+            self.store.set_meta("public_key", _raw_public(key.public_key()))
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval = checkpoint_interval
+
+    def close(self) -> None:
+        closer = getattr(self.store, "close", None)
+        if closer is not None:
+            closer()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append(
+        self, payload_id: str, build: Callable[[int, bytes], bytes], timestamp: float | None = None
+    ) -> int:
+        """Append the record ``build(seq, salt)`` returns; durable when this returns."""
+        now = time.time() if timestamp is None else timestamp
+        return self.store.append(payload_id, now, lambda seq: build(seq, self.salt), self._auto_checkpoint)
+
+    def _auto_checkpoint(self, frontier: Frontier, last: float | None) -> tuple[int, bytes, str] | None:
+        if self.key is None:
+            return None
+        due = (
+            frontier.size % self.checkpoint_every == 0
+            or last is None
+            or time.time() - last >= self.checkpoint_interval
+        )
+        if not due:
+            return None
+        root = frontier.root()
+        return frontier.size, root, sign_checkpoint(Checkpoint(self.origin, frontier.size, root), self.key)
+
+    def checkpoint(self, key: Ed25519PrivateKey | None = None) -> str:
+        """Sign and keep a checkpoint at the current size."""
+        signer = key or self.key
+        if signer is None:
+            raise LogError("a checkpoint needs a signing key (--key)")
+        frontier = self.store.frontier()
+        root = frontier.root()
+        note = sign_checkpoint(Checkpoint(self.origin, frontier.size, root), signer)
+        self.store.set_meta("public_key", _raw_public(signer.public_key()))
+        self.store.add_checkpoint(frontier.size, root, note)
+        return note
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self.store.frontier().size
+
+    def public_key(self) -> Ed25519PublicKey | None:
+        raw = self.store.meta("public_key")
+        return Ed25519PublicKey.from_public_bytes(raw) if raw else None
+
+    def latest_checkpoint(self) -> tuple[int, bytes, str] | None:
+        checkpoints = self.store.checkpoints()
+        return checkpoints[-1] if checkpoints else None
+
+    def verify(
+        self,
+        public_key: Ed25519PublicKey | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> VerifyReport:
+        """Recompute the tree, check every record, checkpoint and their consistency.
+
+        Every checkpoint's root is compared with the root recomputed from the
+        records at its size; two checkpoints that both match are roots of
+        prefixes of one sequence, so they are consistent without a proof
+        (``consistency_proof`` exports one for third parties). Problems name
+        the first bad record or checkpoint. Without ``public_key``
+        the key stored in the log is used, which proves nothing against
+        whoever could rewrite the log: pass the key from a trusted place.
+        """
+        problems: list[str] = []
+        if (status := self.store.integrity_check()) != "ok":
+            problems.append(f"SQLite integrity check failed: {status}")
+        key = public_key or self.public_key()
+        checkpoints = self.store.checkpoints()
+        by_size: dict[int, list[tuple[bytes, str]]] = {}
+        for size, root, note in checkpoints:
+            by_size.setdefault(size, []).append((root, note))
+        frontier = Frontier()
+        roots: dict[int, bytes] = {0: frontier.root()}
+        expected = 0
+        for record in self.store.records():
+            if not problems or len(problems) < 20:
+                problem = _check_record(record, expected)
+                if problem:
+                    problems.append(problem)
+            leaf = leaf_hash(record.data)
+            frontier.append(leaf)
+            expected = record.seq + 1
+            if frontier.size in by_size:
+                roots[frontier.size] = frontier.root()
+            if progress is not None and frontier.size % 10000 == 0:
+                progress(frontier.size)
+        stored = self.store.frontier()
+        if stored.size != frontier.size or stored.root() != frontier.root():
+            problems.append(f"the log state says {stored.size} records, the records make {frontier.size}")
+        previous: tuple[int, bytes] | None = None
+        for size, root, note in checkpoints:
+            where = f"checkpoint at size {size}"
+            try:
+                parsed = verify_checkpoint(note, key) if key is not None else parse_checkpoint(note)[0]
+            except NoteError as exc:
+                problems.append(f"{where}: {exc}")
+                continue
+            if (parsed.size, parsed.root) != (size, root):
+                problems.append(f"{where}: the signed note and the stored row differ")
+            if size > frontier.size:
+                problems.append(f"{where}: the log has only {frontier.size} records (truncated)")
+                continue
+            if roots.get(size) != root:
+                problems.append(f"{where}: its root does not match records 0..{size - 1}")
+            if len({r for r, _ in by_size[size]}) > 1:
+                problems.append(f"{where}: two checkpoints of this size with different roots")
+            if previous is not None and previous[0] > size:
+                problems.append(
+                    f"{where}: smaller than the checkpoint before it ({previous[0]}): the log shrank"
+                )
+            previous = (size, root)
+        if key is None and checkpoints:
+            problems.append("no public key to check checkpoint signatures with (pass --key)")
+        return VerifyReport(frontier.size, frontier.root(), len(checkpoints), _dedupe(problems))
+
+    def prove(self, payload_id: str) -> str:
+        """A C2SP tlog-proof (c2sp.org/tlog-proof) of the record, against the latest checkpoint."""
+        record = self.store.find(payload_id)
+        if record is None:
+            raise LogError(f"no record for payload_id {payload_id}")
+        latest = self.latest_checkpoint()
+        if latest is None or latest[0] <= record.seq:
+            raise LogError("no checkpoint covers this record yet: run 'nomyo-audit log checkpoint' first")
+        size, _, note = latest
+        leaves = [r.leaf for r, _ in zip(self.store.records(), range(size), strict=False)]
+        proof = inclusion_proof(leaves, record.seq)
+        lines = [
+            "c2sp.org/tlog-proof@v1",
+            f"extra {base64.b64encode(record.data).decode()}",
+            f"index {record.seq}",
+        ]
+        lines += [base64.b64encode(h).decode() for h in proof]
+        return "\n".join(lines) + "\n\n" + note
+
+    def record_bytes(self, payload_id: str) -> bytes | None:
+        record = self.store.find(payload_id)
+        return record.data if record else None
+
+
+def _check_record(record: StoredRecord, expected: int) -> str | None:
+    if record.seq != expected:
+        return (
+            f"record {expected} is missing (next row is {record.seq})"
+            if record.seq > expected
+            else (f"record {record.seq} appears twice")
+        )
+    if leaf_hash(record.data) != record.leaf:
+        return f"record {record.seq}: its bytes do not match its leaf hash (altered)"
+    if b'"seq":%d,' % record.seq not in record.data:
+        return f"record {record.seq}: its bytes say another position (moved)"
+    return None
+
+
+def _dedupe(problems: list[str]) -> list[str]:
+    return list(dict.fromkeys(problems))
+
+
+def _raw_public(public: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def fingerprint(public: Ed25519PublicKey) -> str:
+    return hashlib.sha256(_raw_public(public)).hexdigest()
+
+
+def parse_tlog_proof(text: str) -> tuple[bytes | None, int, list[bytes], str]:
+    """(record bytes, index, hashes, checkpoint note) from a tlog-proof."""
+    head, sep, note = text.partition("\n\n")
+    lines = head.split("\n")
+    if not sep or not lines or lines[0] != "c2sp.org/tlog-proof@v1":
+        raise IntegrityError("not a c2sp.org/tlog-proof@v1 proof")
+    extra: bytes | None = None
+    position = 1
+    try:
+        if lines[position].startswith("extra "):
+            extra = base64.b64decode(lines[position][6:], validate=True)
+            position += 1
+        if not lines[position].startswith("index "):
+            raise IntegrityError("tlog-proof: missing index line")
+        index = int(lines[position][6:])
+        hashes = [base64.b64decode(line, validate=True) for line in lines[position + 1 :]]
+    except (IndexError, ValueError) as exc:
+        raise IntegrityError(f"tlog-proof: malformed ({exc})") from None
+    return extra, index, hashes, note
+
+
+def verify_tlog_proof(text: str, public_key: Ed25519PublicKey, record: bytes | None = None) -> dict[str, Any]:
+    """Check a tlog-proof offline: checkpoint signature, then inclusion of the record's leaf."""
+    from .merkle import ProofError, verify_inclusion
+
+    extra, index, hashes, note = parse_tlog_proof(text)
+    data = record if record is not None else extra
+    if data is None:
+        raise IntegrityError("tlog-proof carries no record; pass the record bytes")
+    try:
+        checkpoint = verify_checkpoint(note, public_key)
+        verify_inclusion(leaf_hash(data), index, checkpoint.size, hashes, checkpoint.root)
+    except (NoteError, ProofError) as exc:
+        raise IntegrityError(f"tlog-proof does not verify: {exc}") from None
+    return {"index": index, "size": checkpoint.size, "origin": checkpoint.origin}

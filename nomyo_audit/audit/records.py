@@ -1,0 +1,91 @@
+"""Audit records: what one request leaves behind. Pure: builds bytes, does no I/O.
+
+A record is a versioned JSON document serialised canonically once; those exact
+bytes are stored and are the Merkle leaf, never re-serialised to be hashed.
+It holds no prompt and no completion: only their digests, keyed with the log's
+secret salt (HMAC-SHA256), so a short prompt cannot be guessed back from a
+digest by anyone who lacks the log's salt. An auditor holding the plaintext
+recomputes ``HMAC-SHA256(salt, canonical JSON)`` with ``nomyo-audit log show
+--salt`` (docs/audit-log.md).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+from .._version import __version__
+from ..tpm.binding import canonical_json
+
+__all__ = ["RECORD_VERSION", "build_record", "keyed_digest"]
+
+RECORD_VERSION = 1
+
+
+def keyed_digest(salt: bytes, value: Any) -> str:
+    """HMAC-SHA256 of the canonical JSON of ``value`` under the log's salt, hex."""
+    return hmac.new(salt, canonical_json(value), hashlib.sha256).hexdigest()
+
+
+def rfc3339(timestamp: float) -> str:
+    return (
+        _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def build_record(
+    *,
+    seq: int,
+    timestamp: float,
+    salt: bytes,
+    payload_id: str,
+    router: str,
+    server_key: str | None,
+    model: str | None,
+    security_tier: str | None,
+    outcome: str,
+    request: Mapping[str, Any] | None,
+    response: Mapping[str, Any] | None,
+    error: Mapping[str, Any] | None = None,
+    policy: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> bytes:
+    """The exact bytes of record ``seq`` (canonical JSON, sorted keys).
+
+    ``metadata`` defaults to the response's ``_metadata``; it is given on its
+    own when the content must not be kept (a policy denial).
+    """
+    if metadata is None and response is not None:
+        metadata = response.get("_metadata")
+    metadata = dict(metadata) if metadata is not None else None
+    content = {k: v for k, v in response.items() if k != "_metadata"} if response is not None else None
+    verification = (metadata or {}).get("verification") or {}
+    document = {
+        "v": RECORD_VERSION,
+        "seq": seq,
+        "time": rfc3339(timestamp),
+        "payload_id": payload_id,
+        "router": router,
+        "server_key_sha256": server_key,
+        "model": model,
+        "security_tier": security_tier,
+        "outcome": outcome,
+        "error": dict(error) if error else None,
+        "request_digest": keyed_digest(salt, request) if request is not None else None,
+        "response_digest": keyed_digest(salt, content) if content is not None else None,
+        "metadata": metadata,
+        "verdict": {
+            "result": verification.get("result"),
+            "failed": [f["code"] for f in verification.get("findings", []) if f.get("status") == "fail"],
+        }
+        if verification
+        else None,
+        "policy": dict(policy) if policy else None,
+        "tool": f"nomyo-audit {__version__}",
+    }
+    return canonical_json(document)
