@@ -16,6 +16,7 @@ from .._version import __version__
 from ..errors import ExitCode, NomyoAuditError
 from .chat import chat
 from .demo import demo
+from .log import keys_group, log_group
 from .policy import policy_group
 from .serve import serve
 from .verify import verify
@@ -37,6 +38,8 @@ cli.add_command(chat)
 cli.add_command(demo)
 cli.add_command(verify)
 cli.add_command(policy_group)
+cli.add_command(log_group)
+cli.add_command(keys_group)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,8 +137,23 @@ def _evaluation_time(value: str) -> float:
         raise click.BadParameter("'now' or seconds since the epoch", param_hint="--at") from None
 
 
+def log_records(path: Path, since: float | None, until: float | None) -> Iterator[Record]:
+    """The records of an audit log, as verification inputs (their stored evidence)."""
+    from ..audit.log import AuditLog, LogError
+
+    if not path.exists():
+        raise LogError(f"{path}: no such audit log")
+    with AuditLog(path) as log:
+        for stored in log.store.records(since, until):
+            doc = json.loads(stored.data)
+            metadata = doc.get("metadata") or {"payload_id": doc.get("payload_id")}
+            metadata.setdefault("payload_id", doc.get("payload_id"))
+            metadata.setdefault("security_tier", doc.get("security_tier"))
+            yield _record(f"{path}#{doc['seq']}", metadata)
+
+
 @click.command()
-@click.argument("files", nargs=-1, required=True)
+@click.argument("files", nargs=-1)
 @click.option(
     "--policy", "policy_file", envvar="NOMYO_POLICY", help="Appraise against this policy (exit 1 if denied)."
 )
@@ -156,8 +171,28 @@ def _evaluation_time(value: str) -> float:
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here."
 )
-def verify(files: tuple[str, ...], policy_file: str | None, at: str, fmt: str, output: Path | None) -> None:
+@click.option(
+    "--log",
+    "log_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Re-appraise every record stored in this audit log (offline).",
+)
+@click.option("--since", help="With --log: from this time (epoch, date or ISO 8601).")
+@click.option("--until", help="With --log: before this time.")
+def verify(
+    files: tuple[str, ...],
+    policy_file: str | None,
+    at: str,
+    fmt: str,
+    output: Path | None,
+    log_path: Path | None,
+    since: str | None,
+    until: str | None,
+) -> None:
     """Verify the TPM evidence in saved responses or _metadata (JSON, JSON Lines, '-' for stdin).
+
+    With --log, every record stored in an audit log is appraised again, for
+    example against a policy with a newly published golden value.
 
     Exit status: 0 all verified (or allowed by the policy), 1 a verification
     failed or the policy denied, 2 unreadable or invalid input.
@@ -166,11 +201,18 @@ def verify(files: tuple[str, ...], policy_file: str | None, at: str, fmt: str, o
     Example:
       nomyo-audit verify --policy policies/production.yaml --format junit -o report.xml replies.jsonl
     """
+    from .log import parse_time
+
+    if not files and log_path is None:
+        raise click.UsageError("give evidence files, '-' for stdin, or --log")
     policy = load_policy(policy_file) if policy_file else None
     now = _evaluation_time(at)
+    sources: list[Iterator[Record]] = [read_records(name) for name in files]
+    if log_path is not None:
+        sources.append(log_records(log_path, parse_time(since), parse_time(until)))
     results = []
-    for name in files:
-        for record in read_records(name):
+    for source in sources:
+        for record in source:
             verdict = appraise(record)
             result = None
             if policy is not None:

@@ -342,7 +342,7 @@ class SecureCompletionClient:
         try:
             response = await self._gated_send(payload, payload_id, api_key, security_tier, policy)
         except PolicyViolationError as denied:
-            metadata = getattr(denied, "metadata", None)
+            metadata = denied.metadata
             await self._audit(
                 payload_id,
                 payload,
@@ -423,9 +423,7 @@ class SecureCompletionClient:
         }
         if result.outcome == "deny":
             response.clear()  # drop our references to the content before raising
-            denied = PolicyViolationError(result.summary(), result)
-            denied.metadata = metadata  # type: ignore[attr-defined]  # for the audit record only
-            raise denied
+            raise PolicyViolationError(result.summary(), result, metadata)
 
     async def attest_server_key(self, policy: Policy) -> None:
         """Verify the router key's TPM attestation against ``policy`` (cached for its TTL).
@@ -471,6 +469,7 @@ class SecureCompletionClient:
                 "the router key's attestation does not satisfy policy "
                 f"{policy.name} ({'; '.join(reasons)}); nothing was sent",
                 result,
+                {"key_attestation": {"tpm_attestation": block, "verification": verdict.to_dict()}},
             )
         self._key_attested_until[fingerprint] = time.monotonic() + policy.key_attestation_ttl
 

@@ -27,14 +27,16 @@ class PolicyError(NomyoAuditError):
 class PolicyViolationError(SecurityError):
     """The evidence does not satisfy a policy whose ``on_failure`` is ``deny``.
 
-    ``result`` is the :class:`~.evaluate.PolicyResult`; the response content is not kept.
+    ``result`` is the :class:`~.evaluate.PolicyResult`; the response content is
+    not kept. ``metadata`` is the evidence the denial rests on, for the audit record.
     """
 
     code = "policy_denied"
 
-    def __init__(self, message: str, result: Any) -> None:
+    def __init__(self, message: str, result: Any, metadata: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.result = result
+        self.metadata = metadata
 
 
 def parse_duration(value: int | str) -> int:
