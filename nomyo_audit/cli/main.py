@@ -18,6 +18,7 @@ from .chat import chat
 from .demo import demo
 from .log import keys_group, log_group
 from .policy import policy_group
+from .report import report, verify_report
 from .serve import serve
 from .verify import verify
 
@@ -40,6 +41,8 @@ cli.add_command(verify)
 cli.add_command(policy_group)
 cli.add_command(log_group)
 cli.add_command(keys_group)
+cli.add_command(report)
+cli.add_command(verify_report)
 
 
 def main(argv: list[str] | None = None) -> int:
