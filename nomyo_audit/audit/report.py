@@ -161,7 +161,7 @@ def timeline_svg(by_day: Mapping[str, Mapping[str, int]], width: int = 640, heig
             'role="img" aria-label="no records"></svg>'
         )
     peak = max(sum(c.values()) for _, c in days) or 1
-    bar = max(2, (width - 40) // len(days))
+    bar = min(40, max(2, (width - 40) // len(days)))
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 30}" role="img" '
         f'aria-label="requests per day">'
