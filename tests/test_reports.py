@@ -126,7 +126,7 @@ def audit_log(tmp_path):
 
 
 def make_report(audit_log, out, *extra):
-    db, key, _ = audit_log
+    db, _key, _ = audit_log
     args = [
         "report",
         "--log",
