@@ -70,12 +70,37 @@ def test_wrong_api_key_exits_1_and_key_is_never_echoed(make_router, capsys):
     assert "error[authentication]" in err and "wrong-key-123" not in err
 
 
-def test_demo_runs_the_loop_and_leaves_nothing_running():
-    result = invoke("demo", "--format", "json")
+def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path):
+    import threading
+
+    before = threading.active_count()
+    result = invoke("demo", "--attester", "software", "--dir", str(tmp_path / "demo"))
     assert result.exit_code == 0, result.output
-    replies = json.loads(result.stdout)
-    assert len(replies) >= 2
-    assert all(r["_metadata"]["payload_id_verified"] for r in replies)
+    out = result.output
+    assert "SOFTWARE attester" in out and "attested" in out and "PASS" in out
+    assert out.count("verdict pass, policy pass") == 3
+    assert "DENIED by policy production: pcrs: sha256 PCR 10" in out and "no content returned" in out
+    assert "report rendered" in out and "nothing is left running" in out
+    demo = tmp_path / "demo"
+    assert {p.name for p in demo.iterdir()} == {
+        "audit.db",
+        "audit.db-wal",
+        "audit.db-shm",
+        "audit.key",
+        "audit.key.pub",
+        "report",
+    } - {"audit.db-wal", "audit.db-shm"} | {p.name for p in demo.iterdir() if p.name.startswith("audit.db-")}
+    verified = invoke(
+        "verify-report",
+        str(demo / "report"),
+        "--key",
+        str(demo / "audit.key.pub"),
+        "--log",
+        str(demo / "audit.db"),
+    )
+    assert verified.exit_code == 0, verified.output
+    assert threading.active_count() == before  # router and server threads are gone
+    assert invoke("demo", "--dir", str(demo)).exit_code != 0  # never reuses a non-empty directory
 
 
 def test_serve_as_a_real_process(tmp_path):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as _dt
 import json
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
 import click
 
@@ -15,6 +16,7 @@ from ..errors import ConfigurationError
 DEMO_PROMPTS = (
     "Summarise our Q3 incident report.",
     "Draft a reply to the auditor.",
+    "List the open security findings.",
 )
 
 
@@ -31,16 +33,22 @@ def _tpm2_usable() -> bool:
 @click.command()
 @click.option(
     "--attester",
-    type=click.Choice(["auto", "swtpm", "software", "none"]),
+    type=click.Choice(["auto", "swtpm", "software"]),
     default="auto",
     show_default=True,
     help="auto: swtpm when installed (with the 'tpm' extra), else the software attester.",
 )
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def demo(attester: str, fmt: str) -> None:
-    """Run the whole loop on loopback: router, TPM quotes, encrypted chats, verdicts.
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to leave the log, keys and report (default: ./nomyo-audit-demo/<time>).",
+)
+def demo(attester: str, workdir: Path | None) -> None:
+    """Run the whole loop on loopback: TPM, router, policy-gated chats, audit log, signed report.
 
-    Everything runs on 127.0.0.1 and stops when the command ends.
+    Everything runs on 127.0.0.1 and stops when the command ends; the audit
+    log, keys and report stay in --dir.
 
     \b
     Example:
@@ -53,40 +61,130 @@ def demo(attester: str, fmt: str) -> None:
         raise ConfigurationError(
             f"the demo needs the 'router' extra: pip install 'nomyo-audit[router]' ({exc})"
         ) from None
+    from ..audit.keys import (
+        ed25519_private,
+        ed25519_public,
+        generate_audit_key,
+        load_private_key,
+        load_public_key,
+    )
+    from ..audit.log import AuditLog
+    from ..audit.records import rfc3339
+    from ..audit.render import verify_report_dir, write_report
+    from ..audit.report import build_report
     from ..client import SecureChatCompletion
     from ..client.keys import generate_key_pair
+    from ..policy import PolicyViolationError, load_policy
+    from ..tpm.measurements import TAMPER_EVENT, measure_demo_boot
     from ..tpm.swtpm import SwtpmProcess
-    from .chat import describe_metadata
+    from .report import log_state
 
-    say: Callable[[str], None] = (lambda text: click.echo(text, err=True)) if fmt == "json" else click.echo
+    step = _stepper()
+    workdir = workdir or Path("nomyo-audit-demo") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    workdir.mkdir(parents=True, exist_ok=True)
+    if any(workdir.iterdir()):
+        raise ConfigurationError(f"{workdir} is not empty: choose another --dir")
+    fallback = attester == "auto" and not _tpm2_usable()
     if attester == "auto":
-        attester = "swtpm" if _tpm2_usable() else "software"
-        if attester == "software":
-            say("swtpm or tpm2-pytss is not available: using the SOFTWARE attester (not hardware-rooted).")
+        attester = "software" if fallback else "swtpm"
+    policy = load_policy("production")
+    key_path, public_path = generate_audit_key(workdir / "audit.key")
+    log_path = workdir / "audit.db"
+
     with contextlib.ExitStack() as stack:
-        spec = attester
         if attester == "swtpm":
             spec = stack.enter_context(SwtpmProcess()).spec
-            say(f"started a software TPM (swtpm) at {spec.split(':', 1)[1]}")
-        say("generating the router's RSA-4096 key...")
-        config = RouterConfig(private_key=generate_key_pair().private_key, attester=make_attester(spec))
-        router = stack.enter_context(RouterThread(config))
-        say(f"reference router listening on {router.url} (built-in echo model, attester: {attester})")
+            step(f"software TPM (swtpm) started at {spec.split(':', 1)[1]}")
+        else:
+            spec = "software"
+            step(
+                "swtpm is not available: using the SOFTWARE attester (an in-process key; not hardware-rooted)"
+            )
+        tpm_attester = make_attester(spec)
+        source = tpm_attester.source  # type: ignore[attr-defined]
+        measure_demo_boot(source)
+        step("measured boot: firmware, secure boot policy and IMA aggregate extended into PCRs 0, 7, 10")
+        router = stack.enter_context(
+            RouterThread(RouterConfig(private_key=generate_key_pair().private_key, attester=tpm_attester))
+        )
+        step(f"reference router on {router.url} (RSA-4096 key, echo model, a TPM quote on every reply)")
+        log = stack.enter_context(AuditLog(log_path, key=ed25519_private(key_path), checkpoint_every=4))
 
-        async def run() -> list[dict[str, Any]]:
-            async with SecureChatCompletion(router.url, allow_http=True) as client:
-                replies = []
+        step(f"client policy: {policy.name} sha256:{policy.digest[:16]}... (golden PCRs, attest-before-send)")
+
+        async def run() -> None:
+            async with SecureChatCompletion(
+                router.url, allow_http=True, policy=policy, audit_log=log
+            ) as client:
+                await client.client.attest_server_key(policy)
+                step("router key attested (quote over its public key) before any prompt was encrypted: PASS")
                 for prompt in DEMO_PROMPTS:
-                    messages = [{"role": "user", "content": prompt}]
-                    replies.append(await client.create("echo", messages, security_tier="high"))
-                return replies
+                    reply = await client.create(
+                        "echo", [{"role": "user", "content": prompt}], security_tier="high"
+                    )
+                    meta = reply["_metadata"]
+                    step(
+                        f"> {prompt}\n     {reply['choices'][0]['message']['content']}\n     verdict "
+                        f"{meta['verification']['result']}, policy {meta['policy']['outcome']}, "
+                        f"payload_id {meta['payload_id']}"
+                    )
+                source.extend("sha256", *TAMPER_EVENT)
+                step("PCR 10 extended: an unexpected kernel module was measured on the router's machine")
+                prompt = "One more question, after the change."
+                try:
+                    await client.create("echo", [{"role": "user", "content": prompt}], security_tier="high")
+                except PolicyViolationError as denied:
+                    failed = "; ".join(f"{r.rule}: {r.detail}" for r in denied.result.failures)
+                    step(
+                        f"> {prompt}\n     DENIED by policy {policy.name}: {failed}\n     no content returned"
+                    )
+                else:  # pragma: no cover - would be a bug
+                    raise ConfigurationError("the changed PCR was not denied")
 
-        replies = asyncio.run(run())
-    if fmt == "json":
-        click.echo(json.dumps(replies, indent=2))
-        return
-    for prompt, reply in zip(DEMO_PROMPTS, replies, strict=True):
-        click.echo(f"\n> {prompt}")
-        click.echo(reply["choices"][0]["message"]["content"])
-        click.echo("  " + describe_metadata(reply["_metadata"]).replace("\n", "\n  "))
-    click.echo("\nrouter and TPM stopped; nothing left running.")
+        asyncio.run(run())
+        note = log.checkpoint()
+        report_log = log.verify(ed25519_public(public_path))
+        if not report_log.ok:  # pragma: no cover - would be a bug
+            raise ConfigurationError(f"the demo's own log does not verify: {report_log.problems}")
+        root = report_log.root.hex()[:16]
+        step(f"audit log: {report_log.size} records, checkpoint signed, verified (root {root}...)")
+        document = build_report(
+            (json.loads(r.data) for r in log.store.records()),
+            generated_at=rfc3339(__import__("time").time()),
+            log_state=log_state(log),
+            policy=policy,
+        )
+    report_dir = workdir / "report"
+    write_report(document, ["html", "md", "json", "junit", "csv"], report_dir, load_private_key(key_path))
+    statement = verify_report_dir(report_dir, load_public_key(public_path))
+    step(
+        f"report rendered (html, md, json, junit, csv), signed (DSSE, in-toto) and verified: "
+        f"{len(statement['subject'])} files"
+    )
+    click.echo(
+        f"""
+Done: the router and TPM are stopped; nothing is left running. Everything is in {workdir}/:
+  audit.db                  the audit log ({report_log.size} records; no prompt or completion is stored)
+  audit.key, audit.key.pub  the log and report signing key (Ed25519)
+  report/report.html        the compliance report (also .md, .json, .csv, .junit.xml, .dsse.json)
+
+Look further:
+  nomyo-audit log show --log {log_path}
+  nomyo-audit log verify --log {log_path} --key {public_path}
+  nomyo-audit verify --log {log_path} --policy production
+  nomyo-audit verify-report {report_dir} --key {public_path} --log {log_path}
+  nomyo-audit log prove {document["failures"][0]["payload_id"] if document["failures"] else "<payload_id>"} --log {log_path}
+"""  # noqa: E501
+    )
+    del note
+
+
+def _stepper() -> Callable[[str], None]:
+    count = 0
+
+    def step(text: str) -> None:
+        nonlocal count
+        count += 1
+        click.echo(f"[{count}] {text}")
+
+    return step
