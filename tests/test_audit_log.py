@@ -430,6 +430,15 @@ def test_log_cli(filled, key, tmp_path):
     assert main(["log", "verify", "--log", str(tmp_path / "missing.db")]) == ExitCode.USAGE
 
 
+def test_log_digest_lets_an_auditor_check_a_plaintext(filled, tmp_path):
+    request = {"model": "echo", "messages": [{"role": "user", "content": "PROMPT req-3"}]}
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    result = CliRunner().invoke(cli, ["log", "digest", str(tmp_path / "request.json"), "--log", str(filled)])
+    with AuditLog(filled) as log:
+        record = json.loads(log.record_bytes("req-3"))
+    assert result.exit_code == 0 and result.output.strip() == record["request_digest"]
+
+
 def test_keys_generate(tmp_path):
     assert main(["keys", "generate", "--kind", "audit", "-o", str(tmp_path / "a.key")]) == 0
     assert oct(os.stat(tmp_path / "a.key").st_mode & 0o777) == "0o600"

@@ -136,3 +136,15 @@ def test_ear_for_failures_is_contraindicated(name, claim, value):
     assert tpm["ear.status"] == "contraindicated"
     assert tpm["ear.trustworthiness-vector"][claim] == value
     assert tpm["ear.appraisal-policy-id"] == "policy://test" and ear["iat"] == 1700000000
+
+
+@pytest.mark.parametrize(("name", "status"), [("swtpm-ecc256-ecdsa-genuine", 0), ("altered-pcr-value", 1)])
+def test_exit_status_of_the_real_process(tmp_path, name, status):
+    """The console script, not CliRunner: click returns (not raises) exit codes outside standalone mode."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "meta.json"
+    path.write_text(json.dumps(metadata(name)))
+    proc = subprocess.run([sys.executable, "-m", "nomyo_audit.cli.main", "verify", str(path)], capture_output=True)
+    assert proc.returncode == status, proc.stderr

@@ -5,8 +5,8 @@ bytes are stored and are the Merkle leaf, never re-serialised to be hashed.
 It holds no prompt and no completion: only their digests, keyed with the log's
 secret salt (HMAC-SHA256), so a short prompt cannot be guessed back from a
 digest by anyone who lacks the log's salt. An auditor holding the plaintext
-recomputes ``HMAC-SHA256(salt, canonical JSON)`` with ``nomyo-audit log show
---salt`` (docs/audit-log.md).
+recomputes ``HMAC-SHA256(salt, canonical JSON)`` with ``nomyo-audit log
+digest`` (docs/audit-log.md).
 """
 
 from __future__ import annotations

@@ -154,6 +154,32 @@ def _progress(total: int) -> Any:
     return update
 
 
+@log_group.command("digest")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@LOG_OPTION
+def digest(file: Path, log_path: Path) -> None:
+    """Compute the keyed digest a record holds for a plaintext you have (request or response JSON).
+
+    Records keep HMAC-SHA256(log salt, canonical JSON) instead of prompts and
+    completions; with the plaintext and this log, an auditor checks a record's
+    request_digest or response_digest (a response's _metadata is left out).
+
+    \b
+    Example:
+      nomyo-audit log digest request.json --log audit.db
+    """
+    from ..audit.records import keyed_digest
+
+    try:
+        value = json.loads(file.read_text())
+    except ValueError:
+        raise LogError(f"{file}: not JSON") from None
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k != "_metadata"}
+    with open_log(log_path) as log:
+        click.echo(keyed_digest(log.salt, value))
+
+
 @log_group.command("checkpoint")
 @LOG_OPTION
 @click.option(

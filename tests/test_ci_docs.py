@@ -1,0 +1,109 @@
+"""docs/ci.md's gate, run as written, against fixtures; and configuration precedence."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shlex
+import shutil
+
+import pytest
+import xmlschema
+from conftest import FIXTURES, REPO
+
+from nomyo_audit import SecureChatCompletion
+from nomyo_audit.audit.keys import ed25519_private, generate_audit_key, load_private_key
+from nomyo_audit.audit.log import AuditLog
+from nomyo_audit.audit.render import write_report
+from nomyo_audit.audit.report import build_report
+from nomyo_audit.cli import main
+from nomyo_audit.cli.report import log_state
+from nomyo_audit.errors import ExitCode
+from nomyo_audit.tpm.attester import TPMAttester
+from nomyo_audit.tpm.measurements import measure_demo_boot
+from nomyo_audit.tpm.software import SoftwareTPM
+
+
+def gate_commands() -> list[list[str]]:
+    text = (REPO / "docs" / "ci.md").read_text()
+    block = re.search(r"```bash ci-gate\n(.*?)```", text, re.S)
+    assert block, "docs/ci.md lost its ci-gate block"
+    return [shlex.split(line)[1:] for line in block.group(1).splitlines() if line.startswith("nomyo-audit ")]
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch, make_router, client_keys_dir):
+    tpm = SoftwareTPM()
+    measure_demo_boot(tpm)
+    router = make_router(attester=TPMAttester(tpm))
+    key, _ = generate_audit_key(tmp_path / "audit.key")
+    (tmp_path / "policies").mkdir()
+    shutil.copy(REPO / "policies" / "production.yaml", tmp_path / "policies")
+    (tmp_path / "evidence").mkdir()
+
+    async def chats():
+        with AuditLog(tmp_path / "audit.db", key=ed25519_private(key)) as log:
+            async with SecureChatCompletion(
+                router.url, allow_http=True, key_dir=str(client_keys_dir), policy="production", audit_log=log
+            ) as client:
+                replies = [
+                    await client.create("echo", [{"role": "user", "content": f"q{n}"}], security_tier="high")
+                    for n in range(3)
+                ]
+            log.checkpoint()
+            document = build_report(
+                (json.loads(r.data) for r in log.store.records()), generated_at="t", log_state=log_state(log)
+            )
+        write_report(document, ["json", "html"], tmp_path / "report", load_private_key(key))
+        return replies
+
+    replies = asyncio.run(chats())
+    (tmp_path / "evidence" / "replies.jsonl").write_text("".join(json.dumps(r) + "\n" for r in replies))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_the_documented_gate_passes_on_good_evidence(workspace):
+    commands = gate_commands()
+    assert len(commands) == 4
+    for argv in commands:
+        assert main(argv) == ExitCode.OK, argv
+    xmlschema.XMLSchema(str(FIXTURES / "junit.xsd")).validate(str(workspace / "verify-report.xml"))
+
+
+def test_the_documented_gate_fails_on_bad_evidence(workspace):
+    replies = (workspace / "evidence" / "replies.jsonl").read_text().splitlines()
+    tampered = json.loads(replies[1])
+    tampered["_metadata"]["tpm_attestation"]["pcr_values"]["sha256"]["7"] = "00" * 32
+    (workspace / "evidence" / "replies.jsonl").write_text(
+        "\n".join([replies[0], json.dumps(tampered)]) + "\n"
+    )
+    verify = next(argv for argv in gate_commands() if argv[0] == "verify")
+    assert main(verify) == ExitCode.FINDING
+    junit = (workspace / "verify-report.xml").read_text()
+    assert junit.count("<failure") >= 1 and "pcr_digest" in junit
+
+
+def test_the_documented_gate_catches_a_tampered_log(workspace):
+    import sqlite3
+
+    with sqlite3.connect(workspace / "audit.db") as db:
+        db.execute("DELETE FROM records WHERE seq = 1")
+    log_verify = next(argv for argv in gate_commands() if argv[:2] == ["log", "verify"])
+    assert main(log_verify) == ExitCode.INTEGRITY
+
+
+def test_config_file_flags_and_environment_precedence(tmp_path, monkeypatch, router, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nomyo-audit.yaml").write_text(f"chat:\n  base_url: {router.url}\n  allow_http: true\n")
+    assert main(["chat", "from the config file"]) == ExitCode.OK
+    assert "echo: from the config file" in capsys.readouterr().out
+    monkeypatch.setenv("NOMYO_BASE_URL", "http://127.0.0.1:1")  # the environment beats the file
+    assert main(["chat", "--timeout", "5", "env wins"]) != ExitCode.OK
+    capsys.readouterr()
+    assert main(["chat", "--base-url", router.url, "flag wins"]) == ExitCode.OK  # the flag beats both
+    (tmp_path / "nomyo-audit.yaml").write_text("chat:\n  api_key: sk-secret\n")
+    assert main(["chat", "x"]) == ExitCode.USAGE
+    assert "keep API keys out of config files" in capsys.readouterr().err
+
