@@ -106,4 +106,3 @@ def test_config_file_flags_and_environment_precedence(tmp_path, monkeypatch, rou
     (tmp_path / "nomyo-audit.yaml").write_text("chat:\n  api_key: sk-secret\n")
     assert main(["chat", "x"]) == ExitCode.USAGE
     assert "keep API keys out of config files" in capsys.readouterr().err
-

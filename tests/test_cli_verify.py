@@ -146,5 +146,7 @@ def test_exit_status_of_the_real_process(tmp_path, name, status):
 
     path = tmp_path / "meta.json"
     path.write_text(json.dumps(metadata(name)))
-    proc = subprocess.run([sys.executable, "-m", "nomyo_audit.cli.main", "verify", str(path)], capture_output=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nomyo_audit.cli.main", "verify", str(path)], capture_output=True
+    )
     assert proc.returncode == status, proc.stderr

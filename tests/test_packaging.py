@@ -1,0 +1,104 @@
+"""The wheel works anywhere: built from this tree, installed into a fresh venv with no repository
+on the path and no TSS library, it runs the demo, verifies evidence and renders reports from the
+templates, policies and schema it ships."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(root / "dist"), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    wheel = next((root / "dist").glob("nomyo_audit-*.whl"))
+    env_dir = root / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    pip = [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, f"{wheel}[router]"], check=True, capture_output=True, timeout=900)
+    return env_dir / "bin"
+
+
+def run(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NOMYO_AUDIT_LOG", "NOMYO_POLICY")}
+    return subprocess.run(
+        [str(bin_dir / "nomyo-audit"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_wheel_has_no_tss_and_imports_from_site_packages(installed, tmp_path):
+    python = str(installed / "python")
+    where = subprocess.run(
+        [python, "-c", "import nomyo_audit; print(nomyo_audit.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "site-packages" in where and str(REPO) not in where
+    assert subprocess.run([python, "-c", "import tpm2_pytss"], capture_output=True).returncode != 0
+
+
+def test_demo_verify_and_report_from_the_wheel(installed, tmp_path):
+    demo = run(installed, tmp_path, "demo", "--attester", "software", "--dir", "demo")
+    assert demo.returncode == 0, demo.stderr
+    assert "DENIED by policy production" in demo.stdout
+    log = tmp_path / "demo" / "audit.db"
+    verified = run(
+        installed, tmp_path, "verify", "--log", str(log), "--policy", "production", "--format", "json"
+    )
+    assert verified.returncode == 1  # the record after the PCR change is denied
+    outcomes = [d["policy"]["outcome"] for d in json.loads(verified.stdout)]
+    assert outcomes == ["pass", "pass", "pass", "deny"]
+    report = run(
+        installed,
+        tmp_path,
+        "report",
+        "--log",
+        str(log),
+        "--policy",
+        "production",
+        "--format",
+        "html,md,json,junit,csv",
+        "--sign",
+        str(tmp_path / "demo" / "audit.key"),
+        "-o",
+        "out",
+    )
+    assert report.returncode == 0, report.stderr
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {
+        "report.html",
+        "report.md",
+        "report.json",
+        "report.csv",
+        "report.junit.xml",
+        "report.dsse.json",
+    }
+    checked = run(
+        installed,
+        tmp_path,
+        "verify-report",
+        "out",
+        "--key",
+        str(tmp_path / "demo" / "audit.key.pub"),
+        "--log",
+        str(log),
+    )
+    assert checked.returncode == 0, checked.stderr
+    lint = run(installed, tmp_path, "policy", "lint", "production", "development", "maximum")
+    assert lint.returncode == 0, lint.stderr
