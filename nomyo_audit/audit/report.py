@@ -66,8 +66,8 @@ def build_report(
         metadata = doc.get("metadata") or {}
         tpm = metadata.get("tpm_attestation") or {}
         verification = metadata.get("verification") or {}
-        doc = dict(doc)
         if policy is not None and metadata:
+            doc = dict(doc)
             timestamp = _dt.datetime.fromisoformat(doc["time"].replace("Z", "+00:00")).timestamp()
             target = dict(metadata)
             target.setdefault("payload_id", doc.get("payload_id"))
@@ -88,9 +88,10 @@ def build_report(
         applied = doc.get("policy_result") or doc.get("policy") or {}
         for rule in applied.get("rules", []):
             rules[rule["rule"]][rule["status"]] += 1
-        for finding in verification.get("findings", []):
-            if finding.get("status") == "fail":
-                findings[finding["code"]] += 1
+        if verification.get("result") == "fail":
+            for finding in verification.get("findings", []):
+                if finding.get("status") == "fail":
+                    findings[finding["code"]] += 1
         facts = verification.get("facts") or {}
         if facts.get("aik_fingerprint"):
             aiks[facts["aik_fingerprint"]] += 1
