@@ -29,6 +29,7 @@ __all__ = [
     "ConfigurationError",
     "EvidenceError",
     "ForbiddenError",
+    "IntegrityError",
     "InvalidRequestError",
     "NomyoAuditError",
     "ProtocolError",
@@ -164,6 +165,13 @@ class ProtocolError(SecurityError, ValueError):
     """
 
     code = "protocol"
+
+
+class IntegrityError(NomyoAuditError):
+    """Something that must not change has: an audit log, a checkpoint, a proof, a signed report."""
+
+    code = "integrity"
+    exit_code = ExitCode.INTEGRITY
 
 
 class EvidenceError(NomyoAuditError, ValueError):

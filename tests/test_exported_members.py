@@ -7,7 +7,8 @@ def test_exported_members():
     assert sorted(nomyo_audit.__all__) == sorted(
         [
             "APIConnectionError", "APIError", "APITimeoutError", "AuthenticationError", "ConfigurationError",
-            "EvidenceError", "ForbiddenError", "InvalidRequestError", "NomyoAuditError", "Policy",
+            "EvidenceError", "ForbiddenError", "IntegrityError", "InvalidRequestError", "NomyoAuditError",
+            "Policy",
             "PolicyViolationError", "ProtocolError", "RateLimitError", "SecureChatCompletion",
             "SecureCompletionClient", "SecurityError", "ServerError", "ServiceUnavailableError",
             "SyncSecureChatCompletion", "__version__", "get_memory_protection_info", "load_policy",

@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from ..errors import NomyoAuditError
+from ..errors import IntegrityError
 from .keys import SigningKey, VerifyingKey
 
 __all__ = [
@@ -36,11 +36,10 @@ IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 
 
-class EnvelopeError(NomyoAuditError):
+class EnvelopeError(IntegrityError):
     """A DSSE envelope is malformed or its signature does not verify."""
 
     code = "envelope"
-    exit_code = 3
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..errors import NomyoAuditError
+from ..errors import IntegrityError, NomyoAuditError
 from .merkle import Frontier, inclusion_proof, leaf_hash
 from .note import Checkpoint, NoteError, parse_checkpoint, sign_checkpoint, verify_checkpoint
 
@@ -75,13 +75,6 @@ class LogError(NomyoAuditError):
     exit_code = 2
 
 
-class IntegrityError(NomyoAuditError):
-    """The log, a checkpoint or a proof has been altered."""
-
-    code = "integrity"
-    exit_code = 3
-
-
 @dataclass(frozen=True)
 class StoredRecord:
     seq: int
@@ -89,6 +82,10 @@ class StoredRecord:
     time: float
     data: bytes
     leaf: bytes
+
+
+#: Called inside an append's transaction: returns (size, root, signed note) to keep, or None.
+CheckpointMaker = Callable[[Frontier, "float | None"], "tuple[int, bytes, str] | None"]
 
 
 class LogStore(Protocol):
@@ -99,7 +96,7 @@ class LogStore(Protocol):
         payload_id: str,
         timestamp: float,
         build: Callable[[int], bytes],
-        checkpoint: Callable[[Frontier, float | None], tuple[int, bytes, str] | None],
+        checkpoint: CheckpointMaker,
     ) -> int: ...
     def records(self, since: float | None = None, until: float | None = None) -> Iterator[StoredRecord]: ...
     def scan(self) -> Iterator[tuple[int, bytes, bytes]]: ...
@@ -134,7 +131,7 @@ class SQLiteStore:
         payload_id: str,
         timestamp: float,
         build: Callable[[int], bytes],
-        checkpoint: Callable[[Frontier, float | None], tuple[int, bytes, str] | None],
+        checkpoint: CheckpointMaker,
     ) -> int:
         with self._lock:
             return self._append(payload_id, timestamp, build, checkpoint)
@@ -144,7 +141,7 @@ class SQLiteStore:
         payload_id: str,
         timestamp: float,
         build: Callable[[int], bytes],
-        checkpoint: Callable[[Frontier, float | None], tuple[int, bytes, str] | None],
+        checkpoint: CheckpointMaker,
     ) -> int:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
