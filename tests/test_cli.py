@@ -22,9 +22,30 @@ def invoke(*args: str, input: str | None = None):
 def test_version_and_help():
     result = invoke("--version")
     assert result.exit_code == 0 and "nomyo-audit" in result.output
-    for command in ("serve", "chat", "demo"):
-        help_text = invoke(command, "--help").output
-        assert "Example:" in help_text, command
+    commands = [
+        ["serve"],
+        ["chat"],
+        ["demo"],
+        ["verify"],
+        ["report"],
+        ["verify-report"],
+        ["policy"],
+        ["policy", "lint"],
+        ["policy", "show"],
+        ["policy", "from-evidence"],
+        ["log"],
+        ["log", "show"],
+        ["log", "verify"],
+        ["log", "checkpoint"],
+        ["log", "prove"],
+        ["log", "verify-proof"],
+        ["log", "digest"],
+        ["keys"],
+        ["keys", "generate"],
+    ]
+    for command in commands:
+        help_text = invoke(*command, "--help").output
+        assert "Example:" in help_text and "nomyo-audit " in help_text, command
 
 
 def test_chat_against_router(router, client_keys_dir):

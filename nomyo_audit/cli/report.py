@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,8 +38,13 @@ def log_state(log: AuditLog) -> dict[str, Any]:
 
 
 def _records(log: AuditLog, since: float | None, until: float | None) -> Iterator[dict[str, Any]]:
-    for stored in log.store.records(since, until):
+    show = sys.stderr.isatty() and log.size >= 50_000  # a progress line on a terminal, for long runs
+    for n, stored in enumerate(log.store.records(since, until), 1):
+        if show and n % 10_000 == 0:
+            click.echo(f"\rreading {n:,}/{log.size:,} records", err=True, nl=False)
         yield json.loads(stored.data)
+    if show:
+        click.echo("", err=True)
 
 
 @click.command()
