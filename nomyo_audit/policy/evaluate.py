@@ -123,10 +123,17 @@ def evaluate(
         rules = tuple([check(metadata, verdict, model, now) for _, check in compiled])
     else:
         rules = tuple([check(metadata, verdict, model, now) for rule, check in compiled if rule in scope])
-    return PolicyResult(policy.name, policy.digest, policy.on_failure, rules, verdict)
+    return PolicyResult(policy.name, policy.digest, _on_failure(policy), rules, verdict)
 
 
 Check = Callable[[Mapping[str, Any], Verdict, "str | None", "float | None"], RuleOutcome]
+
+
+def _on_failure(policy: Policy) -> str:
+    value = policy.cache.get("on_failure")
+    if value is None:
+        value = policy.cache["on_failure"] = policy.on_failure
+    return str(value)
 
 
 def _compiled(policy: Policy) -> tuple[tuple[str, Check], ...]:
@@ -307,17 +314,20 @@ def _aik_trust(value: Mapping[str, Any], spec: Mapping[str, Any]) -> Check:
 
 
 def _memory_protection(value: list[str], spec: Mapping[str, Any]) -> Check:
+    passed = RuleOutcome(
+        "memory_protection", "pass", f"the router reports {', '.join(value)} (its own word, unattested)"
+    )
+
     def check(metadata: Mapping[str, Any], verdict: Any, model: Any, now: Any) -> RuleOutcome:
         reported = metadata.get("memory_protection")
-        reported = reported if isinstance(reported, Mapping) else {}
+        if type(reported) is not dict:
+            reported = reported if isinstance(reported, Mapping) else {}
         missing = [flag for flag in value if reported.get(flag) is not True]
         if missing:
             return RuleOutcome(
                 "memory_protection", "fail", f"the router does not report {', '.join(missing)}"
             )
-        return RuleOutcome(
-            "memory_protection", "pass", f"the router reports {', '.join(value)} (its own word, unattested)"
-        )
+        return passed
 
     return check
 

@@ -33,7 +33,7 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Literal, NamedTuple
 
 from ..errors import EvidenceError
@@ -102,9 +102,9 @@ class Verdict:
     #: SHA-256 of the response content the binding was checked against, if any.
     content_digest: bytes | None = None
 
-    @property
+    @cached_property
     def result(self) -> Literal["pass", "fail"]:
-        return "fail" if any(f.status == "fail" for f in self.findings) else "pass"
+        return "fail" if self.failures else "pass"
 
     @property
     def passed(self) -> bool:
@@ -113,7 +113,7 @@ class Verdict:
     def finding(self, check: str) -> Finding:
         return self.findings[_CHECK_INDEX[check]]
 
-    @property
+    @cached_property
     def failures(self) -> tuple[Finding, ...]:
         return tuple(f for f in self.findings if f.status == "fail")
 
