@@ -102,3 +102,41 @@ def test_demo_verify_and_report_from_the_wheel(installed, tmp_path):
     assert checked.returncode == 0, checked.stderr
     lint = run(installed, tmp_path, "policy", "lint", "production", "development", "maximum")
     assert lint.returncode == 0, lint.stderr
+
+
+def test_no_extras_verifies_and_reports(installed, tmp_path):
+    """``pip install nomyo-audit`` alone: no starlette, no uvicorn, no tpm2-pytss."""
+    wheel = next((installed.parent.parent / "dist").glob("nomyo_audit-*.whl"))
+    env_dir = tmp_path / "bare"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    subprocess.run(
+        [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    bare = env_dir / "bin"
+    for module in ("starlette", "uvicorn", "tpm2_pytss"):
+        assert (
+            subprocess.run([str(bare / "python"), "-c", f"import {module}"], capture_output=True).returncode
+            != 0
+        )
+    vectors = REPO / "tests" / "fixtures" / "vectors" / "tpm-evidence.json"
+    metadata = [
+        {
+            "payload_id": v["payload_id"],
+            "tpm_attestation": v["tpm_attestation"],
+            "verification": {"content_digest": v["content_digest"]},
+        }
+        for v in json.loads(vectors.read_text())["vectors"]
+        if v["source"] == "swtpm" and v["expect"]["result"] == "pass"
+    ]
+    (tmp_path / "swtpm-evidence.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metadata))
+    verified = run(bare, tmp_path, "verify", "swtpm-evidence.jsonl")
+    assert verified.returncode == 0, verified.stdout + verified.stderr  # real TPM quotes, no TSS library
+    demo = run(installed, tmp_path, "demo", "--attester", "software", "--dir", "demo")
+    assert demo.returncode == 0, demo.stderr
+    report = run(bare, tmp_path, "report", "--log", "demo/audit.db", "--format", "html,json", "-o", "out")
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "out" / "report.html").stat().st_size > 1000
+    assert run(bare, tmp_path, "serve").returncode == 2  # a clear error, not a traceback
