@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import datetime as _dt
 import json
+import os
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,6 +164,7 @@ def demo(attester: str, workdir: Path | None) -> None:
         f"report rendered (html, md, json, junit, csv), signed (DSSE, in-toto) and verified: "
         f"{len(statement['subject'])} files"
     )
+    prog = _program_name()
     click.echo(
         f"""
 Done: the router and TPM are stopped; nothing is left running. Everything is in {workdir}/:
@@ -169,14 +173,21 @@ Done: the router and TPM are stopped; nothing is left running. Everything is in 
   report/report.html        the compliance report (also .md, .json, .csv, .junit.xml, .dsse.json)
 
 Look further:
-  nomyo-audit log show --log {log_path}
-  nomyo-audit log verify --log {log_path} --key {public_path}
-  nomyo-audit verify --log {log_path} --policy production
-  nomyo-audit verify-report {report_dir} --key {public_path} --log {log_path}
-  nomyo-audit log prove {document["failures"][0]["payload_id"] if document["failures"] else "<payload_id>"} --log {log_path}
+  {prog} log show --log {log_path}
+  {prog} log verify --log {log_path} --key {public_path}
+  {prog} verify --log {log_path} --policy production
+  {prog} verify-report {report_dir} --key {public_path} --log {log_path}
+  {prog} log prove {document["failures"][0]["payload_id"] if document["failures"] else "<payload_id>"} --log {log_path}
 """  # noqa: E501
     )
     del note
+
+
+def _program_name() -> str:
+    """How to call this CLI again: ``nomyo-audit`` if it is on PATH, else the path it was run by."""
+    if shutil.which("nomyo-audit") or not sys.argv[0].endswith("nomyo-audit"):
+        return "nomyo-audit"
+    return os.path.relpath(sys.argv[0])
 
 
 def _stepper() -> Callable[[str], None]:
