@@ -21,7 +21,8 @@ from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 
 from ..tpm.binding import response_content_digest
-from ..tpm.verify import Verdict, verify_attestation
+from ..tpm.structures import HASH_NAMES
+from ..tpm.verify import Verdict, parse_pcr_banks, verify_attestation
 from .model import Policy, parse_duration
 
 __all__ = ["KEY_SCOPE", "PolicyResult", "RuleOutcome", "evaluate"]
@@ -228,11 +229,8 @@ def _pcrs(value: Mapping[str, Mapping[str, Any]], spec: Mapping[str, Any]) -> Ch
 
 @lru_cache(maxsize=256)
 def _quoted_sets(pcr_banks: str) -> dict[str, frozenset[int]]:
-    quoted = {}
-    for part in pcr_banks.split("+"):
-        bank, _, indices = part.partition(":")
-        quoted[bank] = frozenset(int(i) for i in indices.split(",") if i)
-    return quoted
+    """The verified selection text as {bank: indices}, through the verifier's own parser."""
+    return {HASH_NAMES[s.hash_alg]: frozenset(s.indices) for s in parse_pcr_banks(pcr_banks)}
 
 
 def _pcr_selection(value: Mapping[str, list[int]], spec: Mapping[str, Any]) -> Check:

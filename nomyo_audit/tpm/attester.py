@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .binding import key_binding, response_binding, response_content_digest
-from .structures import HASH_NAMES, PCRSelection
+from .structures import PCRSelection, pcr_value_map
 from .verify import parse_pcr_banks
 
 __all__ = ["DEFAULT_PCR_BANKS", "Quote", "QuoteSource", "TPMAttester"]
@@ -53,16 +53,10 @@ class TPMAttester:
     def evidence(self, extra_data: bytes) -> dict[str, Any]:
         with self._lock:
             quote = self.source.quote(self.selections, extra_data)
-        values: dict[str, dict[str, str]] = {}
-        remaining = iter(quote.pcr_values)
-        for selection in self.selections:
-            bank = values.setdefault(HASH_NAMES[selection.hash_alg], {})
-            for index in selection.indices:
-                bank[str(index)] = next(remaining).hex()
         return {
             "is_available": True,
             "pcr_banks": self.pcr_banks,
-            "pcr_values": values,
+            "pcr_values": pcr_value_map(self.selections, quote.pcr_values),
             "quote_b64": base64.b64encode(quote.attest).decode(),
             "signature_b64": base64.b64encode(quote.signature).decode(),
             "aik_pubkey_b64": base64.b64encode(self.source.aik_public).decode(),

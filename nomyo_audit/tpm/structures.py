@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from ..errors import EvidenceError
 
@@ -40,6 +42,8 @@ __all__ = [
     "parse_pcr_selection_list",
     "parse_public",
     "parse_signature",
+    "pcr_value_map",
+    "selection_text",
 ]
 
 TPM_GENERATED_VALUE = 0xFF544347
@@ -278,6 +282,24 @@ def _read_pcr_selection_list(reader: _Reader) -> tuple[PCRSelection, ...]:
         indices = tuple(b * 8 + bit for b, byte in enumerate(bitmap) for bit in _BITS[byte])
         selections.append(PCRSelection(alg, indices, size))
     return tuple(selections)
+
+
+def selection_text(selections: tuple[PCRSelection, ...] | list[PCRSelection]) -> str:
+    """``sha256:0,7,10`` (banks joined by ``+``): how evidence and policies write a selection."""
+    return _selection_text(tuple((s.hash_alg, s.indices) for s in selections))
+
+
+@lru_cache(maxsize=256)
+def _selection_text(key: tuple[tuple[int, tuple[int, ...]], ...]) -> str:
+    return "+".join(f"{HASH_NAMES[alg]}:{','.join(map(str, indices))}" for alg, indices in key)
+
+
+def pcr_value_map(selections: tuple[PCRSelection, ...], values: Iterable[bytes]) -> dict[str, dict[str, str]]:
+    """``{bank: {index: hex}}`` from values given in selection order: the evidence's ``pcr_values``."""
+    remaining = iter(values)
+    return {
+        HASH_NAMES[s.hash_alg]: {str(index): next(remaining).hex() for index in s.indices} for s in selections
+    }
 
 
 def marshal_pcr_selection_list(selections: tuple[PCRSelection, ...] | list[PCRSelection]) -> bytes:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from .attester import Quote
-from .structures import HASH_NAMES, PCRSelection
+from .structures import HASH_NAMES, PCRSelection, selection_text
 
 __all__ = ["AIK_TEMPLATES", "Tpm2QuoteSource", "parse_tpm_spec"]
 
@@ -85,7 +85,7 @@ class Tpm2QuoteSource:
         from tpm2_pytss.constants import TPM2_ALG
         from tpm2_pytss.types import TPM2B_DATA, TPML_PCR_SELECTION, TPMT_SIG_SCHEME
 
-        banks = "+".join(f"{HASH_NAMES[s.hash_alg]}:{','.join(map(str, s.indices))}" for s in selections)
+        banks = selection_text(selections)
         for _ in range(5):
             before, values = self._read(selections)
             attest, signature = self._esys.quote(

@@ -54,6 +54,8 @@ from .structures import (
     parse_attest,
     parse_public,
     parse_signature,
+    pcr_value_map,
+    selection_text,
 )
 
 __all__ = ["Finding", "Status", "Verdict", "parse_pcr_banks", "verify_attestation"]
@@ -240,13 +242,7 @@ def _pcr_values(
         except (KeyError, TypeError, ValueError, AttributeError):
             pass
     ordered = _pcr_values_careful(values, selections)
-    recorded: dict[str, dict[str, str]] = {}
-    remaining = iter(ordered)
-    for selection in selections:
-        bank = recorded.setdefault(HASH_NAMES[selection.hash_alg], {})
-        for index in selection.indices:
-            bank[str(index)] = next(remaining).hex()
-    return ordered, recorded
+    return ordered, pcr_value_map(selections, ordered)
 
 
 _INDEX_KEYS = tuple(str(i) for i in range(32))
@@ -300,24 +296,6 @@ def _index(key: object) -> int:
         return int(str(key))
     except ValueError:
         return -1
-
-
-def _selection_text(selections: tuple[PCRSelection, ...]) -> str:
-    """``sha256:0,7,10`` (sizeofSelect is not part of it)."""
-    key = tuple((s.hash_alg, s.indices) for s in selections)
-    text = _SELECTION_TEXT.get(key)
-    if text is None:
-        text = _SELECTION_TEXT[key] = _format_selection(selections)
-    return text
-
-
-_SELECTION_TEXT: dict[tuple[tuple[int, tuple[int, ...]], ...], str] = {}
-
-
-def _format_selection(selections: tuple[PCRSelection, ...]) -> str:
-    if len(_SELECTION_TEXT) > 256:
-        _SELECTION_TEXT.clear()
-    return "+".join(f"{HASH_NAMES[s.hash_alg]}:{','.join(map(str, s.indices))}" for s in selections)
 
 
 def verify_attestation(
@@ -496,14 +474,14 @@ def _check_pcrs(
     facts: dict[str, Any],
 ) -> None:
     quoted = attest.pcr_select
-    facts["pcr_banks"] = _selection_text(quoted)
+    facts["pcr_banks"] = selection_text(quoted)
     if len(quoted) != len(claimed) or any(
         q.hash_alg != c.hash_alg or q.indices != c.indices for q, c in zip(quoted, claimed, strict=False)
     ):
         checks.fail(
             "pcr_selection",
             "pcr_selection_mismatch",
-            f"pcr_banks says {_selection_text(claimed)} but the quote covers {facts['pcr_banks']}",
+            f"pcr_banks says {selection_text(claimed)} but the quote covers {facts['pcr_banks']}",
         )
         checks.add("pcr_digest", "skip", "not_reached", "the PCR selection does not match")
         return
