@@ -131,6 +131,7 @@ class SecureCompletionClient:
         self._http_loop: asyncio.AbstractEventLoop | None = None
         self._server_key: rsa.RSAPublicKey | None = None
         self._server_key_pem: str | None = None
+        self._server_key_sha256: str | None = None  # computed once per fetched key
         self._locks: dict[int, tuple[asyncio.Lock, asyncio.Lock]] = {}
 
     # -- keys -------------------------------------------------------------
@@ -220,12 +221,13 @@ class SecureCompletionClient:
                 )
             self._server_key = key
             self._server_key_pem = response.text
+            self._server_key_sha256 = fingerprint
             return response.text
 
     @property
     def server_key_fingerprint_seen(self) -> str | None:
         """Fingerprint of the cached router key, once fetched."""
-        return key_fingerprint(self._server_key) if self._server_key is not None else None
+        return self._server_key_sha256
 
     # -- encryption -------------------------------------------------------
 
@@ -432,8 +434,8 @@ class SecureCompletionClient:
         not satisfy the policy, raises :class:`SecurityError` and nothing is sent.
         """
         await self.fetch_server_public_key()
-        assert self._server_key is not None
-        fingerprint = key_fingerprint(self._server_key)
+        fingerprint = self._server_key_sha256
+        assert fingerprint is not None
         if self._key_attested_until.get(fingerprint, 0.0) > time.monotonic():
             return
         nonce = os.urandom(32)
