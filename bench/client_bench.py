@@ -41,11 +41,9 @@ PAYLOAD = {"model": "echo", "messages": MESSAGES, "temperature": 0.2}
 
 
 def start_router() -> tuple[subprocess.Popen[bytes], str]:
-    from nomyo_audit.router.server import bind_socket
+    from nomyo_audit.router.server import free_port
 
-    sock = bind_socket("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -4,6 +4,7 @@ threads, processes, SIGKILL, proofs that verify offline, and the CLI."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import random
@@ -127,7 +128,7 @@ def test_signed_checkpoint():
     key = Ed25519PrivateKey.generate()
     note = sign_checkpoint(Checkpoint("example.com/log", 7, bytes(range(32))), key)
     body, _, signature = note.partition("\n\n")
-    assert body == f"example.com/log\n7\n{__import__('base64').b64encode(bytes(range(32))).decode()}"
+    assert body == f"example.com/log\n7\n{base64.b64encode(bytes(range(32))).decode()}"
     assert signature.startswith("\u2014 example.com/log ")
     assert verify_checkpoint(note, key.public_key()) == Checkpoint("example.com/log", 7, bytes(range(32)))
     assert verifier_key("example.com/log", key.public_key()).startswith("example.com/log+")
@@ -290,7 +291,7 @@ def test_tlog_proof_verifies_offline_and_detects_tampering(filled, key):
         "origin": "nomyo-audit.local/audit",
     }
     lines = proof.split("\n")
-    lines[3] = __import__("base64").b64encode(bytes(32)).decode()
+    lines[3] = base64.b64encode(bytes(32)).decode()
     with pytest.raises(IntegrityError):
         verify_tlog_proof("\n".join(lines), key.public_key())
     with pytest.raises(IntegrityError):

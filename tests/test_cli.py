@@ -118,11 +118,9 @@ def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path):
 
 
 def test_serve_as_a_real_process(tmp_path):
-    from nomyo_audit.router.server import bind_socket
+    from nomyo_audit.router.server import free_port
 
-    sock = bind_socket("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     key_file = tmp_path / "router" / "key.pem"
     env = {**os.environ, "NOMYO_ROUTER_API_KEYS": "env-key"}
     proc = subprocess.Popen(

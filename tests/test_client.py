@@ -403,11 +403,9 @@ def test_total_timeout_bounds_the_call(router_keys, client_keys_dir):
 
 
 def test_unreachable_router_is_an_api_connection_error(client_keys_dir):
-    from nomyo_audit.router.server import bind_socket
+    from nomyo_audit.router.server import free_port
 
-    sock = bind_socket("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    sock.close()  # nothing listens there now
+    port = free_port()
     with pytest.raises(APIConnectionError) as err:
         run(create(chat(f"http://127.0.0.1:{port}", client_keys_dir, max_retries=0), "echo", HELLO))
     assert isinstance(err.value, APIError) and isinstance(err.value, NomyoAuditError)

@@ -168,11 +168,9 @@ def test_upstream_backend_forwards_decrypted_request(make_router, router_keys, c
 
 def test_unreachable_upstream_is_503(make_router, router_keys, client_pem):
     from nomyo_audit.router import UpstreamBackend
-    from nomyo_audit.router.server import bind_socket
+    from nomyo_audit.router.server import free_port
 
-    sock = bind_socket("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     router = make_router(backend=UpstreamBackend(f"http://127.0.0.1:{port}"))
     body = seal(router_keys, {"model": "m", "messages": [{"role": "user", "content": "x"}]})
     response = post(router, body, headers_for(client_pem))

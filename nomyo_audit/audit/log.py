@@ -134,14 +134,10 @@ class SQLiteStore:
         checkpoint: CheckpointMaker,
     ) -> int:
         with self._lock:
-            return self._append(payload_id, timestamp, build, checkpoint)
+            return self._append_locked(payload_id, timestamp, build, checkpoint)
 
-    def _append(
-        self,
-        payload_id: str,
-        timestamp: float,
-        build: Callable[[int], bytes],
-        checkpoint: CheckpointMaker,
+    def _append_locked(
+        self, payload_id: str, timestamp: float, build: Callable[[int], bytes], checkpoint: CheckpointMaker
     ) -> int:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -436,10 +432,6 @@ def _raw_public(public: Ed25519PublicKey) -> bytes:
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     return public.public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
-def fingerprint(public: Ed25519PublicKey) -> str:
-    return hashlib.sha256(_raw_public(public)).hexdigest()
 
 
 def parse_tlog_proof(text: str) -> tuple[bytes | None, int, list[bytes], str]:

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def demo(attester: str, workdir: Path | None) -> None:
                     raise ConfigurationError("the changed PCR was not denied")
 
         asyncio.run(run())
-        note = log.checkpoint()
+        log.checkpoint()
         report_log = log.verify(ed25519_public(public_path))
         if not report_log.ok:  # pragma: no cover - would be a bug
             raise ConfigurationError(f"the demo's own log does not verify: {report_log.problems}")
@@ -153,7 +154,7 @@ def demo(attester: str, workdir: Path | None) -> None:
         step(f"audit log: {report_log.size} records, checkpoint signed, verified (root {root}...)")
         document = build_report(
             (json.loads(r.data) for r in log.store.records()),
-            generated_at=rfc3339(__import__("time").time()),
+            generated_at=rfc3339(time.time()),
             log_state=log_state(log),
             policy=policy,
         )
@@ -180,7 +181,6 @@ Look further:
   {prog} log prove {document["failures"][0]["payload_id"] if document["failures"] else "<payload_id>"} --log {log_path}
 """  # noqa: E501
     )
-    del note
 
 
 def _program_name() -> str:

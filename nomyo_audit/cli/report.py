@@ -19,7 +19,7 @@ from ..audit.records import rfc3339
 from ..audit.render import FORMATS, verify_report_dir, write_report
 from ..audit.report import build_report
 from ..policy import load_policy
-from .log import open_log, parse_time
+from .log import LOG_OPTION, open_log, parse_time
 
 
 def log_state(log: AuditLog) -> dict[str, Any]:
@@ -48,14 +48,7 @@ def _records(log: AuditLog, since: float | None, until: float | None) -> Iterato
 
 
 @click.command()
-@click.option(
-    "--log",
-    "log_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="NOMYO_AUDIT_LOG",
-    required=True,
-    help="The audit log; default $NOMYO_AUDIT_LOG.",
-)
+@LOG_OPTION
 @click.option("--since", help="From this time (epoch, date or ISO 8601).")
 @click.option("--until", help="Before this time.")
 @click.option(

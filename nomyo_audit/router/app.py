@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ..client.secure_client import SECURITY_TIERS
-from ..errors import NomyoAuditError, ProtocolError, SecurityError
+from ..errors import ProtocolError, SecurityError
 from ..memory import wipe
 from ..wire import (
     MAX_PACKAGE_BYTES,
@@ -229,15 +229,10 @@ def create_app(config: RouterConfig) -> Starlette:
         routes.append(Route("/v1/chat/completions", plain_completion, methods=["POST"]))
     app = Starlette(
         routes=routes,
-        exception_handlers={NomyoAuditError: _nomyo_error},
     )
     app.state.requests = requests
     app.state.clients = clients
     return app
-
-
-async def _nomyo_error(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"detail": str(exc)}, status_code=400)
 
 
 def _check_auth(request: Request, api_keys: tuple[bytes, ...]) -> None:

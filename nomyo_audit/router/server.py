@@ -20,7 +20,7 @@ import uvicorn
 from ..memory import prevent_core_dumps
 from .app import RouterConfig, create_app
 
-__all__ = ["RouterThread", "ServerThread", "bind_socket", "run_router"]
+__all__ = ["RouterThread", "ServerThread", "bind_socket", "free_port", "run_router"]
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -33,6 +33,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock.bind((host, port))
     sock.listen(128)
     return sock
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (for a process that binds it itself)."""
+    with bind_socket(host, 0) as sock:
+        return int(sock.getsockname()[1])
 
 
 def _uvicorn(app: Any, log_level: str) -> uvicorn.Server:
