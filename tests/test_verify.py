@@ -271,15 +271,22 @@ def test_signature_scheme_must_be_the_aiks():
 # -- the classic pitfalls ------------------------------------------------------------------------
 
 
+def test_a_wider_selection_bitmap_selects_the_same_pcrs(tpm):
+    """TPMs with more PCRs send sizeofSelect 4; the selection means the same PCRs."""
+    wide = tuple(s._replace(size_of_select=4) for s in parse_pcr_banks("sha256:0,7,10"))
+    assert wide[0].marshal() != parse_pcr_banks("sha256:0,7,10")[0].marshal()
+    attest = tpm.make_attest(wide, response_binding(PID, DIGEST))
+    block = with_quote(evidence(tpm), attest.marshal(), tpm)
+    assert verdict(block).passed
+
+
 def test_pcr_digest_uses_the_signature_hash_not_the_bank_hash():
     tpm = SoftwareTPM("rsa2048-rsassa", hash_alg=ALG.SHA256)
     tpm.extend("sha1", 0, b"boot")
     assert verdict(evidence(tpm, "sha1:0,1")).passed  # sha1 bank, sha256-signed: digest is sha256
     # a quote whose pcrDigest was computed with the bank's hash is refused
     attest = tpm.make_attest(parse_pcr_banks("sha1:0,1"), response_binding(PID, DIGEST))
-    wrong = type(attest)(
-        **{**attest.__dict__, "pcr_digest": hashlib.sha1(b"".join(tpm.read(attest.pcr_select))).digest()}
-    )
+    wrong = attest._replace(pcr_digest=hashlib.sha1(b"".join(tpm.read(attest.pcr_select))).digest())
     block = with_quote(evidence(tpm, "sha1:0,1"), wrong.marshal(), tpm)
     assert failing(verdict(block)) == {"pcr_digest": "pcr_digest_mismatch"}
 
@@ -295,16 +302,16 @@ def test_ecdsa_r_and_s_with_leading_zeros():
 def test_signer_as_plain_name_or_qualified_name(tpm):
     attest = tpm.make_attest(parse_pcr_banks("sha256:0,7,10"), response_binding(PID, DIGEST))
     assert verdict(evidence(tpm)).finding("signer_name").detail.endswith("in the endorsement hierarchy")
-    plain = type(attest)(**{**attest.__dict__, "qualified_signer": tpm.public.name})
+    plain = attest._replace(qualified_signer=tpm.public.name)
     assert verdict(with_quote(evidence(tpm), plain.marshal(), tpm)).finding("signer_name").status == "pass"
     owner_qn = tpm.public.qualified_name(b"\x40\x00\x00\x01")
-    owner = type(attest)(**{**attest.__dict__, "qualified_signer": owner_qn})
+    owner = attest._replace(qualified_signer=owner_qn)
     assert "owner" in verdict(with_quote(evidence(tpm), owner.marshal(), tpm)).finding("signer_name").detail
 
 
 def test_clock_not_safe_is_recorded(tpm):
     attest = tpm.make_attest(parse_pcr_banks("sha256:0,7,10"), response_binding(PID, DIGEST))
-    unsafe = type(attest)(**{**attest.__dict__, "clock_info": type(attest.clock_info)(1, 0, 0, False)})
+    unsafe = attest._replace(clock_info=type(attest.clock_info)(1, 0, 0, False))
     v = verdict(with_quote(evidence(tpm), unsafe.marshal(), tpm))
     assert v.passed and v.finding("clock_safe").code == "clock_not_safe"
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 
@@ -48,17 +47,19 @@ class RuleOutcome(NamedTuple):
         }
 
 
-@dataclass(frozen=True)
-class PolicyResult:
+class PolicyResult(NamedTuple):
+    """The outcome of every rule applied, and of the policy as a whole.
+
+    Built by :func:`evaluate` only, which derives ``failures`` from ``rules``.
+    """
+
     policy_name: str
     policy_digest: str
     on_failure: str
     rules: tuple[RuleOutcome, ...]
     verdict: Verdict
-
-    @property
-    def failures(self) -> tuple[RuleOutcome, ...]:
-        return tuple(r for r in self.rules if r.status == "fail")
+    #: the rule outcomes whose status is "fail", in rule order
+    failures: tuple[RuleOutcome, ...]
 
     @property
     def passed(self) -> bool:
@@ -66,7 +67,7 @@ class PolicyResult:
 
     @property
     def outcome(self) -> Outcome:
-        if self.passed:
+        if not self.failures:
             return "pass"
         return "warn" if self.on_failure == "warn" else "deny"
 
@@ -101,7 +102,7 @@ def evaluate(
     key attestation (:data:`KEY_SCOPE`); rules outside it are not reported.
     """
     inner = response_or_metadata.get("_metadata")
-    if isinstance(inner, Mapping):
+    if inner is not None and isinstance(inner, Mapping):
         metadata: Mapping[str, Any] = inner
         if model is None:
             model = response_or_metadata.get("model")
@@ -121,30 +122,37 @@ def evaluate(
         )
     compiled = _compiled(policy)
     if scope is None:
-        rules = tuple([check(metadata, verdict, model, now) for _, check in compiled])
+        rules = tuple([check(metadata, verdict, model, now) for check in compiled.checks])
     else:
-        rules = tuple([check(metadata, verdict, model, now) for rule, check in compiled if rule in scope])
-    return PolicyResult(policy.name, policy.digest, _on_failure(policy), rules, verdict)
+        rules = tuple(
+            [check(metadata, verdict, model, now) for rule, check in compiled.rules if rule in scope]
+        )
+    failures = tuple([r for r in rules if r.status == "fail"])
+    return PolicyResult(compiled.name, compiled.digest, compiled.on_failure, rules, verdict, failures)
 
 
 Check = Callable[[Mapping[str, Any], Verdict, "str | None", "float | None"], RuleOutcome]
 
 
-def _on_failure(policy: Policy) -> str:
-    value = policy.cache.get("on_failure")
-    if value is None:
-        value = policy.cache["on_failure"] = policy.on_failure
-    return str(value)
+class _Compiled(NamedTuple):
+    """A policy made ready to evaluate: one check per rule it states, in rule order."""
+
+    rules: tuple[tuple[str, Check], ...]
+    checks: tuple[Check, ...]
+    name: str
+    digest: str
+    on_failure: str
 
 
-def _compiled(policy: Policy) -> tuple[tuple[str, Check], ...]:
-    rules = policy.cache.get("rules")
-    if rules is None:
+def _compiled(policy: Policy) -> _Compiled:
+    compiled = policy.cache.get("compiled")
+    if compiled is None:
         spec = policy.spec
-        rules = policy.cache["rules"] = tuple(
-            (rule, compile_rule(spec[rule], spec)) for rule, compile_rule in _RULES if rule in spec
+        rules = tuple((rule, compile_rule(spec[rule], spec)) for rule, compile_rule in _RULES if rule in spec)
+        compiled = policy.cache["compiled"] = _Compiled(
+            rules, tuple(check for _, check in rules), policy.name, policy.digest, policy.on_failure
         )
-    return rules
+    return compiled
 
 
 # -- the rules: each compiles its part of the spec into a check -------------------------------------
@@ -154,8 +162,8 @@ def _require_attestation(value: bool, spec: Mapping[str, Any]) -> Check:
     def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
         if not value:
             return RuleOutcome("require_attestation", "skip", "attestation not required")
-        failed = tuple(f.code for f in verdict.failures)
-        if failed:
+        if verdict.failures:
+            failed = tuple(f.code for f in verdict.failures)
             return RuleOutcome(
                 "require_attestation",
                 "fail",
@@ -209,13 +217,14 @@ def _pcrs(value: Mapping[str, Mapping[str, Any]], spec: Mapping[str, Any]) -> Ch
     def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
         digest = verdict.finding("pcr_digest")
         proved = verdict.facts.get("pcr_values")
-        if digest.status != "pass" or not isinstance(proved, Mapping):
+        if digest.status != "pass" or not (type(proved) is dict or isinstance(proved, Mapping)):
             return RuleOutcome(
                 "pcrs", "fail", "no PCR values were proved by a verified quote", (digest.code,)
             )
         problems = []
         for bank, index, allowed in golden:
-            actual = proved.get(bank, {}).get(index)
+            values = proved.get(bank)
+            actual = values.get(index) if values is not None else None
             if actual is None:
                 problems.append(f"{bank} PCR {index} was not quoted")
             elif allowed is not None and actual not in allowed:
@@ -235,26 +244,27 @@ def _quoted_sets(pcr_banks: str) -> dict[str, frozenset[int]]:
 
 def _pcr_selection(value: Mapping[str, list[int]], spec: Mapping[str, Any]) -> Check:
     required = tuple((bank, index) for bank, indices in value.items() for index in indices)
+    outcomes: dict[str, RuleOutcome] = {}  # by verified selection text: routers repeat theirs
+
+    def outcome(banks: str, code: str) -> RuleOutcome:
+        quoted = _quoted_sets(banks)
+        missing = [f"{bank}:{i}" for bank, i in required if i not in quoted.get(bank, ())]
+        if missing:
+            return RuleOutcome("pcr_selection", "fail", f"not quoted: {', '.join(missing)}", (code,))
+        return RuleOutcome("pcr_selection", "pass", f"the quote covers {banks}", (code,))
 
     def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
         selection = verdict.finding("pcr_selection")
         if selection.status != "pass":
             return RuleOutcome("pcr_selection", "fail", "no verified PCR selection", (selection.code,))
         banks = str(verdict.facts.get("pcr_banks", ""))
-        quoted = _quoted_sets(banks)
-        missing = [f"{bank}:{i}" for bank, i in required if i not in quoted.get(bank, ())]
-        if missing:
-            return RuleOutcome(
-                "pcr_selection", "fail", f"not quoted: {', '.join(missing)}", (selection.code,)
-            )
-        passed = passes.get(banks)
-        if passed is None:
-            passed = passes[banks] = RuleOutcome(
-                "pcr_selection", "pass", f"the quote covers {banks}", (selection.code,)
-            )
-        return passed
+        result = outcomes.get(banks)
+        if result is None:
+            result = outcome(banks, selection.code)
+            if len(outcomes) < 64:
+                outcomes[banks] = result
+        return result
 
-    passes: dict[str, RuleOutcome] = {}
     return check
 
 
@@ -320,11 +330,12 @@ def _memory_protection(value: list[str], spec: Mapping[str, Any]) -> Check:
         reported = metadata.get("memory_protection")
         if type(reported) is not dict:
             reported = reported if isinstance(reported, Mapping) else {}
-        missing = [flag for flag in value if reported.get(flag) is not True]
-        if missing:
-            return RuleOutcome(
-                "memory_protection", "fail", f"the router does not report {', '.join(missing)}"
-            )
+        for flag in value:
+            if reported.get(flag) is not True:
+                missing = [flag for flag in value if reported.get(flag) is not True]
+                return RuleOutcome(
+                    "memory_protection", "fail", f"the router does not report {', '.join(missing)}"
+                )
         return passed
 
     return check

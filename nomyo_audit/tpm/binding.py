@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import json
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
@@ -58,26 +58,15 @@ def response_content_digest(response: Mapping[str, Any]) -> bytes:
 
 def response_binding(payload_id: str, content_digest: bytes) -> bytes:
     pid = payload_id.encode()
-    return hashlib.sha256(
-        RESPONSE_BINDING_LABEL + b"\x00" + struct.pack(">H", len(pid)) + pid + content_digest
-    ).digest()
+    return hashlib.sha256(b"".join((_RESPONSE_PREFIX, _U16.pack(len(pid)), pid, content_digest))).digest()
+
+
+_RESPONSE_PREFIX = RESPONSE_BINDING_LABEL + b"\x00"
+_U16 = struct.Struct(">H")
 
 
 def key_binding(nonce: bytes, spki_sha256: bytes) -> bytes:
     return hashlib.sha256(KEY_BINDING_LABEL + b"\x00" + nonce + spki_sha256).digest()
-
-
-def _candidates(
-    payload_id: str, content_digest: bytes | None, accept: tuple[str, ...]
-) -> Iterator[tuple[str, bytes]]:
-    for name in accept:
-        if name == "nomyo-audit-v1":
-            if content_digest is not None:
-                yield name, response_binding(payload_id, content_digest)
-        elif name == "sha256-payload-id":
-            yield name, hashlib.sha256(payload_id.encode()).digest()
-        elif name == "raw-payload-id":
-            yield name, payload_id.encode()
 
 
 def match_derivation(
@@ -91,7 +80,17 @@ def match_derivation(
     Each comparison is constant-time; the values compared are public, so
     stopping at the first match tells an observer nothing secret.
     """
-    for name, value in _candidates(payload_id, content_digest, accept):
+    for name in accept:
+        if name == "nomyo-audit-v1":
+            if content_digest is None:
+                continue
+            value = response_binding(payload_id, content_digest)
+        elif name == "sha256-payload-id":
+            value = hashlib.sha256(payload_id.encode()).digest()
+        elif name == "raw-payload-id":
+            value = payload_id.encode()
+        else:
+            continue
         if hmac.compare_digest(extra_data, value):
             return name
     return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -62,21 +63,30 @@ def verify_signature(key: PublicKey, signature: Signature, message: bytes) -> bo
     RSAPSS accepts any salt length (TPMs differ: digest-sized or maximal);
     ECDSA r and s are integers of any encoded length, leading zeros included.
     """
-    algorithm = HASH_ALGORITHMS[signature.hash_alg]()
     try:
         if signature.sig_alg == ALG.ECDSA:
             if not isinstance(key, ec.EllipticCurvePublicKey):
                 return False
             der = encode_dss_signature(int.from_bytes(signature.r, "big"), int.from_bytes(signature.s, "big"))
-            key.verify(der, message, ec.ECDSA(algorithm))
+            key.verify(der, message, _ecdsa(signature.hash_alg))
         elif isinstance(key, rsa.RSAPublicKey):
-            if signature.sig_alg == ALG.RSASSA:
-                pad: padding.AsymmetricPadding = padding.PKCS1v15()
-            else:
-                pad = padding.PSS(mgf=padding.MGF1(algorithm), salt_length=padding.PSS.AUTO)
-            key.verify(signature.rsa, message, pad, algorithm)
+            key.verify(signature.rsa, message, *_rsa_scheme(signature.sig_alg, signature.hash_alg))
         else:
             return False
     except InvalidSignature:
         return False
     return True
+
+
+@lru_cache(maxsize=16)
+def _ecdsa(hash_alg: int) -> ec.ECDSA:
+    return ec.ECDSA(HASH_ALGORITHMS[hash_alg]())
+
+
+@lru_cache(maxsize=16)
+def _rsa_scheme(sig_alg: int, hash_alg: int) -> tuple[padding.AsymmetricPadding, hashes.HashAlgorithm]:
+    """The padding and hash objects for a scheme: immutable, so made once."""
+    algorithm = HASH_ALGORITHMS[hash_alg]()
+    if sig_alg == ALG.RSASSA:
+        return padding.PKCS1v15(), algorithm
+    return padding.PSS(mgf=padding.MGF1(algorithm), salt_length=padding.PSS.AUTO), algorithm

@@ -19,6 +19,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 from ..errors import EvidenceError
 
@@ -241,8 +242,7 @@ def _hash_alg(reader: _Reader, what: str, allow_null: bool = False) -> int:
 # -- PCR selection -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PCRSelection:
+class PCRSelection(NamedTuple):
     """One bank's selection: hash algorithm and the selected PCR indices."""
 
     hash_alg: int
@@ -317,17 +317,20 @@ def parse_pcr_selection_list(data: bytes) -> tuple[PCRSelection, ...]:
 # -- TPMS_ATTEST -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ClockInfo:
+class ClockInfo(NamedTuple):
     clock: int
     reset_count: int
     restart_count: int
     safe: bool
 
 
-@dataclass(frozen=True)
-class TPMSAttest:
-    """A parsed TPMS_ATTEST. ``pcr_select`` and ``pcr_digest`` are set for quotes only."""
+class TPMSAttest(NamedTuple):
+    """A parsed TPMS_ATTEST. ``pcr_select`` and ``pcr_digest`` are set for quotes only.
+
+    The per-quote structures are named tuples, not dataclasses: a verifier
+    builds several for every response, and a frozen dataclass costs about
+    five times as much to construct.
+    """
 
     magic: int
     type: int
@@ -338,12 +341,14 @@ class TPMSAttest:
     pcr_select: tuple[PCRSelection, ...] = ()
     pcr_digest: bytes = b""
     #: "TPMS_ATTEST" or "TPM2B_ATTEST": which form the bytes came in.
-    encoding: str = field(default="TPMS_ATTEST", compare=False)
-    raw: bytes = field(default=b"", repr=False, compare=False)
+    encoding: str = "TPMS_ATTEST"
+    #: The bytes that were signed (the TPMS_ATTEST, without a TPM2B size).
+    raw: bytes = b""
 
     @property
     def type_name(self) -> str:
-        return ATTEST_TYPES.get(self.type, f"0x{self.type:04x}")
+        name = ATTEST_TYPES.get(self.type)
+        return name if name is not None else f"0x{self.type:04x}"
 
     def marshal(self) -> bytes:
         body = (
@@ -366,8 +371,9 @@ class TPMSAttest:
 
 
 _QUOTE_HEAD = struct.Struct(">IH")
-_CLOCK_FIRMWARE = struct.Struct(">QIIBQ")
+_CLOCK_FIRMWARE_COUNT = struct.Struct(">QIIBQI")  # clockInfo, firmwareVersion, pcrSelect.count
 _QUOTE_MAGIC_TYPE = (TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE)
+_MAGIC = _U32.pack(TPM_GENERATED_VALUE)
 
 
 def _parse_quote_fast(data: bytes, encoding: str) -> TPMSAttest | None:
@@ -390,41 +396,54 @@ def _parse_quote_fast(data: bytes, encoding: str) -> TPMSAttest | None:
             return None
         extra = data[pos + 2 : pos + 2 + size]
         pos += 2 + size
-        clock, resets, restarts, safe, firmware = _CLOCK_FIRMWARE.unpack_from(data, pos)
-        pos += 25
-        count = _U32.unpack_from(data, pos)[0]
-        pos += 4
+        clock, resets, restarts, safe, firmware, count = _CLOCK_FIRMWARE_COUNT.unpack_from(data, pos)
+        start = pos + 25  # the TPML_PCR_SELECTION
+        pos += 29
         if count > MAX_PCR_BANKS:
             return None
-        selections = []
         for _ in range(count):
-            alg = _U16.unpack_from(data, pos)[0]
             width = data[pos + 2]
-            bitmap = data[pos + 3 : pos + 3 + width]
-            pos += 3 + width
-            if alg not in HASH_SIZES or width > MAX_PCR_SELECT or pos > end:
+            if width > MAX_PCR_SELECT:
                 return None
-            indices = tuple(b * 8 + bit for b, byte in enumerate(bitmap) for bit in _BITS[byte])
-            selections.append(PCRSelection(alg, indices, width))
+            pos += 3 + width
+        if pos > end:
+            return None
+        selections = _fast_selections(data[start:pos])
         size = _U16.unpack_from(data, pos)[0]
-        if size > MAX_DIGEST or pos + 2 + size != end:
+        if selections is None or size > MAX_DIGEST or pos + 2 + size != end:
             return None
         digest = data[pos + 2 :]
     except (struct.error, IndexError):
         return None
-    info = ClockInfo(clock, resets, restarts, safe != 0)
     return TPMSAttest(
         TPM_GENERATED_VALUE,
         TPM_ST_ATTEST_QUOTE,
         signer,
         extra,
-        info,
+        ClockInfo(clock, resets, restarts, safe != 0),
         firmware,
-        tuple(selections),
+        selections,
         digest,
         encoding,
         data,
     )
+
+
+@lru_cache(maxsize=64)
+def _fast_selections(marshalled: bytes) -> tuple[PCRSelection, ...] | None:
+    """A TPML_PCR_SELECTION already bounded by the caller; None when the careful parser must say why.
+
+    A router quotes the same selection every time, so the result is cached
+    by the exact bytes (at most 4 + 16 * 7 of them).
+    """
+    try:
+        return parse_pcr_selection_list(marshalled)
+    except TPMStructureError:
+        return None
+
+
+def _as_bytes(data: bytes) -> bytes:
+    return data if type(data) is bytes else bytes(data)
 
 
 def parse_attest(data: bytes) -> TPMSAttest:
@@ -435,13 +454,10 @@ def parse_attest(data: bytes) -> TPMSAttest:
     Only TPM_ST_ATTEST_QUOTE bodies are unmarshalled; other types parse up to
     the union and are returned for the verifier to refuse by type.
     """
-    data = bytes(data)
+    if type(data) is not bytes:
+        data = bytes(data)
     encoding = "TPMS_ATTEST"
-    if (
-        len(data) >= 6
-        and data[2:6] == _u32(TPM_GENERATED_VALUE)
-        and int.from_bytes(data[:2], "big") == len(data) - 2
-    ):
+    if len(data) >= 6 and data[2:6] == _MAGIC and _U16.unpack_from(data)[0] == len(data) - 2:
         encoding = "TPM2B_ATTEST"
         data = data[2:]
     if len(data) > MAX_ATTEST:
@@ -486,8 +502,7 @@ def parse_attest(data: bytes) -> TPMSAttest:
 # -- TPMT_SIGNATURE ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Signature:
+class Signature(NamedTuple):
     """A TPMT_SIGNATURE: RSA schemes carry ``rsa``, ECDSA carries ``r`` and ``s``."""
 
     sig_alg: int
@@ -508,19 +523,20 @@ class Signature:
 
 
 _SIG_HEAD = struct.Struct(">HHH")
+_RSA_SCHEMES = (ALG.RSASSA, ALG.RSAPSS)
 
 
 def parse_signature(data: bytes) -> Signature:
-    data = bytes(data)
-    if len(data) >= 6:  # fast path for the common, well-formed RSA signature
+    data = _as_bytes(data)
+    if len(data) >= 6:  # fast paths for well-formed signatures; the reader below says what is wrong
         sig_alg, hash_alg, size = _SIG_HEAD.unpack_from(data, 0)
-        if (
-            sig_alg in (ALG.RSASSA, ALG.RSAPSS)
-            and hash_alg in HASH_SIZES
-            and size <= MAX_RSA_KEY_BYTES
-            and len(data) == 6 + size
-        ):
-            return Signature(sig_alg, hash_alg, rsa=data[6:])
+        if hash_alg in HASH_SIZES:
+            if sig_alg in _RSA_SCHEMES and size <= MAX_RSA_KEY_BYTES and len(data) == 6 + size:
+                return Signature(sig_alg, hash_alg, data[6:])
+            if sig_alg == ALG.ECDSA and size <= MAX_ECC_KEY_BYTES and len(data) >= 8 + size:
+                s_size = _U16.unpack_from(data, 6 + size)[0]
+                if s_size <= MAX_ECC_KEY_BYTES and len(data) == 8 + size + s_size:
+                    return Signature(sig_alg, hash_alg, b"", data[6 : 6 + size], data[8 + size :])
     reader = _Reader(data, "TPMT_SIGNATURE")
     sig_alg = reader.u16("sigAlg")
     if sig_alg not in (ALG.RSASSA, ALG.RSAPSS, ALG.ECDSA):

@@ -32,8 +32,7 @@ import hmac
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 
 from ..errors import EvidenceError
@@ -94,30 +93,32 @@ class Finding(NamedTuple):
         return {"check": self.check, "status": self.status, "code": self.code, "detail": self.detail}
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """One finding per check, what the evidence showed, and the overall result."""
+class Verdict(NamedTuple):
+    """One finding per check, what the evidence showed, and the overall result.
+
+    Built by :func:`verify_attestation` only; ``failures`` is derived from
+    ``findings`` there, once, because gating and reporting ask for it on
+    every request.
+    """
 
     findings: tuple[Finding, ...]
     payload_id: str | None
-    facts: Mapping[str, Any] = field(default_factory=dict)
+    facts: Mapping[str, Any]
     #: SHA-256 of the response content the binding was checked against, if any.
-    content_digest: bytes | None = None
+    content_digest: bytes | None
+    #: the findings whose status is "fail", in check order
+    failures: tuple[Finding, ...]
 
-    @cached_property
+    @property
     def result(self) -> Literal["pass", "fail"]:
         return "fail" if self.failures else "pass"
 
     @property
     def passed(self) -> bool:
-        return self.result == "pass"
+        return not self.failures
 
     def finding(self, check: str) -> Finding:
         return self.findings[_CHECK_INDEX[check]]
-
-    @cached_property
-    def failures(self) -> tuple[Finding, ...]:
-        return tuple(f for f in self.findings if f.status == "fail")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,17 +133,25 @@ class Verdict:
 class _Checks:
     """Collects findings; the checks not reached are filled in as ``skip``."""
 
+    __slots__ = ("failed", "findings")
+
     def __init__(self) -> None:
         self.findings: dict[str, Finding] = {}
+        #: whether any failing finding was added (most verdicts have none to look for)
+        self.failed = False
 
-    def add(self, check: str, status: Status, code: str, detail: str) -> None:
-        self.findings[check] = Finding(check, status, code, detail)
+    def put(self, finding: Finding) -> None:
+        """Add a prebuilt finding (most passing findings never vary, so they are built once)."""
+        self.findings[finding.check] = finding
+        if finding.status == "fail":
+            self.failed = True
 
-    def ok(self, check: str, code: str, detail: str) -> None:
-        self.findings[check] = Finding(check, "pass", code, detail)
+    def skip(self, check: str, code: str, detail: str) -> None:
+        self.findings[check] = Finding(check, "skip", code, detail)
 
     def fail(self, check: str, code: str, detail: str) -> None:
         self.findings[check] = Finding(check, "fail", code, detail)
+        self.failed = True
 
     def done(
         self,
@@ -156,7 +165,9 @@ class _Checks:
             for check in CHECKS:
                 if check not in found:
                     found[check] = Finding(check, "skip", "not_reached", reason or "not checked")
-        return Verdict(tuple(found[check] for check in CHECKS), payload_id, facts, content_digest)
+        findings = tuple(map(found.__getitem__, CHECKS))
+        failures = tuple([f for f in findings if f.status == "fail"]) if self.failed else ()
+        return Verdict(findings, payload_id, facts, content_digest, failures)
 
 
 def parse_pcr_banks(text: str) -> tuple[PCRSelection, ...]:
@@ -198,11 +209,19 @@ else:  # pragma: no cover - Python 3.10
 
 
 def _b64(block: Mapping[str, Any], name: str) -> bytes:
+    return _decode(_b64_text(block, name), name)
+
+
+def _b64_text(block: Mapping[str, Any], name: str) -> str:
     value = block.get(name)
     if not isinstance(value, str):
         raise EvidenceError(f"{name} is missing or not a string", code="missing_field")
     if len(value) > _MAX_B64:
         raise EvidenceError(f"{name} is {len(value)} characters, over {_MAX_B64}", code="size_limit")
+    return value
+
+
+def _decode(value: str, name: str) -> bytes:
     try:
         return _strict_b64decode(value)
     except (binascii.Error, ValueError):
@@ -221,24 +240,27 @@ def _pcr_values(
     values = block.get("pcr_values")
     if type(values) is dict and len(values) == len(selections):
         ordered = []
+        recorded: dict[str, dict[str, str]] = {}
         try:
             for selection in selections:
-                entries = values[HASH_NAMES[selection.hash_alg]]
+                bank = HASH_NAMES[selection.hash_alg]
+                entries = values[bank]
                 if type(entries) is not dict or len(entries) != len(selection.indices):
                     break
                 size = HASH_SIZES[selection.hash_alg]
+                copied = recorded[bank] = {}
                 for index in selection.indices:
-                    digest = bytes.fromhex(entries[_INDEX_KEYS[index]])
+                    key = _INDEX_KEYS[index]
+                    digest = bytes.fromhex(entries[key])
                     if len(digest) != size:
                         break
                     ordered.append(digest)
+                    copied[key] = digest.hex()
                 else:
                     continue
                 break
             else:
-                return ordered, {
-                    bank: {k: v.lower() for k, v in entries.items()} for bank, entries in values.items()
-                }
+                return ordered, recorded
         except (KeyError, TypeError, ValueError, AttributeError):
             pass
     ordered = _pcr_values_careful(values, selections)
@@ -313,134 +335,189 @@ def verify_attestation(
     derivations with one exact extraData (attest-before-send).
     """
     checks = _Checks()
-    facts: dict[str, Any] = {}
     if not isinstance(tpm_attestation, Mapping) or not tpm_attestation.get("is_available"):
         checks.fail("attestation_present", "no_attestation", "the response carries no TPM attestation")
-        return checks.done(payload_id, facts, "no attestation")
-    checks.ok("attestation_present", "present", "a TPM quote is attached")
+        return checks.done(payload_id, {}, "no attestation")
+    checks.put(_PRESENT)
 
     try:
         quote_bytes = _b64(tpm_attestation, "quote_b64")
         signature_bytes = _b64(tpm_attestation, "signature_b64")
-        aik_bytes = _b64(tpm_attestation, "aik_pubkey_b64")
-        material = _aik_material(aik_bytes)
-        aik, aik_key = material.public, material.key
+        material = _aik_material(_b64_text(tpm_attestation, "aik_pubkey_b64"))
         signature = parse_signature(signature_bytes)
         attest = parse_attest(quote_bytes)
-        claimed_text = tpm_attestation.get("pcr_banks")
-        claimed = parse_pcr_banks(claimed_text)  # type: ignore[arg-type]
+        claimed = parse_pcr_banks(tpm_attestation.get("pcr_banks"))  # type: ignore[arg-type]
     except EvidenceError as exc:
         checks.fail("evidence_format", exc.code, exc.message)
-        return checks.done(payload_id, facts, "evidence could not be parsed")
-    facts.update(
-        quote_encoding=attest.encoding,
-        aik_name=material.name_hex,
-        aik_fingerprint=material.fingerprint,
-        aik_type="rsa" if aik.type == ALG.RSA else "ecc",
-        signature_scheme={ALG.RSASSA: "rsassa", ALG.RSAPSS: "rsapss", ALG.ECDSA: "ecdsa"}[signature.sig_alg],
-        signature_hash=signature.hash_name,
-        attest_type=attest.type_name,
-    )
-    checks.ok("evidence_format", "parsed", f"quote as {attest.encoding}, {facts['aik_type']} AIK")
+        return checks.done(payload_id, {}, "evidence could not be parsed")
+    described = _describe_signature(signature.sig_alg, signature.hash_alg)
+    facts: dict[str, Any] = {
+        "quote_encoding": attest.encoding,
+        **material.facts,
+        **described.facts,
+        "attest_type": attest.type_name,
+    }
+    checks.put(material.parsed[attest.encoding])
 
-    if not _signature_matches_key(aik, signature, checks):
+    if (signature.sig_alg, signature.hash_alg) not in material.schemes:
+        _scheme_mismatch(material.public, signature, checks)
         return checks.done(payload_id, facts, "the signature did not verify")
-    if not verify_signature(aik_key, signature, attest.raw):
+    if not verify_signature(material.key, signature, attest.raw):
         checks.fail("signature", "signature_invalid", "the quote's signature does not verify with the AIK")
         return checks.done(payload_id, facts, "the signature did not verify")
-    checks.ok(
-        "signature", "signature_valid", f"{facts['signature_scheme']}-{signature.hash_name} over the quote"
-    )
+    checks.put(described.valid)
 
     _check_structure(attest, material, checks)
-    facts.update(
-        clock=attest.clock_info.clock,
-        reset_count=attest.clock_info.reset_count,
-        restart_count=attest.clock_info.restart_count,
-        firmware_version=attest.firmware_version,
-    )
+    clock = attest.clock_info
+    facts["clock"] = clock.clock
+    facts["reset_count"] = clock.reset_count
+    facts["restart_count"] = clock.restart_count
+    facts["firmware_version"] = attest.firmware_version
     if attest.type == TPM_ST_ATTEST_QUOTE:
         _check_pcrs(tpm_attestation, attest, signature, claimed, checks, facts)
         _check_nonce(attest, payload_id, content_digest, accept_derivations, expected_nonce, checks, facts)
-        if attest.clock_info.safe:
-            checks.ok("clock_safe", "clock_safe", "clockInfo.safe is set")
-        else:
-            checks.add(
-                "clock_safe",
-                "skip",
-                "clock_not_safe",
-                "clockInfo.safe is clear: the clock may have gone back",
-            )
-    checks.add(
-        "aik_anchor",
-        "skip",
-        "aik_not_anchored",
-        "AIK not anchored to a hardware root of trust: no certificate chain, so the quote proves "
-        "consistency, not genuine hardware",
-    )
+        checks.put(_CLOCK_SAFE if clock.safe else _CLOCK_NOT_SAFE)
+    checks.put(_NOT_ANCHORED)
     attester = tpm_attestation.get("attester")
     if attester == "software":
-        checks.add(
-            "attester",
-            "skip",
-            "software_attester",
-            "the router says this quote came from a software attester",
-        )
+        checks.put(_SOFTWARE_ATTESTER)
     elif isinstance(attester, str) and attester:
-        checks.add(
-            "attester", "skip", "attester_declared", f"the router says the quote came from {attester[:32]!r}"
-        )
+        checks.skip("attester", "attester_declared", f"the router says the quote came from {attester[:32]!r}")
     else:
-        checks.add("attester", "skip", "attester_unlabelled", "the evidence does not say what produced it")
+        checks.put(_UNLABELLED_ATTESTER)
     return checks.done(payload_id, facts, "the signed structure is not a quote", content_digest)
+
+
+# The findings that never vary, built once.
+_PRESENT = Finding("attestation_present", "pass", "present", "a TPM quote is attached")
+_QUOTE = Finding("quote_structure", "pass", "quote", "TPM_GENERATED_VALUE magic and TPM_ST_ATTEST_QUOTE type")
+_EXACT_NONCE = Finding("nonce_binding", "pass", "nonce_matches", "extraData equals the expected nonce")
+_CLOCK_SAFE = Finding("clock_safe", "pass", "clock_safe", "clockInfo.safe is set")
+_CLOCK_NOT_SAFE = Finding(
+    "clock_safe", "skip", "clock_not_safe", "clockInfo.safe is clear: the clock may have gone back"
+)
+_NOT_ANCHORED = Finding(
+    "aik_anchor",
+    "skip",
+    "aik_not_anchored",
+    "AIK not anchored to a hardware root of trust: no certificate chain, so the quote proves "
+    "consistency, not genuine hardware",
+)
+_SOFTWARE_ATTESTER = Finding(
+    "attester", "skip", "software_attester", "the router says this quote came from a software attester"
+)
+_UNLABELLED_ATTESTER = Finding(
+    "attester", "skip", "attester_unlabelled", "the evidence does not say what produced it"
+)
+_SCHEME_NAMES = {ALG.RSASSA: "rsassa", ALG.RSAPSS: "rsapss", ALG.ECDSA: "ecdsa"}
+
+
+class _SignatureDescription(NamedTuple):
+    facts: dict[str, str]
+    valid: Finding
+
+
+@lru_cache(maxsize=32)
+def _describe_signature(sig_alg: int, hash_alg: int) -> _SignatureDescription:
+    scheme, hash_name = _SCHEME_NAMES[sig_alg], HASH_NAMES[hash_alg]
+    return _SignatureDescription(
+        {"signature_scheme": scheme, "signature_hash": hash_name},
+        Finding("signature", "pass", "signature_valid", f"{scheme}-{hash_name} over the quote"),
+    )
 
 
 class _AikMaterial(NamedTuple):
     public: Public
     key: PublicKey
-    fingerprint: str
-    name_hex: str
-    #: qualifiedSigner value -> "name" or the hierarchy of which it is the primary-key qualified name
-    signer_forms: dict[bytes, str]
+    #: aik_name, aik_fingerprint and aik_type, as the verdict's facts record them
+    facts: dict[str, str]
+    #: qualifiedSigner value -> the passing signer_name finding for it
+    signers: dict[bytes, Finding]
+    #: the aik_attributes finding, which depends on the AIK alone
+    attributes: Finding
+    #: quote encoding -> the passing evidence_format finding
+    parsed: dict[str, Finding]
+    #: the (sigAlg, hashAlg) pairs that fit this AIK
+    schemes: frozenset[tuple[int, int]]
 
 
 @lru_cache(maxsize=256)
-def _aik_material(aik_bytes: bytes) -> _AikMaterial:
-    """Everything derived from an AIK: AIKs repeat across responses, so this is cached."""
-    aik = parse_public(aik_bytes)
+def _aik_material(aik_b64: str) -> _AikMaterial:
+    """Everything derived from an AIK alone: AIKs repeat across responses, so this is cached.
+
+    The cache is keyed by the exact ``aik_pubkey_b64`` text, so it holds only
+    pure functions of it; the signature is still checked for every quote.
+    """
+    aik = parse_public(_decode(aik_b64, "aik_pubkey_b64"))
     key = to_crypto_key(aik)
-    forms = {aik.qualified_name(handle): hierarchy for hierarchy, handle in HIERARCHIES.items()}
-    forms[aik.name] = "name"
-    return _AikMaterial(aik, key, public_key_fingerprint(key), aik.name.hex(), forms)
+    aik_type = "rsa" if aik.type == ALG.RSA else "ecc"
+    signers = {
+        aik.qualified_name(handle): Finding(
+            "signer_name",
+            "pass",
+            "signer_matches",
+            f"qualifiedSigner is the AIK's qualified name as a primary key in the {hierarchy} hierarchy",
+        )
+        for hierarchy, handle in HIERARCHIES.items()
+    }
+    signers[aik.name] = Finding("signer_name", "pass", "signer_matches", "qualifiedSigner is the AIK's name")
+    parsed = {
+        encoding: Finding("evidence_format", "pass", "parsed", f"quote as {encoding}, {aik_type} AIK")
+        for encoding in ("TPMS_ATTEST", "TPM2B_ATTEST")
+    }
+    facts = {
+        "aik_name": aik.name.hex(),
+        "aik_fingerprint": public_key_fingerprint(key),
+        "aik_type": aik_type,
+    }
+    return _AikMaterial(aik, key, facts, signers, _aik_attributes(aik), parsed, _schemes(aik))
 
 
-def _signature_matches_key(aik: Public, signature: Signature, checks: _Checks) -> bool:
+def _aik_attributes(aik: Public) -> Finding:
+    missing = ObjectAttributes.ATTESTATION_KEY & ~aik.object_attributes
+    if missing:
+        return Finding(
+            "aik_attributes",
+            "fail",
+            "aik_not_restricted" if missing & ObjectAttributes.RESTRICTED else "aik_attributes",
+            f"the AIK lacks {', '.join(ObjectAttributes.names(missing))}: such a key can sign forged quotes",
+        )
+    if aik.object_attributes & ObjectAttributes.DECRYPT:
+        return Finding("aik_attributes", "fail", "aik_attributes", "the AIK is also a decryption key")
+    return Finding(
+        "aik_attributes",
+        "pass",
+        "restricted_signing_key",
+        "restricted, sign, fixedTPM, fixedParent, sensitiveDataOrigin",
+    )
+
+
+def _schemes(aik: Public) -> frozenset[tuple[int, int]]:
+    """The (sigAlg, hashAlg) pairs a signature by this AIK may use: its own scheme, or any that fits
+    its key type when the AIK's scheme is NULL."""
+    if aik.scheme != ALG.NULL:
+        return frozenset({(aik.scheme, aik.scheme_hash)})
+    algorithms = (ALG.RSASSA, ALG.RSAPSS) if aik.type == ALG.RSA else (ALG.ECDSA,)
+    return frozenset((algorithm, hash_alg) for algorithm in algorithms for hash_alg in HASH_SIZES)
+
+
+def _scheme_mismatch(aik: Public, signature: Signature, checks: _Checks) -> None:
     if (aik.type == ALG.RSA) != (signature.sig_alg in (ALG.RSASSA, ALG.RSAPSS)):
         checks.fail("signature", "scheme_mismatch", "the signature scheme does not fit the AIK's key type")
-        return False
-    if aik.scheme != ALG.NULL and (aik.scheme, aik.scheme_hash) != (signature.sig_alg, signature.hash_alg):
+    else:
         checks.fail(
             "signature", "scheme_mismatch", "the signature uses another scheme or hash than the AIK's"
         )
-        return False
-    return True
 
 
 def _check_structure(attest: TPMSAttest, material: _AikMaterial, checks: _Checks) -> None:
-    aik = material.public
     if attest.type != TPM_ST_ATTEST_QUOTE:
         checks.fail("quote_structure", "not_a_quote", f"the AIK signed a {attest.type_name}, not a quote")
     else:
-        checks.ok("quote_structure", "quote", "TPM_GENERATED_VALUE magic and TPM_ST_ATTEST_QUOTE type")
-    signer = material.signer_forms.get(attest.qualified_signer)
-    if signer == "name":
-        checks.ok("signer_name", "signer_matches", "qualifiedSigner is the AIK's name")
-    elif signer is not None:
-        checks.ok(
-            "signer_name",
-            "signer_matches",
-            f"qualifiedSigner is the AIK's qualified name as a primary key in the {signer} hierarchy",
-        )
+        checks.put(_QUOTE)
+    signer = material.signers.get(attest.qualified_signer)
+    if signer is not None:
+        checks.put(signer)
     else:
         checks.fail(
             "signer_name",
@@ -448,21 +525,7 @@ def _check_structure(attest: TPMSAttest, material: _AikMaterial, checks: _Checks
             "qualifiedSigner is neither the AIK's name nor its qualified name as a primary key "
             "(a child key's qualified name depends on parents the evidence does not carry)",
         )
-    missing = ObjectAttributes.ATTESTATION_KEY & ~aik.object_attributes
-    if missing:
-        checks.fail(
-            "aik_attributes",
-            "aik_not_restricted" if missing & ObjectAttributes.RESTRICTED else "aik_attributes",
-            f"the AIK lacks {', '.join(ObjectAttributes.names(missing))}: such a key can sign forged quotes",
-        )
-    elif aik.object_attributes & ObjectAttributes.DECRYPT:
-        checks.fail("aik_attributes", "aik_attributes", "the AIK is also a decryption key")
-    else:
-        checks.ok(
-            "aik_attributes",
-            "restricted_signing_key",
-            "restricted, sign, fixedTPM, fixedParent, sensitiveDataOrigin",
-        )
+    checks.put(material.attributes)
 
 
 def _check_pcrs(
@@ -474,18 +537,17 @@ def _check_pcrs(
     facts: dict[str, Any],
 ) -> None:
     quoted = attest.pcr_select
-    facts["pcr_banks"] = selection_text(quoted)
-    if len(quoted) != len(claimed) or any(
-        q.hash_alg != c.hash_alg or q.indices != c.indices for q, c in zip(quoted, claimed, strict=False)
-    ):
+    covered = _covered(quoted)
+    facts["pcr_banks"] = covered.text
+    if covered.banks != _covered(claimed).banks:
         checks.fail(
             "pcr_selection",
             "pcr_selection_mismatch",
-            f"pcr_banks says {selection_text(claimed)} but the quote covers {facts['pcr_banks']}",
+            f"pcr_banks says {selection_text(claimed)} but the quote covers {covered.text}",
         )
-        checks.add("pcr_digest", "skip", "not_reached", "the PCR selection does not match")
+        checks.skip("pcr_digest", "not_reached", "the PCR selection does not match")
         return
-    checks.ok("pcr_selection", "pcr_selection_matches", f"the quote covers {facts['pcr_banks']}")
+    checks.put(covered.matches)
     try:
         values, recorded = _pcr_values(block, quoted)
     except EvidenceError as exc:
@@ -496,7 +558,28 @@ def _check_pcrs(
         checks.fail("pcr_digest", "pcr_digest_mismatch", "the PCR values do not hash to the quoted pcrDigest")
         return
     facts["pcr_values"] = recorded
-    checks.ok("pcr_digest", "pcr_digest_matches", f"{len(values)} PCR values hash to pcrDigest")
+    checks.put(covered.digest_matches)
+
+
+class _Coverage(NamedTuple):
+    #: (hash_alg, indices) per bank: what a selection means, whatever its bitmap's width
+    banks: tuple[tuple[int, tuple[int, ...]], ...]
+    text: str
+    matches: Finding
+    digest_matches: Finding
+
+
+@lru_cache(maxsize=64)
+def _covered(quoted: tuple[PCRSelection, ...]) -> _Coverage:
+    """What a quoted selection is called, and the findings when it is proved."""
+    text = selection_text(quoted)
+    count = sum(len(s.indices) for s in quoted)
+    return _Coverage(
+        tuple((s.hash_alg, s.indices) for s in quoted),
+        text,
+        Finding("pcr_selection", "pass", "pcr_selection_matches", f"the quote covers {text}"),
+        Finding("pcr_digest", "pass", "pcr_digest_matches", f"{count} PCR values hash to pcrDigest"),
+    )
 
 
 def _check_nonce(
@@ -511,7 +594,7 @@ def _check_nonce(
     if expected_nonce is not None:
         if hmac.compare_digest(attest.extra_data, expected_nonce):
             facts["nonce_derivation"] = "exact"
-            checks.ok("nonce_binding", "nonce_matches", "extraData equals the expected nonce")
+            checks.put(_EXACT_NONCE)
         else:
             checks.fail("nonce_binding", "nonce_mismatch", "extraData is not the expected nonce")
         return
@@ -531,4 +614,9 @@ def _check_nonce(
         )
         return
     facts["nonce_derivation"] = derivation
-    checks.ok("nonce_binding", "nonce_matches", f"extraData binds this request ({derivation})")
+    checks.put(_bound_by(derivation))
+
+
+@lru_cache(maxsize=16)
+def _bound_by(derivation: str) -> Finding:
+    return Finding("nonce_binding", "pass", "nonce_matches", f"extraData binds this request ({derivation})")
