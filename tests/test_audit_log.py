@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from conftest import FIXTURES
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nomyo_audit.audit.log import AuditLog, IntegrityError, verify_tlog_proof
+from nomyo_audit.audit.log import FRONTIER_SAVE_EVERY, AuditLog, IntegrityError, LogError, verify_tlog_proof
 from nomyo_audit.audit.merkle import (
     Frontier,
     ProofError,
@@ -236,14 +236,40 @@ def test_inserted_row(filled, key):
     assert problems[0] == "record 4: its bytes say another position (moved)"
 
 
-def test_appended_row_without_updating_the_log_state(filled, key):
+def test_appended_forged_row(filled, key):
     with sqlite3.connect(filled) as db:
         forged = db.execute("SELECT data, leaf FROM records WHERE seq = 9").fetchone()
         db.execute("INSERT INTO records VALUES (10, 'forged', 0, ?, ?)", forged)
     with AuditLog(filled) as log:
         problems = log.verify(key.public_key()).problems
-    assert "record 10: its bytes say another position (moved)" in problems
-    assert "the log state says 10 records, the records make 11" in problems
+    assert problems == ["record 10: its bytes say another position (moved)"]
+
+
+def test_a_log_truncated_below_its_saved_state_is_named_and_refuses_appends(tmp_path):
+    """Without a key there are no checkpoints; the saved frontier still witnesses the size."""
+    path = tmp_path / "unsigned.db"
+    with AuditLog(path) as log:
+        for n in range(FRONTIER_SAVE_EVERY + 6):
+            add(log, f"r{n}")
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM records WHERE seq >= ?", (FRONTIER_SAVE_EVERY - 4,))
+    with AuditLog(path) as log:
+        problems = log.verify().problems
+        assert problems == [
+            f"the log's saved state says {FRONTIER_SAVE_EVERY} records, the records make "
+            f"{FRONTIER_SAVE_EVERY - 4} (truncated)"
+        ]
+        with pytest.raises(LogError, match="saved state covers"):
+            add(log, "after")
+
+
+def test_other_writers_appends_are_caught_up(tmp_path):
+    path = tmp_path / "two.db"
+    with AuditLog(path) as first, AuditLog(path) as second:
+        for n in range(FRONTIER_SAVE_EVERY + 3):
+            add(first if n % 3 else second, f"r{n}")
+        assert first.size == second.size == FRONTIER_SAVE_EVERY + 3
+        assert first.verify().ok
 
 
 def test_truncated_log(filled, key):
@@ -314,7 +340,51 @@ def test_records_hold_digests_not_prompts(filled):
         assert doc["request_digest"] == keyed_digest(
             log.salt, request
         )  # an auditor with the plaintext can check
-    assert doc["v"] == 1 and doc["seq"] == 0 and doc["time"].endswith("Z")
+    assert doc["v"] == 2 and doc["seq"] == 0 and doc["time"].endswith("Z")
+
+
+def test_the_verdict_is_kept_once_by_its_codes_and_facts():
+    verification = {
+        "result": "fail",
+        "payload_id": "p",
+        "findings": [
+            {"check": "signature", "status": "pass", "code": "signature_valid", "detail": "PROSE ONE"},
+            {"check": "nonce_binding", "status": "fail", "code": "nonce_mismatch", "detail": "PROSE TWO"},
+        ],
+        "facts": {"aik_fingerprint": "ab" * 32},
+        "content_digest": "cd" * 32,
+    }
+    data = build_record(
+        seq=0,
+        timestamp=0.0,
+        salt=bytes(32),
+        payload_id="p",
+        router="r",
+        server_key=None,
+        model="m",
+        security_tier="high",
+        outcome="ok",
+        request=None,
+        response={
+            "_metadata": {
+                "payload_id": "p",
+                "tpm_attestation": {"is_available": False},
+                "verification": verification,
+            }
+        },
+    )
+    doc = json.loads(data)
+    assert "verification" not in doc["metadata"] and doc["metadata"]["tpm_attestation"] == {
+        "is_available": False
+    }
+    assert doc["verdict"] == {
+        "result": "fail",
+        "failed": ["nonce_mismatch"],
+        "findings": {"signature": ["pass", "signature_valid"], "nonce_binding": ["fail", "nonce_mismatch"]},
+        "facts": {"aik_fingerprint": "ab" * 32},
+        "content_digest": "cd" * 32,
+    }
+    assert b"PROSE" not in data
 
 
 # -- concurrency and crashes ---------------------------------------------------------------------------------
@@ -526,3 +596,19 @@ def test_verify_log_reappraises_stored_evidence(make_router, client_keys_dir, tm
     failed = CliRunner().invoke(cli, ["verify", "--log", str(db), "--policy", str(stricter)])
     assert failed.exit_code == ExitCode.FINDING
     assert failed.output.count("deny") == 3
+
+
+def test_periods_select_records_by_time_even_when_the_clock_went_back(tmp_path):
+    with AuditLog(tmp_path / "period.db") as log:
+        for n, moment in enumerate([100.0, 200.0, 150.0, 300.0, 400.0, 400.0, 500.0]):
+            log.append(f"p{n}", lambda seq, salt: b'{"seq":%d,}' % seq, timestamp=moment)
+
+        def period(since, until):
+            return [r.seq for r in log.store.records(since, until)]
+
+        assert period(None, None) == [0, 1, 2, 3, 4, 5, 6]
+        assert period(150, 350) == [1, 2, 3]  # record 2 (150) is kept at 200: after record 1
+        assert period(210, 450) == [3, 4, 5]
+        assert period(None, 200) == [0]
+        assert period(500, None) == [6]
+        assert period(600, None) == [] and period(None, 50) == []

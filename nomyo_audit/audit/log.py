@@ -10,8 +10,10 @@ Rules :class:`AuditLog` keeps:
 
 * record ``n`` is the ``n``-th leaf (0-based) and says ``"seq": n`` in its own
   bytes, so a deleted, inserted or reordered row is named by its position;
-* the frontier (compact range) is updated in the same transaction as the
-  record, so the root at the current size is always O(log n) away;
+* the frontier (compact range) is derived data: it is saved in the appending
+  transaction every :data:`FRONTIER_SAVE_EVERY` records and at each checkpoint,
+  and rebuilt from the saved one plus the (fewer than that) leaves after it, so
+  the root at the current size is always cheap and an append writes no extra page;
 * checkpoints are C2SP signed notes over (origin, size, root), all kept;
   with a key configured one is made every ``checkpoint_every`` records or
   ``checkpoint_interval`` seconds, in the appending transaction.
@@ -57,7 +59,6 @@ CREATE TABLE IF NOT EXISTS records (
     leaf BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_payload_id ON records (payload_id);
-CREATE INDEX IF NOT EXISTS records_time ON records (time);
 CREATE TABLE IF NOT EXISTS checkpoints (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     size INTEGER NOT NULL,
@@ -66,6 +67,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     created REAL NOT NULL
 );
 """
+
+
+#: How often (in records) the frontier is saved; between saves it is rebuilt from the newer leaves.
+FRONTIER_SAVE_EVERY = 64
 
 
 class LogError(NomyoAuditError):
@@ -96,12 +101,13 @@ class LogStore(Protocol):
         payload_id: str,
         timestamp: float,
         build: Callable[[int], bytes],
-        checkpoint: CheckpointMaker,
+        checkpoint: CheckpointMaker | None,
     ) -> int: ...
     def records(self, since: float | None = None, until: float | None = None) -> Iterator[StoredRecord]: ...
     def scan(self) -> Iterator[tuple[int, bytes, bytes]]: ...
     def find(self, payload_id: str) -> StoredRecord | None: ...
     def frontier(self) -> Frontier: ...
+    def saved_frontier(self) -> Frontier: ...
     def add_checkpoint(self, size: int, root: bytes, note: str) -> None: ...
     def checkpoints(self) -> list[tuple[int, bytes, str]]: ...
     def meta(self, key: str) -> bytes | None: ...
@@ -122,6 +128,7 @@ class SQLiteStore:
         # One connection serves this process's threads: one transaction at a time on it.
         # Other processes have their own connections; SQLite's locks order them.
         self._lock = threading.Lock()
+        self._current = Frontier()  # as of this connection's last look; a copy is handed out
 
     def close(self) -> None:
         self._db.close()
@@ -131,54 +138,88 @@ class SQLiteStore:
         payload_id: str,
         timestamp: float,
         build: Callable[[int], bytes],
-        checkpoint: CheckpointMaker,
+        checkpoint: CheckpointMaker | None,
     ) -> int:
         with self._lock:
             return self._append_locked(payload_id, timestamp, build, checkpoint)
 
     def _append_locked(
-        self, payload_id: str, timestamp: float, build: Callable[[int], bytes], checkpoint: CheckpointMaker
+        self,
+        payload_id: str,
+        timestamp: float,
+        build: Callable[[int], bytes],
+        checkpoint: CheckpointMaker | None,
     ) -> int:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            frontier = self.frontier()
+            last = db.execute("SELECT seq, time FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+            frontier = self._frontier_at(last[0] + 1 if last else 0)
             seq = frontier.size
             data = build(seq)
             leaf = leaf_hash(data)
+            # The time column only locates records by period (a binary search over seq), so it
+            # never goes back, even when the clock does; the record's own "time" is exact.
+            stamp = max(timestamp, last[1]) if last else timestamp
             db.execute(
                 "INSERT INTO records (seq, payload_id, time, data, leaf) VALUES (?, ?, ?, ?, ?)",
-                (seq, payload_id, timestamp, data, leaf),
+                (seq, payload_id, stamp, data, leaf),
             )
             frontier.append(leaf)
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('frontier', ?)", (frontier.to_bytes(),))
-            last = db.execute("SELECT MAX(created) FROM checkpoints").fetchone()[0]
-            made = checkpoint(frontier, last)
-            if made is not None:
-                db.execute(
-                    "INSERT INTO checkpoints (size, root, note, created) VALUES (?, ?, ?, ?)",
-                    (*made, time.time()),
-                )
+            made = None
+            if checkpoint is not None:
+                last = db.execute("SELECT MAX(created) FROM checkpoints").fetchone()[0]
+                made = checkpoint(frontier, last)
+                if made is not None:
+                    db.execute(
+                        "INSERT INTO checkpoints (size, root, note, created) VALUES (?, ?, ?, ?)",
+                        (*made, time.time()),
+                    )
+            if made is not None or frontier.size % FRONTIER_SAVE_EVERY == 0:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('frontier', ?)", (frontier.to_bytes(),))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._current = frontier
         return seq
 
     def records(self, since: float | None = None, until: float | None = None) -> Iterator[StoredRecord]:
+        """Records in order; with a period, those whose time column lies in [since, until).
+
+        The time column never decreases along seq (see ``append``), so a period
+        is a seq range found by binary search: no time index to update per append.
+        """
         query, args = "SELECT seq, payload_id, time, data, leaf FROM records", []
         clauses = []
         if since is not None:
-            clauses.append("time >= ?")
-            args.append(since)
+            clauses.append("seq >= ? AND time >= ?")
+            args += [self._first_seq_at(since), since]
         if until is not None:
-            clauses.append("time < ?")
-            args.append(until)
+            clauses.append("seq < ? AND time < ?")
+            args += [self._first_seq_at(until), until]
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         with closing(self._db.execute(query + " ORDER BY seq", args)) as cursor:
             for row in cursor:
                 yield StoredRecord(*row)
+
+    def _first_seq_at(self, moment: float) -> int:
+        """The first seq whose time column is at or after ``moment`` (the log's size if none)."""
+        db = self._db
+        row = db.execute("SELECT MAX(seq) FROM records").fetchone()
+        low, high = 0, (row[0] + 1 if row and row[0] is not None else 0)
+        while low < high:
+            middle = (low + high) // 2
+            # the nearest row at or after middle, should one be missing
+            found = db.execute(
+                "SELECT time FROM records WHERE seq >= ? ORDER BY seq LIMIT 1", (middle,)
+            ).fetchone()
+            if found is not None and found[0] < moment:
+                low = middle + 1
+            else:
+                high = middle
+        return low
 
     def scan(self) -> Iterator[tuple[int, bytes, bytes]]:
         """(seq, data, leaf) of every record in order: the lean path verification reads."""
@@ -193,15 +234,59 @@ class SQLiteStore:
         return StoredRecord(*row) if row else None
 
     def frontier(self) -> Frontier:
+        """The tree's right edge at the log's current size.
+
+        Read inside the appending transaction, this is exact even when other
+        processes appended meanwhile: their leaves are added to what this
+        connection knew. A log with fewer rows than its saved state, or with
+        a gap, is refused (``nomyo-audit log verify`` says what happened).
+        """
+        row = self._db.execute("SELECT MAX(seq) FROM records").fetchone()
+        return self._frontier_at(row[0] + 1 if row and row[0] is not None else 0)
+
+    def _frontier_at(self, size: int) -> Frontier:
+        db = self._db
+        known = self._current
+        if known.size != size:
+            saved = self.saved_frontier()
+            if max(saved.size, known.size) > size:
+                raise LogError(
+                    f"{self.path}: the log's saved state covers {max(saved.size, known.size)} records "
+                    f"but it has {size}; run 'nomyo-audit log verify'"
+                )
+            base = saved if saved.size > known.size else known
+            known = Frontier(base.size, list(base.hashes))
+            rows = db.execute("SELECT seq, leaf FROM records WHERE seq >= ? ORDER BY seq", (known.size,))
+            for seq, leaf in rows:
+                if seq != known.size:
+                    raise LogError(
+                        f"{self.path}: record {known.size} is missing; run 'nomyo-audit log verify'"
+                    )
+                known.append(bytes(leaf))
+            self._current = known
+        return Frontier(known.size, list(known.hashes))
+
+    def saved_frontier(self) -> Frontier:
+        """The frontier as last saved (at a multiple of FRONTIER_SAVE_EVERY or a checkpoint)."""
         row = self._db.execute("SELECT value FROM meta WHERE key = 'frontier'").fetchone()
         return Frontier.from_bytes(row[0]) if row else Frontier()
 
     def add_checkpoint(self, size: int, root: bytes, note: str) -> None:
         with self._lock:
-            self._db.execute(
-                "INSERT INTO checkpoints (size, root, note, created) VALUES (?, ?, ?, ?)",
-                (size, root, note, time.time()),
-            )
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT INTO checkpoints (size, root, note, created) VALUES (?, ?, ?, ?)",
+                    (size, root, note, time.time()),
+                )
+                frontier = self.frontier()
+                if frontier.size == size:
+                    db.execute("INSERT OR REPLACE INTO meta VALUES ('frontier', ?)", (frontier.to_bytes(),))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def checkpoints(self) -> list[tuple[int, bytes, str]]:
         rows = self._db.execute("SELECT size, root, note FROM checkpoints ORDER BY id")
@@ -274,7 +359,13 @@ class AuditLog:
     ) -> int:
         """Append the record ``build(seq, salt)`` returns; durable when this returns."""
         now = time.time() if timestamp is None else timestamp
-        return self.store.append(payload_id, now, lambda seq: build(seq, self.salt), self._auto_checkpoint)
+        salt = self.salt
+        return self.store.append(
+            payload_id,
+            now,
+            lambda seq: build(seq, salt),
+            self._auto_checkpoint if self.key is not None else None,
+        )
 
     def _auto_checkpoint(self, frontier: Frontier, last: float | None) -> tuple[int, bytes, str] | None:
         if self.key is None:
@@ -338,8 +429,10 @@ class AuditLog:
         by_size: dict[int, list[tuple[bytes, str]]] = {}
         for size, root, note in checkpoints:
             by_size.setdefault(size, []).append((root, note))
+        saved = self.store.saved_frontier()
         frontier = Frontier()
         roots: dict[int, bytes] = {0: frontier.root()}
+        saved_root = frontier.root() if saved.size == 0 else None
         expected = 0
         sha256, append, checkpointed = hashlib.sha256, frontier.append, by_size.keys()
         for seq, data, stored_leaf in self.store.scan():
@@ -356,11 +449,17 @@ class AuditLog:
             expected = seq + 1
             if frontier.size in checkpointed:
                 roots[frontier.size] = frontier.root()
+            if frontier.size == saved.size:
+                saved_root = frontier.root()
             if progress is not None and frontier.size % 10000 == 0:
                 progress(frontier.size)
-        stored = self.store.frontier()
-        if stored.size != frontier.size or stored.root() != frontier.root():
-            problems.append(f"the log state says {stored.size} records, the records make {frontier.size}")
+        if saved.size > frontier.size:
+            problems.append(
+                f"the log's saved state says {saved.size} records, "
+                f"the records make {frontier.size} (truncated)"
+            )
+        elif saved_root != saved.root():
+            problems.append(f"the log's saved state does not match records 0..{saved.size - 1}")
         previous: tuple[int, bytes] | None = None
         for size, root, note in checkpoints:
             where = f"checkpoint at size {size}"

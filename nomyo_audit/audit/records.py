@@ -12,7 +12,6 @@ digest`` (docs/audit-log.md).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import hmac
 from collections.abc import Mapping
 from typing import Any
@@ -20,14 +19,14 @@ from typing import Any
 from .._version import __version__
 from ..tpm.binding import canonical_json
 
-__all__ = ["RECORD_VERSION", "build_record", "keyed_digest"]
+__all__ = ["RECORD_VERSION", "build_record", "keyed_digest", "recorded_content_digest"]
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 
 
 def keyed_digest(salt: bytes, value: Any) -> str:
     """HMAC-SHA256 of the canonical JSON of ``value`` under the log's salt, hex."""
-    return hmac.new(salt, canonical_json(value), hashlib.sha256).hexdigest()
+    return hmac.digest(salt, canonical_json(value), "sha256").hex()
 
 
 def rfc3339(timestamp: float) -> str:
@@ -63,8 +62,15 @@ def build_record(
     if metadata is None and response is not None:
         metadata = response.get("_metadata")
     metadata = dict(metadata) if metadata is not None else None
+    # What the client added to _metadata is kept once, outside it: its verdict compactly under
+    # "verdict" (the prose is left out: re-verifying the stored evidence reproduces it, see
+    # nomyo-audit verify --log), its policy result under "policy".
+    verification: Mapping[str, Any] = {}
+    if metadata is not None:
+        verification = metadata.pop("verification", None) or {}
+        added_policy = metadata.pop("policy", None)
+        policy = policy or added_policy
     content = {k: v for k, v in response.items() if k != "_metadata"} if response is not None else None
-    verification = (metadata or {}).get("verification") or {}
     document = {
         "v": RECORD_VERSION,
         "seq": seq,
@@ -79,13 +85,33 @@ def build_record(
         "request_digest": keyed_digest(salt, request) if request is not None else None,
         "response_digest": keyed_digest(salt, content) if content is not None else None,
         "metadata": metadata,
-        "verdict": {
-            "result": verification.get("result"),
-            "failed": [f["code"] for f in verification.get("findings", []) if f.get("status") == "fail"],
-        }
-        if verification
-        else None,
+        "verdict": _compact_verdict(verification) if verification else None,
         "policy": dict(policy) if policy else None,
-        "tool": f"nomyo-audit {__version__}",
+        "tool": _TOOL,
     }
     return canonical_json(document)
+
+
+_TOOL = f"nomyo-audit {__version__}"
+
+
+def _compact_verdict(verification: Mapping[str, Any]) -> dict[str, Any]:
+    findings = verification.get("findings") or []
+    return {
+        "result": verification.get("result"),
+        "failed": [f["code"] for f in findings if f.get("status") == "fail"],
+        "findings": {f["check"]: [f["status"], f["code"]] for f in findings},
+        "facts": verification.get("facts") or {},
+        "content_digest": verification.get("content_digest"),
+    }
+
+
+def recorded_content_digest(document: Mapping[str, Any]) -> bytes | None:
+    """The response-content digest a record's verdict was checked against, for re-appraisal."""
+    value = (document.get("verdict") or {}).get("content_digest")
+    if not isinstance(value, str):
+        return None
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return None

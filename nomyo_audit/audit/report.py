@@ -16,6 +16,8 @@ from typing import Any
 
 from .._version import __version__
 from ..policy import Policy, evaluate
+from ..tpm.verify import verify_attestation
+from .records import recorded_content_digest
 
 __all__ = ["MAX_FAILURES", "REPORT_SCHEMA", "build_report", "timeline_svg"]
 
@@ -65,13 +67,19 @@ def build_report(
     for doc in records:
         metadata = doc.get("metadata") or {}
         tpm = metadata.get("tpm_attestation") or {}
-        verification = metadata.get("verification") or {}
+        verification = doc.get("verdict") or {}
         if policy is not None and metadata:
             doc = dict(doc)
             timestamp = _dt.datetime.fromisoformat(doc["time"].replace("Z", "+00:00")).timestamp()
-            target = dict(metadata)
-            target.setdefault("payload_id", doc.get("payload_id"))
-            doc["policy_result"] = evaluate(policy, target, now=timestamp, model=doc.get("model")).to_dict()
+            payload_id = metadata.get("payload_id", doc.get("payload_id"))
+            verdict = verify_attestation(
+                metadata.get("tpm_attestation"),
+                payload_id if isinstance(payload_id, str) else None,
+                content_digest=recorded_content_digest(doc),
+            )
+            doc["policy_result"] = evaluate(
+                policy, metadata, now=timestamp, model=doc.get("model"), verdict=verdict
+            ).to_dict()
         status = _passed(doc, None)
         totals["requests"] += 1
         totals[status] += 1
@@ -89,9 +97,8 @@ def build_report(
         for rule in applied.get("rules", []):
             rules[rule["rule"]][rule["status"]] += 1
         if verification.get("result") == "fail":
-            for finding in verification.get("findings", []):
-                if finding.get("status") == "fail":
-                    findings[finding["code"]] += 1
+            for code in verification.get("failed") or ():
+                findings[code] += 1
         facts = verification.get("facts") or {}
         if facts.get("aik_fingerprint"):
             aiks[facts["aik_fingerprint"]] += 1
@@ -110,9 +117,7 @@ def build_report(
                         "outcome": doc.get("outcome"),
                         "model": doc.get("model"),
                         "error": (doc.get("error") or {}).get("code"),
-                        "findings": [
-                            f["code"] for f in verification.get("findings", []) if f.get("status") == "fail"
-                        ],
+                        "findings": list(verification.get("failed") or ()),
                         "rules": [
                             f"{r['rule']}: {r['detail']}"
                             for r in applied.get("rules", [])

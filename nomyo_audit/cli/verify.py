@@ -140,6 +140,7 @@ def _evaluation_time(value: str) -> float:
 def log_records(path: Path, since: float | None, until: float | None) -> Iterator[Record]:
     """The records of an audit log, as verification inputs (their stored evidence)."""
     from ..audit.log import AuditLog, LogError
+    from ..audit.records import recorded_content_digest
 
     if not path.exists():
         raise LogError(f"{path}: no such audit log")
@@ -149,7 +150,8 @@ def log_records(path: Path, since: float | None, until: float | None) -> Iterato
             metadata = doc.get("metadata") or {"payload_id": doc.get("payload_id")}
             metadata.setdefault("payload_id", doc.get("payload_id"))
             metadata.setdefault("security_tier", doc.get("security_tier"))
-            yield _record(f"{path}#{doc['seq']}", metadata)
+            digest = recorded_content_digest(doc)
+            yield Record(f"{path}#{doc['seq']}", metadata, digest, "recorded" if digest else "none")
 
 
 @click.command()

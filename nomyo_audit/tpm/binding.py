@@ -47,7 +47,11 @@ DERIVATIONS = ("nomyo-audit-v1", "sha256-payload-id", "raw-payload-id")
 
 def canonical_json(value: Any) -> bytes:
     """Sorted keys, no insignificant white space, UTF-8: deterministic for JSON data."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL_ENCODER.encode(value).encode()
+
+
+# json.dumps with options builds an encoder per call; this one is built once (it keeps no state).
+_CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def response_content_digest(response: Mapping[str, Any]) -> bytes:
