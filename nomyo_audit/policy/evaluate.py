@@ -21,7 +21,7 @@ from typing import Any, Literal, NamedTuple
 
 from ..tpm.binding import response_content_digest
 from ..tpm.structures import HASH_NAMES
-from ..tpm.verify import Verdict, parse_pcr_banks, verify_attestation
+from ..tpm.verify import CHECKS, Verdict, parse_pcr_banks, verify_attestation
 from .model import Policy, parse_duration
 
 __all__ = ["KEY_SCOPE", "PolicyResult", "RuleOutcome", "evaluate"]
@@ -204,6 +204,10 @@ def _models(value: list[str], spec: Mapping[str, Any]) -> Check:
 
 
 _PCR_PROVED = ("pcr_digest_matches",)
+# Positions of the findings rules read, looked up once (Verdict.finding does it per call).
+_PCR_DIGEST, _PCR_SELECTION, _NONCE_BINDING, _SIGNATURE = (
+    CHECKS.index(check) for check in ("pcr_digest", "pcr_selection", "nonce_binding", "signature")
+)
 
 
 def _pcrs(value: Mapping[str, Mapping[str, Any]], spec: Mapping[str, Any]) -> Check:
@@ -212,15 +216,31 @@ def _pcrs(value: Mapping[str, Mapping[str, Any]], spec: Mapping[str, Any]) -> Ch
         for bank, indices in value.items()
         for index, allowed in indices.items()
     )
+    by_bank = tuple(
+        (bank, tuple((index, allowed) for b, index, allowed in golden if b == bank)) for bank in value
+    )
     passed = RuleOutcome("pcrs", "pass", f"{len(golden)} PCR value(s) match the golden values", _PCR_PROVED)
 
     def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
-        digest = verdict.finding("pcr_digest")
+        digest = verdict.findings[_PCR_DIGEST]
         proved = verdict.facts.get("pcr_values")
         if digest.status != "pass" or not (type(proved) is dict or isinstance(proved, Mapping)):
             return RuleOutcome(
                 "pcrs", "fail", "no PCR values were proved by a verified quote", (digest.code,)
             )
+        for bank, entries in by_bank:
+            values = proved.get(bank)
+            if values is None:
+                break
+            for index, allowed in entries:
+                actual = values.get(index)
+                if actual is None or (allowed is not None and actual not in allowed):
+                    break
+            else:
+                continue
+            break
+        else:
+            return passed
         problems = []
         for bank, index, allowed in golden:
             values = proved.get(bank)
@@ -229,9 +249,7 @@ def _pcrs(value: Mapping[str, Mapping[str, Any]], spec: Mapping[str, Any]) -> Ch
                 problems.append(f"{bank} PCR {index} was not quoted")
             elif allowed is not None and actual not in allowed:
                 problems.append(f"{bank} PCR {index} = {actual[:16]}... is not a golden value")
-        if problems:
-            return RuleOutcome("pcrs", "fail", "; ".join(problems), _PCR_PROVED)
-        return passed
+        return RuleOutcome("pcrs", "fail", "; ".join(problems), _PCR_PROVED)
 
     return check
 
@@ -254,7 +272,7 @@ def _pcr_selection(value: Mapping[str, list[int]], spec: Mapping[str, Any]) -> C
         return RuleOutcome("pcr_selection", "pass", f"the quote covers {banks}", (code,))
 
     def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
-        selection = verdict.finding("pcr_selection")
+        selection = verdict.findings[_PCR_SELECTION]
         if selection.status != "pass":
             return RuleOutcome("pcr_selection", "fail", "no verified PCR selection", (selection.code,))
         banks = str(verdict.facts.get("pcr_banks", ""))
@@ -272,7 +290,7 @@ def _nonce_binding(value: list[str], spec: Mapping[str, Any]) -> Check:
     accepted = {d: RuleOutcome("nonce_binding", "pass", f"bound by {d}", ("nonce_matches",)) for d in value}
 
     def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
-        finding = verdict.finding("nonce_binding")
+        finding = verdict.findings[_NONCE_BINDING]
         derivation = verdict.facts.get("nonce_derivation")
         if finding.status == "pass" and derivation in accepted:
             return accepted[derivation]
@@ -299,7 +317,7 @@ def _aik_trust(value: Mapping[str, Any], spec: Mapping[str, Any]) -> Check:
     )
 
     def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
-        signature = verdict.finding("signature")
+        signature = verdict.findings[_SIGNATURE]
         if signature.status != "pass":
             return RuleOutcome("aik_trust", "fail", "the quote's signature did not verify", (signature.code,))
         if mode == "any":

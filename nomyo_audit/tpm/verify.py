@@ -209,7 +209,13 @@ else:  # pragma: no cover - Python 3.10
 
 
 def _b64(block: Mapping[str, Any], name: str) -> bytes:
-    return _decode(_b64_text(block, name), name)
+    value = block.get(name)
+    if type(value) is str and len(value) <= _MAX_B64:
+        try:
+            return _strict_b64decode(value)
+        except (binascii.Error, ValueError):
+            pass
+    return _decode(_b64_text(block, name), name)  # raises the precise error
 
 
 def _b64_text(block: Mapping[str, Any], name: str) -> str:
@@ -351,12 +357,16 @@ def verify_attestation(
         checks.fail("evidence_format", exc.code, exc.message)
         return checks.done(payload_id, {}, "evidence could not be parsed")
     described = _describe_signature(signature.sig_alg, signature.hash_alg)
-    facts: dict[str, Any] = {
-        "quote_encoding": attest.encoding,
-        **material.facts,
-        **described.facts,
-        "attest_type": attest.type_name,
-    }
+    shape = (attest.encoding, signature.sig_alg, signature.hash_alg, attest.type)
+    known = material.facts_by_shape.get(shape)
+    if known is None:  # a handful of shapes per AIK at most: the cache stays small
+        known = material.facts_by_shape[shape] = {
+            "quote_encoding": attest.encoding,
+            **material.facts,
+            **described.facts,
+            "attest_type": attest.type_name,
+        }
+    facts: dict[str, Any] = known.copy()
     checks.put(material.parsed[attest.encoding])
 
     if (signature.sig_alg, signature.hash_alg) not in material.schemes:
@@ -382,7 +392,7 @@ def verify_attestation(
     if attester == "software":
         checks.put(_SOFTWARE_ATTESTER)
     elif isinstance(attester, str) and attester:
-        checks.skip("attester", "attester_declared", f"the router says the quote came from {attester[:32]!r}")
+        checks.put(_declared_attester(attester[:32]))
     else:
         checks.put(_UNLABELLED_ATTESTER)
     return checks.done(payload_id, facts, "the signed structure is not a quote", content_digest)
@@ -439,6 +449,8 @@ class _AikMaterial(NamedTuple):
     parsed: dict[str, Finding]
     #: the (sigAlg, hashAlg) pairs that fit this AIK
     schemes: frozenset[tuple[int, int]]
+    #: (encoding, sigAlg, hashAlg, attest type) -> the facts that follow from them and the AIK
+    facts_by_shape: dict[tuple[str, int, int, int], dict[str, Any]]
 
 
 @lru_cache(maxsize=256)
@@ -470,7 +482,7 @@ def _aik_material(aik_b64: str) -> _AikMaterial:
         "aik_fingerprint": public_key_fingerprint(key),
         "aik_type": aik_type,
     }
-    return _AikMaterial(aik, key, facts, signers, _aik_attributes(aik), parsed, _schemes(aik))
+    return _AikMaterial(aik, key, facts, signers, _aik_attributes(aik), parsed, _schemes(aik), {})
 
 
 def _aik_attributes(aik: Public) -> Finding:
@@ -615,6 +627,11 @@ def _check_nonce(
         return
     facts["nonce_derivation"] = derivation
     checks.put(_bound_by(derivation))
+
+
+@lru_cache(maxsize=32)
+def _declared_attester(label: str) -> Finding:
+    return Finding("attester", "skip", "attester_declared", f"the router says the quote came from {label!r}")
 
 
 @lru_cache(maxsize=16)
