@@ -15,6 +15,7 @@ request, compilation per policy.
 from __future__ import annotations
 
 import fnmatch
+import operator
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple
@@ -127,8 +128,11 @@ def evaluate(
         rules = tuple(
             [check(metadata, verdict, model, now) for rule, check in compiled.rules if rule in scope]
         )
-    failures = tuple([r for r in rules if r.status == "fail"])
+    failures = tuple([r for r in rules if r.status == "fail"]) if "fail" in map(_STATUS, rules) else ()
     return PolicyResult(compiled.name, compiled.digest, compiled.on_failure, rules, verdict, failures)
+
+
+_STATUS = operator.attrgetter("status")
 
 
 Check = Callable[[Mapping[str, Any], Verdict, "str | None", "float | None"], RuleOutcome]
