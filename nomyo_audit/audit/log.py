@@ -236,11 +236,17 @@ class SQLiteStore:
     def frontier(self) -> Frontier:
         """The tree's right edge at the log's current size.
 
-        Read inside the appending transaction, this is exact even when other
-        processes appended meanwhile: their leaves are added to what this
-        connection knew. A log with fewer rows than its saved state, or with
-        a gap, is refused (``nomyo-audit log verify`` says what happened).
+        Exact even when other processes appended meanwhile: their leaves are
+        added to what this connection knew. A log with fewer rows than its
+        saved state, or with a gap, is refused (``nomyo-audit log verify``
+        says what happened). Taken under the connection's lock: a read on the
+        shared connection during another thread's append would see its
+        uncommitted row, and this connection remembers what it computes.
         """
+        with self._lock:
+            return self._frontier_now()
+
+    def _frontier_now(self) -> Frontier:
         row = self._db.execute("SELECT MAX(seq) FROM records").fetchone()
         return self._frontier_at(row[0] + 1 if row and row[0] is not None else 0)
 
@@ -280,7 +286,7 @@ class SQLiteStore:
                     "INSERT INTO checkpoints (size, root, note, created) VALUES (?, ?, ?, ?)",
                     (size, root, note, time.time()),
                 )
-                frontier = self.frontier()
+                frontier = self._frontier_now()
                 if frontier.size == size:
                     db.execute("INSERT OR REPLACE INTO meta VALUES ('frontier', ?)", (frontier.to_bytes(),))
                 db.execute("COMMIT")
