@@ -359,13 +359,15 @@ def verify_attestation(
     described = _describe_signature(signature.sig_alg, signature.hash_alg)
     shape = (attest.encoding, signature.sig_alg, signature.hash_alg, attest.type)
     known = material.facts_by_shape.get(shape)
-    if known is None:  # a handful of shapes per AIK at most: the cache stays small
-        known = material.facts_by_shape[shape] = {
+    if known is None:
+        known = {
             "quote_encoding": attest.encoding,
             **material.facts,
             **described.facts,
             "attest_type": attest.type_name,
         }
+        if len(material.facts_by_shape) < 16:  # an honest router uses one or two shapes
+            material.facts_by_shape[shape] = known
     facts: dict[str, Any] = known.copy()
     checks.put(material.parsed[attest.encoding])
 
