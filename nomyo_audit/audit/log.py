@@ -176,7 +176,7 @@ class SQLiteStore:
                         (*made, time.time()),
                     )
             if made is not None or frontier.size % FRONTIER_SAVE_EVERY == 0:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('frontier', ?)", (frontier.to_bytes(),))
+                self._save_frontier(frontier)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -272,6 +272,10 @@ class SQLiteStore:
             self._current = known
         return Frontier(known.size, list(known.hashes))
 
+    def _save_frontier(self, frontier: Frontier) -> None:
+        """Inside the caller's transaction: what a later connection starts from."""
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('frontier', ?)", (frontier.to_bytes(),))
+
     def saved_frontier(self) -> Frontier:
         """The frontier as last saved (at a multiple of FRONTIER_SAVE_EVERY or a checkpoint)."""
         row = self._db.execute("SELECT value FROM meta WHERE key = 'frontier'").fetchone()
@@ -288,7 +292,7 @@ class SQLiteStore:
                 )
                 frontier = self._frontier_now()
                 if frontier.size == size:
-                    db.execute("INSERT OR REPLACE INTO meta VALUES ('frontier', ?)", (frontier.to_bytes(),))
+                    self._save_frontier(frontier)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

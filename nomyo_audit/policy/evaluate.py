@@ -215,15 +215,18 @@ _PCR_DIGEST, _PCR_SELECTION, _NONCE_BINDING, _SIGNATURE = (
 
 
 def _pcrs(value: Mapping[str, Mapping[str, Any]], spec: Mapping[str, Any]) -> Check:
-    golden = tuple(
-        (bank, index, None if allowed == "any" else frozenset(allowed))
-        for bank, indices in value.items()
-        for index, allowed in indices.items()
-    )
     by_bank = tuple(
-        (bank, tuple((index, allowed) for b, index, allowed in golden if b == bank)) for bank in value
+        (
+            bank,
+            tuple(
+                (index, None if allowed == "any" else frozenset(allowed))
+                for index, allowed in indices.items()
+            ),
+        )
+        for bank, indices in value.items()
     )
-    passed = RuleOutcome("pcrs", "pass", f"{len(golden)} PCR value(s) match the golden values", _PCR_PROVED)
+    count = sum(len(entries) for _, entries in by_bank)
+    passed = RuleOutcome("pcrs", "pass", f"{count} PCR value(s) match the golden values", _PCR_PROVED)
 
     def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
         digest = verdict.findings[_PCR_DIGEST]
@@ -246,13 +249,14 @@ def _pcrs(value: Mapping[str, Mapping[str, Any]], spec: Mapping[str, Any]) -> Ch
         else:
             return passed
         problems = []
-        for bank, index, allowed in golden:
-            values = proved.get(bank)
-            actual = values.get(index) if values is not None else None
-            if actual is None:
-                problems.append(f"{bank} PCR {index} was not quoted")
-            elif allowed is not None and actual not in allowed:
-                problems.append(f"{bank} PCR {index} = {actual[:16]}... is not a golden value")
+        for bank, entries in by_bank:
+            values = proved.get(bank) or {}
+            for index, allowed in entries:
+                actual = values.get(index)
+                if actual is None:
+                    problems.append(f"{bank} PCR {index} was not quoted")
+                elif allowed is not None and actual not in allowed:
+                    problems.append(f"{bank} PCR {index} = {actual[:16]}... is not a golden value")
         return RuleOutcome("pcrs", "fail", "; ".join(problems), _PCR_PROVED)
 
     return check

@@ -19,7 +19,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..errors import EvidenceError
 
@@ -442,10 +442,6 @@ def _fast_selections(marshalled: bytes) -> tuple[PCRSelection, ...] | None:
         return None
 
 
-def _as_bytes(data: bytes) -> bytes:
-    return data if type(data) is bytes else bytes(data)
-
-
 def parse_attest(data: bytes) -> TPMSAttest:
     """Unmarshal a quote given as a bare TPMS_ATTEST or a size-prefixed TPM2B_ATTEST.
 
@@ -527,7 +523,8 @@ _RSA_SCHEMES = (ALG.RSASSA, ALG.RSAPSS)
 
 
 def parse_signature(data: bytes) -> Signature:
-    data = _as_bytes(data)
+    if type(data) is not bytes:
+        data = bytes(data)
     if len(data) >= 6:  # fast paths for well-formed signatures; the reader below says what is wrong
         sig_alg, hash_alg, size = _SIG_HEAD.unpack_from(data, 0)
         if hash_alg in HASH_SIZES:
@@ -655,24 +652,20 @@ def parse_public(data: bytes) -> Public:
     scheme_hash = (
         ALG.NULL if scheme in (ALG.NULL, ALG.RSAES) else _hash_alg(reader, "parameters.scheme.hashAlg")
     )
-    if key_type == ALG.RSA:
-        bits = reader.u16("parameters.keyBits")
-        exponent = reader.u32("parameters.exponent")
-        modulus = reader.tpm2b("unique.rsa", MAX_RSA_KEY_BYTES)
-        reader.end()
-        return Public(
-            key_type,
-            name_alg,
-            attributes,
-            policy,
-            symmetric,
-            scheme,
-            scheme_hash,
-            rsa_key_bits=bits,
-            rsa_exponent=exponent,
-            rsa_modulus=modulus,
-            tpmt=tpmt,
-        )
+    key = _read_rsa_key(reader) if key_type == ALG.RSA else _read_ecc_key(reader)
+    reader.end()
+    return Public(key_type, name_alg, attributes, policy, symmetric, scheme, scheme_hash, tpmt=tpmt, **key)
+
+
+def _read_rsa_key(reader: _Reader) -> dict[str, Any]:
+    return {
+        "rsa_key_bits": reader.u16("parameters.keyBits"),
+        "rsa_exponent": reader.u32("parameters.exponent"),
+        "rsa_modulus": reader.tpm2b("unique.rsa", MAX_RSA_KEY_BYTES),
+    }
+
+
+def _read_ecc_key(reader: _Reader) -> dict[str, Any]:
     curve = reader.u16("parameters.curveID")
     if curve not in ECC_CURVES:
         raise TPMStructureError(
@@ -682,17 +675,4 @@ def parse_public(data: bytes) -> Public:
     kdf = (kdf_scheme,) if kdf_scheme == ALG.NULL else (kdf_scheme, reader.u16("parameters.kdf.hashAlg"))
     x = reader.tpm2b("unique.ecc.x", MAX_ECC_KEY_BYTES)
     y = reader.tpm2b("unique.ecc.y", MAX_ECC_KEY_BYTES)
-    reader.end()
-    return Public(
-        key_type,
-        name_alg,
-        attributes,
-        policy,
-        symmetric,
-        scheme,
-        scheme_hash,
-        curve_id=curve,
-        kdf=kdf,
-        ecc_point=EccPoint(x, y),
-        tpmt=tpmt,
-    )
+    return {"curve_id": curve, "kdf": kdf, "ecc_point": EccPoint(x, y)}

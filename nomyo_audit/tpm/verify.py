@@ -553,11 +553,12 @@ def _check_pcrs(
     quoted = attest.pcr_select
     covered = _covered(quoted)
     facts["pcr_banks"] = covered.text
-    if covered.banks != _covered(claimed).banks:
+    stated = _covered(claimed)
+    if covered.banks != stated.banks:
         checks.fail(
             "pcr_selection",
             "pcr_selection_mismatch",
-            f"pcr_banks says {selection_text(claimed)} but the quote covers {covered.text}",
+            f"pcr_banks says {stated.text} but the quote covers {covered.text}",
         )
         checks.skip("pcr_digest", "not_reached", "the PCR selection does not match")
         return
