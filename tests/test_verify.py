@@ -291,6 +291,28 @@ def test_pcr_digest_uses_the_signature_hash_not_the_bank_hash():
     assert failing(verdict(block)) == {"pcr_digest": "pcr_digest_mismatch"}
 
 
+def test_quote_shapes_an_attacker_picks_do_not_grow_the_per_aik_cache():
+    """Facts derived per AIK are cached by the quote's shape; shapes are attacker-chosen, so bounded."""
+    from nomyo_audit.tpm.verify import _aik_material
+
+    tpm = SoftwareTPM("rsa2048-rsassa")
+    block = evidence(tpm)
+    sig = parse_signature(base64.b64decode(block["signature_b64"]))
+    quote = base64.b64decode(block["quote_b64"])
+    shapes = 0
+    for sig_alg in (ALG.RSASSA, ALG.RSAPSS, ALG.ECDSA):
+        for hash_alg in (ALG.SHA1, ALG.SHA256, ALG.SHA384, ALG.SHA512):
+            for quote_bytes in (quote, len(quote).to_bytes(2, "big") + quote):
+                if (sig_alg, hash_alg) == (ALG.RSASSA, ALG.SHA256):
+                    continue
+                relabelled = sig._replace(sig_alg=sig_alg, hash_alg=hash_alg).marshal()
+                forged = {**block, "signature_b64": b64(relabelled), "quote_b64": b64(quote_bytes)}
+                assert failing(verdict(forged)) == {"signature": "scheme_mismatch"}
+                shapes += 1
+    assert shapes > 16 and len(_aik_material(block["aik_pubkey_b64"]).facts_by_shape) == 16
+    assert verdict(block).passed  # the one honest shape still verifies, uncached or not
+
+
 def test_ecdsa_r_and_s_with_leading_zeros():
     tpm = SoftwareTPM("ecc256-ecdsa")
     block = evidence(tpm)
