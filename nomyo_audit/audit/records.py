@@ -18,6 +18,7 @@ from typing import Any
 
 from .._version import __version__
 from ..tpm.binding import canonical_json
+from ..tpm.binding import recorded_content_digest as _recorded_content_digest
 
 __all__ = ["RECORD_VERSION", "build_record", "keyed_digest", "recorded_content_digest"]
 
@@ -108,10 +109,4 @@ def _compact_verdict(verification: Mapping[str, Any]) -> dict[str, Any]:
 
 def recorded_content_digest(document: Mapping[str, Any]) -> bytes | None:
     """The response-content digest a record's verdict was checked against, for re-appraisal."""
-    value = (document.get("verdict") or {}).get("content_digest")
-    if not isinstance(value, str):
-        return None
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        return None
+    return _recorded_content_digest(document.get("verdict"))

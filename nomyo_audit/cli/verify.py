@@ -15,7 +15,7 @@ import click
 
 from ..errors import EvidenceError, ExitCode
 from ..policy import PolicyResult, evaluate, load_policy
-from ..tpm.binding import response_content_digest
+from ..tpm.binding import recorded_content_digest, response_content_digest
 from ..tpm.ear import to_ear
 from ..tpm.verify import Verdict, verify_attestation
 
@@ -66,12 +66,9 @@ def _record(source: str, value: object) -> Record:
     if isinstance(value, dict) and isinstance(value.get("_metadata"), dict):
         return Record(source, value["_metadata"], response_content_digest(value), "content", value)
     if isinstance(value, dict) and ("tpm_attestation" in value or "payload_id" in value):
-        recorded = (value.get("verification") or {}).get("content_digest")
-        if isinstance(recorded, str):
-            try:
-                return Record(source, value, bytes.fromhex(recorded), "recorded")
-            except ValueError:
-                pass
+        recorded = recorded_content_digest(value.get("verification"))
+        if recorded is not None:
+            return Record(source, value, recorded, "recorded")
         return Record(source, value, None, "none")
     raise EvidenceError(
         f"{source}: neither a response (with _metadata) nor a _metadata object", code="invalid_input"

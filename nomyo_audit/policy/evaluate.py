@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 
-from ..tpm.binding import response_content_digest
+from ..tpm.binding import recorded_content_digest, response_content_digest
 from ..tpm.structures import HASH_NAMES
 from ..tpm.verify import CHECKS, Verdict, parse_pcr_banks, verify_attestation
 from .model import Policy, parse_duration
@@ -112,8 +112,7 @@ def evaluate(
         )
     else:
         metadata = response_or_metadata
-        recorded = (metadata.get("verification") or {}).get("content_digest") if verdict is None else None
-        content_digest = bytes.fromhex(recorded) if isinstance(recorded, str) else None
+        content_digest = recorded_content_digest(metadata.get("verification")) if verdict is None else None
     if verdict is None:
         payload_id = metadata.get("payload_id")
         verdict = verify_attestation(

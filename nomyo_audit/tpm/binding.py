@@ -34,6 +34,7 @@ __all__ = [
     "canonical_json",
     "key_binding",
     "match_derivation",
+    "recorded_content_digest",
     "response_binding",
     "response_content_digest",
 ]
@@ -58,6 +59,26 @@ def response_content_digest(response: Mapping[str, Any]) -> bytes:
     """SHA-256 of the response as the model produced it: everything but ``_metadata``."""
     content = {k: v for k, v in response.items() if k != "_metadata"}
     return hashlib.sha256(canonical_json(content)).digest()
+
+
+def recorded_content_digest(verification: object) -> bytes | None:
+    """The response-content digest a client recorded with its verdict, or None.
+
+    ``verification`` is the client's verdict as kept beside the evidence (an
+    audit record's ``verdict``, or ``_metadata.verification`` in a saved
+    response). Anything but a mapping whose ``content_digest`` is 64 hex
+    digits gives None, never an exception: this reads stored, possibly
+    tampered, data. The one implementation for records, the CLI and policies.
+    """
+    if not isinstance(verification, Mapping):
+        return None
+    value = verification.get("content_digest")
+    if not isinstance(value, str) or len(value) != 64:
+        return None
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return None
 
 
 def response_binding(payload_id: str, content_digest: bytes) -> bytes:
