@@ -51,3 +51,4 @@ def test_a_terminal_line_is_redrawn_in_place_and_ended() -> None:
     assert text.count("\r") >= 10
     assert text.endswith("\n") and text.count("\n") == 1
     assert "reading 1,900 records" in text
+

@@ -33,6 +33,14 @@ def parse_time(value: str | None) -> float | None:
     return parsed.timestamp()
 
 
+def parse_period(since: str | None, until: str | None) -> tuple[float | None, float | None]:
+    """``--since`` and ``--until`` as epoch seconds; a period that ends before it starts is a usage error."""
+    lo, hi = parse_time(since), parse_time(until)
+    if lo is not None and hi is not None and lo > hi:
+        raise click.BadParameter(f"--since {since} is after --until {until}", param_hint="--since")
+    return lo, hi
+
+
 def open_log(path: Path, **kwargs: Any) -> AuditLog:
     if not path.exists():
         raise LogError(f"{path}: no such audit log")
