@@ -211,6 +211,18 @@ def test_malformed_quotes(mutate, code):
     assert isinstance(err.value, EvidenceError)
 
 
+@pytest.mark.parametrize("attest_type", [TPM_ST_ATTEST_QUOTE, 0x8017])
+@pytest.mark.parametrize("safe", [2, 0xFF])
+def test_clock_safe_is_yes_or_no(attest_type, safe):
+    """clockInfo.safe is a TPMI_YES_NO: 0 or 1, whichever parser reads it."""
+    with pytest.raises(TPMStructureError, match=f"clockInfo.safe is {safe}") as err:
+        parse_attest(quote(type=attest_type, clock_info=ClockInfo(1, 0, 0, safe)).marshal())
+    assert err.value.code == "bad_value"
+    for yes_no in (0, 1):
+        parsed = parse_attest(quote(type=attest_type, clock_info=ClockInfo(1, 0, 0, yes_no)).marshal())
+        assert parsed.clock_info.safe is bool(yes_no)
+
+
 def test_unknown_hash_in_pcr_selection():
     data = quote().marshal()
     index = data.index(struct.pack(">I", 2) + struct.pack(">H", ALG.SHA256)) + 4

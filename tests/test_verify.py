@@ -23,9 +23,15 @@ from nomyo_audit.tpm.binding import (
 from nomyo_audit.tpm.software import SoftwareTPM
 from nomyo_audit.tpm.structures import (
     ALG,
+    ClockInfo,
     ObjectAttributes,
+    PCRSelection,
     Signature,
+    marshal_pcr_selection_list,
+    parse_pcr_selection_list,
     parse_signature,
+    pcr_value_map,
+    selection_text,
 )
 from nomyo_audit.tpm.verify import CHECKS, parse_pcr_banks, verify_attestation
 
@@ -151,7 +157,15 @@ def test_altered_pcr_value(tpm):
 
 @pytest.mark.parametrize(
     "claimed",
-    ["sha256:0,7", "sha256:0,7,11", "sha1:0,7,10", "sha256:0,7,10+sha1:16", "sha256:0,7,10,16"],
+    [
+        "sha256:0,7",
+        "sha256:0,7,11",
+        "sha1:0,7,10",
+        "sha256:0,7,10+sha1:16",
+        "sha256:0,7,10,16",
+        "sha1:+sha256:0,7,10",  # a bank the quote does not list, even an empty one
+        "sha256:0,7,10+sha1:",
+    ],
 )
 def test_supplied_selection_differs_from_the_signed_one_cve_2024_29039(tpm, claimed):
     block = {**evidence(tpm), "pcr_banks": claimed}
@@ -224,6 +238,32 @@ def test_wrong_magic_even_when_signed_cve_2024_29038(tpm):
     assert failing(verdict(with_quote(evidence(tpm), bytes(attest), tpm))) == {"evidence_format": "bad_magic"}
 
 
+def test_a_non_quote_is_reported_as_such_even_without_pcr_banks(tpm):
+    """pcr_banks describes a quote; a signed structure of another type has none to describe, so its
+    absence (or any value) must not hide what the AIK really signed."""
+    attest = bytearray(base64.b64decode(evidence(tpm)["quote_b64"]))
+    attest[4:6] = (0x8017).to_bytes(2, "big")  # TPM_ST_ATTEST_CERTIFY
+    forged = with_quote(evidence(tpm), bytes(attest), tpm)
+    for pcr_banks in (None, "not a selection", 42):
+        block = {k: v for k, v in forged.items() if k != "pcr_banks"}
+        if pcr_banks is not None:
+            block["pcr_banks"] = pcr_banks
+        v = verdict(block)
+        assert failing(v) == {"quote_structure": "not_a_quote"}
+        assert v.finding("evidence_format").status == "pass"
+
+
+@pytest.mark.parametrize("safe", [2, 0x80, 0xFF])
+@pytest.mark.parametrize("attest_type", [0x8018, 0x8017])  # a quote (fast parser), a certify (careful)
+def test_clock_safe_other_than_0_or_1_is_malformed_evidence(tpm, safe, attest_type):
+    """clockInfo.safe is a TPMI_YES_NO: a TPM writes 0 or 1, nothing else."""
+    attest = tpm.make_attest(parse_pcr_banks("sha256:0,7,10"), response_binding(PID, DIGEST))
+    odd = attest._replace(type=attest_type, clock_info=ClockInfo(1, 0, 0, safe))
+    v = verdict(with_quote(evidence(tpm), odd.marshal(), tpm))
+    assert failing(v) == {"evidence_format": "bad_value"}
+    assert "clockInfo.safe" in v.finding("evidence_format").detail
+
+
 def test_aik_signed_non_quote_structure_ghsa_gwfg_w3jr_xh66(tpm):
     attest = bytearray(base64.b64decode(evidence(tpm)["quote_b64"]))
     attest[4:6] = (0x8014).to_bytes(2, "big")  # TPM_ST_ATTEST_NV, e.g. from an NV_Certify
@@ -278,6 +318,72 @@ def test_a_wider_selection_bitmap_selects_the_same_pcrs(tpm):
     attest = tpm.make_attest(wide, response_binding(PID, DIGEST))
     block = with_quote(evidence(tpm), attest.marshal(), tpm)
     assert verdict(block).passed
+
+
+def test_a_bank_with_no_pcrs_selected_verifies(tpm):
+    """A TPM echoes every requested bank in the quote, also one with no PCR selected."""
+    block = evidence(tpm, "sha1:+sha256:0,7")
+    v = verdict(block)
+    assert v.passed, failing(v)
+    assert v.facts["pcr_banks"] == "sha1:+sha256:0,7"
+    assert v.facts["pcr_values"] == {"sha1": {}, "sha256": block["pcr_values"]["sha256"]}
+    assert v.finding("pcr_digest").detail == "2 PCR values hash to pcrDigest"
+    without_the_empty_bank = {**block, "pcr_values": {"sha256": block["pcr_values"]["sha256"]}}
+    assert verdict(without_the_empty_bank).passed  # an empty bank has no value to give
+    assert failing(verdict({**block, "pcr_banks": "sha256:0,7"})) == {
+        "pcr_selection": "pcr_selection_mismatch"
+    }
+
+
+#: What a TPM can put in a quote's TPML_PCR_SELECTION: banks in any order (the ones we support), each
+#: with any PCRs (none included) in a 3- or 4-byte bitmap.
+tpm_selections = st.lists(
+    st.tuples(
+        st.sampled_from([ALG.SHA1, ALG.SHA256, ALG.SHA384, ALG.SHA512]), st.sampled_from([3, 4])
+    ).flatmap(
+        lambda bank: st.builds(
+            PCRSelection,
+            st.just(bank[0]),
+            st.sets(st.integers(0, 8 * bank[1] - 1)).map(lambda s: tuple(sorted(s))),
+            st.just(bank[1]),
+        )
+    ),
+    min_size=1,  # a quote over no bank at all has no pcr_banks text: "" is refused as missing
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tpm_selections)
+def test_pcr_banks_text_round_trips_for_every_selection_a_tpm_can_produce(selections):
+    quoted = parse_pcr_selection_list(marshal_pcr_selection_list(selections))
+    text = selection_text(quoted)
+    parsed = parse_pcr_banks(text)
+    assert [(s.hash_alg, s.indices) for s in parsed] == [(s.hash_alg, s.indices) for s in selections]
+    assert selection_text(parsed) == text
+    requoted = parse_pcr_selection_list(marshal_pcr_selection_list(parsed))  # as the router asks for it
+    assert [(s.hash_alg, s.indices) for s in requoted] == [(s.hash_alg, s.indices) for s in selections]
+
+
+@settings(max_examples=100, deadline=None)
+@given(tpm_selections)
+def test_every_selection_a_tpm_can_produce_verifies(selections):
+    values = [
+        hashlib.new(s.bank, b"PCR %d" % index).digest() for s in selections for index in s.indices
+    ]  # the software TPM has 24 PCRs; these stand for any TPM's values
+    attest = _FUZZ_TPM.make_attest((), response_binding(PID, DIGEST))._replace(
+        pcr_select=tuple(selections), pcr_digest=hashlib.sha256(b"".join(values)).digest()
+    )
+    block = {
+        **_FUZZ_BLOCK,
+        "pcr_banks": selection_text(selections),
+        "pcr_values": pcr_value_map(tuple(selections), values),
+        "quote_b64": b64(attest.marshal()),
+        "signature_b64": b64(_FUZZ_TPM.sign(attest.marshal())),
+    }
+    v = verdict(block)
+    assert v.passed, failing(v)
+    assert v.facts["pcr_banks"] == block["pcr_banks"]
 
 
 def test_pcr_digest_uses_the_signature_hash_not_the_bank_hash():
@@ -394,4 +500,5 @@ def test_fuzz_arbitrary_blocks_never_raise(block):
     assert verdict(block).result in ("pass", "fail")
 
 
-_FUZZ_BLOCK = evidence(SoftwareTPM("ecc256-ecdsa"))
+_FUZZ_TPM = SoftwareTPM("ecc256-ecdsa")
+_FUZZ_BLOCK = evidence(_FUZZ_TPM)

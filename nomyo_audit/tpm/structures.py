@@ -230,6 +230,16 @@ def _tpm2b(b: bytes) -> bytes:
     return _u16(len(b)) + b
 
 
+def _yes_no(reader: _Reader, what: str) -> bool:
+    """A TPMI_YES_NO: a TPM writes 0 or 1, so any other byte means the structure was not a TPM's."""
+    value = reader.u8(what)
+    if value > 1:
+        raise TPMStructureError(
+            f"{what} is {value}; a TPMI_YES_NO is 0 or 1", code="bad_value", path=reader.path
+        )
+    return value == 1
+
+
 def _hash_alg(reader: _Reader, what: str, allow_null: bool = False) -> int:
     alg = reader.u16(what)
     if alg in HASH_SIZES or (allow_null and alg == ALG.NULL):
@@ -295,11 +305,18 @@ def _selection_text(key: tuple[tuple[int, tuple[int, ...]], ...]) -> str:
 
 
 def pcr_value_map(selections: tuple[PCRSelection, ...], values: Iterable[bytes]) -> dict[str, dict[str, str]]:
-    """``{bank: {index: hex}}`` from values given in selection order: the evidence's ``pcr_values``."""
+    """``{bank: {index: hex}}`` from values given in selection order: the evidence's ``pcr_values``.
+
+    Every listed bank has an entry, ``{}`` when none of its PCRs is selected; a bank listed twice
+    (a TPM echoes such a request) has one entry with the PCRs of both.
+    """
     remaining = iter(values)
-    return {
-        HASH_NAMES[s.hash_alg]: {str(index): next(remaining).hex() for index in s.indices} for s in selections
-    }
+    mapped: dict[str, dict[str, str]] = {}
+    for s in selections:
+        bank = mapped.setdefault(HASH_NAMES[s.hash_alg], {})
+        for index in s.indices:
+            bank[str(index)] = next(remaining).hex()
+    return mapped
 
 
 def marshal_pcr_selection_list(selections: tuple[PCRSelection, ...] | list[PCRSelection]) -> bytes:
@@ -399,7 +416,7 @@ def _parse_quote_fast(data: bytes, encoding: str) -> TPMSAttest | None:
         clock, resets, restarts, safe, firmware, count = _CLOCK_FIRMWARE_COUNT.unpack_from(data, pos)
         start = pos + 25  # the TPML_PCR_SELECTION
         pos += 29
-        if count > MAX_PCR_BANKS:
+        if count > MAX_PCR_BANKS or safe > 1:
             return None
         for _ in range(count):
             width = data[pos + 2]
@@ -420,7 +437,7 @@ def _parse_quote_fast(data: bytes, encoding: str) -> TPMSAttest | None:
         TPM_ST_ATTEST_QUOTE,
         signer,
         extra,
-        ClockInfo(clock, resets, restarts, safe != 0),
+        ClockInfo(clock, resets, restarts, safe == 1),
         firmware,
         selections,
         digest,
@@ -465,6 +482,11 @@ def parse_attest(data: bytes) -> TPMSAttest:
     fast = _parse_quote_fast(data, encoding)
     if fast is not None:
         return fast
+    return _parse_attest_careful(data, encoding)
+
+
+def _parse_attest_careful(data: bytes, encoding: str) -> TPMSAttest:
+    """Field by field, saying exactly what is wrong; the reference the fast path is tested against."""
     reader = _Reader(data, "TPMS_ATTEST")
     magic = reader.u32("magic")
     if magic != TPM_GENERATED_VALUE:
@@ -484,7 +506,7 @@ def parse_attest(data: bytes) -> TPMSAttest:
         reader.u64("clockInfo.clock"),
         reader.u32("clockInfo.resetCount"),
         reader.u32("clockInfo.restartCount"),
-        reader.u8("clockInfo.safe") != 0,
+        _yes_no(reader, "clockInfo.safe"),
     )
     firmware = reader.u64("firmwareVersion")
     if attest_type != TPM_ST_ATTEST_QUOTE:
@@ -523,9 +545,10 @@ _RSA_SCHEMES = (ALG.RSASSA, ALG.RSAPSS)
 
 
 def parse_signature(data: bytes) -> Signature:
+    """Unmarshal a complete TPMT_SIGNATURE (RSASSA, RSAPSS or ECDSA)."""
     if type(data) is not bytes:
         data = bytes(data)
-    if len(data) >= 6:  # fast paths for well-formed signatures; the reader below says what is wrong
+    if len(data) >= 6:  # fast paths for well-formed signatures; the careful parser says what is wrong
         sig_alg, hash_alg, size = _SIG_HEAD.unpack_from(data, 0)
         if hash_alg in HASH_SIZES:
             if sig_alg in _RSA_SCHEMES and size <= MAX_RSA_KEY_BYTES and len(data) == 6 + size:
@@ -534,6 +557,11 @@ def parse_signature(data: bytes) -> Signature:
                 s_size = _U16.unpack_from(data, 6 + size)[0]
                 if s_size <= MAX_ECC_KEY_BYTES and len(data) == 8 + size + s_size:
                     return Signature(sig_alg, hash_alg, b"", data[6 : 6 + size], data[8 + size :])
+    return _parse_signature_careful(data)
+
+
+def _parse_signature_careful(data: bytes) -> Signature:
+    """Field by field, saying exactly what is wrong; the reference the fast paths are tested against."""
     reader = _Reader(data, "TPMT_SIGNATURE")
     sig_alg = reader.u16("sigAlg")
     if sig_alg not in (ALG.RSASSA, ALG.RSAPSS, ALG.ECDSA):

@@ -78,7 +78,8 @@ CHECKS = (
 )
 _CHECK_INDEX = {check: i for i, check in enumerate(CHECKS)}
 _MAX_B64 = 8192
-_BANKS = re.compile(r"^[a-z0-9]+:\d{1,2}(,\d{1,2})*(\+[a-z0-9]+:\d{1,2}(,\d{1,2})*)*$")
+#: banks joined by "+", each "name:" and its indices; a bank with no PCR selected is "name:"
+_BANKS = re.compile(r"^[a-z0-9]+:(\d{1,2}(,\d{1,2})*)?(\+[a-z0-9]+:(\d{1,2}(,\d{1,2})*)?)*$")
 
 
 class Finding(NamedTuple):
@@ -171,7 +172,11 @@ class _Checks:
 
 
 def parse_pcr_banks(text: str) -> tuple[PCRSelection, ...]:
-    """``"sha256:0,7,10"`` (or ``"sha1:0+sha256:0,7"``) as selections, in the order given."""
+    """``"sha256:0,7,10"`` (or ``"sha1:0+sha256:0,7"``) as selections, in the order given.
+
+    A bank with no PCR selected is written ``"sha1:"``: a TPM echoes every bank it was asked
+    for, so such a bank appears in quotes (``"sha1:+sha256:0,7"``).
+    """
     if not isinstance(text, str):
         raise EvidenceError("pcr_banks is missing or not a string", code="pcr_banks_format")
     return _parse_pcr_banks(text)
@@ -188,12 +193,14 @@ def _parse_pcr_banks(text: str) -> tuple[PCRSelection, ...]:
         bank, _, indices = part.partition(":")
         if bank not in HASH_BY_NAME:
             raise EvidenceError(f"pcr_banks names unknown bank {bank!r}", code="pcr_banks_format")
-        numbers = [int(i) for i in indices.split(",")]
+        numbers = [int(i) for i in indices.split(",")] if indices else []
         if any(n > 31 for n in numbers) or len(set(numbers)) != len(numbers):
             raise EvidenceError(
                 f"pcr_banks {part!r}: indices must be distinct and 0-31", code="pcr_banks_format"
             )
-        selections.append(PCRSelection(HASH_BY_NAME[bank], tuple(sorted(numbers))))
+        # the bitmap a TPM uses: 3 bytes for PCRs 0-23, 4 when a higher one is selected
+        width = 4 if numbers and max(numbers) > 23 else 3
+        selections.append(PCRSelection(HASH_BY_NAME[bank], tuple(sorted(numbers)), width))
     return tuple(selections)
 
 
@@ -352,7 +359,12 @@ def verify_attestation(
         material = _aik_material(_b64_text(tpm_attestation, "aik_pubkey_b64"))
         signature = parse_signature(signature_bytes)
         attest = parse_attest(quote_bytes)
-        claimed = parse_pcr_banks(tpm_attestation.get("pcr_banks"))  # type: ignore[arg-type]
+        # pcr_banks describes a quote: a structure of another type is refused by type, not by this
+        claimed = (
+            parse_pcr_banks(tpm_attestation.get("pcr_banks"))  # type: ignore[arg-type]
+            if attest.type == TPM_ST_ATTEST_QUOTE
+            else ()
+        )
     except EvidenceError as exc:
         checks.fail("evidence_format", exc.code, exc.message)
         return checks.done(payload_id, {}, "evidence could not be parsed")
