@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from fixtures.make_vectors import EMPTY_BANK_SELECTION, Tpm2Tools, tools_selection
 
 from nomyo_audit.tpm.attester import TPMAttester
 from nomyo_audit.tpm.binding import response_binding, response_content_digest
@@ -84,7 +85,7 @@ def checkquote(tmp: Path, block: dict, nonce: bytes) -> bool:
             "-f",
             "pcrs.bin",
             "-l",
-            block["pcr_banks"],
+            tools_selection(block["pcr_banks"]),
         ],
         cwd=tmp,
         capture_output=True,
@@ -165,6 +166,26 @@ def test_every_field_we_parse_equals_tpm2_pytss(source):
     assert public.object_attributes == int(their_public.publicArea.objectAttributes)
     assert public.name == bytes(their_public.get_name())
     assert public.name_alg == int(their_public.publicArea.nameAlg)
+
+
+def test_tpm2_quote_echoes_a_bank_with_no_pcrs_and_both_verifiers_accept_it(swtpm, tmp_path):
+    """tpm2_quote asked for sha1:none+sha256:0,7: the TPM lists the sha1 bank with an empty bitmap
+    in what it signs, so the evidence says pcr_banks "sha1:+sha256:0,7"."""
+    tools = Tpm2Tools(swtpm.host, swtpm.port, tmp_path)
+    block = tools.quote(EMPTY_BANK_SELECTION, BINDING)
+    quoted = parse_attest(base64.b64decode(block["quote_b64"])).pcr_select
+    assert [(s.bank, s.indices) for s in quoted] == [("sha1", ()), ("sha256", (0, 7))]
+    verdict = verify_attestation(block, PID, content_digest=DIGEST)
+    assert verdict.passed, verdict.failures
+    assert verdict.facts["pcr_banks"] == "sha1:+sha256:0,7"
+    assert verdict.facts["pcr_values"] == block["pcr_values"]
+    assert tools.checkquote(block, BINDING)
+
+    block["pcr_values"]["sha256"]["7"] = hashlib.sha256(b"another boot").hexdigest()
+    assert verify_attestation(block, PID, content_digest=DIGEST).finding("pcr_digest").code == (
+        "pcr_digest_mismatch"
+    )
+    assert not tools.checkquote(block, BINDING)
 
 
 # -- tamper matrix: ours and tpm2_checkquote on the same bytes ---------------------------------------
