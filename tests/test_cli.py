@@ -74,11 +74,11 @@ def test_chat_reads_stdin_and_prints_json(router):
 
 
 def test_errors_exit_through_one_path(router, capsys):
-    # plain http without --allow-http: a security finding, exit 1, one line on stderr
+    # plain http without --allow-http: a usage error naming the flag, exit 2, one line on stderr
     code = main(["chat", "--base-url", router.url, "hi"])
     err = capsys.readouterr().err
-    assert code == ExitCode.FINDING
-    assert err.startswith("error[insecure_transport]:") and "Traceback" not in err
+    assert code == ExitCode.USAGE
+    assert err.startswith("error[insecure_transport]:") and "--allow-http" in err and "Traceback" not in err
     # a usage error: exit 2
     assert main(["chat", "--security-tier", "ultra", "hi"]) == ExitCode.USAGE
 

@@ -10,7 +10,11 @@ from typing import Any
 import click
 
 from ..client import SECURITY_TIERS, SecureChatCompletion
-from ..errors import ConfigurationError
+from ..errors import APIConnectionError, ConfigurationError, SecurityError
+
+#: Connection failures that are the user's to fix (a mistyped host, https:// to a plain-HTTP
+#: server), not findings about the router: exit 2, like any other bad setting.
+USER_CONNECTION_ERRORS = frozenset({"name_resolution", "tls"})
 
 
 @click.command()
@@ -22,7 +26,11 @@ from ..errors import ConfigurationError
 @click.option("--security-tier", type=click.Choice(SECURITY_TIERS))
 @click.option("--allow-http", is_flag=True, help="Permit a plain http:// base URL (local development only).")
 @click.option("--server-key-fingerprint", help="Pin the router key (SHA-256 of its DER SPKI, hex).")
-@click.option("--timeout", type=float, help="Seconds for the whole call, retries included.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds for the whole call, retries included.",
+)
 @click.option(
     "--policy",
     "policy_file",
@@ -54,9 +62,7 @@ def chat(
       nomyo-audit chat --base-url http://127.0.0.1:12434 --allow-http "Hello"
     """
     if prompt is None:
-        if sys.stdin.isatty():
-            raise ConfigurationError("give a prompt as an argument or on stdin")
-        prompt = sys.stdin.read()
+        prompt = _prompt_from_stdin()
     messages: list[dict[str, Any]] = []
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
@@ -74,7 +80,19 @@ def chat(
             kwargs: dict[str, Any] = {"security_tier": security_tier} if security_tier else {}
             return await client.create(model, messages, **kwargs)
 
-    response = asyncio.run(run())
+    try:
+        response = asyncio.run(run())
+    except SecurityError as exc:
+        if exc.code != "insecure_transport":
+            raise
+        raise ConfigurationError(
+            f"{base_url} is plain HTTP: pass --allow-http to permit it (local development only)",
+            code="insecure_transport",
+        ) from None
+    except APIConnectionError as exc:
+        if exc.code not in USER_CONNECTION_ERRORS:
+            raise
+        raise ConfigurationError(exc.message, code=exc.code) from None
     if fmt == "json":
         click.echo(json.dumps(response, indent=2))
     else:
@@ -82,6 +100,15 @@ def chat(
             message = choice.get("message", {})
             click.echo(message.get("content") or json.dumps(message.get("tool_calls")))
     click.echo(describe_metadata(response.get("_metadata", {})), err=True)
+
+
+def _prompt_from_stdin() -> str:
+    if sys.stdin.isatty():
+        raise ConfigurationError("give a prompt as an argument or on stdin")
+    try:
+        return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"stdin: not UTF-8 text (byte {exc.start})", code="unreadable") from None
 
 
 def describe_metadata(metadata: dict[str, Any]) -> str:
