@@ -3,33 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import re
 import shlex
 import shutil
+import time
 
 import pytest
 import xmlschema
 from conftest import FIXTURES, REPO
 
 from nomyo_audit import SecureChatCompletion
-from nomyo_audit.audit.keys import ed25519_private, generate_audit_key, load_private_key
+from nomyo_audit.audit.keys import ed25519_private, generate_audit_key
 from nomyo_audit.audit.log import AuditLog
-from nomyo_audit.audit.render import write_report
-from nomyo_audit.audit.report import build_report
-from nomyo_audit.cli import main
-from nomyo_audit.cli.report import log_state
+from nomyo_audit.cli import cli, main
 from nomyo_audit.errors import ExitCode
 from nomyo_audit.tpm.attester import TPMAttester
 from nomyo_audit.tpm.measurements import measure_demo_boot
 from nomyo_audit.tpm.software import SoftwareTPM
 
 
+def docs_block(info: str) -> str:
+    block = re.search(rf"```{info}\n(.*?)```", (REPO / "docs" / "ci.md").read_text(), re.S)
+    assert block, f"docs/ci.md lost its {info} block"
+    return block.group(1)
+
+
 def gate_commands() -> list[list[str]]:
-    text = (REPO / "docs" / "ci.md").read_text()
-    block = re.search(r"```bash ci-gate\n(.*?)```", text, re.S)
-    assert block, "docs/ci.md lost its ci-gate block"
-    return [shlex.split(line)[1:] for line in block.group(1).splitlines() if line.startswith("nomyo-audit ")]
+    lines = docs_block("bash ci-gate").splitlines()
+    return [shlex.split(line)[1:] for line in lines if line.startswith("nomyo-audit ")]
 
 
 @pytest.fixture
@@ -52,15 +55,13 @@ def workspace(tmp_path, monkeypatch, make_router, client_keys_dir):
                     for n in range(3)
                 ]
             log.checkpoint()
-            document = build_report(
-                (json.loads(r.data) for r in log.store.records()), generated_at="t", log_state=log_state(log)
-            )
-        write_report(document, ["json", "html"], tmp_path / "report", load_private_key(key))
         return replies
 
     replies = asyncio.run(chats())
     (tmp_path / "evidence" / "replies.jsonl").write_text("".join(json.dumps(r) + "\n" for r in replies))
     monkeypatch.chdir(tmp_path)
+    signed = ["report", "--log", "audit.db", "--format", "json,html", "--sign", "audit.key", "-o", "report"]
+    assert main(signed) == ExitCode.OK
     return tmp_path
 
 
@@ -106,3 +107,33 @@ def test_config_file_flags_and_environment_precedence(tmp_path, monkeypatch, rou
     (tmp_path / "nomyo-audit.yaml").write_text("chat:\n  api_key: sk-secret\n")
     assert main(["chat", "x"]) == ExitCode.USAGE
     assert "keep API keys out of config files" in capsys.readouterr().err
+
+
+def test_the_documented_config_file_configures_the_gate(workspace, capsys):
+    """docs/ci.md's config example, as written: each key reaches its command and is enforced."""
+    (workspace / "nomyo-audit.yaml").write_text(docs_block("yaml ci-config"))
+    # verify: {policy: ...}: the policy judges, so the JUnit test cases are its rules
+    assert main(["verify", "--format", "junit", "-o", "gate.xml", "evidence/replies.jsonl"]) == ExitCode.OK
+    junit = (workspace / "gate.xml").read_text()
+    assert 'classname="production"' in junit and 'name="max_age"' in junit and "<failure" not in junit
+    assert "3 verified: 3 allowed, 0 failed" in capsys.readouterr().err
+    # ... and denies: the same replies judged a day after they came in are stale
+    assert main(["verify", "--at", str(time.time() + 86400), "evidence/replies.jsonl"]) == ExitCode.FINDING
+    assert "max_age" in capsys.readouterr().out
+    # report: {log: ...}: no --log needed
+    assert main(["report", "--format", "json", "-o", "from-config"]) == ExitCode.OK
+    assert (workspace / "from-config" / "report.json").is_file()
+    # chat: {...}: every key lands in one of chat's parameters
+    cli_main = importlib.import_module("nomyo_audit.cli.main")
+    defaults = cli_main.default_map(cli_main.load_config(workspace / "nomyo-audit.yaml"), cli)
+    assert defaults["chat"] == {"base_url": "https://router.example", "security_tier": "high"}
+    assert set(defaults["chat"]) <= {p.name for p in cli.commands["chat"].params}
+    assert defaults["verify"] == {"policy_file": "policies/production.yaml"}
+    assert defaults["report"] == {"log_path": "audit.db"}
+
+
+def test_the_documented_reappraisal_passes_on_a_good_log(workspace, capsys):
+    (argv,) = [shlex.split(line)[1:] for line in docs_block("bash reappraisal").splitlines() if line]
+    assert main(argv) == ExitCode.OK
+    assert "3 verified: 3 allowed, 0 failed" in capsys.readouterr().err
+    assert (workspace / "reappraisal.xml").read_text().count("<testsuite ") == 3
