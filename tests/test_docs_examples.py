@@ -200,7 +200,7 @@ def test_yaml_examples(case, tmp_path):
     if path.name == "ci.md" and "chat" in document:
         from nomyo_audit.cli.main import load_config
 
-        assert set(load_config(example)) == {"chat", "verify"}
+        assert set(load_config(example)) == {"chat", "verify", "report"}
 
 
 def test_every_fenced_block_is_covered():
