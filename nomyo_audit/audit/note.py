@@ -19,7 +19,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-__all__ = ["Checkpoint", "NoteError", "key_id", "sign_checkpoint", "verifier_key", "verify_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "NoteError",
+    "key_id",
+    "sign_checkpoint",
+    "signed_by",
+    "signer_ids",
+    "verifier_key",
+    "verify_checkpoint",
+]
 
 _ED25519 = b"\x01"
 _ORIGIN = re.compile(r"^[^\s+]{1,200}$")
@@ -32,12 +41,24 @@ class NoteError(ValueError):
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """Origin, size and root, plus any C2SP extension lines (signed with the rest of the body)."""
+
     origin: str
     size: int
     root: bytes
+    extensions: tuple[str, ...] = ()
 
     def body(self) -> str:
-        return f"{self.origin}\n{self.size}\n{base64.b64encode(self.root).decode()}\n"
+        lines = [self.origin, str(self.size), base64.b64encode(self.root).decode(), *self.extensions]
+        return "\n".join(lines) + "\n"
+
+    def extension(self, name: str) -> str | None:
+        """The value of the first extension line ``name value``, or None."""
+        for line in self.extensions:
+            key, _, value = line.partition(" ")
+            if key == name:
+                return value
+        return None
 
 
 def _raw(public: Ed25519PublicKey) -> bytes:
@@ -57,6 +78,8 @@ def sign_checkpoint(checkpoint: Checkpoint, private: Ed25519PrivateKey) -> str:
     """The checkpoint as a signed note, signed under the key name = its origin."""
     if not _ORIGIN.match(checkpoint.origin):
         raise NoteError("a checkpoint origin is a non-empty string without spaces or '+'")
+    if any(not line or "\n" in line for line in checkpoint.extensions):
+        raise NoteError("a checkpoint extension is one non-empty line")
     body = checkpoint.body()
     signature = private.sign(body.encode())
     stamp = base64.b64encode(key_id(checkpoint.origin, private.public_key()) + signature).decode()
@@ -80,6 +103,9 @@ def parse_checkpoint(note: str) -> tuple[Checkpoint, list[tuple[str, bytes]]]:
         raise NoteError("checkpoint root is not base64") from None
     if len(root) != 32:
         raise NoteError("checkpoint root is not a SHA-256 hash")
+    extensions = tuple(lines[3:])
+    if any(not line for line in extensions):
+        raise NoteError("a checkpoint extension line is empty")
     parsed = []
     for line in signatures.rstrip("\n").split("\n"):
         parts = line.split(" ")
@@ -89,7 +115,7 @@ def parse_checkpoint(note: str) -> tuple[Checkpoint, list[tuple[str, bytes]]]:
             parsed.append((parts[1], base64.b64decode(parts[2], validate=True)))
         except (binascii.Error, ValueError):
             raise NoteError("signature is not base64") from None
-    return Checkpoint(origin, int(size_text), root), parsed
+    return Checkpoint(origin, int(size_text), root, extensions), parsed
 
 
 def verify_checkpoint(note: str, public: Ed25519PublicKey) -> Checkpoint:
@@ -105,3 +131,15 @@ def verify_checkpoint(note: str, public: Ed25519PublicKey) -> Checkpoint:
                 raise NoteError(f"the signature on checkpoint {checkpoint.size} does not verify") from None
             return checkpoint
     raise NoteError(f"checkpoint {checkpoint.size} carries no signature by this key")
+
+
+def signed_by(note: str, public: Ed25519PublicKey) -> bool:
+    """Whether the note has a signature line in ``public``'s name and key ID (not yet checked)."""
+    checkpoint, signatures = parse_checkpoint(note)
+    expected = key_id(checkpoint.origin, public)
+    return any(name == checkpoint.origin and blob[:4] == expected for name, blob in signatures)
+
+
+def signer_ids(note: str) -> list[str]:
+    """``name+hex(key ID)`` of every signature line: how a note names keys it does not carry."""
+    return [f"{name}+{blob[:4].hex()}" for name, blob in parse_checkpoint(note)[1]]

@@ -41,9 +41,16 @@ def parse_period(since: str | None, until: str | None) -> tuple[float | None, fl
     return lo, hi
 
 
-def open_log(path: Path, **kwargs: Any) -> AuditLog:
-    if not path.exists():
-        raise LogError(f"{path}: no such audit log")
+def open_log(path: Path, *, write: bool = False, **kwargs: Any) -> AuditLog:
+    """An existing log: read-only (never creates or writes a file) unless ``write``.
+
+    Missing, empty, foreign files are exit 2; a damaged log, exit 3. To write, the
+    file is first checked read-only, so a writer never creates a log by accident.
+    """
+    log = AuditLog.open(path)
+    if not write:
+        return log
+    log.close()
     return AuditLog(path, **kwargs)
 
 
@@ -203,7 +210,7 @@ def checkpoint(log_path: Path, key: Path) -> None:
     Example:
       nomyo-audit log checkpoint --log audit.db --key audit.key
     """
-    with open_log(log_path) as log:
+    with open_log(log_path, write=True) as log:
         click.echo(log.checkpoint(ed25519_private(key)), nl=False)
 
 
