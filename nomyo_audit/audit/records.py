@@ -58,19 +58,21 @@ def build_record(
     """The exact bytes of record ``seq`` (canonical JSON, sorted keys).
 
     ``metadata`` defaults to the response's ``_metadata``; it is given on its
-    own when the content must not be kept (a policy denial).
+    own when the content must not be kept (a policy denial). ``policy`` is the
+    client's own policy result; nothing in ``metadata`` stands in for it.
     """
     if metadata is None and response is not None:
         metadata = response.get("_metadata")
     metadata = dict(metadata) if metadata is not None else None
     # What the client added to _metadata is kept once, outside it: its verdict compactly under
     # "verdict" (the prose is left out: re-verifying the stored evidence reproduces it, see
-    # nomyo-audit verify --log), its policy result under "policy".
-    verification: Mapping[str, Any] = {}
+    # nomyo-audit verify --log). The policy result is only ever the ``policy`` argument, the
+    # client's own evaluation: a "policy" in _metadata is either a copy of it or the router's
+    # word (which would make an unattested reply look passed), so it is dropped, never used.
+    verification: Any = None
     if metadata is not None:
-        verification = metadata.pop("verification", None) or {}
-        added_policy = metadata.pop("policy", None)
-        policy = policy or added_policy
+        verification = metadata.pop("verification", None)
+        metadata.pop("policy", None)
     content = {k: v for k, v in response.items() if k != "_metadata"} if response is not None else None
     document = {
         "v": RECORD_VERSION,
@@ -86,7 +88,7 @@ def build_record(
         "request_digest": keyed_digest(salt, request) if request is not None else None,
         "response_digest": keyed_digest(salt, content) if content is not None else None,
         "metadata": metadata,
-        "verdict": _compact_verdict(verification) if verification else None,
+        "verdict": _compact_verdict(verification),
         "policy": dict(policy) if policy else None,
         "tool": _TOOL,
     }
@@ -96,12 +98,16 @@ def build_record(
 _TOOL = f"nomyo-audit {__version__}"
 
 
-def _compact_verdict(verification: Mapping[str, Any]) -> dict[str, Any]:
-    findings = verification.get("findings") or []
+def _compact_verdict(verification: Any) -> dict[str, Any] | None:
+    """The verdict without its prose; a malformed one is kept as far as it reads, never raised on."""
+    if not isinstance(verification, Mapping) or not verification:
+        return None
+    findings = verification.get("findings")
+    findings = [f for f in findings if isinstance(f, Mapping)] if isinstance(findings, list) else []
     return {
         "result": verification.get("result"),
-        "failed": [f["code"] for f in findings if f.get("status") == "fail"],
-        "findings": {f["check"]: [f["status"], f["code"]] for f in findings},
+        "failed": [f.get("code") for f in findings if f.get("status") == "fail"],
+        "findings": {str(f.get("check")): [f.get("status"), f.get("code")] for f in findings},
         "facts": verification.get("facts") or {},
         "content_digest": verification.get("content_digest"),
     }

@@ -10,6 +10,7 @@ file (``report.dsse.json``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -20,12 +21,20 @@ from typing import Any
 
 import jinja2
 
+from .._files import FileExistsRefused, write_file
 from ..errors import ConfigurationError
 from .dsse import EnvelopeError, key_fingerprint, sign_envelope, statement, statement_of
 from .keys import SigningKey, VerifyingKey
 from .report import PREDICATE_TYPE, timeline_svg
 
-__all__ = ["ENVELOPE_NAME", "FORMATS", "render_report", "verify_report_dir", "write_report"]
+__all__ = [
+    "ENVELOPE_NAME",
+    "FORMATS",
+    "REPORT_FILE_MODE",
+    "render_report",
+    "verify_report_dir",
+    "write_report",
+]
 
 FORMATS = {
     "json": "report.json",
@@ -35,17 +44,31 @@ FORMATS = {
     "junit": "report.junit.xml",
 }
 ENVELOPE_NAME = "report.dsse.json"
+#: Reports hold no secrets and are meant to be shared: readable by all, whatever the umask.
+REPORT_FILE_MODE = 0o644
 
 
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
     root = resources.files("nomyo_audit").joinpath("data").joinpath("templates")
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(root)),
         autoescape=lambda name: name is not None and (".html" in name or ".xml" in name),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
+    environment.filters["csv"] = csv_field
+    return environment
+
+
+def csv_field(value: Any) -> str:
+    """One CSV field: quoted when it holds a separator, quote or line break; never read as a formula."""
+    text = str(value)
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        text = "'" + text
+    if any(c in text for c in ',"\r\n'):
+        text = '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def render_report(
@@ -63,9 +86,7 @@ def render_report(
             files[name] = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
             continue
         template = _environment().get_template(f"{name}.j2" if fmt != "junit" else "report.junit.xml.j2")
-        files[name] = template.render(
-            report=report, signer=signer, timeline=timeline_svg(report["by_day"])
-        ).encode()
+        files[name] = template.render(report=report, signer=signer, timeline=timeline_svg(report)).encode()
     return files
 
 
@@ -74,20 +95,25 @@ def write_report(
     formats: list[str],
     out_dir: str | os.PathLike[str],
     key: SigningKey | None = None,
+    *,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
-    """Render into ``out_dir``; with ``key``, also write the signed envelope over every file."""
+    """Render into ``out_dir``; with ``key``, also write the signed envelope over every file.
+
+    Every file is written with mode :data:`REPORT_FILE_MODE`, never through a
+    symlink, and an existing file is replaced only with ``overwrite``; which
+    files would be refused is checked before any is written, so a refusal
+    leaves no half-written report.
+    """
     directory = Path(out_dir)
-    directory.mkdir(parents=True, exist_ok=True)
     signer = key_fingerprint(key.public_key()) if key is not None else None
     files = render_report(report, formats if "json" in formats else ["json", *formats], signer)
-    written = {}
-    for name, data in files.items():
-        (directory / name).write_bytes(data)
-        written[name] = directory / name
+    outputs = dict(files)
     if key is not None:
         predicate = {
             "checkpoint": report["log"].get("checkpoint"),
             "log": {k: report["log"].get(k) for k in ("size", "root")},
+            "covers": report.get("covers"),
             "period": report["period"],
             "summary": report["summary"],
             "policy_digest": (report.get("policy") or {}).get("digest"),
@@ -95,9 +121,27 @@ def write_report(
             "generated_at": report["generated_at"],
         }
         payload = json.dumps(statement(files, PREDICATE_TYPE, predicate), sort_keys=True).encode()
-        (directory / ENVELOPE_NAME).write_text(json.dumps(sign_envelope(payload, key), indent=2) + "\n")
-        written[ENVELOPE_NAME] = directory / ENVELOPE_NAME
-    return written
+        outputs[ENVELOPE_NAME] = (json.dumps(sign_envelope(payload, key), indent=2) + "\n").encode()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot create the report directory {directory}: {exc.strerror}") from None
+    _refuse_existing(directory, outputs, overwrite)
+    return {
+        name: write_file(directory / name, data, mode=REPORT_FILE_MODE, overwrite=overwrite)
+        for name, data in outputs.items()
+    }
+
+
+def _refuse_existing(directory: Path, names: Mapping[str, bytes], overwrite: bool) -> None:
+    for name in names:
+        path = directory / name
+        if path.is_symlink():
+            raise ConfigurationError(f"refusing to write {path}: it is a symbolic link")
+        if path.exists() and not overwrite:
+            raise FileExistsRefused(
+                f"refusing to overwrite existing file {path} (pass --force to replace it)"
+            )
 
 
 def verify_report_dir(target: str | os.PathLike[str], key: VerifyingKey) -> dict[str, Any]:
@@ -118,12 +162,24 @@ def verify_report_dir(target: str | os.PathLike[str], key: VerifyingKey) -> dict
     doc = statement_of(envelope, key)
     if doc.get("predicateType") != PREDICATE_TYPE:
         raise EnvelopeError(f"predicateType is not {PREDICATE_TYPE}")
-    import hashlib
-
-    for subject in doc.get("subject", []):
-        file = envelope_path.parent / subject["name"]
-        if file.name != subject["name"] or not file.is_file():
-            raise EnvelopeError(f"{subject['name']}: signed, but missing from {envelope_path.parent}")
-        if hashlib.sha256(file.read_bytes()).hexdigest() != subject["digest"]["sha256"]:
-            raise EnvelopeError(f"{subject['name']}: modified after it was signed (digest differs)")
+    subjects = doc.get("subject")
+    if not isinstance(subjects, list):
+        raise EnvelopeError("the signed statement has no subject list")
+    for subject in subjects:
+        name, digest = _subject(subject)
+        file = envelope_path.parent / name
+        if file.name != name or not file.is_file():
+            raise EnvelopeError(f"{name}: signed, but missing from {envelope_path.parent}")
+        if hashlib.sha256(file.read_bytes()).hexdigest() != digest:
+            raise EnvelopeError(f"{name}: modified after it was signed (digest differs)")
     return doc
+
+
+def _subject(subject: Any) -> tuple[str, str]:
+    """(file name, SHA-256 hex) of one signed subject; a malformed one is an integrity failure."""
+    name = subject.get("name") if isinstance(subject, Mapping) else None
+    digest = subject.get("digest") if isinstance(subject, Mapping) else None
+    sha256 = digest.get("sha256") if isinstance(digest, Mapping) else None
+    if not isinstance(name, str) or not name or not isinstance(sha256, str):
+        raise EnvelopeError("a signed subject has no file name or SHA-256 digest")
+    return name, sha256

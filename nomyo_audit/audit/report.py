@@ -3,187 +3,482 @@
 :func:`build_report` is pure: records in, a versioned JSON-able dict out. It
 streams, keeping only counters and capped samples, so a large log stays
 readable and memory stays flat. Other formats render from this document
-(:mod:`.render`), and :func:`timeline_svg` draws the daily chart as inline SVG
-(no JavaScript, no network).
+(:mod:`.render`), and :func:`timeline_svg` draws the chart as inline SVG (no
+JavaScript, no network).
+
+A report says what is true and no more. Every field of a record is read
+defensively (a malformed record is counted as failed, never a crash). A
+record's policy result is the client's own evaluation (``policy``), never a
+field the router sent. The attester kind is the router's own declaration,
+unauthenticated, and is reported as such: software-attested evidence is
+flagged "no hardware", and nothing here claims a genuine TPM, because AIKs
+are not anchored to a hardware root of trust.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._version import __version__
 from ..policy import Policy, evaluate
 from ..tpm.verify import verify_attestation
-from .records import recorded_content_digest
+from .records import recorded_content_digest, rfc3339
 
-__all__ = ["MAX_FAILURES", "REPORT_SCHEMA", "build_report", "timeline_svg"]
+__all__ = ["MAX_FAILURES", "REPORT_SCHEMA", "STATUS_LEGEND", "build_report", "timeline_svg"]
 
 REPORT_SCHEMA = "https://nomyo-audit.dev/schemas/compliance-report/v1"
 PREDICATE_TYPE = "https://nomyo-audit.dev/compliance-report/v1"
 MAX_FAILURES = 200
 MAX_DISTINCT = 50
+_MAX_TEXT = 200
+
+#: What each status means; every rendering shows it.
+STATUS_LEGEND = {
+    "passed": "the policy passed the reply (without --policy and no recorded policy: every verifier check "
+    "passed and the request succeeded)",
+    "warned": "the policy failed but is set to warn: the reply was returned and the failure recorded",
+    "denied": "the policy failed and is set to deny: the reply was withheld from the caller",
+    "denied before sending": "the router key's attestation failed or was unavailable, so the client sent "
+    "nothing (counted in denied)",
+    "failed": "the request failed (transport, HTTP or protocol error) or, without a policy, its evidence "
+    "did not verify",
+    "no hardware": "the router declared the quote came from a software attester: no TPM hardware stood "
+    "behind it (the attester kind is the router's own, unauthenticated label)",
+}
+
+_BEFORE_SENDING = "denied before sending"
+_KEY_DENIED = "the router key's attestation did not satisfy the policy; nothing was sent"
+_KEY_UNAVAILABLE = "the router offers no usable key attestation; nothing was sent"
 
 
-def _passed(doc: Mapping[str, Any], rules: list[Mapping[str, Any]] | None) -> str:
-    """ok / warned / denied for a record, from its policy outcome or, without one, its verdict."""
-    policy = doc.get("policy_result") or doc.get("policy") or {}
-    outcome = policy.get("outcome")
-    if outcome == "deny" or str(doc.get("outcome", "")).startswith("policy_denied"):
-        return "denied"
-    if outcome == "warn":
-        return "warned"
-    if outcome == "pass":
-        return "passed"
-    verdict = (doc.get("verdict") or {}).get("result")
-    return "passed" if verdict == "pass" and doc.get("outcome") == "ok" else "failed"
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: Any) -> str | None:
+    """A string field as stored, capped; anything else is treated as absent."""
+    return value[:_MAX_TEXT] if isinstance(value, str) else None
+
+
+def _label(value: Any) -> str:
+    """A value used as a grouping key: its text, or its JSON-ish form when not a string."""
+    text = value if isinstance(value, str) else repr(value)
+    return text[:_MAX_TEXT]
+
+
+def _codes(value: Any) -> list[str]:
+    return [v[:_MAX_TEXT] for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+class _Rule(NamedTuple):
+    rule: str
+    status: str
+    detail: str
+
+
+class _Appraisal(NamedTuple):
+    """What one record says happened: its policy outcome, rules, and verifier result."""
+
+    outcome: str | None
+    rules: list[_Rule]
+    result: str | None
+    failed: list[str]
+    facts: Mapping[str, Any]
+
+
+def _recorded_rules(policy: Mapping[str, Any]) -> list[_Rule]:
+    rules = policy.get("rules")
+    if not isinstance(rules, list):
+        return []
+    return [
+        _Rule(_label(r.get("rule")), _label(r.get("status")), _label(r.get("detail", "")))
+        for r in rules
+        if isinstance(r, Mapping)
+    ]
+
+
+def _as_recorded(doc: Mapping[str, Any]) -> _Appraisal:
+    """The record's own policy result (the client's evaluation) and its stored verdict."""
+    policy = _mapping(doc.get("policy"))
+    verdict = _mapping(doc.get("verdict"))
+    return _Appraisal(
+        _text(policy.get("outcome")),
+        _recorded_rules(policy),
+        _text(verdict.get("result")),
+        _codes(verdict.get("failed")),
+        _mapping(verdict.get("facts")),
+    )
+
+
+def _record_time(doc: Mapping[str, Any]) -> float | None:
+    text = doc.get("time")
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=_dt.timezone.utc)
+    return moment.timestamp()
+
+
+def _reappraised(
+    doc: Mapping[str, Any], metadata: Mapping[str, Any], policy: Policy, at: float | None
+) -> _Appraisal:
+    """Verify the stored evidence again and evaluate ``policy``, at the record's time unless ``at``."""
+    moment = at if at is not None else _record_time(doc)
+    if moment is None or not math.isfinite(moment):
+        detail = "the record's time is unreadable, so freshness cannot be judged"
+        return _Appraisal("deny", [_Rule("record", "fail", detail)], None, [], {})
+    payload_id = metadata.get("payload_id", doc.get("payload_id"))
+    verdict = verify_attestation(
+        metadata.get("tpm_attestation"),
+        payload_id if isinstance(payload_id, str) else None,
+        content_digest=recorded_content_digest(doc),
+    )
+    model = doc.get("model")
+    result = evaluate(
+        policy, metadata, now=moment, model=model if isinstance(model, str) else None, verdict=verdict
+    )
+    return _Appraisal(
+        result.outcome,
+        [_Rule(r.rule, r.status, r.detail) for r in result.rules],
+        verdict.result,
+        [f.code for f in verdict.failures],
+        verdict.facts,
+    )
+
+
+def _before_sending(outcome: str, metadata: Mapping[str, Any]) -> str | None:
+    """Why nothing was sent, for a request the client stopped at key attestation; else None."""
+    if outcome.startswith("policy_denied") and "key_attestation" in metadata:
+        return _KEY_DENIED
+    if outcome.startswith("security_error:key_attestation"):
+        return _KEY_UNAVAILABLE
+    return None
+
+
+def _status(outcome: str, appraisal: _Appraisal, error_code: str | None) -> tuple[str, str]:
+    """(status, reason) for a record that was sent."""
+    if appraisal.outcome == "deny" or outcome.startswith("policy_denied"):
+        failed = [r.rule for r in appraisal.rules if r.status == "fail"]
+        return "denied", "the policy denied the reply" + (f" ({', '.join(failed)})" if failed else "")
+    if appraisal.outcome == "warn":
+        return "warned", "the policy failed and warned"
+    if appraisal.outcome == "pass":
+        return "passed", "the policy passed"
+    if outcome != "ok":
+        return "failed", f"the request failed ({error_code or outcome})"
+    if appraisal.result == "pass":
+        return "passed", "every verifier check passed"
+    if appraisal.result == "fail":
+        return "failed", "the evidence did not verify (" + ", ".join(appraisal.failed) + ")"
+    return "failed", "no verified attestation is recorded for this reply"
+
+
+def _attester_kind(evidence: Mapping[str, Any]) -> str:
+    """The router's own label for what produced the quote (unauthenticated), or none/unlabelled."""
+    if evidence.get("is_available") is not True:
+        return "none"
+    label = evidence.get("attester")
+    return label[:32] if isinstance(label, str) and label else "unlabelled"
+
+
+def _pcr_order(pcr: str) -> tuple[str, int, str]:
+    bank, _, index = pcr.partition(":")
+    return (bank, int(index), "") if index.isdigit() else (bank, 1 << 30, index)
+
+
+class _Tally:
+    """The counters and capped samples one pass keeps."""
+
+    def __init__(self) -> None:
+        self.totals: Counter[str] = Counter()
+        self.by: dict[str, Counter[str]] = {"model": Counter(), "tier": Counter(), "router": Counter()}
+        self.days: dict[str, Counter[str]] = defaultdict(Counter)
+        self.hours: dict[str, Counter[str]] = defaultdict(Counter)
+        self.rules: dict[str, Counter[str]] = defaultdict(Counter)
+        self.findings: Counter[str] = Counter()
+        self.aiks: Counter[str] = Counter()
+        self.attesters: Counter[tuple[str, str, str]] = Counter()
+        self.pcr_values: dict[str, Counter[str]] = defaultdict(Counter)
+        self.failures: list[dict[str, Any]] = []
+        self.first_time: str | None = None
+        self.last_time: str | None = None
+        self.first_seq: int | None = None
+        self.last_seq: int | None = None
+
+    def add(self, doc: Mapping[str, Any], policy: Policy | None, at: float | None) -> None:
+        metadata = _mapping(doc.get("metadata"))
+        outcome = _text(doc.get("outcome")) or ""
+        error_code = _text(_mapping(doc.get("error")).get("code"))
+        not_sent = _before_sending(outcome, metadata)
+        key_evidence = _mapping(metadata.get("key_attestation"))
+        if not_sent is not None:
+            # nothing was sent, so there is no reply to appraise again: the recorded denial stands
+            recorded = _as_recorded(doc)
+            key_verdict = _mapping(key_evidence.get("verification"))
+            appraisal = recorded._replace(facts=_mapping(key_verdict.get("facts")))
+            status, label, reason = "denied", _BEFORE_SENDING, not_sent
+            evidence = _mapping(key_evidence.get("tpm_attestation"))
+        else:
+            if policy is not None and metadata:
+                appraisal = _reappraised(doc, metadata, policy, at)
+            else:
+                appraisal = _as_recorded(doc)
+            status, reason = _status(outcome, appraisal, error_code)
+            label = status
+            evidence = _mapping(metadata.get("tpm_attestation"))
+        self._count(doc, metadata, status, label, appraisal, evidence)
+        if status != "passed":
+            self._sample(doc, outcome, label, reason, error_code, appraisal)
+
+    def _count(
+        self,
+        doc: Mapping[str, Any],
+        metadata: Mapping[str, Any],
+        status: str,
+        label: str,
+        appraisal: _Appraisal,
+        evidence: Mapping[str, Any],
+    ) -> None:
+        totals = self.totals
+        totals["requests"] += 1
+        totals[status] += 1
+        if label == _BEFORE_SENDING:
+            totals["denied_before_sending"] += 1
+        elif evidence.get("is_available") is True:
+            totals["attested"] += 1
+        if appraisal.result == "pass" and label != _BEFORE_SENDING:
+            totals["verified"] += 1
+        router = _label(doc.get("router"))
+        self.by["model"][_label(doc.get("model"))] += 1
+        self.by["router"][router] += 1
+        self.by["tier"][_text(metadata.get("security_tier")) or "not stated"] += 1
+        when = _text(doc.get("time")) or ""
+        self.days[when[:10] or "unknown"][status] += 1
+        self.hours[when[:13] or "unknown"][status] += 1
+        seq = doc.get("seq")
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            self.first_seq = seq if self.first_seq is None else self.first_seq
+            self.last_seq = seq
+        if when:
+            self.first_time = self.first_time or when
+            self.last_time = when
+        for rule in appraisal.rules:
+            self.rules[rule.rule][rule.status] += 1
+        if appraisal.result == "fail":
+            self.findings.update(appraisal.failed)
+        facts = appraisal.facts
+        aik = _text(facts.get("aik_fingerprint")) or ""
+        if aik:
+            self.aiks[aik] += 1
+        kind = _attester_kind(evidence)
+        if kind != "none":
+            self.attesters[(router, aik, kind)] += 1
+            if kind == "software":
+                totals["no_hardware"] += 1
+        for bank, values in _mapping(facts.get("pcr_values")).items():
+            for index, value in _mapping(values).items():
+                self.pcr_values[f"{_label(bank)}:{_label(index)}"][_label(value)] += 1
+
+    def _sample(
+        self,
+        doc: Mapping[str, Any],
+        outcome: str,
+        label: str,
+        reason: str,
+        error_code: str | None,
+        appraisal: _Appraisal,
+    ) -> None:
+        self.totals["failure_records"] += 1
+        if len(self.failures) >= MAX_FAILURES:
+            return
+        seq = doc.get("seq")
+        self.failures.append(
+            {
+                "seq": seq if isinstance(seq, int) else None,
+                "time": _text(doc.get("time")),
+                "payload_id": _text(doc.get("payload_id")),
+                "status": label,
+                "reason": reason,
+                "outcome": outcome,
+                "model": _text(doc.get("model")),
+                "error": error_code,
+                "findings": list(appraisal.failed) if appraisal.result == "fail" else [],
+                "rules": [f"{r.rule}: {r.detail}" for r in appraisal.rules if r.status == "fail"],
+            }
+        )
 
 
 def build_report(
-    records: Iterable[Mapping[str, Any]],
+    records: Iterable[Any],
     *,
     generated_at: str,
     log_state: Mapping[str, Any],
     policy: Policy | None = None,
     period: tuple[str | None, str | None] = (None, None),
+    at: float | None = None,
 ) -> dict[str, Any]:
     """Aggregate record documents (as stored in the log) into the report document.
 
-    With ``policy`` every record's stored evidence is appraised again against
-    it (at the record's own time, so ``max_age`` judges the evidence as it was
-    when received); without one, each record's recorded policy outcome is used.
+    With ``policy`` every sent record's stored evidence is appraised again
+    against it, at the record's own time (so ``max_age`` judges the evidence as
+    it was when received) or at ``at`` when given; without one, each record's
+    recorded policy outcome (the client's own evaluation) is used. A request
+    the client never sent (its router key's attestation failed) keeps its
+    recorded denial: there is no reply to appraise.
     """
-    totals: Counter[str] = Counter()
-    by: dict[str, Counter[str]] = {"model": Counter(), "security_tier": Counter(), "router": Counter()}
-    days: dict[str, Counter[str]] = defaultdict(Counter)
-    rules: dict[str, Counter[str]] = defaultdict(Counter)
-    findings: Counter[str] = Counter()
-    aiks: Counter[str] = Counter()
-    pcr_values: dict[str, Counter[str]] = defaultdict(Counter)
-    failures: list[dict[str, Any]] = []
-    first_time = last_time = None
+    tally = _Tally()
     for doc in records:
-        metadata = doc.get("metadata") or {}
-        tpm = metadata.get("tpm_attestation") or {}
-        verification = doc.get("verdict") or {}
-        if policy is not None and metadata:
-            doc = dict(doc)
-            timestamp = _dt.datetime.fromisoformat(doc["time"].replace("Z", "+00:00")).timestamp()
-            payload_id = metadata.get("payload_id", doc.get("payload_id"))
-            verdict = verify_attestation(
-                metadata.get("tpm_attestation"),
-                payload_id if isinstance(payload_id, str) else None,
-                content_digest=recorded_content_digest(doc),
-            )
-            doc["policy_result"] = evaluate(
-                policy, metadata, now=timestamp, model=doc.get("model"), verdict=verdict
-            ).to_dict()
-        status = _passed(doc, None)
-        totals["requests"] += 1
-        totals[status] += 1
-        if tpm.get("is_available"):
-            totals["attested"] += 1
-        if verification.get("result") == "pass":
-            totals["verified"] += 1
-        for key in by:
-            by[key][str(doc.get(key))] += 1
-        day = str(doc.get("time", ""))[:10]
-        days[day][status] += 1
-        first_time = first_time or doc.get("time")
-        last_time = doc.get("time")
-        applied = doc.get("policy_result") or doc.get("policy") or {}
-        for rule in applied.get("rules", []):
-            rules[rule["rule"]][rule["status"]] += 1
-        if verification.get("result") == "fail":
-            for code in verification.get("failed") or ():
-                findings[code] += 1
-        facts = verification.get("facts") or {}
-        if facts.get("aik_fingerprint"):
-            aiks[facts["aik_fingerprint"]] += 1
-        for bank, values in (facts.get("pcr_values") or {}).items():
-            for index, value in values.items():
-                pcr_values[f"{bank}:{index}"][value] += 1
-        if status in ("failed", "denied", "warned"):
-            totals["failure_records"] += 1
-            if len(failures) < MAX_FAILURES:
-                failures.append(
-                    {
-                        "seq": doc.get("seq"),
-                        "time": doc.get("time"),
-                        "payload_id": doc.get("payload_id"),
-                        "status": status,
-                        "outcome": doc.get("outcome"),
-                        "model": doc.get("model"),
-                        "error": (doc.get("error") or {}).get("code"),
-                        "findings": list(verification.get("failed") or ()),
-                        "rules": [
-                            f"{r['rule']}: {r['detail']}"
-                            for r in applied.get("rules", [])
-                            if r["status"] == "fail"
-                        ],
-                    }
-                )
-    return {
+        tally.add(_mapping(doc), policy, at)
+    totals = tally.totals
+    report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "generated_at": generated_at,
         "tool": f"nomyo-audit {__version__}",
-        "period": {"since": period[0] or first_time, "until": period[1] or last_time},
+        "period": {"since": period[0] or tally.first_time, "until": period[1] or tally.last_time},
+        "covers": {"first_seq": tally.first_seq, "last_seq": tally.last_seq, "records": totals["requests"]},
         "log": dict(log_state),
-        "policy": {"name": policy.name, "digest": policy.digest, "reappraised": True} if policy else None,
+        "policy": _policy_section(policy, at),
         "summary": {
-            "requests": totals["requests"],
-            "attested": totals["attested"],
-            "verified": totals["verified"],
-            "passed": totals["passed"],
-            "warned": totals["warned"],
-            "denied": totals["denied"],
-            "failed": totals["failed"],
+            key: totals[key]
+            for key in (
+                "requests",
+                "attested",
+                "verified",
+                "passed",
+                "warned",
+                "denied",
+                "denied_before_sending",
+                "failed",
+                "no_hardware",
+            )
         },
-        "by_model": dict(by["model"].most_common()),
-        "by_tier": dict(by["security_tier"].most_common()),
-        "by_router": dict(by["router"].most_common()),
-        "by_day": {day: dict(counts) for day, counts in sorted(days.items())},
-        "rules": {rule: dict(counts) for rule, counts in sorted(rules.items())},
-        "finding_codes": dict(findings.most_common()),
-        "aiks": [{"fingerprint": fp, "records": n} for fp, n in aiks.most_common(MAX_DISTINCT)],
-        "aik_count": len(aiks),
-        "pcr_values": {
-            pcr: [{"value": v, "records": n} for v, n in values.most_common(MAX_DISTINCT)]
-            for pcr, values in sorted(pcr_values.items())
-        },
-        "failures": failures,
-        "failures_omitted": max(0, totals["failure_records"] - len(failures)),
+        "legend": dict(STATUS_LEGEND),
+        "by_model": _top(tally.by["model"]),
+        "by_tier": _top(tally.by["tier"]),
+        "by_router": _top(tally.by["router"]),
+        "by_day": {day: dict(counts) for day, counts in sorted(tally.days.items())},
+        "rules": {rule: dict(counts) for rule, counts in sorted(tally.rules.items())},
+        "finding_codes": _top(tally.findings),
+        "aiks": [{"fingerprint": fp, "records": n} for fp, n in tally.aiks.most_common(MAX_DISTINCT)],
+        "aik_count": len(tally.aiks),
+        "attesters": [
+            {"router": router, "aik": aik, "attester": kind, "records": n}
+            for (router, aik, kind), n in tally.attesters.most_common(MAX_DISTINCT)
+        ],
+        "pcr_values": [
+            {"pcr": pcr, "values": [{"value": v, "records": n} for v, n in values.most_common(MAX_DISTINCT)]}
+            for pcr, values in sorted(tally.pcr_values.items(), key=lambda item: _pcr_order(item[0]))[
+                :MAX_DISTINCT
+            ]
+        ],
+        "failures": tally.failures,
+        "failures_omitted": max(0, totals["failure_records"] - len(tally.failures)),
+    }
+    if len(tally.days) <= 2:  # a short period is charted by the hour
+        report["by_hour"] = {hour: dict(counts) for hour, counts in sorted(tally.hours.items())}
+    return report
+
+
+def _top(counter: Counter[str]) -> dict[str, int]:
+    return dict(counter.most_common(MAX_DISTINCT))
+
+
+def _policy_section(policy: Policy | None, at: float | None) -> dict[str, Any] | None:
+    if policy is None:
+        return None
+    return {
+        "name": policy.name,
+        "digest": policy.digest,
+        "reappraised": True,
+        "at": rfc3339(at) if at is not None else None,
     }
 
 
-def timeline_svg(by_day: Mapping[str, Mapping[str, int]], width: int = 640, height: int = 160) -> str:
-    """A stacked bar per day (passed / warned / failed+denied), as a self-contained SVG string."""
-    days = list(by_day.items())[-60:]
-    if not days:
+# -- the chart ---------------------------------------------------------------------------------------
+
+_COLOURS = (("passed", "#2e7d32"), ("warned", "#f9a825"), ("failed", "#c62828"), ("denied", "#6a1b9a"))
+
+
+def timeline_svg(report: Mapping[str, Any], width: int = 640, height: int = 160) -> str:
+    """Stacked bars per hour (a period of a day or two) or per day, with axes and a legend."""
+    hourly = isinstance(report.get("by_hour"), Mapping)
+    buckets = (
+        _hours(_mapping(report.get("by_hour"))) if hourly else list(_mapping(report.get("by_day")).items())
+    )
+    buckets = buckets[-72:]
+    unit = "hour" if hourly else "day"
+    if not buckets:
         return (
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            'role="img" aria-label="no records"></svg>'
+            'role="img" aria-label="no records"><text x="10" y="20" font-size="12">no records</text></svg>'
         )
-    peak = max(sum(c.values()) for _, c in days) or 1
-    bar = min(40, max(2, (width - 40) // len(days)))
+    left, top, plot = 40, 10, height - 10
+    peak = max(sum(_mapping(c).values()) for _, c in buckets) or 1
+    bar = max(2, min(40, (width - left - 10) // len(buckets)))
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 30}" role="img" '
-        f'aria-label="requests per day">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 60}" role="img" '
+        f'aria-label="requests per {unit}">',
+        f"<title>requests per {unit}</title>",
+        f'<line x1="{left - 2}" y1="{top}" x2="{left - 2}" y2="{top + plot}" stroke="#888"/>',
+        f'<line x1="{left - 2}" y1="{top + plot}" x2="{width}" y2="{top + plot}" stroke="#888"/>',
     ]
-    colours = (("passed", "#2e7d32"), ("warned", "#f9a825"), ("failed", "#c62828"), ("denied", "#6a1b9a"))
-    for n, (day, counts) in enumerate(days):
-        x, y = 30 + n * bar, height
-        for status, colour in colours:
-            h = round(counts.get(status, 0) / peak * (height - 10))
+    for tick in sorted({0, (peak + 1) // 2, peak}):
+        y = top + plot - round(tick / peak * plot)
+        parts.append(f'<text x="{left - 6}" y="{y + 4}" font-size="10" text-anchor="end">{tick}</text>')
+    for n, (bucket, counts) in enumerate(buckets):
+        counts = _mapping(counts)
+        x, y = left + n * bar, top + plot
+        for status, colour in _COLOURS:
+            h = round(counts.get(status, 0) / peak * plot)
             if h:
                 y -= h
                 parts.append(
                     f'<rect x="{x}" y="{y}" width="{bar - 1}" height="{h}" fill="{colour}">'
-                    f"<title>{day}: {counts.get(status, 0)} {status}</title></rect>"
+                    f"<title>{_escape(bucket)}: {counts.get(status, 0)} {status}</title></rect>"
                 )
-    parts.append(f'<text x="30" y="{height + 20}" font-size="11">{days[0][0]}</text>')
-    parts.append(f'<text x="{width - 90}" y="{height + 20}" font-size="11">{days[-1][0]}</text>')
-    parts.append(f'<text x="0" y="12" font-size="11">{peak}</text></svg>')
+        label = _axis_label(bucket, hourly, n, len(buckets))
+        if label:
+            parts.append(f'<text x="{x}" y="{top + plot + 14}" font-size="10">{_escape(label)}</text>')
+    legend_y = top + plot + 34
+    for n, (status, colour) in enumerate(_COLOURS):
+        x = left + n * 90
+        parts.append(f'<rect x="{x}" y="{legend_y - 9}" width="10" height="10" fill="{colour}"/>')
+        parts.append(f'<text x="{x + 14}" y="{legend_y}" font-size="11">{status}</text>')
+    first, last = buckets[0][0][:10], buckets[-1][0][:10]
+    span = first if first == last else f"{first} to {last}"
+    parts.append(
+        f'<text x="{left}" y="{legend_y + 18}" font-size="10">requests per {unit} (UTC), '
+        f"{_escape(span)}</text></svg>"
+    )
     return "".join(parts)
+
+
+def _hours(by_hour: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """Every hour of the days that have records, so one day reads 00:00 to 23:00."""
+    days = sorted({hour[:10] for hour in by_hour if _HOUR.match(hour)})
+    return [(f"{day}T{h:02d}", by_hour.get(f"{day}T{h:02d}", {})) for day in days for h in range(24)]
+
+
+_HOUR = re.compile(r"^\d{4}-\d\d-\d\dT\d\d$")
+
+
+def _axis_label(bucket: str, hourly: bool, position: int, count: int) -> str:
+    """Hours on the 6-hour marks; days at the ends (and a few between for long periods)."""
+    if hourly:
+        hour = bucket[11:13]
+        return f"{hour}:00" if hour in ("00", "06", "12", "18") else ""
+    step = max(1, count // 4)
+    return bucket[5:10] if position % step == 0 or position == count - 1 else ""
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")

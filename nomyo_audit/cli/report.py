@@ -1,50 +1,113 @@
-"""``nomyo-audit report`` and ``nomyo-audit verify-report``."""
+"""``nomyo-audit report`` and ``nomyo-audit verify-report``.
+
+A report is only as true as the log under it: ``report`` verifies the whole
+log (every record's bytes against the Merkle tree, every checkpoint against
+the records) before it renders or signs anything, and refuses a log that does
+not verify. ``verify-report --log`` recomputes the log's root at the report's
+checkpoint size from the record bytes themselves, never from a stored hash.
+"""
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
-import sys
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..audit.keys import load_private_key, load_public_key
+from ..audit.keys import ed25519_public, load_private_key, load_public_key
 from ..audit.log import AuditLog, IntegrityError
-from ..audit.merkle import Frontier
-from ..audit.note import parse_checkpoint
 from ..audit.records import rfc3339
 from ..audit.render import FORMATS, verify_report_dir, write_report
 from ..audit.report import build_report
 from ..policy import load_policy
-from .log import LOG_OPTION, open_log, parse_time
+from .log import LOG_OPTION, parse_period, parse_time
+from .progress import Progress
+
+_RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)$")
 
 
-def log_state(log: AuditLog) -> dict[str, Any]:
-    frontier = log.store.frontier()
-    state: dict[str, Any] = {"size": frontier.size, "root": frontier.root().hex(), "checkpoint": None}
-    latest = log.latest_checkpoint()
-    if latest is not None:
-        checkpoint, _ = parse_checkpoint(latest[2])
-        state["checkpoint"] = {
-            "origin": checkpoint.origin,
-            "size": checkpoint.size,
-            "root": checkpoint.root.hex(),
-            "note": latest[2],
+def log_state(log: AuditLog, public: Ed25519PublicKey | None = None) -> dict[str, Any]:
+    """The log's size, root and the checkpoint the report cites, after verifying the whole log.
+
+    Every record is hashed again from its bytes and every checkpoint checked
+    against them; the checkpoint cited is the latest one that verified (with
+    ``public`` when given, else with the key the log names). Raises
+    :class:`IntegrityError` (exit 3) naming the first problems when the log
+    does not verify: nothing may be rendered or signed over it.
+    """
+    with Progress("verifying the log", log.store.count()) as step:
+        result = log.verify(public, progress=step)
+    if not result.intact:
+        shown = "; ".join(result.problems[:5])
+        more = f" (and {len(result.problems) - 5} more)" if len(result.problems) > 5 else ""
+        raise IntegrityError(
+            f"the audit log {log.path} does not verify, so no report was made: {shown}{more}"
+        )
+    cited = result.checkpoint
+    checkpoint = None
+    if cited is not None:
+        checkpoint = {
+            "origin": log.origin,
+            "size": cited.size,
+            "root": cited.root.hex(),
+            "time": cited.time,
+            "time_signed": cited.time_signed,
+            "signer": cited.signer,
+            "note": cited.note,
         }
-    return state
+    verification = {
+        "intact": True,
+        "size": result.size,
+        "root": result.root.hex(),
+        "checkpoint": {k: checkpoint[k] for k in ("size", "root", "time", "signer")} if checkpoint else None,
+        "key": "given" if public is not None else "log",
+    }
+    return {
+        "size": result.size,
+        "root": result.root.hex(),
+        "checkpoint": checkpoint,
+        "verification": verification,
+    }
 
 
-def _records(log: AuditLog, since: float | None, until: float | None) -> Iterator[dict[str, Any]]:
-    show = sys.stderr.isatty() and log.size >= 50_000  # a progress line on a terminal, for long runs
-    for n, stored in enumerate(log.store.records(since, until), 1):
-        if show and n % 10_000 == 0:
-            click.echo(f"\rreading {n:,}/{log.size:,} records", err=True, nl=False)
-        yield json.loads(stored.data)
-    if show:
-        click.echo("", err=True)
+def _records(log: AuditLog, size: int, since: float | None, until: float | None) -> Iterator[Any]:
+    """The record documents of the period among the first ``size`` (the records just verified)."""
+    with Progress("reading", size) as step:
+        for stored in log.store.records(since, until):
+            if stored.seq >= size:
+                return
+            step(stored.seq + 1)
+            try:
+                yield json.loads(stored.data)
+            except ValueError:  # bytes that verified but are not JSON: counted as a malformed record
+                yield None
+
+
+def _generated_at(value: str | None) -> str:
+    if value is None:
+        return rfc3339(time.time())
+    try:
+        if _RFC3339.match(value):
+            _dt.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+            return value
+    except ValueError:
+        pass
+    raise click.BadParameter(
+        f"{value!r} is not an RFC 3339 time (for example 2026-11-25T12:00:00Z)", param_hint="--generated-at"
+    )
+
+
+def _moment(value: str | None, flag: str) -> float | None:
+    try:
+        return parse_time(value)
+    except click.BadParameter as exc:
+        raise click.BadParameter(exc.message, param_hint=flag) from None
 
 
 @click.command()
@@ -53,6 +116,11 @@ def _records(log: AuditLog, since: float | None, until: float | None) -> Iterato
 @click.option("--until", help="Before this time.")
 @click.option(
     "--policy", "policy_file", envvar="NOMYO_POLICY", help="Re-appraise every record against this policy."
+)
+@click.option(
+    "--at",
+    "at_time",
+    help="With --policy: judge freshness (max_age, clock_skew) at this time instead of each record's own.",
 )
 @click.option(
     "--format",
@@ -68,20 +136,34 @@ def _records(log: AuditLog, since: float | None, until: float | None) -> Iterato
     help="Sign the report (DSSE + in-toto) with this Ed25519, ECDSA P-256 or RSA private key.",
 )
 @click.option(
-    "--generated-at", help="Generation time to print (default now): the same value re-renders identically."
+    "--log-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The checkpoint signer's public key (from a trusted place); default: the key the log names.",
 )
+@click.option(
+    "--generated-at",
+    help="Generation time to print, RFC 3339 (default now): the same value re-renders identically.",
+)
+@click.option("--force", is_flag=True, help="Replace report files already in the output directory.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True)
 def report(
     log_path: Path,
     since: str | None,
     until: str | None,
     policy_file: str | None,
+    at_time: str | None,
     formats: str,
     sign_key: Path | None,
+    log_key: Path | None,
     generated_at: str | None,
+    force: bool,
     output: Path,
 ) -> None:
-    """Render a compliance report from the audit log, in several formats from one run.
+    """Verify the audit log, then render a compliance report from it in several formats from one run.
+
+    Exit status 0 when written, 3 when the log does not verify (nothing is
+    rendered or signed then), 2 for bad input or an existing report file
+    (--force replaces files; a symlink is never written through).
 
     \b
     Example:
@@ -89,20 +171,24 @@ def report(
         --format html,md,json,junit,csv --sign audit.key -o out/
     """
     chosen = [f.strip() for f in formats.split(",") if f.strip()]
+    stamp = _generated_at(generated_at)
+    lo, hi = parse_period(since, until)
+    at = _moment(at_time, "--at")
     policy = load_policy(policy_file) if policy_file else None
     key = load_private_key(sign_key) if sign_key is not None else None
+    trusted = ed25519_public(log_key) if log_key is not None else None
     start = time.monotonic()
-    with open_log(log_path) as log:
-        state = log_state(log)
-        lo, hi = parse_time(since), parse_time(until)
+    with AuditLog.open(log_path) as log:
+        state = log_state(log, trusted)
         document = build_report(
-            _records(log, lo, hi),
-            generated_at=generated_at or rfc3339(time.time()),
+            _records(log, state["size"], lo, hi),
+            generated_at=stamp,
             log_state=state,
             policy=policy,
-            period=(rfc3339(lo) if lo else None, rfc3339(hi) if hi else None),
+            period=(rfc3339(lo) if lo is not None else None, rfc3339(hi) if hi is not None else None),
+            at=at,
         )
-    written = write_report(document, chosen, output, key)
+    written = write_report(document, chosen, output, key, overwrite=force)
     click.echo(
         f"{document['summary']['requests']} records in {time.monotonic() - start:.1f}s -> "
         + ", ".join(str(p) for p in written.values()),
@@ -110,6 +196,12 @@ def report(
     )
     if state["checkpoint"] is None:
         click.echo("note: the log has no signed checkpoint; run 'nomyo-audit log checkpoint' first", err=True)
+    elif trusted is None:
+        click.echo(
+            "note: checkpoint signatures were checked with the key stored in the log; "
+            "pass --log-key for a trusted one",
+            err=True,
+        )
 
 
 @click.command("verify-report")
@@ -121,7 +213,7 @@ def report(
     "--log",
     "log_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Also check that the report's checkpoint is consistent with this log.",
+    help="Also check that this log's records, hashed again, give the report's checkpoint root.",
 )
 def verify_report(target: Path, key: Path, log_path: Path | None) -> None:
     """Check a signed report: the signature, every rendered file's digest and (with --log) its checkpoint.
@@ -133,18 +225,21 @@ def verify_report(target: Path, key: Path, log_path: Path | None) -> None:
       nomyo-audit verify-report out/ --key audit.key.pub --log audit.db
     """
     doc = verify_report_dir(target, load_public_key(key))
-    predicate = doc.get("predicate", {})
-    checkpoint = predicate.get("checkpoint") or {}
+    predicate = doc.get("predicate")
+    predicate = predicate if isinstance(predicate, dict) else {}
     click.echo(f"ok: signature and {len(doc.get('subject', []))} file digest(s) verify")
     if log_path is None:
         return
-    size, root = checkpoint.get("size"), checkpoint.get("root")
-    if size is None:
-        size, root = predicate.get("log", {}).get("size"), predicate.get("log", {}).get("root")
-    with open_log(log_path) as log:
-        frontier = Frontier()
-        for stored, _ in zip(log.store.records(), range(int(size)), strict=False):
-            frontier.append(stored.leaf)
-    if frontier.size != size or frontier.root().hex() != root:
-        raise IntegrityError(f"the report's checkpoint (size {size}) is not consistent with {log_path}")
-    click.echo(f"ok: the report's checkpoint (size {size}, root {str(root)[:16]}...) matches {log_path}")
+    named = predicate.get("checkpoint") or predicate.get("log")
+    size = named.get("size") if isinstance(named, dict) else None
+    root = named.get("root") if isinstance(named, dict) else None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(root, str):
+        raise IntegrityError("the signed report names no log size and root to check the log against")
+    with AuditLog.open(log_path) as log:
+        recomputed = log.root_at(size)
+    if recomputed.hex() != root:
+        raise IntegrityError(
+            f"the root of {log_path}'s first {size} records does not match the report's checkpoint "
+            "(records were altered, removed or replaced)"
+        )
+    click.echo(f"ok: the report's checkpoint (size {size}, root {root[:16]}...) matches {log_path}")
