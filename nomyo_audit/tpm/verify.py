@@ -251,33 +251,40 @@ def _pcr_values(
     Also returns the values as recorded in the verdict: ``{bank: {index: hex}}``.
     """
     values = block.get("pcr_values")
-    if type(values) is dict and len(values) == len(selections):
-        ordered = []
-        recorded: dict[str, dict[str, str]] = {}
-        try:
-            for selection in selections:
-                bank = HASH_NAMES[selection.hash_alg]
-                entries = values[bank]
-                if type(entries) is not dict or len(entries) != len(selection.indices):
-                    break
-                size = HASH_SIZES[selection.hash_alg]
-                copied = recorded[bank] = {}
-                for index in selection.indices:
-                    key = _INDEX_KEYS[index]
-                    digest = bytes.fromhex(entries[key])
-                    if len(digest) != size:
-                        break
-                    ordered.append(digest)
-                    copied[key] = digest.hex()
-                else:
-                    continue
-                break
-            else:
-                return ordered, recorded
-        except (KeyError, TypeError, ValueError, AttributeError):
-            pass
+    fast = _pcr_values_fast(values, selections)
+    if fast is not None:
+        return fast
     ordered = _pcr_values_careful(values, selections)
     return ordered, pcr_value_map(selections, ordered)
+
+
+def _pcr_values_fast(
+    values: object, selections: tuple[PCRSelection, ...]
+) -> tuple[list[bytes], dict[str, dict[str, str]]] | None:
+    """``pcr_values`` exactly as a router writes them; None when the careful pass must say why."""
+    if type(values) is not dict or len(values) != len(selections):
+        return None
+    ordered = []
+    recorded: dict[str, dict[str, str]] = {}
+    try:
+        for selection in selections:
+            bank = HASH_NAMES[selection.hash_alg]
+            entries = values[bank]
+            if type(entries) is not dict or len(entries) != len(selection.indices):
+                return None
+            size = HASH_SIZES[selection.hash_alg]
+            copied = recorded[bank] = {}
+            for index in selection.indices:
+                key = _INDEX_KEYS[index]
+                digest = bytes.fromhex(entries[key])
+                if len(digest) != size:
+                    return None
+                ordered.append(digest)
+                copied[key] = digest.hex()
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    # a bank the selection lists twice leaves room in ``values`` for one it does not list
+    return (ordered, recorded) if len(recorded) == len(values) else None
 
 
 _INDEX_KEYS = tuple(str(i) for i in range(32))
@@ -290,24 +297,36 @@ _HASH_FUNCTIONS = {
 
 
 def _pcr_values_careful(values: object, selections: tuple[PCRSelection, ...]) -> list[bytes]:
+    """Every entry checked and named: a bank by its name (``sha256``), a PCR by its index as
+    ``str`` writes it (``7``). Any other spelling (``SHA256``, ``07``) is refused, not matched:
+    it could give a second value for one PCR."""
     if not isinstance(values, Mapping):
         raise EvidenceError("pcr_values is missing or not an object", code="missing_field")
-    selected = {(HASH_NAMES[s.hash_alg], i) for s in selections for i in s.indices}
+    selected: dict[str, set[str]] = {}
+    for selection in selections:
+        selected.setdefault(HASH_NAMES[selection.hash_alg], set()).update(
+            _INDEX_KEYS[i] for i in selection.indices
+        )
     for bank, entries in values.items():
+        where = f"pcr_values.{str(bank)[:16]}"
         if not isinstance(entries, Mapping):
-            raise EvidenceError(f"pcr_values.{str(bank)[:16]} is not an object", code="pcr_value_format")
-        for index in entries:
-            if (str(bank).lower(), _index(index)) not in selected:
+            raise EvidenceError(f"{where} is not an object", code="pcr_value_format")
+        quoted = selected.get(bank, set())
+        for key in entries:
+            if key in quoted:
+                continue
+            if _index(key) in {int(k) for k in quoted}:
                 raise EvidenceError(
-                    f"pcr_values.{str(bank)[:16]}.{str(index)[:4]} was not quoted", code="pcr_value_unquoted"
+                    f"{where}.{str(key)[:4]} is not how an index is written (as {_index(key)})",
+                    code="pcr_value_format",
                 )
+            raise EvidenceError(f"{where}.{str(key)[:4]} was not quoted", code="pcr_value_unquoted")
     ordered = []
-    lowered = {str(k).lower(): v for k, v in values.items()}
     for selection in selections:
         bank = HASH_NAMES[selection.hash_alg]
-        entries = {_index(k): v for k, v in lowered.get(bank, {}).items()}
+        entries = values.get(bank, {})
         for index in selection.indices:
-            value = entries.get(index)
+            value = entries.get(_INDEX_KEYS[index])
             if not isinstance(value, str):
                 raise EvidenceError(f"pcr_values.{bank}.{index} is missing", code="pcr_value_missing")
             try:
@@ -327,6 +346,7 @@ def _pcr_values_careful(values: object, selections: tuple[PCRSelection, ...]) ->
 
 
 def _index(key: object) -> int:
+    """The PCR a key would name if read as a number (to say why a spelling like "07" is refused)."""
     try:
         return int(str(key))
     except ValueError:
