@@ -193,6 +193,8 @@ def test_reordered_banks(tpm):
         (lambda v: v["sha256"].__setitem__("7", "zz" * 32), "pcr_value_format"),
         (lambda v: v["sha256"].pop("10"), "pcr_value_missing"),
         (lambda v: v["sha256"].__setitem__("16", "00" * 32), "pcr_value_unquoted"),
+        (lambda v: v["sha256"].__setitem__("07", "00" * 32), "pcr_value_format"),  # PCR 7 given twice
+        (lambda v: v.__setitem__("SHA256", v.pop("sha256")), "pcr_value_unquoted"),  # not the bank's name
     ],
 )
 def test_pcr_value_shapes(tpm, mutate, code):
