@@ -368,3 +368,20 @@ def test_a_request_denied_before_sending_is_labelled_so(make_router, client_keys
         assert any("pcrs" in rule for rule in failure["rules"])
         assert "denied before sending" in (out / "report.html").read_text()
         assert report["by_tier"] == {"high": 1, "not stated": 1}
+
+
+def test_report_over_a_missing_or_empty_file_is_exit_2_and_creates_nothing(tmp_path):
+    missing, empty = tmp_path / "missing.db", tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    for path in (missing, empty):
+        assert main(["report", "--log", str(path), "-o", str(tmp_path / "r")]) == ExitCode.USAGE
+    assert not missing.exists() and empty.read_bytes() == b""
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_with_a_log_key_that_signed_no_checkpoint_is_exit_3(signed_log, tmp_path):
+    db, _, _ = signed_log
+    _, stranger = generate_audit_key(tmp_path / "stranger.key")
+    assert main(["report", "--log", str(db), "--log-key", str(stranger), "-o", str(tmp_path / "r")]) == (
+        ExitCode.INTEGRITY
+    )
