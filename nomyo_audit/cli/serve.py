@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from pathlib import Path
 
 import click
@@ -37,6 +39,30 @@ def load_or_create_router_key(path: Path | None) -> rsa.RSAPrivateKey:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_private_key(key, path)
     return key
+
+
+def listen_on(host: str, port: int) -> socket.socket:
+    """The bound, listening socket, or a :class:`ConfigurationError` (exit 2) saying why not."""
+    from ..router.server import bind_socket
+
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        return bind_socket(host, port)
+    except socket.gaierror:
+        reason = f"the host name {host!r} does not resolve"
+        raise ConfigurationError(f"cannot listen on {where}: {reason}", code="listen") from None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {where}: {_bind_failure(exc)}", code="listen") from None
+
+
+def _bind_failure(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "the address is already in use (choose another --port, or --port 0 for a free one)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "that address is not one of this machine's (check --host)"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    return exc.strerror or type(exc).__name__
 
 
 @click.command()
@@ -85,6 +111,27 @@ def load_or_create_router_key(path: Path | None) -> rsa.RSAPrivateKey:
     help="Also serve plaintext /v1/chat/completions (benchmark baseline only).",
 )
 @click.option(
+    "--max-connections",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Connections served at once; more get 503 and are closed.",
+)
+@click.option(
+    "--header-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds for a request's headers to arrive before the connection is closed.",
+)
+@click.option(
+    "--body-timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds for a request's body to arrive; then 408 and the connection is closed.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -102,6 +149,9 @@ def serve(
     aik: str,
     pcrs: str,
     plain_endpoint: bool,
+    max_connections: int,
+    header_timeout: float,
+    body_timeout: float,
     log_level: str,
 ) -> None:
     """Run the reference router (NOMYO protocol 1.0) on HOST:PORT.
@@ -117,17 +167,27 @@ def serve(
         raise ConfigurationError(
             f"the router needs the 'router' extra: pip install 'nomyo-audit[router]' ({exc})"
         ) from None
-    backend = UpstreamBackend(upstream, upstream_api_key) if upstream else EchoBackend()
-    config = RouterConfig(
-        private_key=load_or_create_router_key(key_file),
-        backend=backend,
-        api_keys=api_keys,
-        model_tiers=_parse_model_tiers(model_tiers),
-        plain_endpoint=plain_endpoint,
-        attester=make_attester(tpm_spec, aik, pcrs),
-    )
-    click.echo(
-        f"nomyo-audit router on http://{host}:{port} (backend: {upstream or 'echo'}, attester: {tpm_spec})",
-        err=True,
-    )
-    run_router(config, host, port, log_level)
+    tiers = _parse_model_tiers(model_tiers)
+    sock = listen_on(host, port)
+    try:
+        backend = UpstreamBackend(upstream, upstream_api_key) if upstream else EchoBackend()
+        config = RouterConfig(
+            private_key=load_or_create_router_key(key_file),
+            backend=backend,
+            api_keys=api_keys,
+            model_tiers=tiers,
+            plain_endpoint=plain_endpoint,
+            attester=make_attester(tpm_spec, aik, pcrs),
+            max_connections=max_connections,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    # Printed once the socket listens, with the real port (--port 0 picks one): a script may connect now.
+    what = f"backend: {upstream or 'echo'}, attester: {tpm_spec}"
+    click.echo(f"nomyo-audit router on http://{shown}:{bound_port} ({what})", err=True)
+    run_router(config, log_level=log_level, sock=sock)

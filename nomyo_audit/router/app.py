@@ -7,14 +7,17 @@ Endpoints, byte-compatible with NOMYO protocol 1.0 (docs/protocol.md):
   encrypted response out, with ``_metadata`` filled as the seed API says.
 
 Errors are JSON ``{"detail": ...}`` with the statuses the client maps to its
-exceptions: 400 malformed, 401 auth, 403 tier not allowed, 413 too large,
-5xx backend trouble. Nothing from a request's plaintext reaches the logs or an
+exceptions: 400 malformed, 401 auth, 403 tier not allowed, 408 body too slow,
+413 too large, 5xx backend or TPM trouble. Every request is checked in full
+(:mod:`.validation`) before the backend or the TPM is called, so a malformed
+one is always a 4xx. Nothing from a request's plaintext reaches the logs or an
 error body, and no request can crash the server: unexpected failures become a
 500 that names only the exception type.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hmac
 import json
@@ -38,15 +41,16 @@ from ..errors import ProtocolError, SecurityError
 from ..memory import wipe
 from ..wire import (
     MAX_PACKAGE_BYTES,
+    EncryptedPackage,
     decrypt_package,
     encrypt_package,
     key_fingerprint,
-    load_public_key_pem,
     parse_package,
     public_key_pem,
 )
 from .backends import Backend, BackendError, EchoBackend
 from .environment import cuda_device_info, memory_protection_metadata
+from .validation import RequestRejected, check_chat_request, check_client_key, check_payload_id, load_json
 
 __all__ = ["Attester", "NoAttester", "RouterConfig", "create_app"]
 
@@ -89,6 +93,12 @@ class RouterConfig:
     #: Also serve ``POST /v1/chat/completions`` in plaintext: a baseline for
     #: benchmarks only, never for real traffic.
     plain_endpoint: bool = False
+    #: Connections served at once; more are answered 503 and closed (``serve --max-connections``).
+    max_connections: int = 1024
+    #: Seconds for a request's line and headers to arrive; then the connection is closed.
+    header_timeout: float = 10.0
+    #: Seconds for a request's body to arrive once its headers have; then 408, connection closed.
+    body_timeout: float = 60.0
 
     async def aclose(self) -> None:
         """Release the backend's connections and the TPM session."""
@@ -96,13 +106,6 @@ class RouterConfig:
             await self.backend.aclose()
         finally:
             self.attester.close()
-
-
-class _Reject(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 def create_app(config: RouterConfig) -> Starlette:
@@ -147,51 +150,47 @@ def create_app(config: RouterConfig) -> Starlette:
         _count(request)
         try:
             return await _handle(request)
-        except _Reject as reject:
-            return JSONResponse({"detail": reject.detail}, status_code=reject.status)
+        except RequestRejected as reject:
+            return _rejection(reject)
         except Exception as exc:  # never crash, never echo plaintext
             logger.error("secure_completion failed: %s", type(exc).__name__)
             return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
 
     async def _handle(request: Request) -> Response:
         _check_auth(request, api_keys)
-        payload_id = request.headers.get("x-payload-id")
-        if not payload_id or len(payload_id) > 128:
-            raise _Reject(400, "missing or over-long X-Payload-ID header")
+        payload_id = check_payload_id(request.headers.get("x-payload-id"))
         tier = request.headers.get("x-security-tier")
         if tier is not None and tier not in SECURITY_TIERS:
-            raise _Reject(400, f"invalid X-Security-Tier: must be one of {', '.join(SECURITY_TIERS)}")
+            raise RequestRejected(400, f"invalid X-Security-Tier: must be one of {', '.join(SECURITY_TIERS)}")
         client_key_header = request.headers.get("x-public-key")
         if not client_key_header:
-            raise _Reject(400, "missing X-Public-Key header")
-        try:
-            client_key = load_public_key_pem(urllib.parse.unquote(client_key_header), what="X-Public-Key")
-            package = parse_package(await _read_body(request))
-        except ProtocolError as exc:
-            raise _Reject(400, exc.message) from None
+            raise RequestRejected(400, "missing X-Public-Key header")
+        client_key = check_client_key(urllib.parse.unquote(client_key_header))
+        package = _parse_package(await _read_body(request, config.body_timeout))
         try:
             # RSA-4096 decryption takes milliseconds and releases the GIL: off the loop.
             plaintext = await run_in_threadpool(decrypt_package, package, config.private_key)
         except SecurityError:
-            raise _Reject(400, "could not decrypt the package with this router's key") from None
+            raise RequestRejected(400, "could not decrypt the package with this router's key") from None
         try:
-            payload = json.loads(plaintext)
-        except (ValueError, UnicodeDecodeError):
-            raise _Reject(400, "decrypted payload is not valid JSON") from None
+            payload = check_chat_request(load_json(plaintext, "decrypted payload"))
         finally:
             wipe(plaintext)
-        _check_payload(payload)
         effective_tier = tier or DEFAULT_TIER
         allowed = _allowed_tiers(config.model_tiers, payload["model"])
         if effective_tier not in allowed:
-            raise _Reject(403, f"security tier {effective_tier!r} is not allowed for this model")
+            raise RequestRejected(403, f"security tier {effective_tier!r} is not allowed for this model")
         try:
             completion = await config.backend.complete(payload)
         except BackendError as exc:
-            raise _Reject(exc.status, str(exc)) from None
+            raise RequestRejected(exc.status, str(exc)) from None
         processed_at = int(time.time())
-        # A TPM quote takes milliseconds of blocking I/O: off the event loop.
-        attestation = await run_in_threadpool(config.attester.attest_response, payload_id, completion)
+        try:
+            # A TPM quote takes milliseconds of blocking I/O: off the event loop.
+            attestation = await run_in_threadpool(config.attester.attest_response, payload_id, completion)
+        except Exception as exc:
+            logger.error("response attestation failed: %s", type(exc).__name__)
+            raise RequestRejected(503, f"attestation failed ({type(exc).__name__})") from None
         completion["_metadata"] = {
             "payload_id": payload_id,
             "processed_at": processed_at,
@@ -212,13 +211,13 @@ def create_app(config: RouterConfig) -> Starlette:
     async def plain_completion(request: Request) -> Response:
         _count(request)
         try:
-            payload = await request.json()
-            _check_payload(payload)
+            body = await _read_body(request, config.body_timeout)
+            payload = check_chat_request(load_json(body, "body"))
             return JSONResponse(await config.backend.complete(payload))
-        except _Reject as reject:
-            return JSONResponse({"detail": reject.detail}, status_code=reject.status)
-        except ValueError:
-            return JSONResponse({"detail": "body is not valid JSON"}, status_code=400)
+        except RequestRejected as reject:
+            return _rejection(reject)
+        except BackendError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
     routes = [
         Route("/pki/public_key", public_key, methods=["GET"]),
@@ -235,46 +234,57 @@ def create_app(config: RouterConfig) -> Starlette:
     return app
 
 
+def _rejection(reject: RequestRejected) -> JSONResponse:
+    # A 408 leaves the rest of the body unread: the connection cannot carry another request.
+    headers = {"Connection": "close"} if reject.status == 408 else None
+    return JSONResponse({"detail": reject.detail}, status_code=reject.status, headers=headers)
+
+
 def _check_auth(request: Request, api_keys: tuple[bytes, ...]) -> None:
     if not api_keys:
         return
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise _Reject(401, "missing API key: send Authorization: Bearer <key>")
+        raise RequestRejected(401, "missing API key: send Authorization: Bearer <key>")
     presented = token.strip().encode()
     # Compare against every key so timing does not reveal which one is close.
     matched = False
     for key in api_keys:
         matched |= hmac.compare_digest(presented, key)
     if not matched:
-        raise _Reject(401, "invalid API key")
+        raise RequestRejected(401, "invalid API key")
 
 
-async def _read_body(request: Request) -> bytes:
+async def _read_body(request: Request, timeout: float) -> bytes:
+    """The whole body within ``timeout`` seconds (else 408) and :data:`MAX_PACKAGE_BYTES` (else 413)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_PACKAGE_BYTES:
-        raise _Reject(413, f"package over the {MAX_PACKAGE_BYTES}-byte limit")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_PACKAGE_BYTES:
-            raise _Reject(413, f"package over the {MAX_PACKAGE_BYTES}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        raise RequestRejected(413, f"package over the {MAX_PACKAGE_BYTES}-byte limit")
+
+    async def read() -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_PACKAGE_BYTES:
+                raise RequestRejected(413, f"package over the {MAX_PACKAGE_BYTES}-byte limit")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise RequestRejected(408, f"the request body did not arrive within {timeout:g} s") from None
 
 
-def _check_payload(payload: object) -> None:
-    if not isinstance(payload, dict):
-        raise _Reject(400, "decrypted payload must be a JSON object")
-    if not isinstance(payload.get("model"), str) or not payload["model"]:
-        raise _Reject(400, "payload.model must be a non-empty string")
-    messages = payload.get("messages")
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        raise _Reject(400, "payload.messages must be a non-empty list of objects")
-    if payload.get("stream"):
-        raise _Reject(400, "stream: true is not supported for encrypted inference")
+def _parse_package(body: bytes) -> EncryptedPackage:
+    try:
+        return parse_package(body)
+    except ProtocolError as exc:
+        raise RequestRejected(400, exc.message) from None
+    except RecursionError:
+        raise RequestRejected(400, "encrypted package is not valid JSON: nested too deeply") from None
 
 
 def _allowed_tiers(model_tiers: Mapping[str, tuple[str, ...]], model: str) -> tuple[str, ...]:
