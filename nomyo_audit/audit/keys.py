@@ -8,6 +8,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from .._files import write_file
 from ..errors import ConfigurationError
 
 __all__ = ["SigningKey", "VerifyingKey", "generate_audit_key", "load_private_key", "load_public_key"]
@@ -17,11 +18,15 @@ VerifyingKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPub
 
 
 def generate_audit_key(path: str | os.PathLike[str], kind: str = "ed25519") -> tuple[Path, Path]:
-    """Write ``path`` (private, PKCS#8 PEM, 0600) and ``path.pub`` (public PEM); never overwrite."""
+    """Write ``path`` (private, PKCS#8 PEM, 0600) and ``path.pub`` (public PEM, 0644).
+
+    Never over an existing file and never through a symlink (``nomyo_audit._files.write_file``):
+    both paths are checked before either is written.
+    """
     private_path = Path(path)
     public_path = private_path.with_name(private_path.name + ".pub")
     for existing in (private_path, public_path):
-        if existing.exists():
+        if existing.exists() or existing.is_symlink():
             raise ConfigurationError(f"refusing to overwrite existing key file {existing}")
     key: SigningKey
     if kind == "ed25519":
@@ -35,15 +40,19 @@ def generate_audit_key(path: str | os.PathLike[str], kind: str = "ed25519") -> t
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    public_path.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    try:
+        private_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot create {private_path.parent}: {exc.strerror}") from None
+    write_file(private_path, pem, mode=0o600)
+    try:
+        write_file(public_path, public_pem, mode=0o644)
+    except BaseException:
+        private_path.unlink(missing_ok=True)  # never leave half a key pair
+        raise
     return private_path, public_path
 
 

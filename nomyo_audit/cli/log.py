@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as _dt
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from .._files import write_file
 from ..audit.keys import ed25519_private, ed25519_public, generate_audit_key
-from ..audit.log import AuditLog, IntegrityError, LogError, verify_tlog_proof
+from ..audit.log import AuditLog, IntegrityError, LogError, VerifyReport, verify_tlog_proof
+from .progress import Progress
+
+#: Larger inputs (a proof, a request, a checkpoint file) are refused rather than read whole.
+MAX_TEXT_FILE = 64 * 1024 * 1024
 
 
 def parse_time(value: str | None) -> float | None:
@@ -82,7 +88,7 @@ def log_group() -> None:
 @click.option(
     "--outcome", help="Only records whose outcome starts with this (ok, policy_denied, http_error...)."
 )
-@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def show(
     log_path: Path,
@@ -101,7 +107,7 @@ def show(
     """
     with open_log(log_path) as log:
         shown = 0
-        for record in log.store.records(parse_time(since), parse_time(until)):
+        for record in log.store.records(*parse_period(since, until)):
             if payload_id and record.payload_id != payload_id:
                 continue
             doc = json.loads(record.data)
@@ -126,51 +132,121 @@ def show(
 @click.option(
     "--key",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The checkpoint signer's public key (from a trusted place, not from the log).",
+    help="The checkpoint signer's public key (from a trusted place, not from the log). With it, "
+    "the log must hold a checkpoint that key signed.",
 )
-def verify_log(log_path: Path, key: Path | None) -> None:
-    """Recompute the Merkle tree, check every record and checkpoint; name the first bad one.
+@click.option(
+    "--checkpoint",
+    "kept",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    help="A checkpoint kept elsewhere (a signed note, a signed report's directory, report.json or "
+    "report.dsse.json): the log must be at least as large and match it. Repeatable.",
+)
+def verify_log(log_path: Path, key: Path | None, kept: tuple[Path, ...]) -> None:
+    """Recompute the Merkle tree from the record bytes; check every row and checkpoint.
 
-    Exit status 0 when intact, 3 when anything was altered.
+    Exit status 0 when intact, 3 when anything was altered, deleted, damaged or rolled back
+    behind a --checkpoint. A log alone cannot show that its newest records were removed after
+    its last checkpoint: keep checkpoints elsewhere and pass them with --checkpoint.
 
     \b
     Example:
-      nomyo-audit log verify --log audit.db --key audit.key.pub
+      nomyo-audit log verify --log audit.db --key audit.key.pub --checkpoint ci/checkpoint.txt
     """
     public = ed25519_public(key) if key is not None else None
-    with open_log(log_path) as log:
-        progress = _progress(log.size)
-        report = log.verify(public, progress=progress)
-        if progress is not None:
-            click.echo("", err=True)
-    if report.ok:
-        click.echo(f"ok: {report.size} records, {report.checkpoints} checkpoints, root {report.root.hex()}")
-        if public is None and report.checkpoints:
-            click.echo(
-                "note: checkpoint signatures were checked with the key stored in the log; "
-                "pass --key for a trusted one",
-                err=True,
-            )
-        return
-    for problem in report.problems:
-        click.echo(f"FAIL {problem}")
-    raise IntegrityError(f"the audit log {log_path} is not intact ({len(report.problems)} problem(s))")
+    notes = [read_checkpoint_file(path) for path in kept]
+    with open_log(log_path) as log, Progress("verifying", log.store.count()) as progress:
+        report = log.verify(public, progress, checkpoints=notes)
+    if not report.ok:
+        for problem in report.problems:
+            click.echo(f"FAIL {problem}")
+        raise IntegrityError(f"the audit log {log_path} is not intact ({len(report.problems)} problem(s))")
+    click.echo(f"ok: {report.size} records, {report.checkpoints} checkpoints, root {report.root.hex()}")
+    _describe(report, trusted=public is not None)
 
 
-def _progress(total: int) -> Any:
-    if not sys.stderr.isatty() or total < 50_000:
-        return None
-
-    def update(done: int) -> None:
+def _describe(report: VerifyReport, *, trusted: bool) -> None:
+    latest = report.checkpoint
+    if latest is not None:
+        when = latest.time if latest.time_signed else f"{latest.time} (unsigned, older checkpoint)"
+        click.echo(f"latest checkpoint: size {latest.size}, signed {when} by key {latest.signer[:16]}...")
+    if report.external:
+        click.echo(f"consistent with {report.external} checkpoint(s) kept elsewhere")
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    if not trusted and report.checkpoints:
         click.echo(
-            f"\rverifying {done:,}/{total:,} records ({100 * done // max(total, 1)}%)", err=True, nl=False
+            "note: checkpoint signatures were checked with the key stored in the log; "
+            "pass --key for a trusted one",
+            err=True,
         )
 
-    return update
+
+def read_text_file(path: Path, what: str) -> str:
+    """A small UTF-8 text file, or a usage error (exit 2) that says why not."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_TEXT_FILE + 1)
+    except FileNotFoundError:
+        raise click.BadParameter(f"{path}: no such file", param_hint=what) from None
+    except IsADirectoryError:
+        raise click.BadParameter(f"{path}: a directory, not a file", param_hint=what) from None
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: cannot read it ({exc.strerror})", param_hint=what) from None
+    if len(data) > MAX_TEXT_FILE:
+        raise click.BadParameter(f"{path}: larger than {MAX_TEXT_FILE // 2**20} MiB", param_hint=what)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{path}: not UTF-8 text", param_hint=what) from None
+    if "\x00" in text:
+        raise click.BadParameter(f"{path}: binary data, not UTF-8 text", param_hint=what) from None
+    return text
+
+
+def read_checkpoint_file(path: Path) -> str:
+    """The signed checkpoint note in ``path``: a note itself, or the one a signed report carries."""
+    if path.is_dir():
+        path = path / "report.json" if (path / "report.json").is_file() else path / "report.dsse.json"
+    text = read_text_file(path, "--checkpoint")
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        document = json.loads(text)
+        if isinstance(document, dict) and isinstance(document.get("payload"), str):  # a DSSE envelope
+            document = json.loads(base64.b64decode(document["payload"], validate=True))
+    except (ValueError, binascii.Error):
+        raise click.BadParameter(
+            f"{path}: neither a signed note nor a report's JSON", param_hint="--checkpoint"
+        ) from None
+    note = _find_note(document)
+    if note is None:
+        raise click.BadParameter(f"{path}: carries no signed checkpoint", param_hint="--checkpoint")
+    return note
+
+
+def _find_note(value: Any, depth: int = 0) -> str | None:
+    """The ``checkpoint.note`` string anywhere in a report or statement (the signature is checked later)."""
+    if depth > 8:
+        return None
+    if isinstance(value, dict):
+        checkpoint = value.get("checkpoint")
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get("note"), str):
+            return str(checkpoint["note"])
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return None
+    for child in children:
+        if (found := _find_note(child, depth + 1)) is not None:
+            return found
+    return None
 
 
 @log_group.command("digest")
-@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @LOG_OPTION
 def digest(file: Path, log_path: Path) -> None:
     """Compute the keyed digest a record holds for a plaintext you have (request or response JSON).
@@ -186,8 +262,8 @@ def digest(file: Path, log_path: Path) -> None:
     from ..audit.records import keyed_digest
 
     try:
-        value = json.loads(file.read_text())
-    except ValueError:
+        value = json.loads(read_text_file(file, "FILE"))
+    except (ValueError, RecursionError):
         raise LogError(f"{file}: not JSON") from None
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if k != "_metadata"}
@@ -201,17 +277,26 @@ def digest(file: Path, log_path: Path) -> None:
     "--key",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="Ed25519 private key (nomyo-audit keys generate).",
+    help="Ed25519 private key (nomyo-audit keys generate); must be the log's signer.",
 )
-def checkpoint(log_path: Path, key: Path) -> None:
+@click.option(
+    "--new-signer",
+    is_flag=True,
+    help="Sign with a key other than the one that signed the log's checkpoints so far, and make it "
+    "the log's signer from now on (key rotation).",
+)
+def checkpoint(log_path: Path, key: Path, new_signer: bool) -> None:
     """Sign a checkpoint (C2SP signed note) of the log's current size and root.
+
+    The first key that signs a log's checkpoint becomes its signer; another key is
+    refused (exit 2) unless --new-signer says the change is meant.
 
     \b
     Example:
       nomyo-audit log checkpoint --log audit.db --key audit.key
     """
     with open_log(log_path, write=True) as log:
-        click.echo(log.checkpoint(ed25519_private(key)), nl=False)
+        click.echo(log.checkpoint(ed25519_private(key), new_signer=new_signer), nl=False)
 
 
 @log_group.command("prove")
@@ -230,7 +315,7 @@ def prove(payload_id: str, log_path: Path, output: Path | None) -> None:
     if output is None:
         click.echo(proof, nl=False)
     else:
-        output.write_text(proof)
+        write_file(output, proof.encode(), mode=0o644, overwrite=True)
 
 
 @log_group.command("verify-proof")
@@ -243,7 +328,7 @@ def verify_proof(proof: Path, key: Path) -> None:
     Example:
       nomyo-audit log verify-proof r.tlog-proof --key audit.key.pub
     """
-    result = verify_tlog_proof(proof.read_text(), ed25519_public(key))
+    result = verify_tlog_proof(read_text_file(proof, "PROOF"), ed25519_public(key))
     click.echo(f"ok: record {result['index']} is in {result['origin']} at size {result['size']}")
 
 
