@@ -385,3 +385,14 @@ def test_verify_log_memory_does_not_grow_with_the_log(tmp_path):
         output = ["--format", "junit", "-o", str(tmp_path / "v.xml")]
         peaks[name] = _peak_rss_mb(["verify", "--log", str(log), *output])
     assert peaks["large"] - peaks["small"] < 15, peaks
+
+
+def test_verify_log_never_creates_or_changes_the_file(tmp_path, capsys):
+    missing, empty = tmp_path / "missing.db", tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    assert main(["verify", "--log", str(missing)]) == ExitCode.USAGE
+    assert main(["verify", "--log", str(empty)]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "missing.db" in err and "empty.db" in err and "Traceback" not in err
+    assert not missing.exists() and empty.read_bytes() == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]

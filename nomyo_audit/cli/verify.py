@@ -15,20 +15,18 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import click
 
+from ..audit.log import AuditLog
 from ..errors import ConfigurationError, EvidenceError, ExitCode
 from ..policy import Policy, PolicyResult, evaluate, load_policy
 from ..tpm.binding import recorded_content_digest, response_content_digest
 from ..tpm.ear import to_ear
 from ..tpm.verify import Verdict, verify_attestation
-from .log import open_log, parse_period, parse_time
+from .log import parse_period, parse_time
 from .progress import Progress
-
-if TYPE_CHECKING:
-    from ..audit.log import AuditLog
 
 
 @dataclass(frozen=True)
@@ -376,7 +374,7 @@ def verify(
         sources: list[Iterable[Record]] = [read_records(name) for name in files]
         total = None
         if log_path is not None:
-            log = stack.enter_context(open_log(log_path))
+            log = stack.enter_context(AuditLog.open(log_path))  # read-only: never creates a file
             total = log.size if not files and lo is None and hi is None else None
             sources.append(log_records(log, lo, hi))
         # on a terminal showing the text report itself, the records scrolling past are the progress
