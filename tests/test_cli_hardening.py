@@ -396,3 +396,36 @@ def test_verify_log_never_creates_or_changes_the_file(tmp_path, capsys):
     assert "missing.db" in err and "empty.db" in err and "Traceback" not in err
     assert not missing.exists() and empty.read_bytes() == b""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+
+
+def test_a_bad_fingerprint_names_the_flag(capsys):
+    code = main(["chat", "--base-url", "https://127.0.0.1:9", "--server-key-fingerprint", "abc", "hi"])
+    assert code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "--server-key-fingerprint" in err and "64 hex digits" in err
+
+
+def test_non_utf8_or_too_deep_input_is_exit_2_not_a_crash(tmp_path, capsys):
+    latin = tmp_path / "latin1.json"
+    latin.write_bytes(b'{"payload_id": "caf\xe9"}')
+    assert main(["verify", str(latin)]) == ExitCode.USAGE
+    assert "latin1.json:1: not UTF-8 text" in capsys.readouterr().err
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["verify", str(deep)]) == ExitCode.USAGE
+    assert "nested too deeply" in capsys.readouterr().err
+    prompt = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nomyo_audit.cli.main",
+            "chat",
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--allow-http",
+        ],
+        input=b"caf\xe9",
+        capture_output=True,
+    )
+    assert prompt.returncode == ExitCode.USAGE, prompt.stderr
+    assert b"stdin: not UTF-8 text" in prompt.stderr

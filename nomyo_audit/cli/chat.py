@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from typing import Any
 
@@ -25,7 +26,11 @@ USER_CONNECTION_ERRORS = frozenset({"name_resolution", "tls"})
 @click.option("--api-key", envvar="NOMYO_API_KEY", help="Bearer key (or NOMYO_API_KEY); never echoed.")
 @click.option("--security-tier", type=click.Choice(SECURITY_TIERS))
 @click.option("--allow-http", is_flag=True, help="Permit a plain http:// base URL (local development only).")
-@click.option("--server-key-fingerprint", help="Pin the router key (SHA-256 of its DER SPKI, hex).")
+@click.option(
+    "--server-key-fingerprint",
+    callback=lambda ctx, param, value: _fingerprint(value),
+    help="Pin the router key (SHA-256 of its DER SPKI, hex).",
+)
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -100,6 +105,19 @@ def chat(
             message = choice.get("message", {})
             click.echo(message.get("content") or json.dumps(message.get("tool_calls")))
     click.echo(describe_metadata(response.get("_metadata", {})), err=True)
+
+
+def _fingerprint(value: str | None) -> str | None:
+    """Checked here so that the message names the flag, before anything is sent."""
+    if value is None:
+        return None
+    digits = value.lower().removeprefix("sha256:").replace(":", "").strip()
+    if not re.fullmatch(r"[0-9a-f]{64}", digits):
+        raise click.BadParameter(
+            "must be 64 hex digits (the SHA-256 of the router key's DER SPKI)",
+            param_hint="--server-key-fingerprint",
+        )
+    return digits
 
 
 def _prompt_from_stdin() -> str:
