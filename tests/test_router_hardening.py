@@ -153,6 +153,7 @@ def rsa_public_pem(modulus_bits: int, exponent: int, *, even: bool = False) -> s
         (2048, 2**2047 + 1, "public exponent"),
         (4096, 2**32 + 1, "public exponent"),
     ],
+    ids=["1024-bit", "8200-bit", "16384-bit", "65-bit-exponent", "2048-bit-exponent", "33-bit-exponent"],
 )
 def test_odd_client_keys_are_400_before_anything_runs(
     watched_router, router_keys, client_pem, bits, exponent, detail
@@ -283,6 +284,21 @@ def test_every_openai_parameter_of_the_right_type_is_served(watched_router, rout
     assert watched_router.config.attester.calls == 1
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"tools": [{"type": "custom", "function": "not checked for other tool kinds"}]},
+        {"tools": [{"type": "custom"}], "tool_choice": "required"},
+        {"tools": [], "tool_choice": "auto"},
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+    ],
+)
+def test_requests_the_model_may_understand_are_served(watched_router, router_keys, client_pem, change):
+    payload = {"model": "m", "messages": HELLO, **change}
+    response = post(watched_router, seal(router_keys, payload), headers_for(client_pem))
+    assert response.status_code == 200, response.text
+
+
 VALID = {
     "model": "m",
     "messages": [
@@ -337,6 +353,24 @@ def test_no_type_swap_anywhere_is_a_server_error(watched_router, router_keys, cl
     assert watched_router.config.attester.calls == len(backend.payloads)
 
 
+def test_an_upstream_reply_nested_too_deeply_is_502(make_router, router_keys, client_pem):
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from nomyo_audit.router import ServerThread, UpstreamBackend
+
+    async def completions(request: object) -> Response:
+        return Response(b'{"choices": ' + deep(100_000).encode() + b"}", media_type="application/json")
+
+    upstream = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
+    with ServerThread(upstream) as up:
+        router = make_router(backend=UpstreamBackend(up.url))
+        response = post(router, seal(router_keys, {"model": "m", "messages": HELLO}), headers_for(client_pem))
+    assert response.status_code == 502
+    assert "upstream" in response.json()["detail"]
+
+
 # -- slow requests, connection caps ---------------------------------------------------------
 
 
@@ -350,14 +384,19 @@ def raw_connection(router, timeout: float = 10.0) -> Iterator[socket.socket]:
 
 
 def read_response(sock: socket.socket) -> bytes:
-    """One complete response with a Content-Length body."""
+    """One response: up to its Content-Length, else until the server closes the connection."""
     received = b""
     while b"\r\n\r\n" not in received:
-        received += sock.recv(65536)
+        chunk = sock.recv(65536)
+        if not chunk:
+            return received
+        received += chunk
     head, _, body = received.partition(b"\r\n\r\n")
-    length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))  # type: ignore[union-attr]
-    while len(body) < length:
-        body += sock.recv(65536)
+    declared = re.search(rb"content-length: (\d+)", head.lower())
+    if declared is None:
+        return head + b"\r\n\r\n" + body + read_until_closed(sock)
+    while len(body) < int(declared.group(1)) and (chunk := sock.recv(65536)):
+        body += chunk
     return head + b"\r\n\r\n" + body
 
 
@@ -568,6 +607,49 @@ def test_accept_failures_are_logged_once_per_interval(router_process):
     assert len(text.encode()) < 4096, text[-2000:]
     assert text.count("EMFILE") == 1, text
     assert router_process.serves_again()
+
+
+_CHAT_HEAD = f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nX-Payload-ID: p\r\nX-Public-Key: x\r\n".encode()
+
+HOSTILE_HTTP = [
+    b"GET /\x80\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET http://elsewhere/pki/public_key HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /pki/public_key HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    _CHAT_HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+    _CHAT_HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\n{}{}{}{}\r\n",
+    _CHAT_HEAD + b"Content-Length: -1\r\n\r\n",
+    _CHAT_HEAD + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\n",
+    _CHAT_HEAD + b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    _CHAT_HEAD + b"X-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 100,  # a TLS ClientHello
+    b"GET /pki/attestation?nonce=" + b"ab" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /pki/public_key?%ff=%fe&a=%zz HTTP/1.1\r\nHost: x\r\nX-A: \xff\xfe\r\n\r\n",
+    _CHAT_HEAD.replace(b"X-Public-Key: x", b"X-Public-Key: %ff%fe%00") + b"Content-Length: 2\r\n\r\n{}",
+    _CHAT_HEAD.replace(b"X-Payload-ID: p", b"X-Payload-ID: \xe9\xe9") + b"Content-Length: 2\r\n\r\n{}",
+]
+
+
+def test_hostile_http_is_a_4xx_and_never_a_traceback(tmp_path, client_keys_dir):
+    """Broken framing, odd methods and bytes that are not HTTP: a 4xx or a closed connection,
+    never a 5xx, never a traceback in the router's log, and the router keeps serving."""
+    key_file = client_keys_dir / "private_key.pem"
+    process = RouterProcess(tmp_path, key_file, "--header-timeout", "1", "--body-timeout", "1")
+    try:
+        assert process.get_key() == 200
+        for request in HOSTILE_HTTP:
+            with socket.create_connection(("127.0.0.1", process.port), timeout=5) as sock:
+                sock.sendall(request)
+                reply = b""
+                with contextlib.suppress(ConnectionResetError):
+                    reply = read_response(sock)
+            status = re.match(rb"HTTP/1\.1 (\d{3}) ", reply)
+            assert reply == b"" or (status and int(status.group(1)) < 500), (request[:60], reply[:200])
+        assert process.get_key() == 200
+    finally:
+        process.stop()
+    log = process.log.read_text()
+    assert "Traceback" not in log and "Exception" not in log, log
 
 
 def test_serve_banner_names_the_real_port_once_bound(router_process):

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -276,6 +276,8 @@ async def _read_body(request: Request, timeout: float) -> bytes:
         return await asyncio.wait_for(read(), timeout)
     except asyncio.TimeoutError:
         raise RequestRejected(408, f"the request body did not arrive within {timeout:g} s") from None
+    except ClientDisconnect:  # nobody to answer; not worth a log line either
+        raise RequestRejected(400, "the connection closed before the body arrived") from None
 
 
 def _parse_package(body: bytes) -> EncryptedPackage:

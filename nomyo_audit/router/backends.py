@@ -46,13 +46,12 @@ class EchoBackend:
         tools = payload.get("tools")
         message: dict[str, Any] = {"role": "assistant"}
         if isinstance(tools, list) and tools and payload.get("tool_choice", "auto") != "none":
-            function = tools[0].get("function", {}) if isinstance(tools[0], dict) else {}
             message["content"] = None
             message["tool_calls"] = [
                 {
                     "id": "call_" + request_digest[:24],
                     "type": "function",
-                    "function": {"name": function.get("name", "tool"), "arguments": "{}"},
+                    "function": {"name": _tool_name(tools[0]), "arguments": "{}"},
                 }
             ]
             finish = "tool_calls"
@@ -103,6 +102,8 @@ class UpstreamBackend:
             raise BackendError(f"upstream model answered HTTP {response.status_code}", status)
         try:
             body = response.json()
+        except RecursionError:
+            raise BackendError("upstream model answered with JSON nested too deeply", 502) from None
         except ValueError:
             raise BackendError("upstream model answered with invalid JSON", 502) from None
         if not isinstance(body, dict):
@@ -111,6 +112,13 @@ class UpstreamBackend:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _tool_name(tool: object) -> str:
+    """The first tool's function name; ``tool`` for any other kind of tool."""
+    function = tool.get("function") if isinstance(tool, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) and name else "tool"
 
 
 def _text_of(content: object) -> str:

@@ -126,6 +126,18 @@ class _GuardedH11Protocol(H11Protocol):
         self._disarm_header_timer()
         super().connection_lost(exc)
 
+    def send_400_response(self, msg: str) -> None:
+        """Broken framing mid-request (a bad chunk size): uvicorn answers 400 while the app still
+        runs, and the app's own response then fails with a traceback. Tell the app the client is
+        gone instead, so it stops quietly; if it has already started a response, just close."""
+        if self._request_in_progress():
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+            if self.cycle.response_started:
+                self.transport.close()
+                return
+        super().send_400_response(msg)
+
     def _request_in_progress(self) -> bool:
         return self.cycle is not None and not self.cycle.response_complete
 
