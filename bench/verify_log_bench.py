@@ -69,6 +69,7 @@ def build_log(path: Path, count: int) -> None:
             rows.clear()
     db.executemany(insert, rows)
     db.execute("COMMIT")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, REPO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nomyo_audit.audit.log import AuditLog
@@ -429,3 +429,9 @@ def test_non_utf8_or_too_deep_input_is_exit_2_not_a_crash(tmp_path, capsys):
     )
     assert prompt.returncode == ExitCode.USAGE, prompt.stderr
     assert b"stdin: not UTF-8 text" in prompt.stderr
+
+
+def test_the_config_schema_ships_in_the_wheel():
+    text = (REPO / "pyproject.toml").read_text()
+    package_data = text.split("[tool.setuptools.package-data]", 1)[1].split("\n[", 1)[0]
+    assert '"cli/config.schema.json"' in package_data
