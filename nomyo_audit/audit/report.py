@@ -56,17 +56,30 @@ _KEY_DENIED = "the router key's attestation did not satisfy the policy; nothing 
 _KEY_UNAVAILABLE = "the router offers no usable key attestation; nothing was sent"
 
 
+_EMPTY: Mapping[str, Any] = {}
+
+
+# These run several times per record: the exact-type test is the fast path (records are decoded
+# JSON), the isinstance one the careful path for anything else.
 def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    if type(value) is dict:
+        return value
+    if value is None:
+        return _EMPTY
+    return value if isinstance(value, Mapping) else _EMPTY
 
 
 def _text(value: Any) -> str | None:
     """A string field as stored, capped; anything else is treated as absent."""
+    if type(value) is str:
+        return value if len(value) <= _MAX_TEXT else value[:_MAX_TEXT]
     return value[:_MAX_TEXT] if isinstance(value, str) else None
 
 
 def _label(value: Any) -> str:
     """A value used as a grouping key: its text, or its JSON-ish form when not a string."""
+    if type(value) is str and len(value) <= _MAX_TEXT:
+        return value
     text = value if isinstance(value, str) else repr(value)
     return text[:_MAX_TEXT]
 
@@ -190,8 +203,7 @@ def _attester_kind(evidence: Mapping[str, Any]) -> str:
     return label[:32] if isinstance(label, str) and label else "unlabelled"
 
 
-def _pcr_order(pcr: str) -> tuple[str, int, str]:
-    bank, _, index = pcr.partition(":")
+def _pcr_order(bank: str, index: str) -> tuple[str, int, str]:
     return (bank, int(index), "") if index.isdigit() else (bank, 1 << 30, index)
 
 
@@ -207,7 +219,9 @@ class _Tally:
         self.findings: Counter[str] = Counter()
         self.aiks: Counter[str] = Counter()
         self.attesters: Counter[tuple[str, str, str]] = Counter()
-        self.pcr_values: dict[str, Counter[str]] = defaultdict(Counter)
+        self.pcr_values: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+        self.combos: Counter[tuple[Any, ...]] = Counter()
+        self.pcr_sets: Counter[tuple[Any, ...]] = Counter()
         self.failures: list[dict[str, Any]] = []
         self.first_time: str | None = None
         self.last_time: str | None = None
@@ -248,24 +262,29 @@ class _Tally:
         appraisal: _Appraisal,
         evidence: Mapping[str, Any],
     ) -> None:
-        totals = self.totals
-        totals["requests"] += 1
-        totals[status] += 1
-        if label == _BEFORE_SENDING:
-            totals["denied_before_sending"] += 1
-        elif evidence.get("is_available") is True:
-            totals["attested"] += 1
-        if appraisal.result == "pass" and label != _BEFORE_SENDING:
-            totals["verified"] += 1
-        router = _label(doc.get("router"))
-        self.by["model"][_label(doc.get("model"))] += 1
-        self.by["router"][router] += 1
-        self.by["tier"][_text(metadata.get("security_tier")) or "not stated"] += 1
+        """One counter increment for what most records share; :meth:`finish` spreads it out.
+
+        Records of one hour, router, model and attester look alike, so counting
+        their combination once is much cheaper than a dozen counters per record.
+        """
         when = _text(doc.get("time")) or ""
-        self.days[when[:10] or "unknown"][status] += 1
-        self.hours[when[:13] or "unknown"][status] += 1
+        facts = appraisal.facts
+        self.combos[
+            (
+                status,
+                label == _BEFORE_SENDING,
+                evidence.get("is_available") is True,
+                appraisal.result == "pass",
+                _label(doc.get("router")),
+                _label(doc.get("model")),
+                _text(metadata.get("security_tier")) or "not stated",
+                when[:13],
+                _text(facts.get("aik_fingerprint")) or "",
+                _attester_kind(evidence),
+            )
+        ] += 1
         seq = doc.get("seq")
-        if isinstance(seq, int) and not isinstance(seq, bool):
+        if type(seq) is int:
             self.first_seq = seq if self.first_seq is None else self.first_seq
             self.last_seq = seq
         if when:
@@ -275,18 +294,46 @@ class _Tally:
             self.rules[rule.rule][rule.status] += 1
         if appraisal.result == "fail":
             self.findings.update(appraisal.failed)
-        facts = appraisal.facts
-        aik = _text(facts.get("aik_fingerprint")) or ""
-        if aik:
-            self.aiks[aik] += 1
-        kind = _attester_kind(evidence)
-        if kind != "none":
-            self.attesters[(router, aik, kind)] += 1
-            if kind == "software":
-                totals["no_hardware"] += 1
-        for bank, values in _mapping(facts.get("pcr_values")).items():
+        pcrs = facts.get("pcr_values")
+        if pcrs:
+            try:  # the common shape, {bank: {index: value}} of strings, counted as one key
+                self.pcr_sets[tuple([(bank, tuple(values.items())) for bank, values in pcrs.items()])] += 1
+            except (AttributeError, TypeError):
+                self._count_pcrs_careful(pcrs)
+
+    def _count_pcrs_careful(self, pcrs: Any) -> None:
+        for bank, values in _mapping(pcrs).items():
             for index, value in _mapping(values).items():
-                self.pcr_values[f"{_label(bank)}:{_label(index)}"][_label(value)] += 1
+                self.pcr_values[(_label(bank), _label(index))][_label(value)] += 1
+
+    def finish(self) -> None:
+        """Spread the combined counts over the counters the report shows."""
+        totals, by = self.totals, self.by
+        for key, n in self.combos.items():
+            status, not_sent, attested, verified, router, model, tier, hour, aik, kind = key
+            totals["requests"] += n
+            totals[status] += n
+            if not_sent:
+                totals["denied_before_sending"] += n
+            else:
+                totals["attested"] += n if attested else 0
+                totals["verified"] += n if verified else 0
+            by["router"][router] += n
+            by["model"][model] += n
+            by["tier"][tier] += n
+            self.days[hour[:10] or "unknown"][status] += n
+            self.hours[hour or "unknown"][status] += n
+            if aik:
+                self.aiks[aik] += n
+            if kind != "none":
+                self.attesters[(router, aik, kind)] += n
+                totals["no_hardware"] += n if kind == "software" else 0
+        for pcr_set, n in self.pcr_sets.items():
+            for bank, values in pcr_set:
+                for index, value in values:
+                    self.pcr_values[(_label(bank), _label(index))][_label(value)] += n
+        self.combos.clear()
+        self.pcr_sets.clear()
 
     def _sample(
         self,
@@ -338,6 +385,7 @@ def build_report(
     tally = _Tally()
     for doc in records:
         tally.add(_mapping(doc), policy, at)
+    tally.finish()
     totals = tally.totals
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
@@ -375,10 +423,13 @@ def build_report(
             for (router, aik, kind), n in tally.attesters.most_common(MAX_DISTINCT)
         ],
         "pcr_values": [
-            {"pcr": pcr, "values": [{"value": v, "records": n} for v, n in values.most_common(MAX_DISTINCT)]}
-            for pcr, values in sorted(tally.pcr_values.items(), key=lambda item: _pcr_order(item[0]))[
-                :MAX_DISTINCT
-            ]
+            {
+                "pcr": f"{bank}:{index}",
+                "values": [{"value": v, "records": n} for v, n in values.most_common(MAX_DISTINCT)],
+            }
+            for (bank, index), values in sorted(
+                tally.pcr_values.items(), key=lambda item: _pcr_order(*item[0])
+            )[:MAX_DISTINCT]
         ],
         "failures": tally.failures,
         "failures_omitted": max(0, totals["failure_records"] - len(tally.failures)),
