@@ -236,8 +236,7 @@ def appraise_all(
         result = None
         if policy is not None:
             target = record.response if record.response is not None else record.metadata
-            when = at if at is not None else record.received_at if record.received_at is not None else now
-            result = evaluate(policy, target, now=when, verdict=verdict)
+            result = evaluate(policy, target, now=_judged_at(record, at, now), verdict=verdict)
             failed = result.outcome == "deny"
         else:
             failed = not verdict.passed
@@ -245,6 +244,12 @@ def appraise_all(
         tally.failed += failed
         step(tally.total)
         yield record, verdict, result
+
+
+def _judged_at(record: Record, at: float | None, now: float) -> float:
+    if at is not None:
+        return at
+    return record.received_at if record.received_at is not None else now
 
 
 def render(fmt: str, results: Iterable[Appraisal], policy: Policy | None, now: float) -> Iterator[str]:
@@ -257,7 +262,7 @@ def render(fmt: str, results: Iterable[Appraisal], policy: Policy | None, now: f
                 "source": r.source,
                 "binding_digest": r.digest_origin,
                 **v.to_dict(),
-                "policy": p.to_dict() if p else None,
+                "policy": p.to_dict() if p is not None else None,
             }
             for r, v, p in results
         )
