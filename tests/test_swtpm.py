@@ -118,6 +118,18 @@ def test_swtpm_quotes_verify_and_tpm2_checkquote_agrees(source, banks, tmp_path)
     assert checkquote(tmp_path, block, BINDING) is (source.aik_kind != "rsa2048-rsapss")
 
 
+@pytest.mark.parametrize("source", ["ecc256-ecdsa"], indirect=True)
+def test_the_router_quotes_a_bank_with_no_pcrs_through_tpm2_pytss(source):
+    """A router configured with pcr_banks "sha1:+sha256:0,7" asks the TPM for exactly that."""
+    measure(source)
+    block = TPMAttester(source, EMPTY_BANK_SELECTION).evidence(BINDING)
+    quoted = parse_attest(base64.b64decode(block["quote_b64"])).pcr_select
+    assert [(s.bank, s.indices) for s in quoted] == [("sha1", ()), ("sha256", (0, 7))]
+    verdict = verify_attestation(block, PID, content_digest=DIGEST)
+    assert verdict.passed, verdict.failures
+    assert verdict.facts["pcr_banks"] == EMPTY_BANK_SELECTION
+
+
 @pytest.mark.parametrize("source", AIKS, indirect=True)
 def test_every_field_we_parse_equals_tpm2_pytss(source):
     from tpm2_pytss.types import TPM2B_PUBLIC, TPMS_ATTEST, TPMT_SIGNATURE

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from .attester import Quote
-from .structures import HASH_NAMES, PCRSelection, selection_text
+from .structures import HASH_NAMES, PCRSelection, marshal_pcr_selection_list
 
 __all__ = ["AIK_TEMPLATES", "Tpm2QuoteSource", "parse_tpm_spec"]
 
@@ -85,12 +85,13 @@ class Tpm2QuoteSource:
         from tpm2_pytss.constants import TPM2_ALG
         from tpm2_pytss.types import TPM2B_DATA, TPML_PCR_SELECTION, TPMT_SIG_SCHEME
 
-        banks = selection_text(selections)
+        # from our own marshalling: tpm2-pytss cannot parse a bank with no PCR ("sha1:")
+        requested = TPML_PCR_SELECTION.unmarshal(marshal_pcr_selection_list(selections))[0]
         for _ in range(5):
             before, values = self._read(selections)
             attest, signature = self._esys.quote(
                 self._aik,
-                TPML_PCR_SELECTION.parse(banks),
+                requested,
                 TPM2B_DATA(extra_data),
                 TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL),
             )
