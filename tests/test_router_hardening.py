@@ -221,8 +221,9 @@ MALFORMED = [
     ({"response_format": "json"}, "response_format"),
     ({"response_format": {"type": 1}}, "response_format.type"),
     ({"parallel_tool_calls": "no"}, "parallel_tool_calls"),
-    ({"messages": [{"role": "user", "content": "\ud800"}]}, "messages[0].content"),
-    ({"metadata": {"note": "a\udfffb"}}, "metadata.note"),
+    ({"messages": [{"role": "user", "content": "\ud800"}]}, "not valid Unicode"),
+    ({"metadata": {"note": "a\udfffb"}}, "not valid Unicode"),
+    ({"metadata": {"\udfff": "key"}}, "not valid Unicode"),
 ]
 
 
@@ -237,7 +238,12 @@ def test_wrong_types_anywhere_are_400_naming_the_field(
 
 @pytest.mark.parametrize(
     ("number", "detail"),
-    [(b"NaN", "JSON"), (b"Infinity", "JSON"), (b"-Infinity", "JSON"), (b"1e400", "temperature")],
+    [
+        (b"NaN", "JSON"),
+        (b"Infinity", "JSON"),
+        (b"-Infinity", "JSON"),
+        (b"1e400", "outside what JSON can carry"),
+    ],
 )
 def test_numbers_json_cannot_carry_are_400(watched_router, router_keys, client_pem, number, detail):
     body = b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": ' + number + b"}"
@@ -254,7 +260,9 @@ def test_every_openai_parameter_of_the_right_type_is_served(watched_router, rout
             {
                 "role": "assistant",
                 "content": None,
-                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
             },
             {"role": "tool", "content": "42", "tool_call_id": "c1"},
         ],
@@ -346,7 +354,8 @@ def test_no_type_swap_anywhere_is_a_server_error(watched_router, router_keys, cl
             for swap in swaps:
                 seen = len(backend.payloads)
                 payload = _replaced(VALID, path, swap)
-                response = client.post(CHAT, content=seal(router_keys, payload), headers=headers_for(client_pem))
+                body = seal(router_keys, payload)
+                response = client.post(CHAT, content=body, headers=headers_for(client_pem))
                 assert response.status_code in (200, 400), (path, swap, response.text)
                 if response.status_code == 400:
                     assert len(backend.payloads) == seen, (path, swap)
@@ -674,13 +683,16 @@ def test_serve_on_a_port_in_use_is_exit_2(capsys, client_keys_dir):
 
 def test_serve_on_an_unresolvable_host_is_exit_2(capsys, client_keys_dir):
     key_file = client_keys_dir / "private_key.pem"
-    code = main(["serve", "--host", "no-such-host.invalid", "--port", str(free_port()), "--key-file", str(key_file)])
+    port = str(free_port())
+    code = main(["serve", "--host", "no-such-host.invalid", "--port", port, "--key-file", str(key_file)])
     err = capsys.readouterr().err
     assert code == 2, err
     assert "no-such-host.invalid" in err and "Traceback" not in err
 
 
-def test_reply_to_an_accepted_request_still_decrypts(watched_router, router_keys, client_keys_dir, client_pem):
+def test_an_accepted_request_gets_a_reply_that_decrypts(
+    watched_router, router_keys, client_keys_dir, client_pem
+):
     """The happy path, end to end, after all the checks."""
     payload = {"model": "m", "messages": HELLO, "tools": [TOOL]}
     response = post(watched_router, seal(router_keys, payload), headers_for(client_pem))

@@ -22,7 +22,6 @@ Error details never quote the request's content: only field paths and types.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -54,6 +53,8 @@ MAX_PUBLIC_EXPONENT = 2**32 - 1
 MAX_CHOICES = 128
 
 _PAYLOAD_ID = re.compile(r"[\x21-\x7e]{1,128}")
+#: Keys shown in error details as they are; any other key is shown as ``<key>`` (never echo content).
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class RequestRejected(Exception):
@@ -105,50 +106,53 @@ def _refuse_constant(name: str) -> None:
 def load_json(data: bytes | bytearray, what: str) -> Any:
     """Parse ``data`` as strict JSON no deeper than :data:`MAX_JSON_DEPTH`.
 
-    ``json`` recurses in C and raises ``RecursionError`` long before the stack
-    is at risk; that is turned into a 400 here, then the depth cap, finite
-    numbers and valid strings are checked without recursion.
+    Every pass is in C, so a hostile 16 MiB body costs about what parsing it
+    does: ``json`` recurses in C and raises ``RecursionError`` long before the
+    stack is at risk; re-encoding the document finds lone surrogates and
+    numbers such as ``1e400``; the depth is measured on the re-encoded text.
     """
     try:
         document = json.loads(data, parse_constant=_refuse_constant)
     except RecursionError:
-        raise _bad(f"{what} is not valid JSON: nested more than {MAX_JSON_DEPTH} levels deep") from None
+        raise _too_deep(what) from None
     except (ValueError, UnicodeDecodeError):
         raise _bad(f"{what} is not valid JSON") from None
-    _check_json_values(document, what)
+    try:
+        text = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad(f"{what} is not valid Unicode: a string holds a lone surrogate") from None
+    except ValueError:
+        raise _bad(f"{what} holds a number outside what JSON can carry (such as 1e400)") from None
+    except RecursionError:
+        raise _too_deep(what) from None
+    if _deeper_than(encoded, MAX_JSON_DEPTH):
+        raise _too_deep(what)
     return document
 
 
-def _check_json_values(document: object, what: str) -> None:
-    stack: list[tuple[object, str, int]] = [(document, "", 0)]
-    while stack:
-        value, path, depth = stack.pop()
-        if isinstance(value, str):
-            _check_text(value, path or what)
-        elif isinstance(value, float):
-            if not math.isfinite(value):
-                raise _bad(f"{path or what}: a number outside what JSON can carry")
-        elif isinstance(value, (dict, list)):
-            if depth >= MAX_JSON_DEPTH:
-                where = path or "the top"
-                raise _bad(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep (at {where})")
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    _check_text(key, f"{path}: a key" if path else "a key")
-                    stack.append((item, _join(path, key), depth + 1))
-            else:
-                stack.extend((item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value))
+def _too_deep(what: str) -> RequestRejected:
+    return _bad(f"{what} is not valid JSON here: nested more than {MAX_JSON_DEPTH} levels deep")
 
 
-def _check_text(text: str, path: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _bad(f"{path}: not valid Unicode (a lone surrogate)") from None
+_STRING_LITERAL = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_OPEN_CLOSE = bytes.maketrans(b"{}", b"[]")
+_NOT_A_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
+
+def _deeper_than(encoded: bytes, limit: int) -> bool:
+    """Whether compact JSON text nests more than ``limit`` containers: strings removed, only
+    brackets kept, then innermost ``[]`` pairs peeled off ``limit`` times; anything left is deeper."""
+    shape = _STRING_LITERAL.sub(b"", encoded).translate(_OPEN_CLOSE, _NOT_A_BRACKET)
+    for _ in range(limit):
+        if not shape:
+            return False
+        shape = shape.replace(b"[]", b"")
+    return bool(shape)
 
 
 def _join(path: str, key: str) -> str:
-    shown = key if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", key) else "<key>"
+    shown = key if _PLAIN_KEY.fullmatch(key) else "<key>"
     return f"{path}.{shown}" if path else shown
 
 
