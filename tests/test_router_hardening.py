@@ -380,6 +380,18 @@ def test_an_upstream_reply_nested_too_deeply_is_502(make_router, router_keys, cl
     assert "upstream" in response.json()["detail"]
 
 
+def test_a_failing_tpm_is_a_503_naming_no_content(make_router, router_keys, client_pem):
+    class BrokenTPM(NoAttester):
+        def attest_response(self, payload_id: str, completion: Mapping[str, Any]) -> dict[str, Any]:
+            raise OSError(str(completion))
+
+    router = make_router(attester=BrokenTPM())
+    payload = {"model": "m", "messages": [{"role": "user", "content": "SECRET-4711"}]}
+    response = post(router, seal(router_keys, payload), headers_for(client_pem))
+    assert response.status_code == 503
+    assert response.json()["detail"] == "attestation failed (OSError)"
+
+
 # -- slow requests, connection caps ---------------------------------------------------------
 
 

@@ -58,7 +58,8 @@ _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class RequestRejected(Exception):
-    """The request is refused with ``status`` (a 4xx) and a ``detail`` safe to send back."""
+    """The request is answered with ``status`` and a ``detail`` safe to send back: a 4xx for
+    what the client sent (everything here), or the backend's or TPM's 5xx (raised by the app)."""
 
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
