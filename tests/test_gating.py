@@ -248,7 +248,7 @@ def test_policy_lint_show_and_errors(tmp_path):
         "apiVersion: nomyo-audit/v1\nkind: AttestationPolicy\nmetadata: {name: b}\nspec: {colour: 1}\n"
     )
     failed = runner.invoke(cli, ["policy", "lint", str(bad)])
-    assert failed.exit_code == ExitCode.FINDING and f"{bad}:4 spec: unknown key(s) 'colour'" in failed.output
+    assert failed.exit_code == ExitCode.USAGE and f"{bad}:4 spec: unknown key(s) 'colour'" in failed.output
     shown = runner.invoke(cli, ["policy", "show", "maximum"])
     assert shown.exit_code == 0 and "sha256:" in shown.output and "mode: pinned" in shown.output
 

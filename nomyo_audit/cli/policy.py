@@ -27,7 +27,9 @@ def policy_group() -> None:
 @policy_group.command("lint")
 @click.argument("files", nargs=-1, required=True)
 def lint(files: tuple[str, ...]) -> None:
-    """Validate policy files (schema, extends, cycles); exit 1 on any error.
+    """Validate policy files (schema, extends, cycles, size); exit 2 if any is invalid.
+
+    Every file is checked and every error in it reported, each with file:line.
 
     \b
     Example:
@@ -42,8 +44,8 @@ def lint(files: tuple[str, ...]) -> None:
             click.echo(str(exc), err=True)
         else:
             click.echo(f"ok {name}: {policy.name} sha256:{policy.digest}")
-    if bad:
-        raise click.exceptions.Exit(ExitCode.FINDING)
+    if bad:  # an invalid policy is invalid input (docs/ci.md), not a finding about evidence
+        raise click.exceptions.Exit(ExitCode.USAGE)
 
 
 @policy_group.command("show")

@@ -4,11 +4,24 @@ This is the I/O edge of the policy package. Errors name the file, the line and
 the field path, e.g. ``policies/prod.yaml:14 spec.pcrs.sha256.7: 'abc' is not a
 64-hex-digit SHA-256 digest``; every error in a file is reported at once.
 Unknown keys and duplicate keys are errors, not ignored.
+
+A policy file is input that may come from anyone who can open a pull request,
+so reading one is bounded before any work grows with it: at most
+:data:`MAX_POLICY_BYTES` are read, and only from a regular file; the YAML may
+nest :data:`MAX_DEPTH` deep and use :data:`MAX_ALIASES` aliases that expand to
+at most :data:`MAX_NODES` nodes, all checked on the node graph *before* any
+Python object is built (a "billion laughs" file is refused, not expanded).
+``extends`` names a shipped policy or a file inside the extending policy's own
+directory (no absolute path, no ``..``, no symlink out), and one policy reads
+at most :data:`MAX_EXTENDS` files. Each refusal is a :class:`PolicyError`
+(exit status 2) with its own stable ``code``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
@@ -21,7 +34,28 @@ from jsonschema.exceptions import ValidationError
 
 from .model import Policy, PolicyError
 
-__all__ = ["load_policy", "policy_schema", "shipped_policies", "validate_document"]
+__all__ = [
+    "MAX_ALIASES",
+    "MAX_DEPTH",
+    "MAX_EXTENDS",
+    "MAX_NODES",
+    "MAX_POLICY_BYTES",
+    "load_policy",
+    "policy_schema",
+    "shipped_policies",
+    "validate_document",
+]
+
+#: The largest policy file read (1 MiB): a policy with thousands of golden values fits in a few KiB.
+MAX_POLICY_BYTES = 1 << 20
+#: How deep mappings and lists may nest (a policy needs 5), counted after aliases are expanded.
+MAX_DEPTH = 32
+#: How many YAML aliases (``*name``) one file may use.
+MAX_ALIASES = 64
+#: How many YAML nodes a file may hold once its aliases are expanded.
+MAX_NODES = 100_000
+#: How many policy files one policy may read, itself and everything it ``extends``.
+MAX_EXTENDS = 16
 
 _DIGEST_BITS = {
     "sha1": ("40", "SHA-1"),
@@ -52,33 +86,72 @@ def shipped_policies() -> dict[str, Path]:
 
 def load_policy(path: str | Path) -> Policy:
     """Load, validate and resolve a policy file (a shipped policy may be named bare: ``production``)."""
-    resolved = _locate(str(path), Path.cwd())
-    document = _resolve(resolved, ())
+    resolved = _locate(str(path))
+    document = _resolve(resolved, (), [MAX_EXTENDS])
     return Policy.from_document(document, source=str(path))
 
 
-def _locate(reference: str, base: Path) -> Path:
-    candidate = Path(reference) if Path(reference).is_absolute() else base / reference
-    if candidate.exists():
-        return candidate.resolve()
+def _locate(reference: str) -> Path:
+    """The file a policy named on the command line or in code is read from."""
+    if "\x00" in reference:
+        raise PolicyError(f"{reference!r}: not a file name", code="policy_not_found")
+    if os.path.lexists(reference):
+        return Path(reference).resolve()
+    return _shipped(reference)
+
+
+def _shipped(reference: str) -> Path:
     shipped = shipped_policies()
     name = Path(reference).name.removesuffix(".yaml")
     if "/" not in reference and name in shipped:
-        return shipped[name]
-    raise PolicyError(f"{reference}: no such policy file")
+        return shipped[name].resolve()
+    raise PolicyError(f"{reference[:200]}: no such policy file", code="policy_not_found")
 
 
-def _resolve(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+def _locate_parent(reference: str, child: Path) -> Path:
+    """Where ``extends: reference`` in ``child`` leads: inside child's directory, or a shipped policy.
+
+    ``child`` is a resolved path, so its directory is the real one; the parent
+    must resolve (symlinks followed) to a path inside that same directory.
+    """
+    base = child.parent
+    shown = repr(reference[:80])
+
+    def refused(why: str) -> PolicyError:
+        return PolicyError(f"{child}: extends {shown}: {why}", code="policy_extends_refused")
+
+    if any(ord(c) < 0x20 for c in reference):
+        raise refused("control characters are not part of a policy file name")
+    if os.path.isabs(reference):
+        raise refused(f"an absolute path; name a shipped policy or a file in {base}")
+    if ".." in Path(reference).parts:
+        raise refused(f"'..' leaves {base}; name a shipped policy or a file in it")
+    candidate = base / reference
+    if not os.path.lexists(candidate):
+        return _shipped(reference)
+    target = candidate.resolve()
+    if not target.is_relative_to(base):
+        raise refused(f"leads to {target}, outside {base} (through a symlink)")
+    return target
+
+
+def _resolve(path: Path, chain: tuple[Path, ...], budget: list[int]) -> dict[str, Any]:
     if path in chain:
         cycle = " -> ".join(p.name for p in (*chain, path))
         raise PolicyError(f"{path}: extends cycle: {cycle}", code="policy_cycle")
-    document, _ = _read(path)
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise PolicyError(
+            f"{chain[0]}: reads more than {MAX_EXTENDS} policy files through extends",
+            code="policy_extends_refused",
+        )
+    document = _read(path, nofollow=bool(chain))
     parents = document.get("extends")
     if not parents:
         return document
     merged: dict[str, Any] = {}
     for parent in [parents] if isinstance(parents, str) else parents:
-        merged = _merge(merged, _resolve(_locate(parent, path.parent), (*chain, path)))
+        merged = _merge(merged, _resolve(_locate_parent(parent, path), (*chain, path), budget))
     child = {k: v for k, v in document.items() if k != "extends"}
     return _merge(merged, child)
 
@@ -106,29 +179,169 @@ def _merges_lists(path: tuple[str, ...]) -> bool:
 # -- reading and validating one file ------------------------------------------------------
 
 
-def _read(path: Path) -> tuple[dict[str, Any], yaml.Node]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    loader = yaml.SafeLoader(text)
+def _read(path: Path, *, nofollow: bool = False) -> dict[str, Any]:
+    """One file, read and checked: bounded text -> bounded YAML node graph -> data -> schema."""
+    text = _read_text(path, nofollow)
+    loader = _BoundedLoader(text, path)
     try:
         node = loader.get_single_node()
         if node is None:
             raise PolicyError(f"{path}: empty policy file")
+        _check_expansion(node, path)
         _check_duplicates(node, path)
         data = loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise PolicyError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise PolicyError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. 2001-02-30, an int of 5000 digits
+        raise PolicyError(f"{path}: a value cannot be read as data ({exc})") from None
     finally:
         loader.dispose()
     document = _string_keys(data)
     if not isinstance(document, dict):
         raise PolicyError(f"{path}:1: a policy is a mapping with apiVersion, kind, metadata and spec")
     validate_document(document, path, node)
-    return document, node
+    return document
+
+
+def _read_text(path: Path, nofollow: bool) -> str:
+    """At most MAX_POLICY_BYTES of UTF-8 text from a regular file; never blocks on a FIFO or device."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if nofollow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise PolicyError(f"{path}: no such policy file", code="policy_not_found") from None
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PolicyError(f"{path}: not a regular file", code="policy_not_a_file")
+        raw = _read_at_most(fd, MAX_POLICY_BYTES + 1)
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_POLICY_BYTES:
+        raise PolicyError(
+            f"{path}: larger than {MAX_POLICY_BYTES} bytes, the most a policy file may be",
+            code="policy_too_large",
+        )
+    if b"\x00" in raw:
+        raise PolicyError(f"{path}: contains NUL bytes: a policy is YAML text", code="policy_not_text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(
+            f"{path}: not UTF-8 text (byte {exc.start}): a policy is YAML text", code="policy_not_text"
+        ) from None
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    while limit > 0:
+        chunk = os.read(fd, min(limit, 1 << 16))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        limit -= len(chunk)
+    return b"".join(chunks)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """A SafeLoader that counts aliases and nesting while it composes, before any object is built.
+
+    PyYAML composes recursively, so nesting is refused here, on the way down,
+    long before Python's recursion limit.
+    """
+
+    def __init__(self, text: str, path: Path) -> None:
+        self.policy_path = path
+        self.depth = 0
+        self.aliases = 0
+        try:
+            super().__init__(text)
+        except yaml.YAMLError as exc:  # the reader refuses control characters at once
+            raise PolicyError(f"{path}: not YAML text ({exc})", code="policy_not_text") from None
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise _too_many_aliases(self.policy_path, self._line())
+            return super().compose_node(parent, index)
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise _too_deep(self.policy_path, self._line())
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def _line(self) -> int:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        return int(event.start_mark.line) + 1
+
+
+def _too_many_aliases(path: Path, line: int) -> PolicyError:
+    return PolicyError(
+        f"{path}:{line}: more than {MAX_ALIASES} YAML aliases; a policy needs few, if any",
+        code="policy_yaml_aliases",
+    )
+
+
+def _too_deep(path: Path, line: int) -> PolicyError:
+    return PolicyError(
+        f"{path}:{line}: nested more than {MAX_DEPTH} deep; a policy nests 5 deep",
+        code="policy_too_deep",
+    )
+
+
+def _check_expansion(root: yaml.Node, path: Path) -> None:
+    """Refuse a node graph whose aliases expand past MAX_NODES or MAX_DEPTH, or refer to themselves.
+
+    The graph is walked once (iteratively; each node's expanded size and depth
+    is memoised), so the cost follows the file's size, not the expansion's.
+    """
+    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes once expanded, depth)
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            below = [sizes[id(child)] for child in _children(node)]
+            size = 1 + sum(count for count, _ in below)
+            depth = 1 + max((d for _, d in below), default=0)
+            if size > MAX_NODES:
+                raise PolicyError(
+                    f"{path}:{node.start_mark.line + 1}: YAML aliases expand to more than {MAX_NODES} "
+                    "nodes (an alias bomb?)",
+                    code="policy_yaml_aliases",
+                )
+            if depth > MAX_DEPTH:
+                raise _too_deep(path, node.start_mark.line + 1)
+            sizes[key] = (size, depth)
+            on_path.discard(key)
+        elif key in on_path:
+            raise PolicyError(
+                f"{path}:{node.start_mark.line + 1}: a YAML alias refers to a node that contains it",
+                code="policy_yaml_aliases",
+            )
+        elif key not in sizes:
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _string_keys(value: Any) -> Any:
@@ -141,9 +354,12 @@ def _string_keys(value: Any) -> Any:
 
 
 def _check_duplicates(node: yaml.Node, path: Path) -> None:
+    """Duplicate keys are errors; keys are plain scalars (the node graph is already bounded)."""
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                raise PolicyError(f"{path}:{key.start_mark.line + 1}: a key must be plain text")
             if key.value in seen:
                 raise PolicyError(f"{path}:{key.start_mark.line + 1}: duplicate key {key.value!r}")
             seen.add(key.value)
