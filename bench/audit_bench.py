@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nomyo_audit.audit.log import AuditLog
+from nomyo_audit.audit.log import AuditLog, record_fields
 from nomyo_audit.audit.merkle import Frontier, leaf_hash
 from nomyo_audit.audit.note import Checkpoint, sign_checkpoint
 from nomyo_audit.audit.records import build_record
@@ -117,6 +117,7 @@ def build_large_log(path: Path, count: int, key: Ed25519PrivateKey) -> None:
     with AuditLog(path, key=key):
         pass  # creates the schema, salt and origin
     sample = record_builder(request, response, 0)(0, bytes(32))
+    moment = record_fields(sample)[1]  # type: ignore[index]
     db = sqlite3.connect(path)
     db.execute("PRAGMA journal_mode=WAL")
     frontier = Frontier()
@@ -128,7 +129,7 @@ def build_large_log(path: Path, count: int, key: Ed25519PrivateKey) -> None:
         data = sample.replace(b'"seq":0,', b'"seq":%d,' % seq).replace(b"pid-0", b"pid-%d" % seq)
         leaf = leaf_hash(data)
         frontier.append(leaf)
-        rows.append((seq, f"pid-{seq}", now + seq * 0.001, data, leaf))
+        rows.append((seq, f"pid-{seq}", moment, data, leaf))  # the time column mirrors the record
         if len(rows) == 10_000:
             db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?)", rows)
             rows.clear()

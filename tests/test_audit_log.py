@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from conftest import FIXTURES
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nomyo_audit.audit.log import FRONTIER_SAVE_EVERY, AuditLog, IntegrityError, LogError, verify_tlog_proof
+from nomyo_audit.audit.log import FRONTIER_SAVE_EVERY, AuditLog, IntegrityError, verify_tlog_proof
 from nomyo_audit.audit.merkle import (
     Frontier,
     ProofError,

@@ -202,8 +202,10 @@ def record_fields(data: bytes) -> tuple[str, float] | None:
     """(payload_id, time in epoch seconds) the record's bytes say, or None if they say neither."""
     fast = _fields_fast(data)
     if fast is not None:
+        raw = fast[0]
         try:
-            payload_id = json.loads(fast[0])
+            plain = raw[:1] == b'"' and raw[-1:] == b'"' and b"\\" not in raw and len(raw) > 1
+            payload_id = raw[1:-1].decode() if plain else json.loads(raw)
             moment = _parse_time(fast[1].decode())
         except (ValueError, UnicodeDecodeError):
             payload_id = moment = None
