@@ -423,11 +423,11 @@ def test_the_audit_database_is_created_0600(tmp_path):
 
 
 def test_keys_are_never_written_through_a_planted_symlink(tmp_path):
-    victim = tmp_path / "victim"
-    victim.write_bytes(b"keep")
-    (tmp_path / "audit.key.pub").symlink_to(victim)
+    planted = tmp_path / "elsewhere" / "planted.pub"
+    planted.parent.mkdir()
+    (tmp_path / "audit.key.pub").symlink_to(planted)  # dangling: it points where nothing is yet
     assert main(["keys", "generate", "-o", str(tmp_path / "audit.key")]) == ExitCode.USAGE
-    assert victim.read_bytes() == b"keep" and not (tmp_path / "audit.key").exists()
+    assert not planted.exists() and not (tmp_path / "audit.key").exists()
     assert main(["keys", "generate", "-o", str(tmp_path / "fresh.key")]) == ExitCode.OK
     assert stat.S_IMODE((tmp_path / "fresh.key").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "fresh.key.pub").stat().st_mode) == 0o644
