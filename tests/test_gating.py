@@ -183,6 +183,8 @@ def test_attestation_endpoint_rejects_bad_nonces(make_router):
 def test_swtpm_policy_from_evidence_then_extend_denies(swtpm, make_router, client_keys_dir, tmp_path):
     router = make_router(attester=make_attester(swtpm.spec))
     source = router.config.attester.source
+    for pcr in (0, 7, 10):  # a measured boot: from-evidence refuses all-zero PCRs
+        source.extend("sha256", pcr, b"measured boot")
     reply = chat(router, client_keys_dir)
     (tmp_path / "reply.json").write_text(json.dumps(reply))
     golden = tmp_path / "golden.yaml"
@@ -259,12 +261,14 @@ def test_from_evidence_skips_unverified_records(saved_replies, tmp_path):
     tampered["_metadata"]["tpm_attestation"]["signature_b64"] = "AAAA"
     source = tmp_path / "mixed.jsonl"
     source.write_text(lines[0] + "\n" + json.dumps(tampered) + "\n")
-    result = CliRunner().invoke(cli, ["policy", "from-evidence", str(source), "-o", str(tmp_path / "g.yaml")])
+    output = str(tmp_path / "g.yaml")
+    command = ["policy", "from-evidence", "--allow-software-attester", str(source), "-o", output]
+    result = CliRunner().invoke(cli, command)
     assert result.exit_code == 0 and "skipped" in result.output
     golden = load_policy(tmp_path / "g.yaml")
     assert golden.spec["aik_trust"]["mode"] == "pinned" and len(golden.spec["aik_trust"]["pinned"]) == 1
     # never overwrites without --force (main() is the CLI's one exit path)
-    assert main(["policy", "from-evidence", str(source), "-o", str(tmp_path / "g.yaml")]) == ExitCode.USAGE
+    assert main(command) == ExitCode.USAGE
 
 
 def test_chat_with_policy_denied_prints_no_reply(make_router, tmp_path):

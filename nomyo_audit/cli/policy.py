@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import yaml
 
 from ..errors import EvidenceError, ExitCode
 from ..policy import PolicyError, load_policy
+from ..tpm.verify import Verdict
 from .verify import appraise, read_records
 
 
@@ -68,11 +70,32 @@ def show(file: str) -> None:
 @click.option("--name", default="golden", show_default=True, help="metadata.name of the new policy.")
 @click.option("--pin-aik/--no-pin-aik", default=True, show_default=True, help="Pin the AIKs seen.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
-def from_evidence(files: tuple[str, ...], output: Path, name: str, pin_aik: bool, force: bool) -> None:
+@click.option(
+    "--allow-software-attester",
+    is_flag=True,
+    help="Use evidence a software attester made (no hardware: for demos and tests only).",
+)
+@click.option(
+    "--allow-zero-pcrs",
+    is_flag=True,
+    help="Make all-zero PCR values golden (nothing was measured into them).",
+)
+def from_evidence(
+    files: tuple[str, ...],
+    output: Path,
+    name: str,
+    pin_aik: bool,
+    force: bool,
+    allow_software_attester: bool,
+    allow_zero_pcrs: bool,
+) -> None:
     """Bootstrap golden PCR values (and AIK pins) from observed evidence.
 
     Only evidence that verifies contributes: values from a quote that does not
-    verify are never made golden. Review the result before you rely on it.
+    verify are never made golden. Evidence from a software attester, and PCRs
+    that hold all zeros, are refused unless allowed explicitly: golden values
+    made from them would accept machines that prove nothing. Review the result
+    before you rely on it.
 
     \b
     Example:
@@ -94,6 +117,10 @@ def from_evidence(files: tuple[str, ...], output: Path, name: str, pin_aik: bool
                 skipped += 1
                 click.echo(f"skipped {record.source}: evidence does not verify", err=True)
                 continue
+            if not allow_software_attester:
+                _refuse_software_attester(record.source, verdict)
+            if not allow_zero_pcrs:
+                _refuse_zero_pcrs(record.source, verdict.facts["pcr_values"])
             used += 1
             for bank, values in verdict.facts["pcr_values"].items():
                 for index, value in values.items():
@@ -130,3 +157,31 @@ def from_evidence(files: tuple[str, ...], output: Path, name: str, pin_aik: bool
         err=True,
     )
     sys.stdout.flush()
+
+
+def _refuse_software_attester(source: str, verdict: Verdict) -> None:
+    """A software TPM's quote proves the software ran, not on which machine: no golden values from it."""
+    if verdict.finding("attester").code == "software_attester":
+        raise EvidenceError(
+            f"{source}: the evidence comes from a software attester (no hardware): golden values made "
+            "from it would accept any machine that runs the same software. Use evidence from your "
+            "routers' TPMs, or pass --allow-software-attester for a demo or a test.",
+            code="software_attester",
+        )
+
+
+def _refuse_zero_pcrs(source: str, pcr_values: Mapping[str, Mapping[str, str]]) -> None:
+    """An all-zero PCR was never extended: as a golden value it accepts a machine that measures nothing."""
+    zero = [
+        f"{bank} PCR {index}"
+        for bank, values in pcr_values.items()
+        for index, value in sorted(values.items(), key=lambda kv: int(kv[0]))
+        if not value.strip("0")
+    ]
+    if zero:
+        raise EvidenceError(
+            f"{source}: {', '.join(zero)} hold all zeros: nothing was measured into them, so as golden "
+            "values they would accept a machine that measures nothing. Quote PCRs your boot chain "
+            "measures, or pass --allow-zero-pcrs.",
+            code="unmeasured_pcrs",
+        )

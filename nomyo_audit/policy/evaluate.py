@@ -5,7 +5,13 @@ rests on. Rules only ever look at values the verifier *proved*: a PCR golden
 value is compared with ``verdict.facts["pcr_values"]``, which exists only when
 the signed quote covers those values, never with the raw ``pcr_values`` a
 router sent. The caller supplies ``now`` (seconds since the epoch) for
-``max_age``, so evaluation is reproducible from a stored record.
+``max_age``, so evaluation is reproducible from a stored record: judged at the
+record's own time, a record gets the same outcome a year later. Nothing here
+reads a clock; without a usable ``now``, ``max_age`` fails rather than guess.
+
+Metadata is input from a router or a stored file: any shape of it (wrong
+types, missing fields, NaN times, a response that is not a mapping) gives
+failing rule outcomes, never an exception.
 
 A policy is compiled once into one closure per rule (durations parsed, sets
 built) and the result cached on the :class:`Policy`: evaluation happens per
@@ -15,6 +21,7 @@ request, compilation per policy.
 from __future__ import annotations
 
 import fnmatch
+import math
 import operator
 from collections.abc import Callable, Mapping
 from functools import lru_cache
@@ -102,24 +109,20 @@ def evaluate(
     response binding be checked). ``scope`` limits the rules applied, as for
     key attestation (:data:`KEY_SCOPE`); rules outside it are not reported.
     """
+    if type(response_or_metadata) is not dict and not isinstance(response_or_metadata, Mapping):
+        response_or_metadata = _NOTHING  # not even a mapping: every rule judges absent metadata
     inner = response_or_metadata.get("_metadata")
-    if inner is not None and isinstance(inner, Mapping):
-        metadata: Mapping[str, Any] = inner
+    if inner is not None:  # a response: its _metadata is the evidence, its content is bound
+        metadata: Mapping[str, Any] = inner if isinstance(inner, Mapping) else _NOTHING
         if model is None:
             model = response_or_metadata.get("model")
-        content_digest: bytes | None = (
-            response_content_digest(response_or_metadata) if verdict is None else None
-        )
+        content_digest = _content_digest(response_or_metadata) if verdict is None else None
     else:
         metadata = response_or_metadata
         content_digest = recorded_content_digest(metadata.get("verification")) if verdict is None else None
     if verdict is None:
-        payload_id = metadata.get("payload_id")
-        verdict = verify_attestation(
-            metadata.get("tpm_attestation"),
-            payload_id if isinstance(payload_id, str) else None,
-            content_digest=content_digest,
-        )
+        evidence, payload_id = metadata.get("tpm_attestation"), _payload_id(metadata.get("payload_id"))
+        verdict = verify_attestation(evidence, payload_id, content_digest=content_digest)
     compiled = _compiled(policy)
     if scope is None:
         rules = tuple([check(metadata, verdict, model, now) for check in compiled.checks])
@@ -132,6 +135,27 @@ def evaluate(
 
 
 _STATUS = operator.attrgetter("status")
+_NOTHING: Mapping[str, Any] = {}
+
+
+def _content_digest(response: Mapping[str, Any]) -> bytes | None:
+    """The response-content digest, or None for content no canonical JSON holds (it then binds nothing)."""
+    try:
+        return response_content_digest(response)
+    except (TypeError, ValueError, RecursionError):  # odd keys or values, lone surrogates, cycles
+        return None
+
+
+def _payload_id(value: object) -> str | None:
+    """The payload id as text that can be encoded, or None (which no quote can be bound to)."""
+    if not isinstance(value, str):
+        return None
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return None
+    return value
 
 
 Check = Callable[[Mapping[str, Any], Verdict, "str | None", "float | None"], RuleOutcome]
@@ -378,7 +402,8 @@ def _cuda_device(value: Mapping[str, Any], spec: Mapping[str, Any]) -> Check:
                 "fail",
                 f"cuda_device.available is {device.get('available')!r}, required {value['available']!r}",
             )
-        if hashes and device.get("device_hash") not in hashes:
+        device_hash = device.get("device_hash")
+        if hashes and not (isinstance(device_hash, str) and device_hash in hashes):
             return RuleOutcome("cuda_device", "fail", "the CUDA device hash is not an allowed one")
         return passed
 
@@ -389,13 +414,23 @@ def _cuda_device(value: Mapping[str, Any], spec: Mapping[str, Any]) -> Check:
 def _max_age(value: int | str, spec: Mapping[str, Any]) -> Check:
     limit, skew = parse_duration(value), parse_duration(spec.get("clock_skew", 60))
 
-    def check(metadata: Mapping[str, Any], verdict: Any, model: Any, now: float | None) -> RuleOutcome:
-        if now is None:
-            return RuleOutcome("max_age", "skip", "no evaluation time given")
+    def check(metadata: Mapping[str, Any], verdict: Any, model: Any, now: object) -> RuleOutcome:
         processed = metadata.get("processed_at")
-        if not isinstance(processed, (int, float)) or isinstance(processed, bool):
-            return RuleOutcome("max_age", "fail", "processed_at is missing")
-        age = now - processed
+        if (
+            type(now) in _NUMBERS
+            and type(processed) in _NUMBERS
+            and -_MAX_SECONDS <= now <= _MAX_SECONDS  # type: ignore[operator]  # NaN compares False
+            and -_MAX_SECONDS <= processed <= _MAX_SECONDS  # type: ignore[operator]
+            and -skew <= now - processed <= limit + skew  # type: ignore[operator]
+        ):
+            return passed  # the common case; anything else is told apart below
+        at = _seconds(now)
+        if at is None:
+            return no_time
+        then = _seconds(processed)
+        if then is None:
+            return _unusable_time(processed)
+        age = at - then
         if age < -skew:
             return RuleOutcome(
                 "max_age", "fail", f"processed_at is {-age:.0f}s in the future (skew allowed: {skew}s)"
@@ -407,7 +442,41 @@ def _max_age(value: int | str, spec: Mapping[str, Any]) -> Check:
         return passed
 
     passed = RuleOutcome("max_age", "pass", f"the evidence is at most {limit}s old (clock skew {skew}s)")
+    no_time = RuleOutcome(
+        "max_age",
+        "fail",
+        "no usable evaluation time was given (evaluate(now=...): the record's own time, or the "
+        "present), so freshness cannot be judged",
+    )
     return check
+
+
+def _seconds(value: object) -> float | None:
+    """``value`` as finite seconds since the epoch, or None: bools, NaN, infinities and text are not times."""
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if type(value) is int:
+        return float(value) if -_MAX_SECONDS <= value <= _MAX_SECONDS else None
+    return None
+
+
+_NUMBERS = frozenset((int, float))  # exactly: bool is not a time
+#: About 285 million years: beyond this an integer time is not a time (and would not fit a float).
+_MAX_SECONDS = 2**53
+
+
+def _unusable_time(processed: object) -> RuleOutcome:
+    if processed is None:
+        detail = "processed_at is missing"
+    elif type(processed) is float:
+        detail = f"processed_at {processed!r} is not a finite number of seconds"
+    elif type(processed) is int:
+        detail = f"processed_at ({len(str(abs(processed)))} digits) is not a finite number of seconds"
+    elif isinstance(processed, str):
+        detail = f"processed_at is not a number of seconds (the text {processed[:24]!r})"
+    else:
+        detail = f"processed_at is not a number of seconds (a {type(processed).__name__})"
+    return RuleOutcome("max_age", "fail", detail)
 
 
 _RULES: tuple[tuple[str, Callable[[Any, Mapping[str, Any]], Check]], ...] = (
