@@ -119,6 +119,13 @@ def test_another_requests_payload_id_fails(tpm):
     assert failing(v) == {"nonce_binding": "nonce_mismatch"}
 
 
+@pytest.mark.parametrize("payload_id", ["\ud800", "pid-\udfff", "\x00" * 200])
+def test_a_payload_id_that_is_not_text_is_a_finding_not_an_exception(tpm, payload_id):
+    v = verdict(evidence(tpm), payload_id=payload_id)
+    assert failing(v)["nonce_binding"] in {"nonce_mismatch", "nonce_unverifiable"}
+    v.to_dict()
+
+
 def test_response_binding_covers_the_content(tpm):
     other = response_content_digest({**COMPLETION, "choices": [{"message": {"content": "altered"}}]})
     assert failing(verdict(evidence(tpm), digest=other)) == {"nonce_binding": "nonce_mismatch"}

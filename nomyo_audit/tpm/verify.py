@@ -650,7 +650,11 @@ def _check_nonce(
             "nonce_binding", "nonce_unverifiable", "no payload_id to check the quote's binding against"
         )
         return
-    derivation = match_derivation(attest.extra_data, payload_id, content_digest, accept)
+    try:
+        derivation = match_derivation(attest.extra_data, payload_id, content_digest, accept)
+    except UnicodeEncodeError:  # a lone surrogate: no request could have had this payload_id
+        checks.fail("nonce_binding", "nonce_unverifiable", "the payload_id is not valid Unicode text")
+        return
     if derivation is None:
         tried = [d for d in accept if d != "nomyo-audit-v1" or content_digest is not None]
         checks.fail(
