@@ -712,3 +712,13 @@ def test_an_accepted_request_gets_a_reply_that_decrypts(
     reply = json.loads(decrypt_package(parse_package(response.content), private))
     assert reply["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "lookup"
     assert reply["_metadata"]["payload_id"] == "p-1"
+
+
+@pytest.mark.parametrize("pcrs", ["sha256:24", "sha256:0,31", "sha512:0"])
+def test_serve_with_a_pcr_selection_no_tpm_has_is_exit_2_before_listening(capsys, client_keys_dir, pcrs):
+    """PC-client TPMs have PCRs 0-23; quoting one that does not exist must not crash the first reply."""
+    key_file = client_keys_dir / "private_key.pem"
+    code = main(["serve", "--port", "0", "--tpm", "software", "--pcrs", pcrs, "--key-file", str(key_file)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--pcrs" in err and "Traceback" not in err and "nomyo-audit router on" not in err

@@ -14,13 +14,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..errors import ConfigurationError
 from .binding import key_binding, response_binding, response_content_digest
-from .structures import PCRSelection, pcr_value_map
+from .structures import HASH_NAMES, PCRSelection, pcr_value_map
 from .verify import parse_pcr_banks
 
 __all__ = ["DEFAULT_PCR_BANKS", "Quote", "QuoteSource", "TPMAttester"]
 
 DEFAULT_PCR_BANKS = "sha256:0,7,10"
+
+#: PCRs 0-23: what the TCG PC Client profile gives every TPM our attesters drive.
+PC_CLIENT_PCRS = 24
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,16 @@ class TPMAttester:
         self.source = source
         self.pcr_banks = pcr_banks
         self.selections = parse_pcr_banks(pcr_banks)
+        highest = max((i for s in self.selections for i in s.indices), default=0)
+        if highest >= PC_CLIENT_PCRS:
+            raise ConfigurationError(
+                f"--pcrs {pcr_banks}: PCR {highest} does not exist (a PC-client TPM has PCRs 0-23)"
+            )
+        banks = getattr(source, "banks", None)  # a source that knows its banks is checked now
+        for selection in self.selections if banks is not None else ():
+            if selection.hash_alg not in banks:
+                name = HASH_NAMES.get(selection.hash_alg, f"{selection.hash_alg:#06x}")
+                raise ConfigurationError(f"--pcrs {pcr_banks}: this TPM has no {name} bank")
         self._lock = threading.Lock()  # TPM sessions are not shared between threads
 
     def evidence(self, extra_data: bytes) -> dict[str, Any]:

@@ -58,6 +58,7 @@ class SoftwareTPM:
             raise ValueError(f"unknown AIK kind {aik!r}: one of {', '.join(AIK_KINDS)}")
         key_type, self.scheme = AIK_KINDS[aik]
         self.hash_alg = hash_alg
+        self.banks = banks
         self.pcrs = {bank: [bytes(HASH_SIZES[bank])] * 24 for bank in banks}
         self.reset_count = 0
         self._start = time.monotonic()
