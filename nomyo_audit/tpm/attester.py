@@ -57,8 +57,8 @@ class TPMAttester:
             raise ConfigurationError(
                 f"--pcrs {pcr_banks}: PCR {highest} does not exist (a PC-client TPM has PCRs 0-23)"
             )
-        banks = getattr(source, "banks", None)  # a source that knows its banks is checked now
-        for selection in self.selections if banks is not None else ():
+        banks: tuple[int, ...] = getattr(source, "banks", ())  # a source that knows its banks says so
+        for selection in self.selections if banks else ():
             if selection.hash_alg not in banks:
                 name = HASH_NAMES.get(selection.hash_alg, f"{selection.hash_alg:#06x}")
                 raise ConfigurationError(f"--pcrs {pcr_banks}: this TPM has no {name} bank")
