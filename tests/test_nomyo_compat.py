@@ -110,7 +110,9 @@ def test_our_client_decrypts_a_package_sealed_by_nomyo(nomyo_reference, client_k
         reply = asyncio.run(go())
     assert reply["choices"][0]["message"]["content"] == "sealed by nomyo"
     assert reply["_metadata"]["payload_id_verified"] is True
-    assert reply["_metadata"]["processed_at"] == 1700000000
+    # The package's processed_at is outside the ciphertext: kept aside, never taken as the reply's time.
+    assert "processed_at" not in reply["_metadata"]
+    assert reply["_metadata"]["unauthenticated_processed_at"] == 1700000000
     assert reply["_metadata"]["security_tier"] == "high"
 
 
