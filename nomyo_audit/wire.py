@@ -36,6 +36,7 @@ from .memory import secure_buffer, wipe
 __all__ = [
     "ALGORITHM",
     "KEY_ALGORITHM",
+    "MAX_JSON_DEPTH",
     "MAX_PACKAGE_BYTES",
     "MIN_RSA_BITS",
     "PAYLOAD_ALGORITHM",
@@ -45,6 +46,7 @@ __all__ = [
     "encrypt_package",
     "key_fingerprint",
     "load_public_key_pem",
+    "parse_json",
     "parse_package",
     "public_key_pem",
 ]
@@ -61,6 +63,10 @@ MIN_RSA_BITS = 2048
 #: Upper bound on a package, checked before parsing (the reference client
 #: limits payloads to 10 MiB; base64 and JSON add about a third).
 MAX_PACKAGE_BYTES = 16 * 1024 * 1024
+#: Deepest nesting accepted in a package or a decrypted message. Chat completions nest a handful
+#: of levels; the limit sits far below the interpreter's recursion limit, so everything that later
+#: walks the document (canonical JSON, digests, the audit record) cannot overflow the stack.
+MAX_JSON_DEPTH = 100
 
 _OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
@@ -119,10 +125,7 @@ def parse_package(data: bytes | bytearray | str) -> EncryptedPackage:
             f"encrypted package is {len(data)} bytes, over the {MAX_PACKAGE_BYTES}-byte limit",
             code="package_too_large",
         )
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise ProtocolError("encrypted package is not valid JSON", code="package_json") from None
+    doc = parse_json(data, what="encrypted package", code="package_json")
     if not isinstance(doc, dict):
         raise ProtocolError("encrypted package must be a JSON object", code="package_json")
     missing = [f for f in ("version", "algorithm", "encrypted_payload", "encrypted_aes_key") if f not in doc]
@@ -158,6 +161,72 @@ def parse_package(data: bytes | bytearray | str) -> EncryptedPackage:
         encrypted_aes_key=_unb64(doc["encrypted_aes_key"], "encrypted_aes_key"),
         processed_at=doc.get("processed_at"),
     )
+
+
+def parse_json(data: bytes | bytearray | str, *, what: str, code: str) -> Any:
+    """Parse strict JSON (RFC 8259) or raise :class:`ProtocolError` with ``code``.
+
+    Refused, each with a message that says which: text that is not JSON or not
+    UTF-8, ``NaN`` and ``Infinity`` (not JSON, and no canonical form), nesting
+    deeper than :data:`MAX_JSON_DEPTH`, and lone UTF-16 surrogates (``"\\ud800"``
+    parses in Python but is not Unicode text: it cannot be encoded, hashed or
+    logged). What this returns is safe to serialise, digest and store.
+    """
+    try:
+        doc = json.loads(data, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ProtocolError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels", code=code) from None
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{what} is not UTF-8 text", code=code) from None
+    except ValueError as exc:
+        raise ProtocolError(f"{what} is not valid JSON ({_json_fault(exc)})", code=code) from None
+    fault = _json_tree_fault(doc)
+    if fault is not None:
+        raise ProtocolError(f"{what} {fault}", code=code)
+    return doc
+
+
+class _NonStandardConstant(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NonStandardConstant(name)
+
+
+def _json_fault(exc: ValueError) -> str:
+    if isinstance(exc, _NonStandardConstant):
+        return f"{exc} is not a JSON number"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at offset {exc.pos}"
+    return "malformed"
+
+
+def _json_tree_fault(doc: Any) -> str | None:
+    """What makes a parsed document unsafe to handle, or None: depth and lone surrogates."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            if not node.isascii() and _has_lone_surrogate(node):
+                return "contains a lone UTF-16 surrogate escape, which is not Unicode text"
+        elif isinstance(node, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                return f"nests deeper than {MAX_JSON_DEPTH} levels"
+            if isinstance(node, dict):
+                stack.extend((key, depth) for key in node)
+                stack.extend((value, depth + 1) for value in node.values())
+            else:
+                stack.extend((item, depth + 1) for item in node)
+    return None
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def decrypt_package(package: EncryptedPackage, private_key: rsa.RSAPrivateKey) -> bytearray:

@@ -14,8 +14,18 @@ seed API reference), with these differences, each deliberate:
   not echo it is accepted and ``_metadata.payload_id_verified`` says False;
 * the TPM evidence is verified on arrival and the verdict recorded in
   ``_metadata.verification`` (policies decide what a failing verdict means);
+* a ``_metadata`` field the client computes (the verdict, the policy
+  result, ``is_encrypted``...) is never taken from the router: the router's
+  copy is dropped and named in ``_metadata.dropped_router_fields``;
+  freshness rests on the ``processed_at`` inside the authenticated
+  ciphertext, never on the package's unauthenticated copy;
+* every reply is bounded (:mod:`.http`): its size while it streams in and
+  before it is inflated, its time by a total deadline (``timeout=``,
+  :data:`DEFAULT_TIMEOUT` by default, retries included); a malformed reply
+  is a :class:`ProtocolError`, and with an audit log every request leaves
+  one record whatever happened to it;
 * retries follow the OpenAI SDK (see :mod:`.retry`) and re-encrypt every
-  attempt with a fresh AES key and nonce; ``timeout=`` bounds the whole call;
+  attempt with a fresh AES key and nonce;
 * RSA key generation runs in a worker thread, never on the event loop.
 """
 
@@ -25,13 +35,14 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import time
 import urllib.parse
 import warnings
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -59,25 +70,51 @@ from ..tpm.binding import key_binding, response_content_digest
 from ..tpm.verify import Verdict, verify_attestation
 from ..wire import (
     ALGORITHM,
+    MAX_PACKAGE_BYTES,
     decrypt_package,
     encrypt_package,
     key_fingerprint,
     load_public_key_pem,
+    parse_json,
     parse_package,
+    public_key_pem,
 )
+from .http import ACCEPT_ENCODING, FINAL_CONNECTION_CODES, Reply, exchange
 from .keys import DEFAULT_KEY_BITS, KeyPair, generate_key_pair, load_key_pair, save_key_pair
 from .retry import backoff_delay, is_retryable_status
 
-__all__ = ["SECURITY_TIERS", "SecureCompletionClient"]
+__all__ = ["CLIENT_FIELDS", "DEFAULT_TIMEOUT", "SECURITY_TIERS", "SecureCompletionClient"]
 
 logger = logging.getLogger("nomyo_audit.client")
+T = TypeVar("T")
+_MISSING = object()
 
 SECURITY_TIERS = ("standard", "high", "maximum")
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 PUBLIC_KEY_PATH = "/pki/public_key"
 COMPLETION_PATH = "/v1/chat/secure_completion"
 KEY_ATTESTATION_PATH = "/pki/attestation"
-DEFAULT_HTTP_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+#: Seconds a whole call may take, retries included; each HTTP request is held to it too. A server
+#: that drips one byte at a time resets no clock: this deadline is total, not per read.
+DEFAULT_TIMEOUT = 600.0
+#: Per-operation limits under the deadline: 10 s to connect, then up to the deadline per read.
+DEFAULT_HTTP_TIMEOUT = httpx.Timeout(DEFAULT_TIMEOUT, connect=10.0)
+#: Small replies: the router key PEM and its attestation (a quote and its PCR values).
+MAX_SMALL_REPLY_BYTES = 1024 * 1024
+#: How much of an error reply is read for its ``detail``; the rest is not read.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+#: ``_metadata`` fields only the client may set: a router's copy is dropped and noted.
+CLIENT_FIELDS = (
+    "payload_id_verified",
+    "is_encrypted",
+    "encryption_algorithm",
+    "verification",
+    "policy",
+    "dropped_router_fields",
+    "unauthenticated_processed_at",
+)
+#: Client fields NOMYO routers send themselves (is_encrypted): the same value is no finding.
+_HONEST_ROUTER_VALUES: dict[str, object] = {"is_encrypted": True, "encryption_algorithm": ALGORITHM}
 _PAYLOAD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _STATUS_ERRORS: dict[int, type[APIError]] = {
     400: InvalidRequestError,
@@ -119,9 +156,7 @@ class SecureCompletionClient:
         self.max_retries = max_retries
         self.secure_memory = secure_memory
         self.server_key_fingerprint = _normalise_fingerprint(server_key_fingerprint)
-        if timeout is not None and timeout <= 0:
-            raise ConfigurationError("timeout must be positive seconds")
-        self.timeout = timeout
+        self.timeout = _check_timeout(timeout)
         self.key_bits = key_bits
         self.private_key: rsa.RSAPrivateKey | None = None
         self.public_key_pem: str | None = None
@@ -199,19 +234,10 @@ class SecureCompletionClient:
         async with fetch_lock:
             if self._server_key_pem is not None and not refresh:
                 return self._server_key_pem
-            try:
-                response = await self._client().get(self.router_url + PUBLIC_KEY_PATH)
-            except httpx.TimeoutException as exc:
-                raise APITimeoutError(
-                    f"timed out fetching the router's public key: {type(exc).__name__}"
-                ) from None
-            except httpx.HTTPError as exc:
-                raise APIConnectionError(
-                    f"cannot reach router at {self.router_url}: {_describe(exc)}"
-                ) from None
-            if response.status_code != 200:
-                raise _api_error(response, "fetching the router's public key")
-            key = load_public_key_pem(response.text, what="router public key")
+            reply = await self._request("GET", self.router_url + PUBLIC_KEY_PATH, limit=MAX_SMALL_REPLY_BYTES)
+            if reply.status_code != 200:
+                raise _api_error(reply, "fetching the router's public key")
+            key = load_public_key_pem(reply.body, what="router public key")
             fingerprint = key_fingerprint(key)
             if self.server_key_fingerprint is not None and fingerprint != self.server_key_fingerprint:
                 raise SecurityError(
@@ -220,9 +246,9 @@ class SecureCompletionClient:
                     code="server_key_pin",
                 )
             self._server_key = key
-            self._server_key_pem = response.text
+            self._server_key_pem = public_key_pem(key)  # canonical SPKI PEM, whatever the layout sent
             self._server_key_sha256 = fingerprint
-            return response.text
+            return self._server_key_pem
 
     @property
     def server_key_fingerprint_seen(self) -> str | None:
@@ -266,33 +292,28 @@ class SecureCompletionClient:
         # RSA-4096 decryption takes milliseconds and releases the GIL: off the loop.
         plaintext = await asyncio.to_thread(decrypt_package, package, self._keys().private_key)
         try:
-            response = json.loads(plaintext)
-        except (ValueError, UnicodeDecodeError):
-            raise ProtocolError("decrypted response is not valid JSON", code="response_json") from None
+            response = parse_json(plaintext, what="decrypted response", code="response_json")
         finally:
             wipe(plaintext)
-        if not isinstance(response, dict):
-            raise ProtocolError("decrypted response is not a JSON object", code="response_json")
-        metadata = response.get("_metadata")
-        if metadata is None:
-            metadata = response["_metadata"] = {}
-        elif not isinstance(metadata, dict):
-            raise ProtocolError("decrypted response has a non-object _metadata", code="response_json")
+        metadata = _check_response_shape(response)
         echoed = metadata.get("payload_id")
         if echoed is not None and echoed != payload_id:
             raise SecurityError(
                 "response is bound to another request: its payload_id differs from this request's",
                 code="payload_id_mismatch",
             )
+        dropped = _drop_client_fields(metadata)
         metadata.update(
             {
                 "payload_id": payload_id,
                 "payload_id_verified": echoed is not None,
-                "processed_at": package.processed_at,
                 "is_encrypted": True,
                 "encryption_algorithm": ALGORITHM,
             }
         )
+        if dropped:
+            metadata["dropped_router_fields"] = dropped
+        _note_unauthenticated_time(metadata, package.processed_at)
         verdict = verify_attestation(
             metadata.get("tpm_attestation"), payload_id, content_digest=response_content_digest(response)
         )
@@ -322,13 +343,7 @@ class SecureCompletionClient:
             raise InvalidRequestError("payload_id must be 1-128 characters of [A-Za-z0-9._:-]")
         active = self._as_policy(policy) or self.policy
         await self.ensure_keys()
-        exchange = self._audited_send(payload, payload_id, api_key, security_tier, active)
-        if self.timeout is None:
-            return await exchange
-        try:
-            return await asyncio.wait_for(exchange, self.timeout)
-        except asyncio.TimeoutError:
-            raise APITimeoutError(f"request did not complete within {self.timeout} s") from None
+        return await self._audited_send(payload, payload_id, api_key, security_tier, active)
 
     async def _audited_send(
         self,
@@ -338,11 +353,14 @@ class SecureCompletionClient:
         security_tier: str | None,
         policy: Policy | None,
     ) -> dict[str, Any]:
-        """The exchange, and (with an audit log) one record of it whatever happens."""
-        if self.audit_log is None:
-            return await self._gated_send(payload, payload_id, api_key, security_tier, policy)
+        """The exchange within the deadline, and (with an audit log) one record of it whatever happens.
+
+        The deadline sits inside the audit, so a call that runs out of time is recorded too;
+        so is one that fails in a way nobody planned for (a bug), as ``error:internal``.
+        """
+        exchange = self._gated_send(payload, payload_id, api_key, security_tier, policy)
         try:
-            response = await self._gated_send(payload, payload_id, api_key, security_tier, policy)
+            response = await _within(self.timeout, exchange, "the call")
         except PolicyViolationError as denied:
             metadata = denied.metadata
             await self._audit(
@@ -358,7 +376,11 @@ class SecureCompletionClient:
         except NomyoAuditError as failure:
             await self._audit(payload_id, payload, security_tier, _outcome_of(failure), None, failure, None)
             raise
-        policy_result = response["_metadata"].get("policy")
+        except (Exception, asyncio.CancelledError) as unplanned:
+            outcome = "error:cancelled" if isinstance(unplanned, asyncio.CancelledError) else "error:internal"
+            await self._audit(payload_id, payload, security_tier, outcome, None, unplanned, None)
+            raise
+        policy_result = response["_metadata"].get("policy")  # only ever the client's own evaluation
         outcome = "policy_warned" if policy_result and policy_result.get("outcome") == "warn" else "ok"
         await self._audit(payload_id, payload, security_tier, outcome, response, None, policy_result)
         return response
@@ -370,13 +392,12 @@ class SecureCompletionClient:
         security_tier: str | None,
         outcome: str,
         response: dict[str, Any] | None,
-        error: NomyoAuditError | None,
+        error: BaseException | None,
         policy: dict[str, Any] | None,
     ) -> None:
-        assert self.audit_log is not None
-        summary = (
-            {"code": error.code, "class": type(error).__name__, "message": error.message} if error else None
-        )
+        if self.audit_log is None:
+            return
+        summary = _error_summary(error)
 
         def build(seq: int, salt: bytes) -> bytes:
             return build_record(
@@ -439,12 +460,12 @@ class SecureCompletionClient:
         if self._key_attested_until.get(fingerprint, 0.0) > time.monotonic():
             return
         nonce = os.urandom(32)
-        try:
-            reply = await self._client().get(
-                self.router_url + KEY_ATTESTATION_PATH, params={"nonce": nonce.hex()}
-            )
-        except httpx.HTTPError as exc:
-            raise APIConnectionError(f"cannot reach router at {self.router_url}: {_describe(exc)}") from None
+        reply = await self._request(
+            "GET",
+            self.router_url + KEY_ATTESTATION_PATH,
+            limit=MAX_SMALL_REPLY_BYTES,
+            params={"nonce": nonce.hex()},
+        )
         if reply.status_code == 404:
             raise SecurityError(
                 "the router offers no key attestation (GET /pki/attestation: 404); "
@@ -456,10 +477,8 @@ class SecureCompletionClient:
                 f"key attestation failed: HTTP {reply.status_code}; nothing was sent",
                 code="key_attestation_unavailable",
             )
-        try:
-            block = reply.json().get("tpm_attestation")
-        except (ValueError, AttributeError):
-            block = None
+        document = reply.json_or_none("key attestation")
+        block = document.get("tpm_attestation") if isinstance(document, dict) else None
         verdict = verify_attestation(
             block, None, expected_nonce=key_binding(nonce, bytes.fromhex(fingerprint))
         )
@@ -500,17 +519,18 @@ class SecureCompletionClient:
         attempt = 0
         while True:
             body = await self.encrypt_payload(payload)  # fresh AES key and nonce every attempt
+            retry_headers: Mapping[str, str] | None = None
             try:
-                response = await self._client().post(url, headers=headers, content=body)
-            except httpx.TimeoutException as exc:
-                failure: APIError = APITimeoutError(f"request to {url} timed out ({type(exc).__name__})")
-                retry_headers: Mapping[str, str] | None = None
-            except httpx.HTTPError as exc:
-                failure = APIConnectionError(f"cannot reach router at {self.router_url}: {_describe(exc)}")
-                retry_headers = None
+                response = await self._request(
+                    "POST", url, limit=MAX_PACKAGE_BYTES, headers=headers, content=body
+                )
+            except APIConnectionError as unreachable:
+                if unreachable.code in FINAL_CONNECTION_CODES:
+                    raise  # a wrong scheme or an unknown host will not mend itself
+                failure: APIError = unreachable
             else:
                 if response.status_code == 200:
-                    return await self._decrypt(response.content, payload_id)
+                    return await self._decrypt(response.body, payload_id)
                 failure = _api_error(response)
                 if not is_retryable_status(response.status_code):
                     raise failure
@@ -530,6 +550,15 @@ class SecureCompletionClient:
 
     # -- connection pool --------------------------------------------------
 
+    async def _request(self, method: str, url: str, *, limit: int, **options: Any) -> Reply:
+        """One HTTP exchange, its body bounded by ``limit`` and its time by the deadline."""
+        client = self._client()
+        request = client.build_request(method, url, **options)
+        reading = exchange(
+            client, request, limit=limit, error_limit=MAX_ERROR_BODY_BYTES, server=self.router_url
+        )
+        return await _within(self.timeout, reading, f"{method} {url}")
+
     def _client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
         if self._http is None or self._http_loop is not loop:
@@ -538,6 +567,7 @@ class SecureCompletionClient:
                 timeout=self._http_timeout,
                 transport=self._transport,
                 limits=httpx.Limits(max_connections=100, max_keepalive_connections=32),
+                headers={"Accept-Encoding": ACCEPT_ENCODING},
                 follow_redirects=False,
             )
             self._http_loop = loop
@@ -564,6 +594,98 @@ class SecureCompletionClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def _within(deadline: float, work: Awaitable[T], what: str) -> T:
+    """``work`` or :class:`APITimeoutError` once ``deadline`` seconds have passed, however busy it is."""
+    try:
+        return await asyncio.wait_for(work, deadline)
+    except asyncio.TimeoutError:
+        raise APITimeoutError(f"{what} did not complete within {deadline:g} s (timeout=)") from None
+
+
+def _check_timeout(timeout: float | None) -> float:
+    if timeout is None:
+        return DEFAULT_TIMEOUT
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ConfigurationError("timeout must be a number of seconds")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ConfigurationError("timeout must be positive, finite seconds: a request never waits forever")
+    return float(timeout)
+
+
+def _check_response_shape(response: object) -> dict[str, Any]:
+    """The decrypted reply's ``_metadata`` (created when absent), once the shape callers index is sure.
+
+    Callers read ``reply["choices"][0]["message"]`` and ``reply["_metadata"][...]``; a reply where
+    those have other types is malformed, refused here rather than failing in the caller's code.
+    """
+    if not isinstance(response, dict):
+        raise ProtocolError("decrypted response is not a JSON object", code="response_json")
+    choices = response.get("choices", [])
+    if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
+        raise ProtocolError("decrypted response: choices must be a list of objects", code="response_json")
+    if not all(isinstance(choice.get("message", {}), dict) for choice in choices):
+        raise ProtocolError("decrypted response: a choice's message must be an object", code="response_json")
+    metadata = response.setdefault("_metadata", {})
+    if not isinstance(metadata, dict):
+        raise ProtocolError("decrypted response has a non-object _metadata", code="response_json")
+    if not isinstance(metadata.get("payload_id", ""), str):
+        raise ProtocolError("decrypted response: _metadata.payload_id must be a string", code="response_json")
+    return metadata
+
+
+def _drop_client_fields(metadata: dict[str, Any]) -> list[str]:
+    """Remove the router's copies of fields only the client sets; name those that said something.
+
+    A copy equal to what the client itself sets (``is_encrypted: true``, which NOMYO routers send)
+    is dropped without a note: it claims nothing the client does not check.
+    """
+    noted = []
+    for name in CLIENT_FIELDS:
+        if name not in metadata:
+            continue
+        value = metadata.pop(name)
+        honest = _HONEST_ROUTER_VALUES.get(name, _MISSING)
+        if type(value) is not type(honest) or value != honest:
+            noted.append(name)
+    return sorted(noted)
+
+
+def _note_unauthenticated_time(metadata: dict[str, Any], outer: object) -> None:
+    """Keep the authenticated ``processed_at``; note the package's copy when it says otherwise.
+
+    The package's ``processed_at`` sits outside the AES-GCM ciphertext: anyone on the path can
+    change it. Only the one inside ``_metadata`` is the router's authenticated word.
+    """
+    if outer is None:
+        return
+    inner = metadata.get("processed_at", _MISSING)
+    if type(inner) is type(outer) and inner == outer:
+        return
+    metadata["unauthenticated_processed_at"] = (
+        outer if _is_number(outer) else f"non-numeric ({_json_type(outer)})"
+    )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _json_type(value: object) -> str:
+    names = {str: "string", bool: "boolean", list: "array", dict: "object", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _error_summary(error: BaseException | None) -> dict[str, Any] | None:
+    """What a record keeps of a failure: our own messages, never the text of an unknown exception."""
+    if error is None:
+        return None
+    if isinstance(error, NomyoAuditError):
+        return {"code": error.code, "class": type(error).__name__, "message": error.message}
+    if isinstance(error, asyncio.CancelledError):
+        return {"code": "cancelled", "class": "CancelledError", "message": "the call was cancelled"}
+    return {"code": "internal", "class": type(error).__name__, "message": "internal error (a bug)"}
 
 
 def _outcome_of(error: NomyoAuditError) -> str:
@@ -624,18 +746,10 @@ def _normalise_fingerprint(value: str | None) -> str | None:
     return cleaned
 
 
-def _describe(exc: Exception) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _api_error(response: httpx.Response, during: str | None = None) -> APIError:
+def _api_error(response: Reply, during: str | None = None) -> APIError:
     """The exception for an error status, with the router's ``detail`` (bounded)."""
     details: dict[str, Any] | None = None
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    body = response.json_or_none("error reply")
     if isinstance(body, dict):
         details = body
         detail = body.get("detail", "")

@@ -1,0 +1,187 @@
+"""One bounded HTTP exchange: the body is counted as it streams in, before any decompression.
+
+A router is not trusted with the client's memory or time. :func:`exchange`
+reads a reply into at most ``limit`` bytes: a declared ``Content-Length``
+over the limit is refused before a byte is read, the raw bytes on the wire
+are counted as they arrive, and ``gzip``/``deflate`` bodies are inflated
+piecewise with a cap on the output, so a 2 MB gzip bomb stops at the limit
+instead of inflating to gigabytes. Connection failures become
+:class:`APIConnectionError` with a code saying what failed (``tls``,
+``name_resolution``) and words a user can act on.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import urllib.parse
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ..errors import APIConnectionError, APITimeoutError, ProtocolError
+from ..wire import parse_json
+
+__all__ = ["ACCEPT_ENCODING", "FINAL_CONNECTION_CODES", "Reply", "connection_error", "exchange"]
+
+#: What the client accepts; anything else a server sends is refused (``response_encoding``).
+ACCEPT_ENCODING = "gzip, deflate"
+#: Connection failures that retrying cannot mend: fail at once.
+FINAL_CONNECTION_CODES = frozenset({"tls", "name_resolution"})
+_INFLATE_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A status, headers and a body that fit the limit (an error body may be cut short)."""
+
+    status_code: int
+    headers: httpx.Headers
+    body: bytes
+
+    def json_or_none(self, what: str) -> Any:
+        """The body as strict JSON, or None when it is not (error bodies are advisory)."""
+        try:
+            return parse_json(self.body, what=what, code="response_json")
+        except ProtocolError:
+            return None
+
+
+async def exchange(
+    client: httpx.AsyncClient, request: httpx.Request, *, limit: int, error_limit: int, server: str
+) -> Reply:
+    """Send ``request``; read a 200 body of at most ``limit`` bytes, other bodies cut at ``error_limit``.
+
+    A 200 body over the limit raises :class:`ProtocolError` (``response_too_large``): a reply
+    that does not fit cannot be the protocol's. Network failures raise
+    :class:`APIConnectionError` (or :class:`APITimeoutError`) naming ``server``.
+    """
+    try:
+        response = await client.send(request, stream=True)
+        try:
+            if response.status_code == 200:
+                body = await _read(response, limit, cut_short=False)
+            else:
+                body = await _error_body(response, error_limit)
+        finally:
+            await response.aclose()
+    except httpx.TimeoutException as exc:
+        raise APITimeoutError(f"request to {request.url} timed out ({type(exc).__name__})") from None
+    except httpx.HTTPError as exc:
+        raise connection_error(exc, server) from None
+    return Reply(response.status_code, response.headers, body)
+
+
+async def _error_body(response: httpx.Response, limit: int) -> bytes:
+    """An error reply's body, cut at ``limit``; undecodable is empty (the status says enough)."""
+    try:
+        return await _read(response, limit, cut_short=True)
+    except ProtocolError:
+        return b""
+
+
+async def _read(response: httpx.Response, limit: int, *, cut_short: bool) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if not cut_short and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit, f"it declares {int(declared)} bytes")
+    inflater = _Inflater(response.headers.get("content-encoding", ""), limit)
+    received = 0
+    async for chunk in response.aiter_raw():
+        received += len(chunk)
+        if received > limit or inflater.feed(chunk):
+            if cut_short:
+                break
+            raise _too_large(limit, "it was refused as it streamed in")
+    else:
+        if inflater.finish() and not cut_short:
+            raise _too_large(limit, "it was refused as it inflated")
+    return bytes(inflater.output)
+
+
+class _Inflater:
+    """Content-decoding into a buffer that never grows past ``limit`` (plus nothing)."""
+
+    def __init__(self, content_encoding: str, limit: int) -> None:
+        codings = [c.strip().lower() for c in content_encoding.split(",")]
+        codings = [c for c in codings if c and c != "identity"]
+        if len(codings) > 1 or (codings and codings[0] not in _INFLATE_WBITS):
+            raise ProtocolError(
+                f"the reply uses Content-Encoding {content_encoding[:64]!r}; "
+                f"the client accepts only {ACCEPT_ENCODING}",
+                code="response_encoding",
+            )
+        self._zlib = zlib.decompressobj(_INFLATE_WBITS[codings[0]]) if codings else None
+        self._limit = limit
+        self.output = bytearray()
+
+    def feed(self, chunk: bytes) -> bool:
+        """Take one raw chunk; True when the decoded body passed the limit (the rest is dropped)."""
+        if self._zlib is None:
+            return self._keep(chunk)
+        pending = chunk
+        while pending:
+            # Ask for one byte more than there is room for: getting it means over the limit.
+            room = self._limit - len(self.output)
+            try:
+                piece = self._zlib.decompress(pending, room + 1)
+            except zlib.error:
+                raise ProtocolError(
+                    "the reply's compressed body is corrupt", code="response_encoding"
+                ) from None
+            if self._keep(piece):
+                return True
+            pending = self._zlib.unconsumed_tail
+        return False
+
+    def finish(self) -> bool:
+        if self._zlib is None:
+            return False
+        try:
+            return self._keep(self._zlib.flush())
+        except zlib.error:
+            raise ProtocolError("the reply's compressed body is corrupt", code="response_encoding") from None
+
+    def _keep(self, data: bytes) -> bool:
+        room = self._limit - len(self.output)
+        self.output += data[:room]
+        return len(data) > room
+
+
+def _too_large(limit: int, how: str) -> ProtocolError:
+    return ProtocolError(f"the reply is over the {limit}-byte limit; {how}", code="response_too_large")
+
+
+def connection_error(exc: httpx.HTTPError, server: str) -> APIConnectionError:
+    """The failure in words: TLS spoken to a server that does not, a host that does not resolve..."""
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return APIConnectionError(
+                f"the TLS certificate of the server at {server} did not verify ({cause.verify_message})",
+                code="tls",
+            )
+        if isinstance(cause, ssl.SSLError):
+            return APIConnectionError(
+                f"the server at {server} does not speak HTTPS (the TLS handshake failed: "
+                f"{cause.reason or type(cause).__name__})",
+                code="tls",
+            )
+        if isinstance(cause, socket.gaierror):
+            host = urllib.parse.urlsplit(server).hostname
+            return APIConnectionError(
+                f"cannot resolve the host {host} of {server} ({cause.strerror})", code="name_resolution"
+            )
+    text = str(exc)
+    described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return APIConnectionError(f"cannot reach router at {server}: {described}")
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
