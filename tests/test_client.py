@@ -522,3 +522,21 @@ def test_plaintext_never_in_error_messages(router_keys, client_keys_dir):
     with hostile_router(router_keys, handler) as server, pytest.raises(InvalidRequestError) as err:
         run(create(chat(server.url, client_keys_dir), "echo", [{"role": "user", "content": secret}]))
     assert secret not in str(err.value) and secret not in repr(err.value.error_details)
+
+
+def test_key_files_are_never_written_through_a_planted_symlink(tmp_path):
+    """A symlink at the key path, even one pointing nowhere yet, is refused; its target stays absent."""
+    keys, elsewhere = tmp_path / "keys", tmp_path / "elsewhere.pem"
+    keys.mkdir()
+    (keys / "private_key.pem").symlink_to(elsewhere)
+    client = SecureCompletionClient("https://example.org", key_bits=2048)
+    with pytest.raises(ConfigurationError, match="refusing to overwrite"):
+        client.generate_keys(save_to_file=True, key_dir=str(keys))
+    assert not elsewhere.exists() and not (keys / "public_key.pem").exists()
+
+
+def test_a_new_key_directory_is_private(tmp_path):
+    client = SecureCompletionClient("https://example.org", key_bits=2048)
+    client.generate_keys(save_to_file=True, key_dir=str(tmp_path / "new"))
+    assert stat.S_IMODE(os.stat(tmp_path / "new").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(tmp_path / "new" / "public_key.pem").st_mode) == 0o644

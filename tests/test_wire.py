@@ -181,3 +181,45 @@ def test_fuzz_parse_json_shapes(doc):
     ):
         with contextlib.suppress(ProtocolError):
             parse_package(json.dumps(candidate).encode())
+
+
+@pytest.mark.parametrize(
+    ("text", "fault"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nests deeper than 100 levels"),
+        ("[" * 101 + "]" * 101, "nests deeper than 100 levels"),
+        ('{"a": NaN}', "NaN is not a JSON number"),
+        ('{"a": -Infinity}', "-Infinity is not a JSON number"),
+        ('{"a": "\\ud800"}', "lone UTF-16 surrogate"),
+        ('{"\\udfff": 1}', "lone UTF-16 surrogate"),
+        ('{"a": 1', "not valid JSON"),
+    ],
+)
+def test_parse_json_refuses_what_cannot_be_handled_safely(text, fault):
+    from nomyo_audit.wire import parse_json
+
+    with pytest.raises(ProtocolError, match=fault) as err:
+        parse_json(text.encode(), what="message", code="x_json")
+    assert err.value.code == "x_json"
+
+
+def test_parse_json_accepts_valid_pairs_and_the_depth_limit():
+    from nomyo_audit.wire import MAX_JSON_DEPTH, parse_json
+
+    assert parse_json('["\\ud83d\\ude00"]', what="m", code="c") == ["\U0001f600"]
+    nested = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    assert parse_json(nested, what="m", code="c") is not None
+
+
+def test_parse_json_refuses_bytes_that_are_not_utf8():
+    from nomyo_audit.wire import parse_json
+
+    with pytest.raises(ProtocolError, match="not UTF-8 text"):
+        parse_json(b'["\xff"]', what="m", code="c")
+
+
+def test_deep_or_nan_package_is_a_protocol_error_not_a_crash():
+    with pytest.raises(ProtocolError, match="deeper"):
+        parse_package(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(ProtocolError, match="NaN"):
+        parse_package(b'{"version": "1.0", "processed_at": NaN}')

@@ -9,6 +9,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from .._files import write_file
 from ..errors import ConfigurationError
 from ..wire import MIN_RSA_BITS, public_key_pem
 
@@ -43,19 +44,21 @@ def generate_key_pair(bits: int = DEFAULT_KEY_BITS) -> KeyPair:
 def save_key_pair(pair: KeyPair, key_dir: str | os.PathLike[str], password: str | None = None) -> Path:
     """Write ``private_key.pem`` (0600, encrypted if ``password``) and ``public_key.pem``.
 
-    Existing files are never overwritten: a key someone relies on must not be
-    silently replaced. The private key is created with ``O_EXCL`` and mode 0600
-    from the start, so it is never readable by others even for an instant.
+    Existing files (and symlinks) are never overwritten: a key someone relies on
+    must not be silently replaced. Both go through :func:`nomyo_audit._files.write_file`:
+    created exclusively, never through a symlink, with the mode set before a byte
+    is written, so the private key is never readable by others even for an instant.
+    A directory it has to create is 0700.
     """
     directory = Path(key_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     private_path = directory / PRIVATE_KEY_FILE
     public_path = directory / PUBLIC_KEY_FILE
     for path in (private_path, public_path):
-        if path.exists():
+        if path.exists() or path.is_symlink():
             raise ConfigurationError(f"refusing to overwrite existing key file {path}")
     save_private_key(pair.private_key, private_path, password)
-    _write_exclusive(public_path, pair.public_key_pem.encode(), 0o644)
+    write_file(public_path, pair.public_key_pem.encode(), mode=0o644)
     return private_path
 
 
@@ -67,7 +70,7 @@ def save_private_key(
         serialization.BestAvailableEncryption(password.encode()) if password else serialization.NoEncryption()
     )
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-    _write_exclusive(Path(path), pem, 0o600)
+    write_file(path, pem, mode=0o600)
 
 
 def load_key_pair(
@@ -104,13 +107,3 @@ def load_key_pair(
         if public_key_pem(given) != pem:  # type: ignore[arg-type]
             raise ConfigurationError(f"public key {public_key_path} does not match {private_key_path}")
     return KeyPair(key, pem)
-
-
-def _write_exclusive(path: Path, data: bytes, mode: int) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        raise ConfigurationError(f"refusing to overwrite existing key file {path}") from None
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(path, mode)
