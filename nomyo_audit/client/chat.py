@@ -28,8 +28,10 @@ class SecureChatCompletion:
     ``max_retries`` are the seed API's. The keyword-only extras:
     ``key_dir`` (load client keys from there, or generate and save them
     there once), ``key_password``, ``server_key_fingerprint`` (pin the
-    router key), ``timeout`` (seconds for the whole call, retries included)
-    and ``transport`` (any httpx async transport).
+    router key), ``timeout`` (seconds for the whole call, retries included,
+    and for each HTTP request in it; default 600, ``None`` means the
+    default: no call waits forever) and ``transport`` (any httpx async
+    transport).
     """
 
     def __init__(
