@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -167,13 +168,14 @@ def parse_json(data: bytes | bytearray | str, *, what: str, code: str) -> Any:
     """Parse strict JSON (RFC 8259) or raise :class:`ProtocolError` with ``code``.
 
     Refused, each with a message that says which: text that is not JSON or not
-    UTF-8, ``NaN`` and ``Infinity`` (not JSON, and no canonical form), nesting
+    UTF-8, ``NaN`` and ``Infinity`` (not JSON, and no canonical form) and numbers
+    that overflow to them (``1e400``), nesting
     deeper than :data:`MAX_JSON_DEPTH`, and lone UTF-16 surrogates (``"\\ud800"``
     parses in Python but is not Unicode text: it cannot be encoded, hashed or
     logged). What this returns is safe to serialise, digest and store.
     """
     try:
-        doc = json.loads(data, parse_constant=_refuse_constant)
+        doc = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise ProtocolError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels", code=code) from None
     except UnicodeDecodeError:
@@ -192,6 +194,13 @@ class _NonStandardConstant(ValueError):
 
 def _refuse_constant(name: str) -> Any:
     raise _NonStandardConstant(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 overflows to infinity: no JSON can say that back
+        raise _NonStandardConstant(f"{text[:32]} (out of range)")
+    return value
 
 
 def _json_fault(exc: ValueError) -> str:

@@ -294,6 +294,7 @@ MALFORMED_PLAINTEXTS = {
     "lone surrogate in metadata": b'{"_metadata": {"security_tier": "\\udc00x"}}',
     "NaN": b'{"_metadata": {"processed_at": NaN}}',
     "Infinity": b'{"usage": {"total_tokens": -Infinity}}',
+    "a number that overflows": b'{"_metadata": {"processed_at": 1e400}}',
     "top-level list": b"[1, 2]",
     "metadata is a list": b'{"_metadata": [1]}',
     "choices is a string": b'{"choices": "hello"}',

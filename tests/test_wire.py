@@ -190,6 +190,7 @@ def test_fuzz_parse_json_shapes(doc):
         ("[" * 101 + "]" * 101, "nests deeper than 100 levels"),
         ('{"a": NaN}', "NaN is not a JSON number"),
         ('{"a": -Infinity}', "-Infinity is not a JSON number"),
+        ('{"a": 1e400}', "1e400 \\(out of range\\) is not a JSON number"),
         ('{"a": "\\ud800"}', "lone UTF-16 surrogate"),
         ('{"\\udfff": 1}', "lone UTF-16 surrogate"),
         ('{"a": 1', "not valid JSON"),
