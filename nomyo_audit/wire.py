@@ -177,7 +177,9 @@ def parse_json(data: bytes | bytearray | str, *, what: str, code: str) -> Any:
     try:
         doc = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
-        raise ProtocolError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels", code=code) from None
+        raise ProtocolError(
+            f"{what} is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels", code=code
+        ) from None
     except UnicodeDecodeError:
         raise ProtocolError(f"{what} is not UTF-8 text", code=code) from None
     except ValueError as exc:
@@ -221,7 +223,7 @@ def _json_tree_fault(doc: Any) -> str | None:
                 return "contains a lone UTF-16 surrogate escape, which is not Unicode text"
         elif isinstance(node, (dict, list)):
             if depth > MAX_JSON_DEPTH:
-                return f"nests deeper than {MAX_JSON_DEPTH} levels"
+                return f"is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels"
             if isinstance(node, dict):
                 stack.extend((key, depth) for key in node)
                 stack.extend((value, depth + 1) for value in node.values())
