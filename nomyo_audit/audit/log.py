@@ -161,19 +161,23 @@ class LogStore(Protocol):
 def _fields_fast(data: bytes) -> tuple[bytes, bytes] | None:
     """(payload_id as JSON, time text) found by position in canonical JSON, or None.
 
-    Keys are sorted, so the top level ends ``"payload_id":…,"policy":…,"time":"…","tool":…``
-    and what follows ``tool`` (the client's verdict) holds no such keys. A record laid out
+    Keys are sorted, so the top level reads ``…"payload_id":"…","policy":…,"time":"…","tool":…``:
+    the top-level payload_id is the last one before ``time`` (the client's policy result after it
+    has no such key, but has a nested ``policy`` key of its own) and is followed by ``,"policy":``.
+    A string with an escaped quote cannot end in front of ``,"policy":``. A record laid out
     otherwise returns None and is read by :func:`_fields_careful`.
     """
     end = data.rfind(b'","tool":')
     start = data.rfind(b',"time":"', 0, end)
     if end < 0 or start < 0:
         return None
-    policy = data.rfind(b',"policy":', 0, start)
-    payload = data.rfind(b',"payload_id":', 0, policy)
-    if policy < 0 or payload < 0:
+    payload = data.rfind(b',"payload_id":"', 0, start)
+    if payload < 0:
         return None
-    return data[payload + 14 : policy], data[start + 9 : end]
+    close = data.find(b'"', payload + 15, start)
+    if close < 0 or not data.startswith(b',"policy":', close + 1):
+        return None
+    return data[payload + 14 : close + 1], data[start + 9 : end]
 
 
 def _fields_careful(data: bytes) -> tuple[str, str] | None:
