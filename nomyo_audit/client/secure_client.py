@@ -70,6 +70,7 @@ from ..tpm.binding import key_binding, response_content_digest
 from ..tpm.verify import Verdict, verify_attestation
 from ..wire import (
     ALGORITHM,
+    MAX_JSON_DEPTH,
     MAX_PACKAGE_BYTES,
     decrypt_package,
     encrypt_package,
@@ -265,10 +266,10 @@ class SecureCompletionClient:
             raise InvalidRequestError("payload cannot be empty")
         await self.fetch_server_public_key()
         assert self._server_key is not None
-        try:
-            encoded = json.dumps(payload).encode()
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequestError(f"payload is not JSON-serialisable: {type(exc).__name__}") from None
+        fault = payload_fault(payload)
+        if fault is not None:
+            raise InvalidRequestError(fault)
+        encoded = json.dumps(payload).encode()
         with secure_buffer(bytearray(encoded), locked=self.secure_memory) as plaintext:
             wipe(encoded)
             if len(plaintext) > MAX_PAYLOAD_BYTES:
@@ -358,6 +359,11 @@ class SecureCompletionClient:
         The deadline sits inside the audit, so a call that runs out of time is recorded too;
         so is one that fails in a way nobody planned for (a bug), as ``error:internal``.
         """
+        fault = payload_fault(payload)
+        if fault is not None:  # recorded without a request digest: no canonical JSON holds this payload
+            refused = InvalidRequestError(fault)
+            await self._audit(payload_id, None, security_tier, _outcome_of(refused), None, refused, None)
+            raise refused
         exchange = self._gated_send(payload, payload_id, api_key, security_tier, policy)
         try:
             response = await _within(self.timeout, exchange, "the call")
@@ -388,7 +394,7 @@ class SecureCompletionClient:
     async def _audit(
         self,
         payload_id: str,
-        payload: dict[str, Any],
+        payload: dict[str, Any] | None,
         security_tier: str | None,
         outcome: str,
         response: dict[str, Any] | None,
@@ -407,7 +413,7 @@ class SecureCompletionClient:
                 payload_id=payload_id,
                 router=self.router_url,
                 server_key=self.server_key_fingerprint_seen,
-                model=payload.get("model"),
+                model=_model_of(payload),
                 security_tier=security_tier,
                 outcome=outcome,
                 request=payload,
@@ -612,6 +618,62 @@ def _check_timeout(timeout: float | None) -> float:
     if not math.isfinite(timeout) or timeout <= 0:
         raise ConfigurationError("timeout must be positive, finite seconds: a request never waits forever")
     return float(timeout)
+
+
+def payload_fault(payload: object) -> str | None:
+    """Why ``payload`` cannot be sent as JSON and digested into a record, or None.
+
+    Checked before anything is sent, without recursion: a payload the canonical JSON of the audit
+    record cannot hold (a lone surrogate, NaN, an object JSON has no form for, a dict mixing key
+    types, nesting deeper than :data:`~nomyo_audit.wire.MAX_JSON_DEPTH`) would otherwise fail
+    while the failure is being recorded, and the record would be lost.
+    """
+    if not isinstance(payload, dict):
+        return "payload must be a dict"
+    if not payload:
+        return "payload cannot be empty"
+    stack: list[tuple[object, int]] = [(payload, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list, tuple)):
+            if depth > MAX_JSON_DEPTH:
+                return f"payload is nested deeper than {MAX_JSON_DEPTH} levels"
+            if isinstance(node, dict):
+                if len({type(key) for key in node}) > 1 or not all(type(k) in (str, int) for k in node):
+                    return "payload has an object whose keys are not all strings (or all integers)"
+                stack.extend((key, depth) for key in node if isinstance(key, str))
+                stack.extend((value, depth + 1) for value in node.values())
+            else:
+                stack.extend((item, depth + 1) for item in node)
+        elif isinstance(node, str):
+            if not node.isascii() and _has_lone_surrogate(node):
+                return "payload contains a lone UTF-16 surrogate, which is not Unicode text"
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                return "payload contains NaN or an infinity, which JSON cannot hold"
+        elif isinstance(node, int) and not isinstance(node, bool):
+            if node.bit_length() > _MAX_INT_BITS:
+                return "payload contains an integer too large to write as JSON"
+        elif node is not None and not isinstance(node, bool):
+            return f"payload is not JSON-serialisable: it holds a {type(node).__name__}"
+    return None
+
+
+#: Python writes at most 4300 decimal digits of an int by default (sys.get_int_max_str_digits).
+_MAX_INT_BITS = 14_000
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _model_of(payload: Mapping[str, Any] | None) -> str | None:
+    model = payload.get("model") if payload is not None else None
+    return model if isinstance(model, str) else None
 
 
 def _check_response_shape(response: object) -> dict[str, Any]:

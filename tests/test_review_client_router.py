@@ -1,0 +1,62 @@
+"""Adversarial review of issue 10 (client, wire, router, policies): what a second look found.
+
+Each test names a way a careless caller, a hostile router or a hostile file could still get
+past a gate, and pins the fixed behaviour against real components on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nomyo_audit import InvalidRequestError, SecureCompletionClient
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def outcomes(log: Path) -> list[dict[str, Any]]:
+    with sqlite3.connect(log) as db:
+        return [json.loads(row[0]) for row in db.execute("SELECT data FROM records ORDER BY seq")]
+
+
+# -- section 3: a payload the caller got wrong is an InvalidRequestError, and is recorded ----------
+
+UNSENDABLE_PAYLOADS = {
+    "lone surrogate in a prompt": {"model": "echo", "messages": [{"role": "user", "content": "\ud800"}]},
+    "an object JSON cannot hold": {"model": "echo", "messages": [{"role": "user", "content": object()}]},
+    "NaN": {"model": "echo", "messages": [{"role": "user", "content": "x"}], "temperature": float("nan")},
+    "5000-deep": {"model": "echo", "messages": [{"role": "user", "content": "x"}], "extra": nested(5000)},
+    "a model that is no string": {"model": object(), "messages": [{"role": "user", "content": "x"}]},
+    "not a dict": [1, 2],
+}
+
+
+@pytest.mark.parametrize("payload", UNSENDABLE_PAYLOADS.values(), ids=UNSENDABLE_PAYLOADS.keys())
+def test_an_unsendable_payload_is_refused_before_sending_and_recorded(
+    router, client_keys_dir, tmp_path, payload
+):
+    log = tmp_path / "audit.db"
+
+    async def go() -> None:
+        client = SecureCompletionClient(router.url, allow_http=True, audit_log=str(log), max_retries=0)
+        async with client:
+            client.load_keys(str(client_keys_dir / "private_key.pem"))
+            await client.send_secure_request(payload, "pid-1")
+
+    with pytest.raises(InvalidRequestError):
+        asyncio.run(go())
+    assert router.config.backend.payloads == []  # nothing reached the model
+    [record] = outcomes(log)
+    assert record["payload_id"] == "pid-1"
+    assert record["error"]["class"] == "InvalidRequestError"
+    assert record["request_digest"] is None  # no canonical JSON holds it, so no digest of it
