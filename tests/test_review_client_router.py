@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+from test_client_hardening import lying_router, send
 
-from nomyo_audit import InvalidRequestError, SecureCompletionClient
+from nomyo_audit import InvalidRequestError, SecureCompletionClient, ServiceUnavailableError
 
 
 def nested(depth: int) -> list[Any]:
@@ -60,3 +63,22 @@ def test_an_unsendable_payload_is_refused_before_sending_and_recorded(
     assert record["payload_id"] == "pid-1"
     assert record["error"]["class"] == "InvalidRequestError"
     assert record["request_digest"] is None  # no canonical JSON holds it, so no digest of it
+
+
+# -- section 3: a hostile router's Retry-After never escapes as an OverflowError -------------------
+
+
+def test_a_retry_after_date_beyond_any_calendar_is_ignored(router_keys, client_keys_dir, tmp_path):
+    calls = []
+
+    async def completion(request: Request) -> Response:
+        calls.append(1)
+        far = "Mon, 01 Jan 99999999999 00:00:00 GMT"
+        return Response(b"busy", status_code=503, headers={"Retry-After": far})
+
+    log = tmp_path / "audit.db"
+    with lying_router(router_keys, completion) as server, pytest.raises(ServiceUnavailableError):
+        send(server.url, client_keys_dir, log, max_retries=1)
+    assert len(calls) == 2  # retried after the default backoff, the server's date ignored
+    [record] = outcomes(log)
+    assert record["outcome"] == "http_error:ServiceUnavailableError"

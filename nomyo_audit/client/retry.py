@@ -50,12 +50,21 @@ def retry_after_seconds(headers: Mapping[str, str] | None, now: float | None = N
         try:
             value = float(raw)
         except ValueError:
-            parsed = email.utils.parsedate_tz(raw)
-            if parsed is not None:
-                value = email.utils.mktime_tz(parsed) - (time.time() if now is None else now)
+            value = _seconds_until(raw, time.time() if now is None else now)
     if value is not None and 0 < value <= MAX_RETRY_AFTER:
         return value
     return None
+
+
+def _seconds_until(http_date: str, now: float) -> float | None:
+    """Seconds from ``now`` to an HTTP date; None for text that is no date a calendar holds."""
+    parsed = email.utils.parsedate_tz(http_date)
+    if parsed is None:
+        return None
+    try:
+        return email.utils.mktime_tz(parsed) - now
+    except (OverflowError, ValueError):  # a year past what the platform's time functions take
+        return None
 
 
 def backoff_delay(
