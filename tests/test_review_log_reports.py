@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sqlite3
 
 import pytest
 from conftest import REPO
@@ -105,3 +106,77 @@ def test_the_payload_id_column_is_the_top_level_payload_id_whatever_it_holds(tmp
         (record,) = log.store.records()
         assert record.payload_id == payload_id and record_fields(record.data) == (payload_id, 1.0e9)
         assert log.store.find(payload_id) is not None and log.verify().ok
+
+
+def test_deleting_the_time_column_rule_does_not_let_an_edited_time_drop_a_denied_record(client_log, tmp_path):
+    """Logs from before the exact time column are read within a millisecond of each record's own time;
+    deleting the meta row that marks a log as newer must not open a wider gap than that: an edited time
+    column that moves the denied record back into the previous record's time is still named."""
+    db, _, pub, _ = client_log
+    with AuditLog.open(db) as log:
+        denied = [json.loads(r.data) for r in log.store.records()][3]
+    out = tmp_path / "before"
+    assert cli("report", "--log", db, "--since", denied["time"], "--format", "json", "-o", out) == ExitCode.OK
+    assert json.loads((out / "report.json").read_text())["summary"]["denied"] == 1
+    with sqlite3.connect(db) as con:
+        con.execute("DELETE FROM meta WHERE key = 'time_column'")
+        con.execute("UPDATE records SET time = (SELECT time FROM records WHERE seq = 2) WHERE seq = 3")
+    assert cli("log", "verify", "--log", db, "--key", pub) == ExitCode.INTEGRITY
+    after = tmp_path / "after"
+    assert cli("report", "--log", db, "--since", denied["time"], "-o", after) == ExitCode.INTEGRITY
+    assert not after.exists()
+
+
+def test_a_secret_salt_stored_as_text_is_named_damaged_without_printing_it(client_log, capsys):
+    db, _, pub, _ = client_log
+    with sqlite3.connect(db) as con:
+        (salt,) = con.execute("SELECT value FROM meta WHERE key = 'salt'").fetchone()
+        con.execute("UPDATE meta SET value = CAST(value AS TEXT) WHERE key = 'salt'")
+    for argv in (
+        ["log", "verify", "--log", db, "--key", pub],
+        ["report", "--log", db, "-o", db.parent / "r"],
+        ["verify", "--log", db],
+        ["log", "show", "--log", db],
+    ):
+        capsys.readouterr()
+        cli(*argv)
+        captured = capsys.readouterr()
+        text = captured.out + captured.err
+        for fragment in (salt[i : i + 6] for i in range(0, 30, 6)):
+            assert fragment.decode("utf-8", "replace") not in text, argv
+            assert fragment.hex() not in text, argv
+
+
+def test_a_log_from_before_the_exact_time_column_still_verifies_when_its_clock_went_back(tmp_path):
+    """Such a log's column was the append clock, max(clock, previous column): checked, not refused."""
+    from nomyo_audit.audit.records import build_record
+
+    moments = [1.8e9 + 0.0004, 1.8e9 + 0.5007, 1.8e9 + 0.2, 1.8e9 + 0.9]
+    db = tmp_path / "old.db"
+    with AuditLog(db) as log:
+        for n, moment in enumerate(moments):
+            log.append(
+                f"p{n}",
+                lambda seq, salt, moment=moment, n=n: build_record(
+                    seq=seq,
+                    timestamp=moment,
+                    salt=salt,
+                    payload_id=f"p{n}",
+                    router="r",
+                    server_key=None,
+                    model="m",
+                    security_tier=None,
+                    outcome="ok",
+                    request={},
+                    response=None,
+                ),
+                timestamp=moment,
+            )
+    with sqlite3.connect(db) as con:
+        con.execute("DELETE FROM meta WHERE key = 'time_column'")
+        for seq, column in enumerate([moments[0], moments[1], moments[1], moments[3]]):
+            con.execute("UPDATE records SET time = ? WHERE seq = ?", (column, seq))
+    assert cli("log", "verify", "--log", db) == ExitCode.OK
+    with sqlite3.connect(db) as con:  # record 3 pulled back to its predecessor's time: it is later
+        con.execute("UPDATE records SET time = ? WHERE seq = 3", (moments[1],))
+    assert cli("log", "verify", "--log", db) == ExitCode.INTEGRITY

@@ -264,8 +264,10 @@ class _ColumnCheck:
         if self.exact:
             good = column_time == max(moment, previous)
         else:
+            # the append clock was max(clock, previous): the previous column only when the record's
+            # own time is no later, else a clock reading within the record's millisecond
             appended = previous < column_time and moment <= column_time < moment + 0.001
-            good = column_time == previous or appended
+            good = (column_time == previous and moment <= previous) or appended
         if not good:
             return f"record {seq}: its time column disagrees with its bytes (altered)"
         return None
@@ -280,7 +282,15 @@ def _damage_is_integrity(path: Path) -> Iterator[None]:
     try:
         yield
     except sqlite3.DatabaseError as exc:
-        raise IntegrityError(f"{path}: the audit log file is damaged ({exc})") from None
+        raise IntegrityError(f"{path}: the audit log file is damaged ({_sqlite_reason(exc)})") from None
+
+
+def _sqlite_reason(exc: sqlite3.Error) -> str:
+    """SQLite's message, without the column text it quotes (that text may be the secret salt)."""
+    message = str(exc)
+    if message.startswith("Could not decode to UTF-8"):
+        return "a column holds text that is not UTF-8: its type was altered"
+    return message.partition(" with text ")[0][:200]
 
 
 def _check_file(path: Path) -> None:
