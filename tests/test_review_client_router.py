@@ -18,6 +18,8 @@ from starlette.responses import Response
 from test_client_hardening import lying_router, send
 
 from nomyo_audit import InvalidRequestError, SecureCompletionClient, ServiceUnavailableError
+from nomyo_audit.cli import main as cli_main
+from nomyo_audit.policy import PolicyError, load_policy
 
 
 def nested(depth: int) -> list[Any]:
@@ -82,3 +84,49 @@ def test_a_retry_after_date_beyond_any_calendar_is_ignored(router_keys, client_k
     assert len(calls) == 2  # retried after the default backoff, the server's date ignored
     [record] = outcomes(log)
     assert record["outcome"] == "http_error:ServiceUnavailableError"
+
+
+# -- section 5: hostile policy files ----------------------------------------------------------------
+
+POLICY_HEAD = "apiVersion: nomyo-audit/v1\nkind: AttestationPolicy\nmetadata: {name: hostile}\n"
+GOLDEN = "1d618e77c4264ffc936e3eb66607a8a6a4159002ddadec8a4e66fa24446760be"
+EVIL = "ab" * 32
+
+
+@pytest.mark.parametrize("spelling", ["0x7", "07", "+7", "'7'", "0b111"])
+def test_one_pcr_written_twice_in_another_spelling_is_a_duplicate_key(tmp_path, spelling):
+    """YAML reads 7, 0x7, 07 and +7 as one integer: the later one would silently replace the golden value."""
+    path = tmp_path / "dup.yaml"
+    pcrs = f"spec:\n  pcrs:\n    sha256:\n      7: [{GOLDEN}]\n      {spelling}: [{EVIL}]\n"
+    path.write_text(POLICY_HEAD + pcrs)
+    with pytest.raises(PolicyError, match=r"dup.yaml:8: duplicate key"):
+        load_policy(path)
+    assert cli_main(["policy", "lint", str(path)]) == 2
+
+
+def test_a_lone_surrogate_in_a_policy_is_exit_2_not_an_internal_error(tmp_path, capsys):
+    path = tmp_path / "surrogate.yaml"
+    path.write_text(POLICY_HEAD + 'spec: {models: ["\\ud800"]}\n')
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    assert err.value.code == "policy_not_text"
+    assert cli_main(["policy", "lint", str(path)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["max_age", "clock_skew", "key_attestation_ttl"])
+@pytest.mark.parametrize("value", ["9" * 400 + "s", "9" * 400, "99999999999d"])
+def test_a_duration_past_any_clock_is_refused_when_the_policy_loads(tmp_path, key, value):
+    """Else the client adds it to its clock when it caches a key attestation: OverflowError."""
+    path = tmp_path / "forever.yaml"
+    path.write_text(POLICY_HEAD + f"spec: {{{key}: {value}}}\n")
+    with pytest.raises(PolicyError, match=rf"forever.yaml:4 spec.{key}: .*at most"):
+        load_policy(path)
+    assert cli_main(["policy", "lint", str(path)]) == 2
+
+
+def test_a_long_duration_within_the_cap_still_loads(tmp_path):
+    path = tmp_path / "decade.yaml"
+    path.write_text(POLICY_HEAD + "spec: {max_age: 3650d, clock_skew: 1h, key_attestation_ttl: 100000s}\n")
+    policy = load_policy(path)
+    assert (policy.clock_skew, policy.key_attestation_ttl) == (3600, 100000)

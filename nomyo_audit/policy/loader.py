@@ -32,7 +32,7 @@ import jsonschema
 import yaml
 from jsonschema.exceptions import ValidationError
 
-from .model import Policy, PolicyError
+from .model import Policy, PolicyError, parse_duration
 
 __all__ = [
     "MAX_ALIASES",
@@ -188,7 +188,7 @@ def _read(path: Path, *, nofollow: bool = False) -> dict[str, Any]:
         if node is None:
             raise PolicyError(f"{path}: empty policy file")
         _check_expansion(node, path)
-        _check_duplicates(node, path)
+        _check_duplicates(node, path, loader)
         data = loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -202,7 +202,31 @@ def _read(path: Path, *, nofollow: bool = False) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise PolicyError(f"{path}:1: a policy is a mapping with apiVersion, kind, metadata and spec")
     validate_document(document, path, node)
+    _check_durations(document, path, node)
+    _check_text(document, path)
     return document
+
+
+def _check_durations(document: Mapping[str, Any], path: Path, node: yaml.Node) -> None:
+    """Durations within :data:`~.model.MAX_DURATION` (they are added to clocks)."""
+    spec = document.get("spec")
+    for key in _DURATIONS:
+        if isinstance(spec, Mapping) and key in spec:
+            try:
+                parse_duration(spec[key])
+            except PolicyError as exc:
+                raise PolicyError(f"{path}:{_line(node, ['spec', key])} spec.{key}: {exc.message}") from None
+
+
+def _check_text(document: Mapping[str, Any], path: Path) -> None:
+    """No lone UTF-16 surrogate (YAML's ``"\\ud800"``): the policy's digest could not be computed."""
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise PolicyError(
+            f"{path}: a string holds a lone UTF-16 surrogate escape, which is not Unicode text",
+            code="policy_not_text",
+        ) from None
 
 
 def _read_text(path: Path, nofollow: bool) -> str:
@@ -353,20 +377,29 @@ def _string_keys(value: Any) -> Any:
     return value
 
 
-def _check_duplicates(node: yaml.Node, path: Path) -> None:
-    """Duplicate keys are errors; keys are plain scalars (the node graph is already bounded)."""
+def _check_duplicates(node: yaml.Node, path: Path, loader: yaml.SafeLoader) -> None:
+    """Duplicate keys are errors; keys are plain scalars (the node graph is already bounded).
+
+    Keys are compared as the policy reads them (:func:`_string_keys`), not as written: YAML
+    reads ``7``, ``07``, ``0x7`` and ``+7`` as one integer, and ``'7'`` names the same PCR, so
+    a second spelling would silently replace the golden values under the first.
+    """
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
             if not isinstance(key, yaml.ScalarNode):
                 raise PolicyError(f"{path}:{key.start_mark.line + 1}: a key must be plain text")
-            if key.value in seen:
+            read = key.value if key.tag == _MERGE_TAG else str(loader.construct_object(key))
+            if read in seen:
                 raise PolicyError(f"{path}:{key.start_mark.line + 1}: duplicate key {key.value!r}")
-            seen.add(key.value)
-            _check_duplicates(value, path)
+            seen.add(read)
+            _check_duplicates(value, path, loader)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _check_duplicates(item, path)
+            _check_duplicates(item, path, loader)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 def validate_document(

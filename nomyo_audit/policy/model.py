@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import NomyoAuditError, SecurityError
 from ..tpm.binding import canonical_json
 
-__all__ = ["Policy", "PolicyError", "PolicyViolationError", "parse_duration"]
+__all__ = ["MAX_DURATION", "Policy", "PolicyError", "PolicyViolationError", "parse_duration"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -39,14 +39,24 @@ class PolicyViolationError(SecurityError):
         self.metadata = metadata
 
 
+#: The longest duration a policy may give (100 years). Durations are added to clocks (a key
+#: attestation's expiry, a freshness window): one with hundreds of digits fits no float.
+MAX_DURATION = 100 * 365 * 86400
+
+
 def parse_duration(value: int | str) -> int:
-    """Seconds from ``30``, ``"30s"``, ``"5m"``, ``"2h"`` or ``"1d"``."""
+    """Seconds from ``30``, ``"30s"``, ``"5m"``, ``"2h"`` or ``"1d"``, at most :data:`MAX_DURATION`."""
     if isinstance(value, int):
-        return value
-    match = re.fullmatch(r"(\d+)([smhd])", value)
-    if not match:
-        raise PolicyError(f"{value!r} is not a duration like 30s, 5m, 2h or 1d")
-    return int(match.group(1)) * _UNITS[match.group(2)]
+        seconds = value
+    else:
+        match = re.fullmatch(r"(\d{1,20})([smhd])", value)
+        if not match:
+            shown = value if len(value) <= 32 else value[:32] + "..."
+            raise PolicyError(f"{shown!r} is not a duration like 30s, 5m, 2h or 1d (of at most 100 years)")
+        seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_DURATION:
+        raise PolicyError(f"a duration is at most 100 years ({MAX_DURATION} s)")
+    return seconds
 
 
 @dataclass(frozen=True)
