@@ -180,3 +180,86 @@ def test_a_log_from_before_the_exact_time_column_still_verifies_when_its_clock_w
     with sqlite3.connect(db) as con:  # record 3 pulled back to its predecessor's time: it is later
         con.execute("UPDATE records SET time = ? WHERE seq = 3", (moments[1],))
     assert cli("log", "verify", "--log", db) == ExitCode.INTEGRITY
+
+
+def alter_and_rehash(db, seq, old, new):
+    """An insider edits a record's bytes and rewrites its leaf hash and the saved frontier to match."""
+    from nomyo_audit.audit.merkle import leaf_hash
+
+    with sqlite3.connect(db) as con:
+        (data,) = con.execute("SELECT data FROM records WHERE seq = ?", (seq,)).fetchone()
+        assert old in data
+        data = data.replace(old, new)
+        con.execute("UPDATE records SET data = ?, leaf = ? WHERE seq = ?", (data, leaf_hash(data), seq))
+        con.execute("DELETE FROM meta WHERE key = 'frontier'")
+
+
+def test_verify_report_checks_every_record_the_report_counted_not_only_the_checkpointed_ones(
+    client_log, tmp_path, capsys
+):
+    """A report signs the log's size and root as well as the checkpoint it cites: records written
+    after that checkpoint and counted in the report are checked against the signed root too."""
+    db, key, pub, _ = client_log
+    from nomyo_audit.audit.records import build_record
+
+    with AuditLog(db) as log:  # one more record, after the last checkpoint
+        log.append(
+            "late",
+            lambda seq, salt: build_record(
+                seq=seq,
+                timestamp=2.0e9,
+                salt=salt,
+                payload_id="late",
+                router="r",
+                server_key=None,
+                model="m",
+                security_tier=None,
+                outcome="http_error:ServerError",
+                request={},
+                response=None,
+            ),
+            timestamp=2.0e9,
+        )
+    out = tmp_path / "r"
+    assert cli("report", "--log", db, "--log-key", pub, "--sign", key, "-o", out) == ExitCode.OK
+    assert cli("verify-report", out, "--key", pub, "--log", db) == ExitCode.OK
+    alter_and_rehash(db, 4, b'"outcome":"http_error:ServerError"', b'"outcome":"ok"')
+    capsys.readouterr()
+    assert cli("verify-report", out, "--key", pub, "--log", db) == ExitCode.INTEGRITY
+    assert "5 records" in capsys.readouterr().err
+
+
+def test_a_report_says_which_records_no_signed_checkpoint_covers(client_log, tmp_path, capsys):
+    db, key, pub, _ = client_log
+    with AuditLog(db) as log:
+        log.append("late", lambda seq, salt: _plain_record(seq, salt, "late", 2.0e9), timestamp=2.0e9)
+    out = tmp_path / "r"
+    capsys.readouterr()
+    assert cli("report", "--log", db, "--log-key", pub, "--format", "html,md", "-o", out) == ExitCode.OK
+    assert "record 4 is after the latest checkpoint" in capsys.readouterr().err
+    for name in ("report.md", "report.html"):
+        text = (out / name).read_text()
+        assert "record 4 was written after this checkpoint: no signed checkpoint covers it yet" in text, name
+    full = tmp_path / "full"
+    with AuditLog(db, key=ed25519_private(key)) as log:
+        log.checkpoint()
+    assert cli("report", "--log", db, "--log-key", pub, "--format", "md", "-o", full) == ExitCode.OK
+    assert "no signed checkpoint covers" not in (full / "report.md").read_text()
+
+
+def _plain_record(seq, salt, payload_id, moment):
+    from nomyo_audit.audit.records import build_record
+
+    return build_record(
+        seq=seq,
+        timestamp=moment,
+        salt=salt,
+        payload_id=payload_id,
+        router="r",
+        server_key=None,
+        model="m",
+        security_tier=None,
+        outcome="ok",
+        request={},
+        response=None,
+    )

@@ -196,6 +196,15 @@ def report(
     )
     if state["checkpoint"] is None:
         click.echo("note: the log has no signed checkpoint; run 'nomyo-audit log checkpoint' first", err=True)
+    elif state["checkpoint"]["size"] < state["size"]:
+        first, last = state["checkpoint"]["size"], state["size"] - 1
+        one = first == last
+        which, them = (f"record {first} is", "it") if one else (f"records {first} to {last} are", "them")
+        click.echo(
+            f"note: {which} after the latest checkpoint, so no signature covers {them} yet; "
+            "run 'nomyo-audit log checkpoint' first",
+            err=True,
+        )
     elif trusted is None:
         click.echo(
             "note: checkpoint signatures were checked with the key stored in the log; "
@@ -230,16 +239,30 @@ def verify_report(target: Path, key: Path, log_path: Path | None) -> None:
     click.echo(f"ok: signature and {len(doc.get('subject', []))} file digest(s) verify")
     if log_path is None:
         return
-    named = predicate.get("checkpoint") or predicate.get("log")
-    size = named.get("size") if isinstance(named, dict) else None
-    root = named.get("root") if isinstance(named, dict) else None
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(root, str):
+    claims = [
+        (what, _size_and_root(predicate.get(what)))
+        for what in ("checkpoint", "log")
+        if predicate.get(what) is not None
+    ]
+    if not claims:
         raise IntegrityError("the signed report names no log size and root to check the log against")
     with AuditLog.open(log_path) as log:
-        recomputed = log.root_at(size)
-    if recomputed.hex() != root:
-        raise IntegrityError(
-            f"the root of {log_path}'s first {size} records does not match the report's checkpoint "
-            "(records were altered, removed or replaced)"
-        )
-    click.echo(f"ok: the report's checkpoint (size {size}, root {root[:16]}...) matches {log_path}")
+        for what, (size, root) in claims:
+            if log.root_at(size).hex() != root:
+                raise IntegrityError(
+                    f"the root of {log_path}'s first {size} records does not match the report's "
+                    f"{'checkpoint' if what == 'checkpoint' else 'log root'} "
+                    "(records were altered, removed or replaced)"
+                )
+    for what, (size, root) in claims:
+        named = "checkpoint" if what == "checkpoint" else "log root (every record it counted)"
+        click.echo(f"ok: the report's {named} (size {size}, root {root[:16]}...) matches {log_path}")
+
+
+def _size_and_root(claim: Any) -> tuple[int, str]:
+    """The (size, root hex) a signed report names for the log; a malformed one is an integrity failure."""
+    size = claim.get("size") if isinstance(claim, dict) else None
+    root = claim.get("root") if isinstance(claim, dict) else None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(root, str):
+        raise IntegrityError("the signed report names no log size and root to check the log against")
+    return size, root
