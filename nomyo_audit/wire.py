@@ -39,6 +39,8 @@ __all__ = [
     "KEY_ALGORITHM",
     "MAX_JSON_DEPTH",
     "MAX_PACKAGE_BYTES",
+    "MAX_PUBLIC_EXPONENT",
+    "MAX_RSA_BITS",
     "MIN_RSA_BITS",
     "PAYLOAD_ALGORITHM",
     "VERSION",
@@ -61,6 +63,11 @@ AES_KEY_BYTES = 32
 GCM_NONCE_BYTES = 12
 GCM_TAG_BYTES = 16
 MIN_RSA_BITS = 2048
+#: Larger keys or public exponents are refused when loaded: OpenSSL cannot encrypt to a modulus over
+#: 16384 bits, nor with an exponent over 64 bits for moduli over 3072 bits, and would say so only
+#: when a prompt is being encrypted (a bare ValueError). The router caps client keys the same way.
+MAX_RSA_BITS = 8192
+MAX_PUBLIC_EXPONENT = 2**32 - 1
 #: Upper bound on a package, checked before parsing (the reference client
 #: limits payloads to 10 MiB; base64 and JSON add about a third).
 MAX_PACKAGE_BYTES = 16 * 1024 * 1024
@@ -289,6 +296,17 @@ def load_public_key_pem(pem: str | bytes, *, what: str = "public key") -> rsa.RS
     if key.key_size < MIN_RSA_BITS:
         raise ProtocolError(
             f"{what} is {key.key_size} bits; at least {MIN_RSA_BITS} are required", code="public_key"
+        )
+    if key.key_size > MAX_RSA_BITS:
+        raise ProtocolError(
+            f"{what} is {key.key_size} bits; at most {MAX_RSA_BITS} bits are accepted", code="public_key"
+        )
+    exponent = key.public_numbers().e
+    if exponent % 2 == 0 or exponent > MAX_PUBLIC_EXPONENT:
+        raise ProtocolError(
+            f"{what} has a {exponent.bit_length()}-bit public exponent; "
+            "it must be odd and from 3 to 2^32-1 (65537 is usual)",
+            code="public_key",
         )
     return key
 

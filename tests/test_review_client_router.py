@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.requests import Request
 from starlette.responses import Response
 from test_client_hardening import lying_router, send
 
-from nomyo_audit import InvalidRequestError, SecureCompletionClient, ServiceUnavailableError
+from nomyo_audit import InvalidRequestError, ProtocolError, SecureCompletionClient, ServiceUnavailableError
 from nomyo_audit.cli import main as cli_main
 from nomyo_audit.policy import PolicyError, load_policy
 
@@ -130,3 +133,35 @@ def test_a_long_duration_within_the_cap_still_loads(tmp_path):
     path.write_text(POLICY_HEAD + "spec: {max_age: 3650d, clock_skew: 1h, key_attestation_ttl: 100000s}\n")
     policy = load_policy(path)
     assert (policy.clock_skew, policy.key_attestation_ttl) == (3600, 100000)
+
+
+# -- section 3: a router key no one can encrypt to is a ProtocolError, not a ValueError --------------
+
+
+def odd_public_key_pem(bits: int, exponent: int) -> str:
+    modulus = int.from_bytes(os.urandom(bits // 8), "big") | (1 << (bits - 1)) | 1
+    key = rsa.RSAPublicNumbers(exponent, modulus).public_key()
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return key.public_bytes(serialization.Encoding.PEM, spki).decode()
+
+
+@pytest.mark.parametrize(
+    ("bits", "exponent"), [(20000, 65537), (4096, 2**100 + 1)], ids=["20000-bit", "e=2^100+1"]
+)
+def test_a_router_key_too_large_to_encrypt_to_is_a_protocol_error(
+    router_keys, client_keys_dir, tmp_path, bits, exponent
+):
+    pem = odd_public_key_pem(bits, exponent)
+
+    async def public_key(request: Request) -> Response:
+        return Response(pem)
+
+    async def completion(request: Request) -> Response:
+        raise AssertionError("nothing can have been encrypted to that key")
+
+    log = tmp_path / "audit.db"
+    with lying_router(router_keys, completion, public_key) as server, pytest.raises(ProtocolError) as err:
+        send(server.url, client_keys_dir, log)
+    assert err.value.code == "public_key"
+    [record] = outcomes(log)
+    assert record["error"]["class"] == "ProtocolError"

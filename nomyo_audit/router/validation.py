@@ -29,7 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..errors import ProtocolError
-from ..wire import MIN_RSA_BITS, load_public_key_pem
+from ..wire import MAX_PUBLIC_EXPONENT, MAX_RSA_BITS, MIN_RSA_BITS, load_public_key_pem
 
 __all__ = [
     "MAX_CLIENT_KEY_BITS",
@@ -46,9 +46,7 @@ __all__ = [
 #: Nesting depth of a decrypted request; JSON Schemas in ``tools`` stay far below it.
 MAX_JSON_DEPTH = 64
 MIN_CLIENT_KEY_BITS = MIN_RSA_BITS
-MAX_CLIENT_KEY_BITS = 8192
-#: 65537 is what every client uses; 2**32 - 1 keeps sealing a reply cheap.
-MAX_PUBLIC_EXPONENT = 2**32 - 1
+MAX_CLIENT_KEY_BITS = MAX_RSA_BITS
 #: OpenAI allows ``n`` up to 128.
 MAX_CHOICES = 128
 
