@@ -263,3 +263,50 @@ def _plain_record(seq, salt, payload_id, moment):
         request={},
         response=None,
     )
+
+
+# -- the demo, as a new user runs it ------------------------------------------------------------------------
+
+
+def test_the_demos_look_further_commands_work_and_its_report_flags_swtpm_as_no_hardware(tmp_path):
+    """The demo runs on swtpm (or the software attester): neither is TPM hardware, so the summary flags
+    every record "no hardware"; every command it tells the user to run next does what it says."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "nomyo_audit.cli.main", "demo"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(next(tmp_path.glob("nomyo-audit-demo/*/report/report.json")).read_text())
+    kinds = {a["attester"] for a in report["attesters"]}
+    assert kinds <= {"swtpm", "software"} and kinds
+    assert report["summary"]["no_hardware"] == report["summary"]["requests"] == 4
+    assert all(a["no_hardware"] for a in report["attesters"])
+    md = next(tmp_path.glob("nomyo-audit-demo/*/report/report.md")).read_text()
+    assert "**No hardware:** 4 of 4 records" in md and "(no hardware)" in md
+    further = run.stdout.partition("Look further:")[2]
+    commands = [shlex.split(line)[1:] for line in further.splitlines() if line.strip()]
+    assert [argv[:2] for argv in commands] == [
+        ["log", "show"],
+        ["log", "verify"],
+        ["verify", "--log"],
+        ["verify-report", commands[3][1]],
+        ["log", "prove"],
+    ]
+    expected = {"log": ExitCode.OK, "verify": ExitCode.FINDING, "verify-report": ExitCode.OK}
+    for argv in commands:
+        done = subprocess.run(
+            [sys.executable, "-m", "nomyo_audit.cli.main", *argv],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == expected[argv[0]], (argv, done.stderr)
+    assert re.search(r"^c2sp.org/tlog-proof@v1$", done.stdout, re.M)

@@ -11,7 +11,7 @@ defensively (a malformed record is counted as failed, never a crash). A
 record's policy result is the client's own evaluation (``policy``), never a
 field the router sent. The attester kind is the router's own declaration,
 unauthenticated, and is reported as such: software-attested evidence is
-flagged "no hardware", and nothing here claims a genuine TPM, because AIKs
+flagged "no hardware" (so is swtpm, a TPM in software), and nothing here claims a genuine TPM, because AIKs
 are not anchored to a hardware root of trust.
 """
 
@@ -29,7 +29,14 @@ from ..policy import Policy, evaluate
 from ..tpm.verify import verify_attestation
 from .records import recorded_content_digest, rfc3339
 
-__all__ = ["MAX_FAILURES", "REPORT_SCHEMA", "STATUS_LEGEND", "build_report", "timeline_svg"]
+__all__ = [
+    "MAX_FAILURES",
+    "NO_HARDWARE_KINDS",
+    "REPORT_SCHEMA",
+    "STATUS_LEGEND",
+    "build_report",
+    "timeline_svg",
+]
 
 REPORT_SCHEMA = "https://nomyo-audit.dev/schemas/compliance-report/v1"
 PREDICATE_TYPE = "https://nomyo-audit.dev/compliance-report/v1"
@@ -47,9 +54,12 @@ STATUS_LEGEND = {
     "nothing (counted in denied)",
     "failed": "the request failed (transport, HTTP or protocol error) or, without a policy, its evidence "
     "did not verify",
-    "no hardware": "the router declared the quote came from a software attester: no TPM hardware stood "
-    "behind it (the attester kind is the router's own, unauthenticated label)",
+    "no hardware": "the router declared the quote came from a software attester or a software TPM "
+    "(swtpm): no TPM hardware stood behind it (the attester kind is the router's own, unauthenticated label)",
 }
+
+#: Attester kinds that are software by the router's own account: no TPM hardware behind the quote.
+NO_HARDWARE_KINDS = frozenset({"software", "swtpm"})
 
 _BEFORE_SENDING = "denied before sending"
 _KEY_DENIED = "the router key's attestation did not satisfy the policy; nothing was sent"
@@ -327,7 +337,7 @@ class _Tally:
                 self.aiks[aik] += n
             if kind != "none":
                 self.attesters[(router, aik, kind)] += n
-                totals["no_hardware"] += n if kind == "software" else 0
+                totals["no_hardware"] += n if kind in NO_HARDWARE_KINDS else 0
         for pcr_set, n in self.pcr_sets.items():
             for bank, values in pcr_set:
                 for index, value in values:
@@ -419,7 +429,13 @@ def build_report(
         "aiks": [{"fingerprint": fp, "records": n} for fp, n in tally.aiks.most_common(MAX_DISTINCT)],
         "aik_count": len(tally.aiks),
         "attesters": [
-            {"router": router, "aik": aik, "attester": kind, "records": n}
+            {
+                "router": router,
+                "aik": aik,
+                "attester": kind,
+                "no_hardware": kind in NO_HARDWARE_KINDS,
+                "records": n,
+            }
             for (router, aik, kind), n in tally.attesters.most_common(MAX_DISTINCT)
         ],
         "pcr_values": [
