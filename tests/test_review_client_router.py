@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.requests import Request
 from starlette.responses import Response
 from test_client_hardening import lying_router, send
+from test_gating import chat, measured_router
 
 from nomyo_audit import InvalidRequestError, ProtocolError, SecureCompletionClient, ServiceUnavailableError
 from nomyo_audit.cli import main as cli_main
@@ -165,3 +166,35 @@ def test_a_router_key_too_large_to_encrypt_to_is_a_protocol_error(
     assert err.value.code == "public_key"
     [record] = outcomes(log)
     assert record["error"]["class"] == "ProtocolError"
+
+
+# -- section 5: from-evidence writes where it was told, never through a planted symlink -------------
+
+
+@pytest.fixture
+def saved_replies(make_router, client_keys_dir, tmp_path):
+    """One reply from a measured (software-attested) router, as a user would save it."""
+    router, _ = measured_router(make_router)
+    path = tmp_path / "replies.jsonl"
+    path.write_text(json.dumps(chat(router, client_keys_dir)) + "\n")
+    return path
+
+
+def test_from_evidence_never_writes_through_a_dangling_symlink(saved_replies, tmp_path):
+    planted = tmp_path / "elsewhere" / "victim.yaml"
+    planted.parent.mkdir()
+    output = tmp_path / "golden.yaml"
+    output.symlink_to(planted)
+    command = ["policy", "from-evidence", "--allow-software-attester", str(saved_replies), "-o", str(output)]
+    assert cli_main(command) == 2
+    assert cli_main([*command, "--force"]) == 2
+    assert not planted.exists() and output.is_symlink()
+
+
+def test_from_evidence_writes_a_readable_file_once(saved_replies, tmp_path):
+    output = tmp_path / "golden.yaml"
+    command = ["policy", "from-evidence", "--allow-software-attester", str(saved_replies), "-o", str(output)]
+    assert cli_main(command) == 0
+    assert output.stat().st_mode & 0o777 == 0o644
+    assert cli_main(command) == 2  # never over an existing file without --force
+    assert cli_main([*command, "--force"]) == 0
