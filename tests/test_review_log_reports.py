@@ -310,3 +310,13 @@ def test_the_demos_look_further_commands_work_and_its_report_flags_swtpm_as_no_h
         )
         assert done.returncode == expected[argv[0]], (argv, done.stderr)
     assert re.search(r"^c2sp.org/tlog-proof@v1$", done.stdout, re.M)
+
+
+def test_a_writer_refuses_a_dangling_symlink_at_the_log_path_with_a_log_error(tmp_path):
+    from nomyo_audit.audit.log import LogError
+
+    link = tmp_path / "audit.db"
+    link.symlink_to(tmp_path / "elsewhere" / "audit.db")
+    with pytest.raises(LogError, match="symbolic link to a missing file"):
+        AuditLog(link)
+    assert not (tmp_path / "elsewhere").exists()

@@ -315,6 +315,9 @@ def _create_private(path: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     except FileExistsError:
+        if path.is_symlink() and not path.exists():
+            message = f"{path}: a symbolic link to a missing file; not creating a log through it"
+            raise LogError(message) from None
         if path.stat().st_size == 0 and not path.is_symlink():
             path.chmod(0o600)
         return
