@@ -320,3 +320,21 @@ def test_a_writer_refuses_a_dangling_symlink_at_the_log_path_with_a_log_error(tm
     with pytest.raises(LogError, match="symbolic link to a missing file"):
         AuditLog(link)
     assert not (tmp_path / "elsewhere").exists()
+
+
+# -- the config file ------------------------------------------------------------------------------------
+
+
+def test_a_date_in_the_config_file_means_what_the_same_flag_means(client_log, tmp_path, monkeypatch, capsys):
+    """YAML reads an unquoted 2026-11-25 as a date object; the config file takes it as the flag's text
+    (``verify: {at: 2026-11-25}`` is ``verify --at 2026-11-25``), never a Python repr in an error."""
+    db, _, _, _ = client_log
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "nomyo-audit.yaml"
+    config.write_text("verify:\n  policy: production\n  at: 2030-01-01T00:00:00Z\n")
+    assert cli("verify", "--log", db) == ExitCode.FINDING
+    late = capsys.readouterr()
+    assert "datetime" not in late.err and "max_age" in late.out
+    config.write_text("verify:\n  policy: production\n  at: 2030-01-01\n")
+    assert cli("verify", "--log", db) == ExitCode.FINDING
+    assert "datetime" not in capsys.readouterr().err

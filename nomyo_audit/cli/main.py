@@ -153,10 +153,20 @@ def _read_config_text(path: Path) -> str:
         raise ConfigurationError(f"{path}:{line}: not UTF-8 text (byte {exc.start})") from None
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, but an unquoted date or time stays text: it means what the flag's text means."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def _parse_config(path: Path, text: str) -> tuple[yaml.Node | None, Any]:
     """The YAML node tree (for line numbers) and the data, without expanding anything."""
     try:
-        loader = yaml.SafeLoader(text)  # checks every character first
+        loader = _ConfigLoader(text)  # checks every character first
     except yaml.reader.ReaderError as exc:
         line = text[: exc.position].count("\n") + 1
         problem = f"{exc.reason} (#x{exc.character:04x})"
