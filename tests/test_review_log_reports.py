@@ -338,3 +338,54 @@ def test_a_date_in_the_config_file_means_what_the_same_flag_means(client_log, tm
     config.write_text("verify:\n  policy: production\n  at: 2030-01-01\n")
     assert cli("verify", "--log", db) == ExitCode.FINDING
     assert "datetime" not in capsys.readouterr().err
+
+
+# -- re-appraisal binds the quote to the client's own request -------------------------------------------
+
+
+def test_reappraisal_binds_the_quote_to_the_records_own_payload_id_not_the_routers(tmp_path, capsys):
+    """A record whose stored metadata names another request (a replayed quote, written through the
+    Python API with the router's _metadata as it came) re-appraises as a nonce failure: the quote is
+    checked against the payload_id the record itself was written for, never the router's."""
+    from nomyo_audit.audit.records import build_record
+    from nomyo_audit.tpm.binding import response_binding, response_content_digest
+    from nomyo_audit.tpm.verify import verify_attestation
+
+    tpm = SoftwareTPM()
+    measure_demo_boot(tpm)
+    response = {"id": "c", "model": "echo", "choices": [{"message": {"content": "hi"}}]}
+    digest = response_content_digest(response)
+    replayed = TPMAttester(tpm).evidence(response_binding("an-old-request", digest))
+    moment = 1.8e9
+    response["_metadata"] = {
+        "payload_id": "an-old-request",  # the router's word
+        "processed_at": int(moment),
+        "security_tier": "high",
+        "tpm_attestation": replayed,
+        "verification": verify_attestation(replayed, "this-request", content_digest=digest).to_dict(),
+    }
+    db = tmp_path / "audit.db"
+    with AuditLog(db) as log:
+        log.append(
+            "this-request",
+            lambda seq, salt: build_record(
+                seq=seq,
+                timestamp=moment,
+                salt=salt,
+                payload_id="this-request",
+                router="r",
+                server_key=None,
+                model="echo",
+                security_tier="high",
+                outcome="ok",
+                request={"messages": []},
+                response=response,
+            ),
+            timestamp=moment,
+        )
+    assert cli("verify", "--log", db) == ExitCode.FINDING
+    assert "nonce" in capsys.readouterr().out
+    out = tmp_path / "r"
+    assert cli("report", "--log", db, "--policy", "production", "--format", "json", "-o", out) == ExitCode.OK
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["passed"] == 0 and report["summary"]["verified"] == 0

@@ -159,7 +159,11 @@ def _reappraised(
     if moment is None or not math.isfinite(moment):
         detail = "the record's time is unreadable, so freshness cannot be judged"
         return _Appraisal("deny", [_Rule("record", "fail", detail)], None, [], {})
-    payload_id = metadata.get("payload_id", doc.get("payload_id"))
+    # the request this record was written for (the client's own id, in the hashed record), never
+    # the payload_id the router's _metadata names: a replayed quote names the request it came from
+    payload_id = doc.get("payload_id")
+    if metadata.get("payload_id") != payload_id:
+        metadata = {**metadata, "payload_id": payload_id}
     verdict = verify_attestation(
         metadata.get("tpm_attestation"),
         payload_id if isinstance(payload_id, str) else None,

@@ -196,8 +196,10 @@ def log_records(log: AuditLog, since: float | None, until: float | None) -> Iter
 
     for stored in log.store.records(since, until):
         doc = json.loads(stored.data)
-        metadata = doc.get("metadata") or {"payload_id": doc.get("payload_id")}
-        metadata.setdefault("payload_id", doc.get("payload_id"))
+        metadata = doc.get("metadata")
+        metadata = metadata if isinstance(metadata, dict) else {}
+        # the quote is checked against the request the record was written for, never the router's word
+        metadata["payload_id"] = doc.get("payload_id")
         metadata.setdefault("security_tier", doc.get("security_tier"))
         digest = recorded_content_digest(doc)
         yield Record(
