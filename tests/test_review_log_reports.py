@@ -389,3 +389,15 @@ def test_reappraisal_binds_the_quote_to_the_records_own_payload_id_not_the_route
     assert cli("report", "--log", db, "--policy", "production", "--format", "json", "-o", out) == ExitCode.OK
     report = json.loads((out / "report.json").read_text())
     assert report["summary"]["passed"] == 0 and report["summary"]["verified"] == 0
+
+
+def test_prove_on_a_log_whose_tail_was_deleted_is_an_integrity_failure(client_log, capsys):
+    """The tail and the checkpoint over it deleted: prove names the truncation (exit 3), not a missing
+    checkpoint (exit 2, 'run log checkpoint first')."""
+    db, _, _, ids = client_log
+    with sqlite3.connect(db) as con:
+        con.execute("DELETE FROM records WHERE seq = 3")
+        con.execute("DELETE FROM checkpoints WHERE size = 4")
+    capsys.readouterr()
+    assert cli("log", "prove", ids[1], "--log", db) == ExitCode.INTEGRITY
+    assert "truncated" in capsys.readouterr().err
