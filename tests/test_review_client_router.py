@@ -198,3 +198,14 @@ def test_from_evidence_writes_a_readable_file_once(saved_replies, tmp_path):
     assert output.stat().st_mode & 0o777 == 0o644
     assert cli_main(command) == 2  # never over an existing file without --force
     assert cli_main([*command, "--force"]) == 0
+
+
+# -- section 4: serve's deadlines are finite seconds ------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--header-timeout", "--body-timeout"])
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400"])
+def test_serve_refuses_a_deadline_that_is_not_finite(capsys, option, value):
+    """NaN made every request time out at once (asyncio waits 'nan' seconds as none); inf waits forever."""
+    assert cli_main(["serve", "--port", "0", option, value]) == 2
+    assert "finite" in capsys.readouterr().err

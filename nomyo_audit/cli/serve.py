@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import socket
 from pathlib import Path
 
@@ -26,6 +27,13 @@ def _parse_model_tiers(values: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
             )
         result[pattern] = names
     return result
+
+
+def _finite_seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """A deadline in seconds: positive and finite (asyncio takes NaN as no wait at all, inf as forever)."""
+    if not math.isfinite(value) or value <= 0:
+        raise click.BadParameter(f"{value} is not a positive, finite number of seconds")
+    return value
 
 
 def load_or_create_router_key(path: Path | None) -> rsa.RSAPrivateKey:
@@ -121,14 +129,16 @@ def _bind_failure(exc: OSError) -> str:
     "--header-timeout",
     default=10.0,
     show_default=True,
-    type=click.FloatRange(0, min_open=True),
+    type=float,
+    callback=_finite_seconds,
     help="Seconds for a request's headers to arrive before the connection is closed.",
 )
 @click.option(
     "--body-timeout",
     default=60.0,
     show_default=True,
-    type=click.FloatRange(0, min_open=True),
+    type=float,
+    callback=_finite_seconds,
     help="Seconds for a request's body to arrive; then 408 and the connection is closed.",
 )
 @click.option(
