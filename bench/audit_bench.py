@@ -26,17 +26,17 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nomyo_audit.audit.log import AuditLog, record_fields
-from nomyo_audit.audit.merkle import Frontier, leaf_hash
-from nomyo_audit.audit.note import Checkpoint, sign_checkpoint
-from nomyo_audit.audit.records import build_record
-from nomyo_audit.tpm.attester import TPMAttester
-from nomyo_audit.tpm.binding import response_binding, response_content_digest
-from nomyo_audit.tpm.measurements import measure_demo_boot
-from nomyo_audit.tpm.software import SoftwareTPM
-from nomyo_audit.tpm.verify import verify_attestation
+from nomyo_audit.attest._attester import TPMAttester
+from nomyo_audit.attest._software import SoftwareTPM
+from nomyo_audit.audit._log import AuditLog, record_fields
+from nomyo_audit.audit._merkle import Frontier, leaf_hash
+from nomyo_audit.audit._note import Checkpoint, sign_checkpoint
+from nomyo_audit.audit._records import build_record
+from nomyo_audit.tpm._binding import response_binding, response_content_digest
+from nomyo_audit.tpm._measurements import measure_demo_boot
+from nomyo_audit.tpm._verify import verify_attestation
 
-CLI = [sys.executable, "-m", "nomyo_audit.cli.main"]
+CLI = [sys.executable, "-m", "nomyo_audit.cli._main"]
 
 
 def template_record() -> tuple[dict, dict]:

@@ -41,14 +41,14 @@ PAYLOAD = {"model": "echo", "messages": MESSAGES, "temperature": 0.2}
 
 
 def start_router() -> tuple[subprocess.Popen[bytes], str]:
-    from nomyo_audit.router.server import free_port
+    from nomyo_audit.router._server import free_port
 
     port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "nomyo_audit.cli.main",
+            "nomyo_audit.cli._main",
             "serve",
             "--port",
             str(port),
@@ -107,7 +107,7 @@ async def throughput(call: Call, total: int, concurrency: int) -> float:
 
 def crypto_floor(n: int = 40) -> float:
     """Milliseconds of cryptography in one completion, both sides, sequentially."""
-    from nomyo_audit.client.keys import generate_key_pair
+    from nomyo_audit.client._keys import generate_key_pair
     from nomyo_audit.wire import decrypt_package, encrypt_package, parse_package
 
     client, router = generate_key_pair(), generate_key_pair()

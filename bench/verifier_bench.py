@@ -31,13 +31,13 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 
+from nomyo_audit.attest._attester import TPMAttester
 from nomyo_audit.policy import evaluate, load_policy
-from nomyo_audit.tpm.attester import TPMAttester
-from nomyo_audit.tpm.binding import response_binding, response_content_digest
-from nomyo_audit.tpm.keys import to_crypto_key
-from nomyo_audit.tpm.measurements import measure_demo_boot
-from nomyo_audit.tpm.structures import HIERARCHIES, ObjectAttributes, parse_public, parse_signature
-from nomyo_audit.tpm.verify import verify_attestation
+from nomyo_audit.tpm._binding import response_binding, response_content_digest
+from nomyo_audit.tpm._keys import to_crypto_key
+from nomyo_audit.tpm._measurements import measure_demo_boot
+from nomyo_audit.tpm._structures import HIERARCHIES, ObjectAttributes, parse_public, parse_signature
+from nomyo_audit.tpm._verify import verify_attestation
 
 PID = "6b0e8a52-1c1d-4a43-9d1e-2f1b7a0c9e11"
 RESPONSE = {
@@ -68,12 +68,12 @@ def rate(function: Callable[[], object], seconds: float) -> float:
 
 def make_evidence() -> tuple[str, dict[str, dict[str, Any]], Any]:
     try:
-        from nomyo_audit.tpm.swtpm import SwtpmProcess
-        from nomyo_audit.tpm.tpm2 import Tpm2QuoteSource
+        from nomyo_audit.attest._swtpm import SwtpmProcess
+        from nomyo_audit.attest._tpm2 import Tpm2QuoteSource
 
         swtpm = SwtpmProcess().start()
     except Exception:  # no swtpm or no tpm2-pytss: software attester
-        from nomyo_audit.tpm.software import SoftwareTPM
+        from nomyo_audit.attest._software import SoftwareTPM
 
         blocks = {}
         for kind in AIKS:

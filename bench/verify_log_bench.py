@@ -27,14 +27,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from nomyo_audit.audit.log import AuditLog
-from nomyo_audit.audit.merkle import leaf_hash
-from nomyo_audit.audit.records import build_record
+from nomyo_audit.audit._log import AuditLog
+from nomyo_audit.audit._merkle import leaf_hash
+from nomyo_audit.audit._records import build_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from audit_bench import template_record  # a sibling script, not a package
 
-CLI = [sys.executable, "-m", "nomyo_audit.cli.main"]
+CLI = [sys.executable, "-m", "nomyo_audit.cli._main"]
 TARGET_MB = 200
 
 

@@ -5,6 +5,7 @@ import SecureChatCompletion`` is a drop-in replacement for ``from nomyo
 import SecureChatCompletion``.
 """
 
+from ._memory import get_memory_protection_info
 from ._version import __version__
 from .client import SecureChatCompletion, SecureCompletionClient, SyncSecureChatCompletion
 from .errors import (
@@ -24,7 +25,6 @@ from .errors import (
     ServerError,
     ServiceUnavailableError,
 )
-from .memory import get_memory_protection_info
 from .policy import Policy, PolicyViolationError, load_policy
 
 __all__ = [

@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ._memory import secure_buffer, wipe
 from .errors import ProtocolError, SecurityError
-from .memory import secure_buffer, wipe
 
 __all__ = [
     "ALGORITHM",

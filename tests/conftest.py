@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from nomyo_audit.client.keys import KeyPair, generate_key_pair, save_key_pair
+from nomyo_audit.client._keys import KeyPair, generate_key_pair, save_key_pair
 from nomyo_audit.router import EchoBackend, RouterConfig, RouterThread
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,7 +90,7 @@ def nomyo_reference() -> Any:
 @pytest.fixture(scope="session")
 def swtpm() -> Iterator[Any]:
     """A real swtpm on a free loopback port, for the session (fails, never skips, in CI)."""
-    from nomyo_audit.tpm.swtpm import SwtpmProcess, swtpm_available
+    from nomyo_audit.attest._swtpm import SwtpmProcess, swtpm_available
 
     try:
         import tpm2_pytss  # noqa: F401

@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from conftest import FIXTURES
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nomyo_audit.audit.log import FRONTIER_SAVE_EVERY, AuditLog, IntegrityError, verify_tlog_proof
-from nomyo_audit.audit.merkle import (
+from nomyo_audit.audit._log import FRONTIER_SAVE_EVERY, AuditLog, IntegrityError, verify_tlog_proof
+from nomyo_audit.audit._merkle import (
     Frontier,
     ProofError,
     consistency_proof,
@@ -32,8 +32,8 @@ from nomyo_audit.audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from nomyo_audit.audit.note import Checkpoint, NoteError, sign_checkpoint, verifier_key, verify_checkpoint
-from nomyo_audit.audit.records import build_record, keyed_digest
+from nomyo_audit.audit._note import Checkpoint, NoteError, sign_checkpoint, verifier_key, verify_checkpoint
+from nomyo_audit.audit._records import build_record, keyed_digest
 from nomyo_audit.cli import cli, main
 from nomyo_audit.errors import ExitCode
 
@@ -145,7 +145,7 @@ def test_signed_checkpoint():
 
 
 def _key_id(key) -> str:
-    from nomyo_audit.audit.note import key_id
+    from nomyo_audit.audit._note import key_id
 
     return key_id("nomyo-audit.local/audit", key.public_key()).hex()
 
@@ -420,7 +420,7 @@ APPENDER = textwrap.dedent("""
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
     sys.path.insert(0, {tests!r})
     from test_audit_log import add
-    from nomyo_audit.audit.log import AuditLog
+    from nomyo_audit.audit._log import AuditLog
     key = load_pem_private_key(open(sys.argv[2], "rb").read(), None)
     with AuditLog(sys.argv[1], key=key, checkpoint_every=7) as log:
         for i in range(int(sys.argv[3])):
@@ -529,9 +529,9 @@ def test_keys_generate(tmp_path):
 
 def test_client_records_every_outcome(make_router, client_keys_dir, tmp_path):
     from nomyo_audit import AuthenticationError, PolicyViolationError, SecureChatCompletion
-    from nomyo_audit.tpm.attester import TPMAttester
-    from nomyo_audit.tpm.measurements import TAMPER_EVENT, measure_demo_boot
-    from nomyo_audit.tpm.software import SoftwareTPM
+    from nomyo_audit.attest._attester import TPMAttester
+    from nomyo_audit.attest._software import SoftwareTPM
+    from nomyo_audit.tpm._measurements import TAMPER_EVENT, measure_demo_boot
 
     tpm = SoftwareTPM()
     measure_demo_boot(tpm)
@@ -576,9 +576,9 @@ def test_client_records_every_outcome(make_router, client_keys_dir, tmp_path):
 
 def test_verify_log_reappraises_stored_evidence(make_router, client_keys_dir, tmp_path):
     from nomyo_audit import SecureChatCompletion
-    from nomyo_audit.tpm.attester import TPMAttester
-    from nomyo_audit.tpm.measurements import measure_demo_boot
-    from nomyo_audit.tpm.software import SoftwareTPM
+    from nomyo_audit.attest._attester import TPMAttester
+    from nomyo_audit.attest._software import SoftwareTPM
+    from nomyo_audit.tpm._measurements import measure_demo_boot
 
     tpm = SoftwareTPM()
     measure_demo_boot(tpm)

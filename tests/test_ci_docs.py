@@ -15,13 +15,13 @@ import xmlschema
 from conftest import FIXTURES, REPO
 
 from nomyo_audit import SecureChatCompletion
-from nomyo_audit.audit.keys import ed25519_private, generate_audit_key
-from nomyo_audit.audit.log import AuditLog
+from nomyo_audit.attest._attester import TPMAttester
+from nomyo_audit.attest._software import SoftwareTPM
+from nomyo_audit.audit._keys import ed25519_private, generate_audit_key
+from nomyo_audit.audit._log import AuditLog
 from nomyo_audit.cli import cli, main
 from nomyo_audit.errors import ExitCode
-from nomyo_audit.tpm.attester import TPMAttester
-from nomyo_audit.tpm.measurements import measure_demo_boot
-from nomyo_audit.tpm.software import SoftwareTPM
+from nomyo_audit.tpm._measurements import measure_demo_boot
 
 
 def docs_block(info: str) -> str:
@@ -124,7 +124,7 @@ def test_the_documented_config_file_configures_the_gate(workspace, capsys):
     assert main(["report", "--format", "json", "-o", "from-config"]) == ExitCode.OK
     assert (workspace / "from-config" / "report.json").is_file()
     # chat: {...}: every key lands in one of chat's parameters
-    cli_main = importlib.import_module("nomyo_audit.cli.main")
+    cli_main = importlib.import_module("nomyo_audit.cli._main")
     defaults = cli_main.default_map(cli_main.load_config(workspace / "nomyo-audit.yaml"), cli)
     assert defaults["chat"] == {"base_url": "https://router.example", "security_tier": "high"}
     assert set(defaults["chat"]) <= {p.name for p in cli.commands["chat"].params}

@@ -118,7 +118,7 @@ def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path):
 
 
 def test_serve_as_a_real_process(tmp_path):
-    from nomyo_audit.router.server import free_port
+    from nomyo_audit.router._server import free_port
 
     port = free_port()
     key_file = tmp_path / "router" / "key.pem"
@@ -127,7 +127,7 @@ def test_serve_as_a_real_process(tmp_path):
         [
             sys.executable,
             "-m",
-            "nomyo_audit.cli.main",
+            "nomyo_audit.cli._main",
             "serve",
             "--port",
             str(port),

@@ -18,8 +18,8 @@ import pytest
 from conftest import FIXTURES, REPO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nomyo_audit.audit.log import AuditLog
-from nomyo_audit.audit.records import build_record
+from nomyo_audit.audit._log import AuditLog
+from nomyo_audit.audit._records import build_record
 from nomyo_audit.cli import cli, main
 from nomyo_audit.errors import ExitCode
 
@@ -38,7 +38,7 @@ spec:
   clock_skew: 60s
 """
 YEAR = 365 * 86400
-cli_main = importlib.import_module("nomyo_audit.cli.main")  # the module: cli.main is the function
+cli_main = importlib.import_module("nomyo_audit.cli._main")  # the module: cli.main is the function
 
 
 def write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str | bytes) -> Path:
@@ -365,7 +365,7 @@ def test_verify_streams_json_and_junit_that_parse(tmp_path, capsys):
 
 def _peak_rss_mb(argv: list[str]) -> float:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nomyo_audit.cli.main", *argv],
+        [sys.executable, "-m", "nomyo_audit.cli._main", *argv],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -418,7 +418,7 @@ def test_non_utf8_or_too_deep_input_is_exit_2_not_a_crash(tmp_path, capsys):
         [
             sys.executable,
             "-m",
-            "nomyo_audit.cli.main",
+            "nomyo_audit.cli._main",
             "chat",
             "--base-url",
             "http://127.0.0.1:9",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import pytest
 
-from nomyo_audit.cli.log import parse_period
+from nomyo_audit.cli._log import parse_period
 
 
 def test_a_period_that_ends_before_it_starts_is_a_usage_error() -> None:

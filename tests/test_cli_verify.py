@@ -10,8 +10,8 @@ from conftest import FIXTURES
 
 from nomyo_audit.cli import cli, main
 from nomyo_audit.errors import ExitCode
-from nomyo_audit.tpm.ear import EAT_PROFILE, to_ear
-from nomyo_audit.tpm.verify import verify_attestation
+from nomyo_audit.tpm._ear import EAT_PROFILE, to_ear
+from nomyo_audit.tpm._verify import verify_attestation
 
 VECTORS = {
     v["name"]: v for v in json.loads((FIXTURES / "vectors" / "tpm-evidence.json").read_text())["vectors"]
@@ -55,7 +55,7 @@ def test_full_response_rehashes_the_content(make_router, client_keys_dir, tmp_pa
     import asyncio
 
     from nomyo_audit import SecureChatCompletion
-    from nomyo_audit.router.attestation import make_attester
+    from nomyo_audit.router._attestation import make_attester
 
     router = make_router(attester=make_attester("software"))
 
@@ -147,6 +147,6 @@ def test_exit_status_of_the_real_process(tmp_path, name, status):
     path = tmp_path / "meta.json"
     path.write_text(json.dumps(metadata(name)))
     proc = subprocess.run(
-        [sys.executable, "-m", "nomyo_audit.cli.main", "verify", str(path)], capture_output=True
+        [sys.executable, "-m", "nomyo_audit.cli._main", "verify", str(path)], capture_output=True
     )
     assert proc.returncode == status, proc.stderr

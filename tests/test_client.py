@@ -403,7 +403,7 @@ def test_total_timeout_bounds_the_call(router_keys, client_keys_dir):
 
 
 def test_unreachable_router_is_an_api_connection_error(client_keys_dir):
-    from nomyo_audit.router.server import free_port
+    from nomyo_audit.router._server import free_port
 
     port = free_port()
     with pytest.raises(APIConnectionError) as err:

@@ -36,7 +36,7 @@ from nomyo_audit import (
     ProtocolError,
     SecureCompletionClient,
 )
-from nomyo_audit.client import secure_client
+from nomyo_audit.client import _secure_client as secure_client
 from nomyo_audit.router import ServerThread
 from nomyo_audit.wire import (
     ALGORITHM,

@@ -11,11 +11,11 @@ import json
 
 import pytest
 
-from nomyo_audit.audit.records import recorded_content_digest as record_digest
+from nomyo_audit.attest._software import SoftwareTPM
+from nomyo_audit.audit._records import recorded_content_digest as record_digest
 from nomyo_audit.policy import evaluate, load_policy
-from nomyo_audit.tpm.binding import recorded_content_digest, response_content_digest
-from nomyo_audit.tpm.measurements import measure_demo_boot
-from nomyo_audit.tpm.software import SoftwareTPM
+from nomyo_audit.tpm._binding import recorded_content_digest, response_content_digest
+from nomyo_audit.tpm._measurements import measure_demo_boot
 
 GOOD = "ab" * 32
 MALFORMED = ["zz" * 32, "ab" * 31, "ab" * 33, 12, None, ["ab" * 32], {"x": 1}, "\ud800" * 64]
@@ -38,8 +38,8 @@ def test_policy_evaluation_of_metadata_with_a_malformed_recorded_digest_does_not
 ) -> None:
     tpm = SoftwareTPM()
     measure_demo_boot(tpm)
-    from nomyo_audit.tpm.attester import TPMAttester
-    from nomyo_audit.tpm.binding import response_binding
+    from nomyo_audit.attest._attester import TPMAttester
+    from nomyo_audit.tpm._binding import response_binding
 
     response = {"id": "c1", "model": "echo", "choices": []}
     block = TPMAttester(tpm).evidence(response_binding("pid-1", response_content_digest(response)))

@@ -26,12 +26,12 @@ import pytest
 import yaml
 from conftest import REPO
 
-from nomyo_audit.audit.keys import ed25519_private, generate_audit_key
-from nomyo_audit.audit.log import AuditLog
+from nomyo_audit.attest._attester import TPMAttester
+from nomyo_audit.attest._software import SoftwareTPM
+from nomyo_audit.audit._keys import ed25519_private, generate_audit_key
+from nomyo_audit.audit._log import AuditLog
 from nomyo_audit.policy import load_policy
-from nomyo_audit.tpm.attester import TPMAttester
-from nomyo_audit.tpm.measurements import measure_demo_boot
-from nomyo_audit.tpm.software import SoftwareTPM
+from nomyo_audit.tpm._measurements import measure_demo_boot
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 EXAMPLE_URL = "https://router.example"
@@ -198,7 +198,7 @@ def test_yaml_examples(case, tmp_path):
     if document.get("kind") == "AttestationPolicy":
         assert load_policy(example).name == document["metadata"]["name"]  # lints, extends resolved
     if path.name == "ci.md" and "chat" in document:
-        from nomyo_audit.cli.main import load_config
+        from nomyo_audit.cli._main import load_config
 
         assert set(load_config(example)) == {"chat", "verify", "report"}
 

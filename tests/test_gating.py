@@ -10,14 +10,14 @@ import pytest
 from click.testing import CliRunner
 
 from nomyo_audit import PolicyViolationError, SecureChatCompletion, SecurityError, load_policy
+from nomyo_audit.attest._attester import TPMAttester
+from nomyo_audit.attest._software import SoftwareTPM
 from nomyo_audit.cli import cli, main
 from nomyo_audit.errors import ExitCode
 from nomyo_audit.policy import Policy
-from nomyo_audit.router.app import NoAttester
-from nomyo_audit.router.attestation import make_attester
-from nomyo_audit.tpm.attester import TPMAttester
-from nomyo_audit.tpm.measurements import TAMPER_EVENT, measure_demo_boot
-from nomyo_audit.tpm.software import SoftwareTPM
+from nomyo_audit.router._app import NoAttester
+from nomyo_audit.router._attestation import make_attester
+from nomyo_audit.tpm._measurements import TAMPER_EVENT, measure_demo_boot
 
 HELLO = [{"role": "user", "content": "gated hello"}]
 

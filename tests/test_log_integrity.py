@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nomyo_audit._files import FileExistsRefused, write_file
-from nomyo_audit.audit.log import AuditLog, IntegrityError, key_fingerprint
-from nomyo_audit.audit.merkle import EMPTY_ROOT, leaf_hash
-from nomyo_audit.audit.note import parse_checkpoint
-from nomyo_audit.audit.records import build_record
+from nomyo_audit.audit._log import AuditLog, IntegrityError, key_fingerprint
+from nomyo_audit.audit._merkle import EMPTY_ROOT, leaf_hash
+from nomyo_audit.audit._note import parse_checkpoint
+from nomyo_audit.audit._records import build_record
 from nomyo_audit.cli import cli, main
 from nomyo_audit.errors import ConfigurationError, ExitCode
 
@@ -127,7 +127,7 @@ def sql(path, statement, *args):
 def run(*argv):
     """The CLI in a real subprocess: exit status, stdout, stderr."""
     done = subprocess.run(
-        [sys.executable, "-m", "nomyo_audit.cli.main", *map(str, argv)],
+        [sys.executable, "-m", "nomyo_audit.cli._main", *map(str, argv)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -2,7 +2,7 @@
 
 import sys
 
-from nomyo_audit.memory import get_memory_protection_info, lock, unlock, wipe
+from nomyo_audit._memory import get_memory_protection_info, lock, unlock, wipe
 
 
 def test_wipe_bytearray():
@@ -43,7 +43,7 @@ def test_info_matches_a_real_probe():
 
 
 def test_secure_buffer_wipes_on_exit_even_on_error():
-    from nomyo_audit.memory import secure_buffer
+    from nomyo_audit._memory import secure_buffer
 
     buf = bytearray(b"aes key bytes here")
     try:

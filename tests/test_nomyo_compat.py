@@ -17,7 +17,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from nomyo_audit import SecureCompletionClient
-from nomyo_audit.client.keys import load_key_pair
+from nomyo_audit.client._keys import load_key_pair
 from nomyo_audit.router import ServerThread
 from nomyo_audit.wire import decrypt_package, encrypt_package, parse_package
 

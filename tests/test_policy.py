@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from nomyo_audit.attest._attester import TPMAttester
+from nomyo_audit.attest._software import SoftwareTPM
 from nomyo_audit.policy import (
     Policy,
     PolicyError,
@@ -17,10 +19,8 @@ from nomyo_audit.policy import (
     load_policy,
     shipped_policies,
 )
-from nomyo_audit.tpm.attester import TPMAttester
-from nomyo_audit.tpm.binding import response_binding, response_content_digest
-from nomyo_audit.tpm.measurements import expected_pcr, measure_demo_boot
-from nomyo_audit.tpm.software import SoftwareTPM
+from nomyo_audit.tpm._binding import response_binding, response_content_digest
+from nomyo_audit.tpm._measurements import expected_pcr, measure_demo_boot
 
 
 def header(name: str = "test") -> str:

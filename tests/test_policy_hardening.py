@@ -19,14 +19,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nomyo_audit.attest._attester import TPMAttester
+from nomyo_audit.attest._software import SoftwareTPM
 from nomyo_audit.cli import main
 from nomyo_audit.errors import ExitCode
 from nomyo_audit.policy import Policy, PolicyError, evaluate, load_policy
-from nomyo_audit.policy.loader import MAX_ALIASES, MAX_DEPTH, MAX_EXTENDS, MAX_NODES, MAX_POLICY_BYTES
-from nomyo_audit.tpm.attester import TPMAttester
-from nomyo_audit.tpm.binding import response_binding, response_content_digest
-from nomyo_audit.tpm.measurements import measure_demo_boot
-from nomyo_audit.tpm.software import SoftwareTPM
+from nomyo_audit.policy._loader import MAX_ALIASES, MAX_DEPTH, MAX_EXTENDS, MAX_NODES, MAX_POLICY_BYTES
+from nomyo_audit.tpm._binding import response_binding, response_content_digest
+from nomyo_audit.tpm._measurements import measure_demo_boot
 
 HEADER = "apiVersion: nomyo-audit/v1\nkind: AttestationPolicy\nmetadata:\n  name: hostile\n"
 VALID = HEADER + "spec:\n  on_failure: deny\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from nomyo_audit.cli.progress import Progress
+from nomyo_audit.cli._progress import Progress
 
 
 class FakeClock:

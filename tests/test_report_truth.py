@@ -16,20 +16,20 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nomyo_audit.audit.keys import generate_audit_key, load_private_key
-from nomyo_audit.audit.log import AuditLog
-from nomyo_audit.audit.merkle import leaf_hash
-from nomyo_audit.audit.records import build_record
-from nomyo_audit.audit.render import FORMATS, render_report
-from nomyo_audit.audit.report import build_report
+from nomyo_audit.attest._attester import TPMAttester
+from nomyo_audit.attest._software import SoftwareTPM
+from nomyo_audit.audit._keys import generate_audit_key, load_private_key
+from nomyo_audit.audit._log import AuditLog
+from nomyo_audit.audit._merkle import leaf_hash
+from nomyo_audit.audit._records import build_record
+from nomyo_audit.audit._render import FORMATS, render_report
+from nomyo_audit.audit._report import build_report
 from nomyo_audit.cli import cli, main
 from nomyo_audit.errors import ExitCode
 from nomyo_audit.policy import load_policy
-from nomyo_audit.tpm.attester import TPMAttester
-from nomyo_audit.tpm.binding import response_binding, response_content_digest
-from nomyo_audit.tpm.measurements import measure_demo_boot
-from nomyo_audit.tpm.software import SoftwareTPM
-from nomyo_audit.tpm.verify import verify_attestation
+from nomyo_audit.tpm._binding import response_binding, response_content_digest
+from nomyo_audit.tpm._measurements import measure_demo_boot
+from nomyo_audit.tpm._verify import verify_attestation
 
 DAY = 1_795_000_000.0  # 2026-11-18T...Z: records of one day, an hour apart
 ALL_FORMATS = ",".join(FORMATS)
@@ -340,7 +340,7 @@ def test_a_legend_explains_every_status(signed_log, tmp_path):
 
 def test_a_request_denied_before_sending_is_labelled_so(make_router, client_keys_dir, tmp_path):
     from nomyo_audit import PolicyViolationError, SecureChatCompletion
-    from nomyo_audit.tpm.measurements import TAMPER_EVENT
+    from nomyo_audit.tpm._measurements import TAMPER_EVENT
 
     tpm = SoftwareTPM()
     measure_demo_boot(tpm)

@@ -18,19 +18,19 @@ from click.testing import CliRunner
 from conftest import FIXTURES, REPO, require
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nomyo_audit.audit.dsse import EnvelopeError, pae, sign_envelope, verify_envelope
-from nomyo_audit.audit.keys import generate_audit_key, load_private_key, load_public_key
-from nomyo_audit.audit.log import AuditLog
-from nomyo_audit.audit.records import build_record
-from nomyo_audit.audit.render import render_report
-from nomyo_audit.audit.report import MAX_FAILURES, build_report
+from nomyo_audit.attest._attester import TPMAttester
+from nomyo_audit.attest._software import SoftwareTPM
+from nomyo_audit.audit._dsse import EnvelopeError, pae, sign_envelope, verify_envelope
+from nomyo_audit.audit._keys import generate_audit_key, load_private_key, load_public_key
+from nomyo_audit.audit._log import AuditLog
+from nomyo_audit.audit._records import build_record
+from nomyo_audit.audit._render import render_report
+from nomyo_audit.audit._report import MAX_FAILURES, build_report
 from nomyo_audit.cli import cli, main
 from nomyo_audit.errors import ExitCode
-from nomyo_audit.tpm.attester import TPMAttester
-from nomyo_audit.tpm.binding import response_binding, response_content_digest
-from nomyo_audit.tpm.measurements import TAMPER_EVENT, measure_demo_boot
-from nomyo_audit.tpm.software import SoftwareTPM
-from nomyo_audit.tpm.verify import verify_attestation
+from nomyo_audit.tpm._binding import response_binding, response_content_digest
+from nomyo_audit.tpm._measurements import TAMPER_EVENT, measure_demo_boot
+from nomyo_audit.tpm._verify import verify_attestation
 
 DSSE = json.loads((FIXTURES / "vectors" / "merkle-and-dsse.json").read_text())["dsse"]
 JUNIT = xmlschema.XMLSchema(str(FIXTURES / "junit.xsd"))

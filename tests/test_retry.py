@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from nomyo_audit.client.retry import MAX_DELAY, backoff_delay, is_retryable_status, retry_after_seconds
+from nomyo_audit.client._retry import MAX_DELAY, backoff_delay, is_retryable_status, retry_after_seconds
 
 
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])

@@ -12,14 +12,14 @@ import pytest
 from conftest import REPO
 
 from nomyo_audit import SecureChatCompletion
-from nomyo_audit.audit.keys import ed25519_private, generate_audit_key
-from nomyo_audit.audit.log import AuditLog
+from nomyo_audit.attest._attester import TPMAttester
+from nomyo_audit.attest._software import SoftwareTPM
+from nomyo_audit.audit._keys import ed25519_private, generate_audit_key
+from nomyo_audit.audit._log import AuditLog
 from nomyo_audit.cli import main
 from nomyo_audit.errors import ExitCode
-from nomyo_audit.policy.model import PolicyViolationError
-from nomyo_audit.tpm.attester import TPMAttester
-from nomyo_audit.tpm.measurements import TAMPER_EVENT, measure_demo_boot
-from nomyo_audit.tpm.software import SoftwareTPM
+from nomyo_audit.policy._model import PolicyViolationError
+from nomyo_audit.tpm._measurements import TAMPER_EVENT, measure_demo_boot
 
 
 @pytest.fixture
@@ -80,8 +80,8 @@ def test_a_record_with_a_policy_result_is_found_by_its_payload_id(client_log, tm
 
 @pytest.mark.parametrize("payload_id", ['a"b', "a\\", 'x","policy":{"y', "naïve", "\u2028", ""])
 def test_the_payload_id_column_is_the_top_level_payload_id_whatever_it_holds(tmp_path, payload_id):
-    from nomyo_audit.audit.log import record_fields
-    from nomyo_audit.audit.records import build_record
+    from nomyo_audit.audit._log import record_fields
+    from nomyo_audit.audit._records import build_record
 
     policy = {"outcome": "pass", "policy": "production", "rules": [{"rule": "r", "status": "pass"}]}
     with AuditLog(tmp_path / "a.db") as log:
@@ -149,7 +149,7 @@ def test_a_secret_salt_stored_as_text_is_named_damaged_without_printing_it(clien
 
 def test_a_log_from_before_the_exact_time_column_still_verifies_when_its_clock_went_back(tmp_path):
     """Such a log's column was the append clock, max(clock, previous column): checked, not refused."""
-    from nomyo_audit.audit.records import build_record
+    from nomyo_audit.audit._records import build_record
 
     moments = [1.8e9 + 0.0004, 1.8e9 + 0.5007, 1.8e9 + 0.2, 1.8e9 + 0.9]
     db = tmp_path / "old.db"
@@ -184,7 +184,7 @@ def test_a_log_from_before_the_exact_time_column_still_verifies_when_its_clock_w
 
 def alter_and_rehash(db, seq, old, new):
     """An insider edits a record's bytes and rewrites its leaf hash and the saved frontier to match."""
-    from nomyo_audit.audit.merkle import leaf_hash
+    from nomyo_audit.audit._merkle import leaf_hash
 
     with sqlite3.connect(db) as con:
         (data,) = con.execute("SELECT data FROM records WHERE seq = ?", (seq,)).fetchone()
@@ -200,7 +200,7 @@ def test_verify_report_checks_every_record_the_report_counted_not_only_the_check
     """A report signs the log's size and root as well as the checkpoint it cites: records written
     after that checkpoint and counted in the report are checked against the signed root too."""
     db, key, pub, _ = client_log
-    from nomyo_audit.audit.records import build_record
+    from nomyo_audit.audit._records import build_record
 
     with AuditLog(db) as log:  # one more record, after the last checkpoint
         log.append(
@@ -248,7 +248,7 @@ def test_a_report_says_which_records_no_signed_checkpoint_covers(client_log, tmp
 
 
 def _plain_record(seq, salt, payload_id, moment):
-    from nomyo_audit.audit.records import build_record
+    from nomyo_audit.audit._records import build_record
 
     return build_record(
         seq=seq,
@@ -277,7 +277,7 @@ def test_the_demos_look_further_commands_work_and_its_report_flags_swtpm_as_no_h
     import sys
 
     run = subprocess.run(
-        [sys.executable, "-m", "nomyo_audit.cli.main", "demo"],
+        [sys.executable, "-m", "nomyo_audit.cli._main", "demo"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -303,7 +303,7 @@ def test_the_demos_look_further_commands_work_and_its_report_flags_swtpm_as_no_h
     expected = {"log": ExitCode.OK, "verify": ExitCode.FINDING, "verify-report": ExitCode.OK}
     for argv in commands:
         done = subprocess.run(
-            [sys.executable, "-m", "nomyo_audit.cli.main", *argv],
+            [sys.executable, "-m", "nomyo_audit.cli._main", *argv],
             cwd=tmp_path,
             capture_output=True,
             text=True,
@@ -313,7 +313,7 @@ def test_the_demos_look_further_commands_work_and_its_report_flags_swtpm_as_no_h
 
 
 def test_a_writer_refuses_a_dangling_symlink_at_the_log_path_with_a_log_error(tmp_path):
-    from nomyo_audit.audit.log import LogError
+    from nomyo_audit.audit._log import LogError
 
     link = tmp_path / "audit.db"
     link.symlink_to(tmp_path / "elsewhere" / "audit.db")
@@ -347,9 +347,9 @@ def test_reappraisal_binds_the_quote_to_the_records_own_payload_id_not_the_route
     """A record whose stored metadata names another request (a replayed quote, written through the
     Python API with the router's _metadata as it came) re-appraises as a nonce failure: the quote is
     checked against the payload_id the record itself was written for, never the router's."""
-    from nomyo_audit.audit.records import build_record
-    from nomyo_audit.tpm.binding import response_binding, response_content_digest
-    from nomyo_audit.tpm.verify import verify_attestation
+    from nomyo_audit.audit._records import build_record
+    from nomyo_audit.tpm._binding import response_binding, response_content_digest
+    from nomyo_audit.tpm._verify import verify_attestation
 
     tpm = SoftwareTPM()
     measure_demo_boot(tpm)

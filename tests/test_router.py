@@ -10,7 +10,7 @@ import urllib.parse
 import httpx
 import pytest
 
-from nomyo_audit.client.keys import load_key_pair
+from nomyo_audit.client._keys import load_key_pair
 from nomyo_audit.wire import MAX_PACKAGE_BYTES, encrypt_package, public_key_pem
 
 SECRET = "PATIENT-RECORD-4711"
@@ -168,7 +168,7 @@ def test_upstream_backend_forwards_decrypted_request(make_router, router_keys, c
 
 def test_unreachable_upstream_is_503(make_router, router_keys, client_pem):
     from nomyo_audit.router import UpstreamBackend
-    from nomyo_audit.router.server import free_port
+    from nomyo_audit.router._server import free_port
 
     port = free_port()
     router = make_router(backend=UpstreamBackend(f"http://127.0.0.1:{port}"))

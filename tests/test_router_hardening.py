@@ -29,9 +29,9 @@ import httpx
 import pytest
 
 from nomyo_audit.cli import main
-from nomyo_audit.client.keys import load_key_pair
+from nomyo_audit.client._keys import load_key_pair
 from nomyo_audit.router import NoAttester
-from nomyo_audit.router.server import free_port
+from nomyo_audit.router._server import free_port
 from nomyo_audit.wire import decrypt_package, encrypt_package, parse_package
 
 CHAT = "/v1/chat/secure_completion"

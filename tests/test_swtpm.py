@@ -17,10 +17,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from fixtures.make_vectors import EMPTY_BANK_SELECTION, Tpm2Tools, tools_selection
 
-from nomyo_audit.tpm.attester import TPMAttester
-from nomyo_audit.tpm.binding import response_binding, response_content_digest
-from nomyo_audit.tpm.keys import to_crypto_key
-from nomyo_audit.tpm.structures import (
+from nomyo_audit.attest._attester import TPMAttester
+from nomyo_audit.attest._swtpm import SwtpmProcess
+from nomyo_audit.tpm._binding import response_binding, response_content_digest
+from nomyo_audit.tpm._keys import to_crypto_key
+from nomyo_audit.tpm._structures import (
     HIERARCHIES,
     TPM_GENERATED_VALUE,
     TPM_ST_ATTEST_QUOTE,
@@ -30,8 +31,7 @@ from nomyo_audit.tpm.structures import (
     parse_public,
     parse_signature,
 )
-from nomyo_audit.tpm.swtpm import SwtpmProcess
-from nomyo_audit.tpm.verify import parse_pcr_banks, verify_attestation
+from nomyo_audit.tpm._verify import parse_pcr_banks, verify_attestation
 
 pytestmark = pytest.mark.swtpm
 
@@ -43,7 +43,7 @@ BINDING = response_binding(PID, DIGEST)
 
 @pytest.fixture
 def source(swtpm, request):
-    from nomyo_audit.tpm.tpm2 import Tpm2QuoteSource
+    from nomyo_audit.attest._tpm2 import Tpm2QuoteSource
 
     tpm = Tpm2QuoteSource(swtpm.spec, getattr(request, "param", "rsa2048-rsassa"))
     yield tpm
@@ -239,7 +239,7 @@ def test_another_requests_nonce_both_refuse(genuine, tmp_path):
 def test_quote_with_another_tpms_aik_both_refuse(genuine, tmp_path):
     """The same template on the same TPM derives the same primary key, so the other AIK comes from
     a second swtpm: another machine's TPM."""
-    from nomyo_audit.tpm.tpm2 import Tpm2QuoteSource
+    from nomyo_audit.attest._tpm2 import Tpm2QuoteSource
 
     with SwtpmProcess() as second:
         other = Tpm2QuoteSource(second.spec, "rsa2048-rsassa")
@@ -268,7 +268,7 @@ def unrestricted_signer(swtpm):
         TPMT_TK_HASHCHECK,
     )
 
-    from nomyo_audit.tpm.tpm2 import parse_tpm_spec
+    from nomyo_audit.attest._tpm2 import parse_tpm_spec
 
     esys = ESAPI(TCTILdr(*parse_tpm_spec(swtpm.spec)))
     template = TPM2B_PUBLIC.parse(
@@ -381,7 +381,7 @@ def test_router_with_swtpm_end_to_end(swtpm, make_router, client_keys_dir):
     import asyncio
 
     from nomyo_audit import SecureChatCompletion
-    from nomyo_audit.router.attestation import make_attester
+    from nomyo_audit.router._attestation import make_attester
 
     router = make_router(attester=make_attester(swtpm.spec, "ecc256-ecdsa"))
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nomyo_audit.errors import EvidenceError
-from nomyo_audit.tpm.structures import (
+from nomyo_audit.tpm._structures import (
     ALG,
     TPM_GENERATED_VALUE,
     TPM_ST_ATTEST_QUOTE,

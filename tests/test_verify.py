@@ -14,14 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nomyo_audit.tpm.attester import TPMAttester
-from nomyo_audit.tpm.binding import (
+from nomyo_audit.attest._attester import TPMAttester
+from nomyo_audit.attest._software import SoftwareTPM
+from nomyo_audit.tpm._binding import (
     canonical_json,
     response_binding,
     response_content_digest,
 )
-from nomyo_audit.tpm.software import SoftwareTPM
-from nomyo_audit.tpm.structures import (
+from nomyo_audit.tpm._structures import (
     ALG,
     ClockInfo,
     ObjectAttributes,
@@ -33,7 +33,7 @@ from nomyo_audit.tpm.structures import (
     pcr_value_map,
     selection_text,
 )
-from nomyo_audit.tpm.verify import CHECKS, parse_pcr_banks, verify_attestation
+from nomyo_audit.tpm._verify import CHECKS, parse_pcr_banks, verify_attestation
 
 PID = "5128aaf2-1ef9-4a21-aec8-2f6a6062008d"
 COMPLETION = {"id": "chatcmpl-1", "object": "chat.completion", "choices": [{"message": {"content": "hi"}}]}
@@ -408,7 +408,7 @@ def test_pcr_digest_uses_the_signature_hash_not_the_bank_hash():
 
 def test_quote_shapes_an_attacker_picks_do_not_grow_the_per_aik_cache():
     """Facts derived per AIK are cached by the quote's shape; shapes are attacker-chosen, so bounded."""
-    from nomyo_audit.tpm.verify import _aik_material
+    from nomyo_audit.tpm._verify import _aik_material
 
     tpm = SoftwareTPM("rsa2048-rsassa")
     block = evidence(tpm)

@@ -28,7 +28,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nomyo_audit.errors import EvidenceError
-from nomyo_audit.tpm.structures import (
+from nomyo_audit.tpm._structures import (
     ALG,
     ATTEST_TYPES,
     HASH_NAMES,
@@ -46,7 +46,7 @@ from nomyo_audit.tpm.structures import (
     parse_signature,
     pcr_value_map,
 )
-from nomyo_audit.tpm.verify import (
+from nomyo_audit.tpm._verify import (
     _MAX_B64,
     _b64,
     _b64_text,

@@ -136,7 +136,7 @@ def test_tampering_fails_authentication(key, field):
 
 
 def test_wrong_private_key(key, client_keys_dir):
-    from nomyo_audit.client.keys import load_key_pair
+    from nomyo_audit.client._keys import load_key_pair
 
     other = load_key_pair(client_keys_dir / "private_key.pem").private_key
     with pytest.raises(SecurityError, match="decryption failed"):

@@ -1,5 +1,5 @@
 """The ``nomyo-audit`` command line; :func:`main` is the console script."""
 
-from .main import cli, main
+from ._main import cli, main
 
 __all__ = ["cli", "main"]

@@ -1,8 +1,8 @@
 """The reference router (``nomyo-audit serve``); needs the ``router`` extra."""
 
-from .app import Attester, NoAttester, RouterConfig, create_app
-from .backends import Backend, BackendError, EchoBackend, UpstreamBackend
-from .server import RouterThread, ServerThread, run_router
+from ._app import Attester, NoAttester, RouterConfig, create_app
+from ._backends import Backend, BackendError, EchoBackend, UpstreamBackend
+from ._server import RouterThread, ServerThread, run_router
 
 __all__ = [
     "Attester",

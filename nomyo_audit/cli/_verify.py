@@ -19,14 +19,14 @@ from typing import Any, TextIO
 
 import click
 
-from ..audit.log import AuditLog
+from ..audit._log import AuditLog
 from ..errors import ConfigurationError, EvidenceError, ExitCode
 from ..policy import Policy, PolicyResult, evaluate, load_policy
-from ..tpm.binding import recorded_content_digest, response_content_digest
-from ..tpm.ear import to_ear
-from ..tpm.verify import Verdict, verify_attestation
-from .log import parse_period, parse_time
-from .progress import Progress
+from ..tpm._binding import recorded_content_digest, response_content_digest
+from ..tpm._ear import to_ear
+from ..tpm._verify import Verdict, verify_attestation
+from ._log import parse_period, parse_time
+from ._progress import Progress
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,7 @@ def _record_time(document: dict[str, Any]) -> float | None:
 
 def log_records(log: AuditLog, since: float | None, until: float | None) -> Iterator[Record]:
     """The records of an audit log, as verification inputs (their stored evidence), one at a time."""
-    from ..audit.records import recorded_content_digest
+    from ..audit._records import recorded_content_digest
 
     for stored in log.store.records(since, until):
         doc = json.loads(stored.data)

@@ -7,7 +7,7 @@ import hashlib
 import re
 from typing import Any
 
-from ..memory import get_memory_protection_info
+from .._memory import get_memory_protection_info
 
 __all__ = ["cuda_device_info", "memory_protection_metadata"]
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from ..attest._attester import DEFAULT_PCR_BANKS, TPMAttester
 from ..errors import ConfigurationError
-from ..tpm.attester import DEFAULT_PCR_BANKS, TPMAttester
-from .app import Attester, NoAttester
+from ._app import Attester, NoAttester
 
 __all__ = ["make_attester"]
 
@@ -14,13 +14,13 @@ def make_attester(spec: str, aik: str = "rsa2048-rsassa", pcr_banks: str = DEFAU
     if spec == "none":
         return NoAttester()
     if spec == "software":
-        from ..tpm.software import AIK_KINDS, SoftwareTPM
+        from ..attest._software import AIK_KINDS, SoftwareTPM
 
         if aik not in AIK_KINDS:
             raise ConfigurationError(f"unknown AIK kind {aik!r}: one of {', '.join(AIK_KINDS)}")
         return TPMAttester(SoftwareTPM(aik), pcr_banks)
     if spec.startswith(("swtpm", "device")):
-        from ..tpm.tpm2 import Tpm2QuoteSource
+        from ..attest._tpm2 import Tpm2QuoteSource
 
         return TPMAttester(Tpm2QuoteSource(spec, aik), pcr_banks)
     raise ConfigurationError(f"--tpm {spec!r}: use none, software, swtpm:host=H,port=P or device:/dev/tpmrm0")

@@ -47,8 +47,8 @@ from urllib.parse import quote
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import IntegrityError, NomyoAuditError
-from .merkle import Frontier, inclusion_proof, leaf_hash, root_of
-from .note import (
+from ._merkle import Frontier, inclusion_proof, leaf_hash, root_of
+from ._note import (
     Checkpoint,
     NoteError,
     parse_checkpoint,
@@ -595,7 +595,7 @@ def _truncated(saved: int, size: int) -> str:
 
 def key_fingerprint(public: Ed25519PublicKey) -> str:
     """The key's fingerprint as reports print it: SHA-256 of its DER SubjectPublicKeyInfo, hex."""
-    from .dsse import key_fingerprint as fingerprint
+    from ._dsse import key_fingerprint as fingerprint
 
     return fingerprint(public)
 
@@ -766,7 +766,7 @@ class AuditLog:
         )
 
     def _note(self, size: int, root: bytes, key: Ed25519PrivateKey) -> str:
-        from .records import rfc3339
+        from ._records import rfc3339
 
         extensions = (
             f"{SALT_EXTENSION} {salt_commitment(self.salt)}",
@@ -1082,7 +1082,7 @@ class _Verification:
 
 
 def _verified(parsed: Checkpoint, note: str, key: Ed25519PublicKey, created: Any) -> VerifiedCheckpoint:
-    from .records import rfc3339
+    from ._records import rfc3339
 
     signed_time = parsed.extension(TIME_EXTENSION)
     if signed_time is None and isinstance(created, (int, float)):
@@ -1145,7 +1145,7 @@ def parse_tlog_proof(text: str) -> tuple[bytes | None, int, list[bytes], str]:
 
 def verify_tlog_proof(text: str, public_key: Ed25519PublicKey, record: bytes | None = None) -> dict[str, Any]:
     """Check a tlog-proof offline: checkpoint signature, then inclusion of the record's leaf."""
-    from .merkle import ProofError, verify_inclusion
+    from ._merkle import ProofError, verify_inclusion
 
     extra, index, hashes, note = parse_tlog_proof(text)
     data = record if record is not None else extra

@@ -27,10 +27,10 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 
-from ..tpm.binding import recorded_content_digest, response_content_digest
-from ..tpm.structures import HASH_NAMES
-from ..tpm.verify import CHECKS, Verdict, parse_pcr_banks, verify_attestation
-from .model import Policy, parse_duration
+from ..tpm._binding import recorded_content_digest, response_content_digest
+from ..tpm._structures import HASH_NAMES
+from ..tpm._verify import CHECKS, Verdict, parse_pcr_banks, verify_attestation
+from ._model import Policy, parse_duration
 
 __all__ = ["KEY_SCOPE", "PolicyResult", "RuleOutcome", "evaluate"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._version import __version__
-from .verify import Verdict
+from ._verify import Verdict
 
 __all__ = ["EAT_PROFILE", "to_ear"]
 

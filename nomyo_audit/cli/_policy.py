@@ -14,8 +14,8 @@ import yaml
 from .._files import write_file
 from ..errors import EvidenceError, ExitCode
 from ..policy import PolicyError, load_policy
-from ..tpm.verify import Verdict
-from .verify import appraise, read_records
+from ..tpm._verify import Verdict
+from ._verify import appraise, read_records
 
 
 @click.group("policy")

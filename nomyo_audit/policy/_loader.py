@@ -32,7 +32,7 @@ import jsonschema
 import yaml
 from jsonschema.exceptions import ValidationError
 
-from .model import Policy, PolicyError, parse_duration
+from ._model import Policy, PolicyError, parse_duration
 
 __all__ = [
     "MAX_ALIASES",

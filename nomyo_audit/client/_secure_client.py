@@ -47,8 +47,9 @@ from typing import Any, TypeVar
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ..audit.log import AuditLog
-from ..audit.records import build_record
+from .._memory import secure_buffer, wipe
+from ..audit._log import AuditLog
+from ..audit._records import build_record
 from ..errors import (
     APIConnectionError,
     APIError,
@@ -64,10 +65,9 @@ from ..errors import (
     ServerError,
     ServiceUnavailableError,
 )
-from ..memory import secure_buffer, wipe
 from ..policy import KEY_SCOPE, Policy, PolicyViolationError, evaluate, load_policy
-from ..tpm.binding import key_binding, response_content_digest
-from ..tpm.verify import Verdict, verify_attestation
+from ..tpm._binding import key_binding, response_content_digest
+from ..tpm._verify import Verdict, verify_attestation
 from ..wire import (
     ALGORITHM,
     MAX_JSON_DEPTH,
@@ -80,9 +80,9 @@ from ..wire import (
     parse_package,
     public_key_pem,
 )
-from .http import ACCEPT_ENCODING, FINAL_CONNECTION_CODES, Reply, exchange
-from .keys import DEFAULT_KEY_BITS, KeyPair, generate_key_pair, load_key_pair, save_key_pair
-from .retry import backoff_delay, is_retryable_status
+from ._http import ACCEPT_ENCODING, FINAL_CONNECTION_CODES, Reply, exchange
+from ._keys import DEFAULT_KEY_BITS, KeyPair, generate_key_pair, load_key_pair, save_key_pair
+from ._retry import backoff_delay, is_retryable_status
 
 __all__ = ["CLIENT_FIELDS", "DEFAULT_TIMEOUT", "SECURITY_TIERS", "SecureCompletionClient"]
 

@@ -36,8 +36,8 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ..memory import prevent_core_dumps
-from .app import RouterConfig, create_app
+from .._memory import prevent_core_dumps
+from ._app import RouterConfig, create_app
 
 __all__ = [
     "ACCEPT_ERROR_INTERVAL",

@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ..audit.log import AuditLog
+from ..audit._log import AuditLog
 from ..errors import InvalidRequestError
 from ..policy import Policy
-from .secure_client import SecureCompletionClient, validate_security_tier
+from ._secure_client import SecureCompletionClient, validate_security_tier
 
 __all__ = ["SecureChatCompletion", "SyncSecureChatCompletion"]
 

@@ -14,9 +14,8 @@ import time
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from .attester import Quote
-from .keys import HASH_ALGORITHMS
-from .structures import (
+from ..tpm._keys import HASH_ALGORITHMS
+from ..tpm._structures import (
     ALG,
     HASH_NAMES,
     HASH_SIZES,
@@ -31,6 +30,7 @@ from .structures import (
     Signature,
     TPMSAttest,
 )
+from ._attester import Quote
 
 __all__ = ["AIK_KINDS", "SoftwareTPM"]
 

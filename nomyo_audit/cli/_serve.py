@@ -14,7 +14,7 @@ from ..errors import ConfigurationError
 
 
 def _parse_model_tiers(values: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    from ..client.secure_client import SECURITY_TIERS
+    from ..client._secure_client import SECURITY_TIERS
 
     result: dict[str, tuple[str, ...]] = {}
     for value in values:
@@ -38,7 +38,7 @@ def _finite_seconds(ctx: click.Context, param: click.Parameter, value: float) ->
 
 def load_or_create_router_key(path: Path | None) -> rsa.RSAPrivateKey:
     """The router's RSA-4096 key: loaded from ``path``, or generated (and saved there, 0600)."""
-    from ..client.keys import generate_key_pair, load_key_pair, save_private_key
+    from ..client._keys import generate_key_pair, load_key_pair, save_private_key
 
     if path is not None and path.exists():
         return load_key_pair(path).private_key
@@ -51,7 +51,7 @@ def load_or_create_router_key(path: Path | None) -> rsa.RSAPrivateKey:
 
 def listen_on(host: str, port: int) -> socket.socket:
     """The bound, listening socket, or a :class:`ConfigurationError` (exit 2) saying why not."""
-    from ..router.server import bind_socket
+    from ..router._server import bind_socket
 
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
@@ -172,7 +172,7 @@ def serve(
     """
     try:
         from ..router import EchoBackend, RouterConfig, UpstreamBackend, run_router
-        from ..router.attestation import make_attester
+        from ..router._attestation import make_attester
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ConfigurationError(
             f"the router needs the 'router' extra: pip install 'nomyo-audit[router]' ({exc})"

@@ -14,8 +14,8 @@ import hashlib
 from typing import Any
 
 from ..errors import ConfigurationError
-from .attester import Quote
-from .structures import HASH_NAMES, PCRSelection, marshal_pcr_selection_list
+from ..tpm._structures import HASH_NAMES, PCRSelection, marshal_pcr_selection_list
+from ._attester import Quote
 
 __all__ = ["AIK_TEMPLATES", "Tpm2QuoteSource", "parse_tpm_spec"]
 

@@ -12,9 +12,9 @@ from typing import Any
 import click
 
 from .._files import write_file
-from ..audit.keys import ed25519_private, ed25519_public, generate_audit_key
-from ..audit.log import AuditLog, IntegrityError, LogError, VerifyReport, verify_tlog_proof
-from .progress import Progress
+from ..audit._keys import ed25519_private, ed25519_public, generate_audit_key
+from ..audit._log import AuditLog, IntegrityError, LogError, VerifyReport, verify_tlog_proof
+from ._progress import Progress
 
 #: Larger inputs (a proof, a request, a checkpoint file) are refused rather than read whole.
 MAX_TEXT_FILE = 64 * 1024 * 1024
@@ -259,7 +259,7 @@ def digest(file: Path, log_path: Path) -> None:
     Example:
       nomyo-audit log digest request.json --log audit.db
     """
-    from ..audit.records import keyed_digest
+    from ..audit._records import keyed_digest
 
     try:
         value = json.loads(read_text_file(file, "FILE"))

@@ -26,8 +26,8 @@ from typing import Any, NamedTuple
 
 from .._version import __version__
 from ..policy import Policy, evaluate
-from ..tpm.verify import verify_attestation
-from .records import recorded_content_digest, rfc3339
+from ..tpm._verify import verify_attestation
+from ._records import recorded_content_digest, rfc3339
 
 __all__ = [
     "MAX_FAILURES",

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from ..errors import IntegrityError
-from .keys import SigningKey, VerifyingKey
+from ._keys import SigningKey, VerifyingKey
 
 __all__ = [
     "IN_TOTO_PAYLOAD_TYPE",

@@ -36,9 +36,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..client.secure_client import SECURITY_TIERS
+from .._memory import wipe
+from ..client._secure_client import SECURITY_TIERS
 from ..errors import ProtocolError, SecurityError
-from ..memory import wipe
 from ..wire import (
     MAX_PACKAGE_BYTES,
     EncryptedPackage,
@@ -48,9 +48,9 @@ from ..wire import (
     parse_package,
     public_key_pem,
 )
-from .backends import Backend, BackendError, EchoBackend
-from .environment import cuda_device_info, memory_protection_metadata
-from .validation import RequestRejected, check_chat_request, check_client_key, check_payload_id, load_json
+from ._backends import Backend, BackendError, EchoBackend
+from ._environment import cuda_device_info, memory_protection_metadata
+from ._validation import RequestRejected, check_chat_request, check_client_key, check_payload_id, load_json
 
 __all__ = ["Attester", "NoAttester", "RouterConfig", "create_app"]
 

@@ -20,14 +20,14 @@ from typing import Any
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..audit.keys import ed25519_public, load_private_key, load_public_key
-from ..audit.log import AuditLog, IntegrityError
-from ..audit.records import rfc3339
-from ..audit.render import FORMATS, verify_report_dir, write_report
-from ..audit.report import build_report
+from ..audit._keys import ed25519_public, load_private_key, load_public_key
+from ..audit._log import AuditLog, IntegrityError
+from ..audit._records import rfc3339
+from ..audit._render import FORMATS, verify_report_dir, write_report
+from ..audit._report import build_report
 from ..policy import load_policy
-from .log import LOG_OPTION, parse_period, parse_time
-from .progress import Progress
+from ._log import LOG_OPTION, parse_period, parse_time
+from ._progress import Progress
 
 _RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)$")
 

@@ -23,13 +23,13 @@ from jsonschema.exceptions import ValidationError
 
 from .._version import __version__
 from ..errors import ConfigurationError, ExitCode, NomyoAuditError
-from .chat import chat
-from .demo import demo
-from .log import keys_group, log_group
-from .policy import policy_group
-from .report import report, verify_report
-from .serve import serve
-from .verify import verify
+from ._chat import chat
+from ._demo import demo
+from ._log import keys_group, log_group
+from ._policy import policy_group
+from ._report import report, verify_report
+from ._serve import serve
+from ._verify import verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import ConfigurationError
-from .binding import key_binding, response_binding, response_content_digest
-from .structures import HASH_NAMES, PCRSelection, pcr_value_map
-from .verify import parse_pcr_banks
+from ..tpm._binding import key_binding, response_binding, response_content_digest
+from ..tpm._structures import HASH_NAMES, PCRSelection, pcr_value_map
+from ..tpm._verify import parse_pcr_banks
 
 __all__ = ["DEFAULT_PCR_BANKS", "Quote", "QuoteSource", "TPMAttester"]
 

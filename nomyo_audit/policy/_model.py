@@ -10,7 +10,7 @@ from functools import cached_property
 from typing import Any
 
 from ..errors import NomyoAuditError, SecurityError
-from ..tpm.binding import canonical_json
+from ..tpm._binding import canonical_json
 
 __all__ = ["MAX_DURATION", "Policy", "PolicyError", "PolicyViolationError", "parse_duration"]
 

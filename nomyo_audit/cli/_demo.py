@@ -25,7 +25,7 @@ DEMO_PROMPTS = (
 
 
 def _tpm2_usable() -> bool:
-    from ..tpm.swtpm import swtpm_available
+    from ..attest._swtpm import swtpm_available
 
     try:
         import tpm2_pytss  # noqa: F401
@@ -60,28 +60,28 @@ def demo(attester: str, workdir: Path | None) -> None:
     """
     try:
         from ..router import RouterConfig, RouterThread
-        from ..router.attestation import make_attester
+        from ..router._attestation import make_attester
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ConfigurationError(
             f"the demo needs the 'router' extra: pip install 'nomyo-audit[router]' ({exc})"
         ) from None
-    from ..audit.keys import (
+    from ..attest._swtpm import SwtpmProcess
+    from ..audit._keys import (
         ed25519_private,
         ed25519_public,
         generate_audit_key,
         load_private_key,
         load_public_key,
     )
-    from ..audit.log import AuditLog
-    from ..audit.records import rfc3339
-    from ..audit.render import verify_report_dir, write_report
-    from ..audit.report import build_report
+    from ..audit._log import AuditLog
+    from ..audit._records import rfc3339
+    from ..audit._render import verify_report_dir, write_report
+    from ..audit._report import build_report
     from ..client import SecureChatCompletion
-    from ..client.keys import generate_key_pair
+    from ..client._keys import generate_key_pair
     from ..policy import PolicyViolationError, load_policy
-    from ..tpm.measurements import TAMPER_EVENT, measure_demo_boot
-    from ..tpm.swtpm import SwtpmProcess
-    from .report import log_state
+    from ..tpm._measurements import TAMPER_EVENT, measure_demo_boot
+    from ._report import log_state
 
     step = _stepper()
     workdir = workdir or Path("nomyo-audit-demo") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -23,9 +23,9 @@ import jinja2
 
 from .._files import FileExistsRefused, write_file
 from ..errors import ConfigurationError
-from .dsse import EnvelopeError, key_fingerprint, sign_envelope, statement, statement_of
-from .keys import SigningKey, VerifyingKey
-from .report import PREDICATE_TYPE, timeline_svg
+from ._dsse import EnvelopeError, key_fingerprint, sign_envelope, statement, statement_of
+from ._keys import SigningKey, VerifyingKey
+from ._report import PREDICATE_TYPE, timeline_svg
 
 __all__ = [
     "ENVELOPE_NAME",

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._version import __version__
-from ..tpm.binding import canonical_json
-from ..tpm.binding import recorded_content_digest as _recorded_content_digest
+from ..tpm._binding import canonical_json
+from ..tpm._binding import recorded_content_digest as _recorded_content_digest
 
 __all__ = ["RECORD_VERSION", "build_record", "keyed_digest", "recorded_content_digest"]
 

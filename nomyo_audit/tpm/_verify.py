@@ -36,9 +36,9 @@ from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 
 from ..errors import EvidenceError
-from .binding import DERIVATIONS, match_derivation
-from .keys import PublicKey, public_key_fingerprint, to_crypto_key, verify_signature
-from .structures import (
+from ._binding import DERIVATIONS, match_derivation
+from ._keys import PublicKey, public_key_fingerprint, to_crypto_key, verify_signature
+from ._structures import (
     ALG,
     HASH_BY_NAME,
     HASH_NAMES,

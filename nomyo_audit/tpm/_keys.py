@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from .structures import ALG, ECC_CURVES, Public, Signature, TPMStructureError
+from ._structures import ALG, ECC_CURVES, Public, Signature, TPMStructureError
 
 __all__ = ["HASH_ALGORITHMS", "PublicKey", "public_key_fingerprint", "to_crypto_key", "verify_signature"]
 
