@@ -28,6 +28,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nomyo_audit.errors import EvidenceError
+from nomyo_audit.tpm._attest import _parse_attest_careful, _parse_quote_fast
+from nomyo_audit.tpm._signature import _parse_signature_careful, _parse_signature_fast
 from nomyo_audit.tpm._structures import (
     ALG,
     ATTEST_TYPES,
@@ -38,10 +40,6 @@ from nomyo_audit.tpm._structures import (
     ClockInfo,
     PCRSelection,
     TPMSAttest,
-    _parse_attest_careful,
-    _parse_quote_fast,
-    _parse_signature_careful,
-    _parse_signature_fast,
     parse_attest,
     parse_signature,
     pcr_value_map,
