@@ -4,7 +4,12 @@ passing and failing on real evidence from the software TPM."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import gc
+import json
 import textwrap
+import threading
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -12,13 +17,23 @@ from conftest import REPO
 
 from nomyo_audit.attest._attester import TPMAttester
 from nomyo_audit.attest._software import SoftwareTPM
+from nomyo_audit.errors import EvidenceError
 from nomyo_audit.policy import (
+    Appraisal,
     Policy,
     PolicyError,
+    appraise,
+    appraise_all,
     evaluate,
+    junit_xml,
     load_policy,
+    parse_records,
+    read_records,
     shipped_policies,
+    stored_records,
+    verify_record,
 )
+from nomyo_audit.policy import _evaluate as evaluate_module
 from nomyo_audit.tpm._binding import response_binding, response_content_digest
 from nomyo_audit.tpm._measurements import expected_pcr, measure_demo_boot
 
@@ -348,3 +363,127 @@ def test_unknown_payload_id_cannot_bind(machine):
     response["_metadata"]["payload_id"] = "pid-2"
     statuses, _ = outcome({"require_attestation": True}, response)
     assert statuses["require_attestation"] == "fail"
+
+
+# -- state that cannot surprise: a policy is a value, its compiled rules live beside it ------------
+
+
+def test_a_policy_is_a_value_that_evaluation_does_not_change(machine):
+    fields = [f.name for f in dataclasses.fields(Policy)]
+    assert fields == ["name", "description", "spec", "source", "document"]  # no cache in the value
+    applied = policy({"pcrs": GOLDEN, "pcr_selection": {"sha256": [0, 7]}, "max_age": "5m"})
+    before = copy.deepcopy(vars(applied) | {"digest": applied.digest})
+    evaluate(applied, response_from(machine), now=NOW)
+    assert vars(applied) == before
+
+
+def test_compiled_rules_go_with_their_policy():
+    applied = policy({"security_tiers": ["high"]})
+    evaluate(applied, {"security_tier": "high"}, now=NOW)
+    key = id(applied)
+    assert key in evaluate_module._COMPILED
+    del applied
+    gc.collect()
+    assert key not in evaluate_module._COMPILED  # dropped with the policy: an id is never reused stale
+
+
+def test_one_policy_evaluated_from_many_threads_gives_each_its_own_result(machine):
+    """Threads compiling and evaluating one policy at once: each gets exactly the serial result."""
+    other = SoftwareTPM()
+    measure_demo_boot(other)
+    other.extend("sha256", 7, b"a different secure boot db")
+    spec = {"pcrs": GOLDEN, "pcr_selection": {"sha256": [0, 7]}, "security_tiers": ["high"], "max_age": "5m"}
+    cases = [
+        response_from(machine, payload_id="good"),
+        response_from(other, payload_id="changed"),
+        response_from(machine, payload_id="standard", tier="standard"),
+        response_from(machine, payload_id="stale", processed_at=NOW - 3600),
+    ]
+    expected = [evaluate(policy(spec), r, now=NOW).to_dict() for r in cases]
+    assert [e["outcome"] for e in expected] == ["pass", "deny", "deny", "deny"]
+    shared = policy(spec)  # fresh: the threads race to compile it too
+    start = threading.Barrier(8)
+    got: dict[int, list[dict]] = {}
+
+    def work(n: int) -> None:
+        start.wait()
+        order = [(n + i) % len(cases) for i in range(len(cases) * 25)]
+        got[n] = [{"case": i, **evaluate(shared, cases[i], now=NOW).to_dict()} for i in order]
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 8
+    for results in got.values():
+        for result in results:
+            assert {k: v for k, v in result.items() if k != "case"} == expected[result["case"]]
+
+
+# -- appraising saved evidence: read at the edge, then pure -----------------------------------------
+
+
+def test_parse_records_reads_a_value_an_array_and_json_lines(machine):
+    response = response_from(machine)
+    one = list(parse_records(json.dumps(response).encode(), "r.json"))
+    assert [r.source for r in one] == ["r.json"] and one[0].digest_origin == "content"
+    many = list(parse_records(json.dumps([response, response["_metadata"]]).encode(), "a.json"))
+    assert [r.source for r in many] == ["a.json[0]", "a.json[1]"]
+    assert [r.digest_origin for r in many] == ["content", "none"]
+    lines = list(parse_records(f"{json.dumps(response)}\n\n{json.dumps(response)}\n".encode(), "l.jsonl"))
+    assert [r.source for r in lines] == ["l.jsonl:1", "l.jsonl:3"]
+    for data, code in ((b"", "invalid_input"), (b"{}\n{", "invalid_json"), (b"\xff", "unreadable")):
+        with pytest.raises(EvidenceError) as caught:
+            list(parse_records(data, "x"))
+        assert caught.value.code == code
+
+
+def test_read_records_reads_when_iterated(tmp_path):
+    records = read_records(tmp_path / "missing.json")  # nothing happens yet
+    with pytest.raises(EvidenceError, match=r"missing\.json: cannot read"):
+        next(records)
+
+
+def test_appraise_states_the_time_it_judged_at(machine):
+    (record,) = parse_records(json.dumps(response_from(machine)).encode(), "r.json")
+    production = policy({"require_attestation": True, "max_age": "5m"})
+    fresh, stale = appraise(record, production, at=NOW + 10), appraise(record, production, at=NOW + 3600)
+    assert isinstance(fresh, Appraisal) and fresh.evaluated_at == NOW + 10 and not fresh.failed
+    assert stale.failed and stale.result is not None and stale.result.failures[0].rule == "max_age"
+    bare = appraise(record)
+    assert bare.result is None and bare.evaluated_at is None and bare.verdict.passed and not bare.failed
+    assert bare.verdict.to_dict() == verify_record(record).to_dict()
+
+
+def test_stored_records_judge_each_record_at_its_own_time(machine):
+    response = response_from(machine, payload_id="stored")
+    stored = {
+        "seq": 7,
+        "time": "2027-01-15T08:00:00.000Z",  # NOW is 2027-01-15T08:00:00Z
+        "payload_id": "stored",
+        "security_tier": "high",
+        "metadata": {**response["_metadata"], "payload_id": "someone-else"},  # the router's word
+        "verdict": {"content_digest": response_content_digest(response).hex()},
+    }
+    (record,) = stored_records([json.dumps(stored).encode()], "audit.db")
+    assert record.source == "audit.db#7" and record.received_at == NOW
+    assert record.metadata["payload_id"] == "stored" and record.digest_origin == "recorded"
+    production = policy({"require_attestation": True, "max_age": "5m"})
+    (own,) = appraise_all([record], production, now=NOW + 86400 * 365)
+    assert own.evaluated_at == NOW and not own.failed  # a year later, judged as of then
+    (fixed,) = appraise_all([record], production, at=NOW + 3600, now=NOW)
+    assert fixed.evaluated_at == NOW + 3600 and fixed.failed
+    (loose,) = appraise_all(parse_records(json.dumps(response).encode(), "r"), production, now=NOW + 1)
+    assert loose.evaluated_at == NOW + 1  # a file carries no time: judged now
+
+
+def test_junit_xml_has_a_suite_per_record_and_a_case_per_rule(machine):
+    replies = [response_from(machine), response_from(machine, tier="x")]
+    records = list(parse_records(json.dumps(replies).encode(), "r"))
+    tiers = policy({"security_tiers": ["high"], "require_attestation": True}, name="tiers")
+    suites = ET.fromstring(junit_xml(appraise_all(records, tiers, now=NOW))).findall("testsuite")
+    assert [s.get("failures") for s in suites] == ["0", "1"]
+    assert {c.get("classname") for s in suites for c in s} == {"tiers"}
+    verifier = ET.fromstring(junit_xml(appraise_all(records, now=NOW))).findall("testsuite")
+    assert {c.get("classname") for c in verifier[0]} == {"verifier"}

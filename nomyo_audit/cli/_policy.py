@@ -13,9 +13,9 @@ import yaml
 
 from .._files import write_file
 from ..errors import EvidenceError, ExitCode
-from ..policy import PolicyError, load_policy
+from ..policy import PolicyError, load_policy, verify_record
 from ..tpm._verify import Verdict
-from ._verify import appraise, read_records
+from ._verify import records_from
 
 
 @click.group("policy")
@@ -110,8 +110,8 @@ def from_evidence(
     pins: list[str] = []
     used = skipped = 0
     for file in files:
-        for record in read_records(file):
-            verdict = appraise(record)
+        for record in records_from(file):
+            verdict = verify_record(record)
             if (
                 verdict.finding("signature").status != "pass"
                 or verdict.finding("pcr_digest").status != "pass"

@@ -14,8 +14,9 @@ types, missing fields, NaN times, a response that is not a mapping) gives
 failing rule outcomes, never an exception.
 
 A policy is compiled once into one closure per rule (durations parsed, sets
-built) and the result cached on the :class:`Policy`: evaluation happens per
-request, compilation per policy.
+built) and kept beside it, not in it, for as long as it lives: evaluation
+happens per request, compilation per policy. Compiled rules hold no mutable
+state, so one policy can be evaluated from many threads at once.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from __future__ import annotations
 import fnmatch
 import math
 import operator
+import weakref
 from collections.abc import Callable, Mapping
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
 from ..tpm._binding import recorded_content_digest, response_content_digest
@@ -171,14 +174,25 @@ class _Compiled(NamedTuple):
     on_failure: str
 
 
+#: The compiled form of each live policy, by ``id(policy)``: kept beside the policy, never in it (a
+#: frozen value stays a value), and dropped when the policy is (a ``weakref.finalize`` each), so an id
+#: is never looked up after it could be reused. Entries are immutable and compiling twice gives equal
+#: ones, so two threads that miss at once only both compile.
+_COMPILED: dict[int, _Compiled] = {}
+
+
 def _compiled(policy: Policy) -> _Compiled:
-    compiled = policy.cache.get("compiled")
+    compiled = _COMPILED.get(id(policy))
     if compiled is None:
         spec = policy.spec
         rules = tuple((rule, compile_rule(spec[rule], spec)) for rule, compile_rule in _RULES if rule in spec)
-        compiled = policy.cache["compiled"] = _Compiled(
+        compiled = _Compiled(
             rules, tuple(check for _, check in rules), policy.name, policy.digest, policy.on_failure
         )
+        stored = _COMPILED.setdefault(id(policy), compiled)
+        if stored is compiled:
+            weakref.finalize(policy, _COMPILED.pop, id(policy), None)
+        return stored
     return compiled
 
 
@@ -286,15 +300,16 @@ def _pcrs(value: Mapping[str, Mapping[str, Any]], spec: Mapping[str, Any]) -> Ch
 
 
 @lru_cache(maxsize=256)
-def _quoted_sets(pcr_banks: str) -> dict[str, frozenset[int]]:
-    """The verified selection text as {bank: indices}, through the verifier's own parser."""
-    return {HASH_NAMES[s.hash_alg]: frozenset(s.indices) for s in parse_pcr_banks(pcr_banks)}
+def _quoted_sets(pcr_banks: str) -> Mapping[str, frozenset[int]]:
+    """The verified selection text as {bank: indices}, through the verifier's own parser (read-only)."""
+    banks = {HASH_NAMES[s.hash_alg]: frozenset(s.indices) for s in parse_pcr_banks(pcr_banks)}
+    return MappingProxyType(banks)
 
 
 def _pcr_selection(value: Mapping[str, list[int]], spec: Mapping[str, Any]) -> Check:
     required = tuple((bank, index) for bank, indices in value.items() for index in indices)
-    outcomes: dict[str, RuleOutcome] = {}  # by verified selection text: routers repeat theirs
 
+    @lru_cache(maxsize=64)  # by verified selection text: routers repeat theirs (thread-safe, bounded)
     def outcome(banks: str, code: str) -> RuleOutcome:
         quoted = _quoted_sets(banks)
         missing = [f"{bank}:{i}" for bank, i in required if i not in quoted.get(bank, ())]
@@ -306,13 +321,7 @@ def _pcr_selection(value: Mapping[str, list[int]], spec: Mapping[str, Any]) -> C
         selection = verdict.findings[_PCR_SELECTION]
         if selection.status != "pass":
             return RuleOutcome("pcr_selection", "fail", "no verified PCR selection", (selection.code,))
-        banks = str(verdict.facts.get("pcr_banks", ""))
-        result = outcomes.get(banks)
-        if result is None:
-            result = outcome(banks, selection.code)
-            if len(outcomes) < 64:
-                outcomes[banks] = result
-        return result
+        return outcome(str(verdict.facts.get("pcr_banks", "")), selection.code)
 
     return check
 

@@ -73,8 +73,6 @@ class Policy:
     spec: Mapping[str, Any]
     source: str = "<memory>"
     document: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    #: Derived data (the compiled rules), computed once per policy, not per request.
-    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
     def digest(self) -> str:
