@@ -36,13 +36,18 @@ from .errors import ProtocolError, SecurityError
 
 __all__ = [
     "ALGORITHM",
+    "CLIENT_FIELDS",
+    "COMPLETION_PATH",
     "KEY_ALGORITHM",
+    "KEY_ATTESTATION_PATH",
     "MAX_JSON_DEPTH",
     "MAX_PACKAGE_BYTES",
     "MAX_PUBLIC_EXPONENT",
     "MAX_RSA_BITS",
     "MIN_RSA_BITS",
     "PAYLOAD_ALGORITHM",
+    "PUBLIC_KEY_PATH",
+    "SECURITY_TIERS",
     "VERSION",
     "EncryptedPackage",
     "decrypt_package",
@@ -75,6 +80,25 @@ MAX_PACKAGE_BYTES = 16 * 1024 * 1024
 #: of levels; the limit sits far below the interpreter's recursion limit, so everything that later
 #: walks the document (canonical JSON, digests, the audit record) cannot overflow the stack.
 MAX_JSON_DEPTH = 100
+
+#: Where a router serves its public key (PEM), its key attestation and the encrypted completion.
+PUBLIC_KEY_PATH = "/pki/public_key"
+KEY_ATTESTATION_PATH = "/pki/attestation"
+COMPLETION_PATH = "/v1/chat/secure_completion"
+#: The values of the ``X-Security-Tier`` header; a client and a router refuse any other.
+SECURITY_TIERS = ("standard", "high", "maximum")
+#: ``_metadata`` fields only the client computes (its verdict, its policy result, whether the reply
+#: was bound to the request...). A router's copy is never taken: the client drops it and names it in
+#: ``dropped_router_fields``.
+CLIENT_FIELDS = (
+    "payload_id_verified",
+    "is_encrypted",
+    "encryption_algorithm",
+    "verification",
+    "policy",
+    "dropped_router_fields",
+    "unauthenticated_processed_at",
+)
 
 _OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 

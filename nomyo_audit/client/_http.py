@@ -89,6 +89,12 @@ async def _read(response: httpx.Response, limit: int, *, cut_short: bool) -> byt
         raise _too_large(limit, f"it declares {int(declared)} bytes")
     inflater = _Inflater(response.headers.get("content-encoding", ""), limit)
     received = 0
+    if response.is_stream_consumed:
+        # Built with its body in hand (what httpx.MockTransport handlers return): httpx read and
+        # decoded it when the response was made, so there is no raw stream left to count.
+        if inflater.keep(response.content) and not cut_short:
+            raise _too_large(limit, "it was refused as it arrived")
+        return bytes(inflater.output)
     async for chunk in response.aiter_raw():
         received += len(chunk)
         if received > limit or inflater.feed(chunk):
@@ -120,7 +126,7 @@ class _Inflater:
     def feed(self, chunk: bytes) -> bool:
         """Take one raw chunk; True when the decoded body passed the limit (the rest is dropped)."""
         if self._zlib is None:
-            return self._keep(chunk)
+            return self.keep(chunk)
         pending = chunk
         while pending:
             # Ask for one byte more than there is room for: getting it means over the limit.
@@ -131,7 +137,7 @@ class _Inflater:
                 raise ProtocolError(
                     "the reply's compressed body is corrupt", code="response_encoding"
                 ) from None
-            if self._keep(piece):
+            if self.keep(piece):
                 return True
             pending = self._zlib.unconsumed_tail
         return False
@@ -140,11 +146,12 @@ class _Inflater:
         if self._zlib is None:
             return False
         try:
-            return self._keep(self._zlib.flush())
+            return self.keep(self._zlib.flush())
         except zlib.error:
             raise ProtocolError("the reply's compressed body is corrupt", code="response_encoding") from None
 
-    def _keep(self, data: bytes) -> bool:
+    def keep(self, data: bytes) -> bool:
+        """Add decoded bytes up to the limit; True when some did not fit (they are dropped)."""
         room = self._limit - len(self.output)
         self.output += data[:room]
         return len(data) > room
