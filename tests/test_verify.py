@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import hashlib
 
 import pytest
@@ -23,6 +24,7 @@ from nomyo_audit.tpm._binding import (
 )
 from nomyo_audit.tpm._structures import (
     ALG,
+    HASH_NAMES,
     ClockInfo,
     ObjectAttributes,
     PCRSelection,
@@ -317,6 +319,20 @@ def test_signature_scheme_must_be_the_aiks():
     assert failing(verdict({**block, "signature_b64": b64(relabelled)})) == {"signature": "scheme_mismatch"}
 
 
+@pytest.mark.parametrize("kind", ["rsa2048-rsassa", "ecc256-ecdsa"])
+def test_an_aik_without_a_signing_scheme_is_refused(kind):
+    """An AIK whose scheme is TPM_ALG_NULL names no scheme its quotes must use, so a signature
+    under any scheme would do: refused with a finding, as go-attestation refuses it. The
+    signature is still checked, so the verdict says exactly what is wrong."""
+    tpm = SoftwareTPM(kind)
+    tpm.public = dataclasses.replace(tpm.public, scheme=ALG.NULL, scheme_hash=ALG.NULL)
+    tpm.aik_public = tpm.public.marshal()
+    v = verdict(evidence(tpm))
+    assert failing(v) == {"aik_attributes": "aik_no_scheme"}
+    assert v.finding("signature").status == "pass"
+    assert "TPM_ALG_NULL" in v.finding("aik_attributes").detail
+
+
 # -- the classic pitfalls ------------------------------------------------------------------------
 
 
@@ -407,11 +423,18 @@ def test_pcr_digest_uses_the_signature_hash_not_the_bank_hash():
 
 
 def test_quote_shapes_an_attacker_picks_do_not_grow_the_per_aik_cache():
-    """Facts derived per AIK are cached by the quote's shape; shapes are attacker-chosen, so bounded."""
-    from nomyo_audit.tpm._verify import _aik_material
+    """Facts derived per AIK are made for the shapes an honest router uses, when the AIK is first
+    seen; shapes are attacker-chosen, so the others are built per quote and never kept."""
+    from types import MappingProxyType
+
+    from nomyo_audit.tpm._aik import aik_material
 
     tpm = SoftwareTPM("rsa2048-rsassa")
     block = evidence(tpm)
+    assert verdict(block).passed
+    material = aik_material(block["aik_pubkey_b64"])
+    cached = dict(material.facts_by_shape)
+    assert len(cached) == 2 and isinstance(material.facts_by_shape, MappingProxyType)
     sig = parse_signature(base64.b64decode(block["signature_b64"]))
     quote = base64.b64decode(block["quote_b64"])
     shapes = 0
@@ -422,10 +445,13 @@ def test_quote_shapes_an_attacker_picks_do_not_grow_the_per_aik_cache():
                     continue
                 relabelled = sig._replace(sig_alg=sig_alg, hash_alg=hash_alg).marshal()
                 forged = {**block, "signature_b64": b64(relabelled), "quote_b64": b64(quote_bytes)}
-                assert failing(verdict(forged)) == {"signature": "scheme_mismatch"}
+                v = verdict(forged)
+                assert failing(v) == {"signature": "scheme_mismatch"}
+                assert v.facts["signature_hash"] == HASH_NAMES[hash_alg]
                 shapes += 1
-    assert shapes > 16 and len(_aik_material(block["aik_pubkey_b64"]).facts_by_shape) == 16
-    assert verdict(block).passed  # the one honest shape still verifies, uncached or not
+    assert shapes > 16
+    assert aik_material(block["aik_pubkey_b64"]) is material and dict(material.facts_by_shape) == cached
+    assert verdict(block).passed  # the one honest shape still verifies
 
 
 def test_ecdsa_r_and_s_with_leading_zeros():

@@ -44,14 +44,14 @@ from nomyo_audit.tpm._structures import (
     parse_signature,
     pcr_value_map,
 )
-from nomyo_audit.tpm._verify import (
-    _MAX_B64,
-    _b64,
-    _b64_text,
-    _decode,
-    _pcr_values,
+from nomyo_audit.tpm._evidence import (
+    MAX_B64,
     _pcr_values_careful,
     _pcr_values_fast,
+    b64_field,
+    b64_text,
+    decode_b64,
+    read_pcr_values,
 )
 
 VECTORS = json.loads((FIXTURES / "vectors" / "tpm-evidence.json").read_text())["vectors"]
@@ -300,7 +300,7 @@ def careful_pcr_values(values: Any, selections: tuple[PCRSelection, ...]) -> tup
 
 def check_pcr_values(selections: tuple[PCRSelection, ...], values: Any) -> None:
     careful = outcome(careful_pcr_values, values, selections)
-    assert outcome(_pcr_values, {"pcr_values": values}, selections) == careful
+    assert outcome(read_pcr_values, {"pcr_values": values}, selections) == careful
     fast = _pcr_values_fast(values, selections)
     if fast is not None:
         assert careful == ("value", fast)
@@ -378,7 +378,7 @@ def base64_values(draw: st.DrawFn) -> Any:
     elif action == "urlsafe":
         text = text.replace("+", "-").replace("/", "_")
     elif action == "long":
-        text = "A" * draw(st.sampled_from([_MAX_B64 - 4, _MAX_B64, _MAX_B64 + 4]))
+        text = "A" * draw(st.sampled_from([MAX_B64 - 4, MAX_B64, MAX_B64 + 4]))
     elif action == "type":
         return draw(st.sampled_from([None, 42, text.encode(), [text], type("Text", (str,), {})(text)]))
     return text
@@ -386,8 +386,8 @@ def base64_values(draw: st.DrawFn) -> Any:
 
 def check_base64(value: Any) -> None:
     block = {"field": value}
-    careful = outcome(lambda: _decode(_b64_text(block, "field"), "field"))
-    assert outcome(_b64, block, "field") == careful
+    careful = outcome(lambda: decode_b64(b64_text(block, "field"), "field"))
+    assert outcome(b64_field, block, "field") == careful
 
 
 @settings(max_examples=500, deadline=None)
@@ -426,7 +426,7 @@ def test_careful_parsers_accept_every_real_vector_as_the_fast_paths_do():
         )
         banks_seen.update(s.bank for s in quote.pcr_select if not s.indices)
         for field in ("quote_b64", "signature_b64", "aik_pubkey_b64"):
-            assert _decode(_b64_text(block, field), field) == _b64(block, field)
+            assert decode_b64(b64_text(block, field), field) == b64_field(block, field)
     assert schemes == {ALG.RSASSA, ALG.RSAPSS, ALG.ECDSA}
     assert banks_seen == {"sha1"}  # an empty bank, from tpm2_quote
 

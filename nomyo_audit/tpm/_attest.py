@@ -41,6 +41,9 @@ __all__ = ["ClockInfo", "TPMSAttest", "parse_attest"]
 
 
 class ClockInfo(NamedTuple):
+    """TPMS_CLOCK_INFO: the TPM's clock (milliseconds), its reset and restart counts, and whether
+    the clock is known not to have gone back (``safe``)."""
+
     clock: int
     reset_count: int
     restart_count: int
@@ -70,10 +73,12 @@ class TPMSAttest(NamedTuple):
 
     @property
     def type_name(self) -> str:
+        """The TPM_ST name of :attr:`type` (``"TPM_ST_ATTEST_QUOTE"``), or its value in hex."""
         name = ATTEST_TYPES.get(self.type)
         return name if name is not None else f"0x{self.type:04x}"
 
     def marshal(self) -> bytes:
+        """As a TPMS_ATTEST: what an attester signs (tests forge quotes with it)."""
         body = (
             u32(self.magic)
             + u16(self.type)
@@ -173,6 +178,7 @@ def parse_attest(data: bytes) -> TPMSAttest:
     0xff544347, a TPM2B_ATTEST with a two-byte size equal to the rest.
     Only TPM_ST_ATTEST_QUOTE bodies are unmarshalled; other types parse up to
     the union and are returned for the verifier to refuse by type.
+    Raises :class:`TPMStructureError` (with a ``code``) for anything malformed.
     """
     if type(data) is not bytes:
         data = bytes(data)

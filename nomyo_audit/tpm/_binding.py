@@ -56,7 +56,11 @@ _CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ens
 
 
 def response_content_digest(response: Mapping[str, Any]) -> bytes:
-    """SHA-256 of the response as the model produced it: everything but ``_metadata``."""
+    """SHA-256 of the response as the model produced it: everything but ``_metadata``.
+
+    What the ``nomyo-audit-v1`` binding covers. Raises TypeError or ValueError when the
+    response is not JSON data.
+    """
     content = {k: v for k, v in response.items() if k != "_metadata"}
     return hashlib.sha256(canonical_json(content)).digest()
 
@@ -82,6 +86,11 @@ def recorded_content_digest(verification: object) -> bytes | None:
 
 
 def response_binding(payload_id: str, content_digest: bytes) -> bytes:
+    """The ``nomyo-audit-v1`` extraData: binds a quote to one request *and* its response content.
+
+    ``content_digest`` is :func:`response_content_digest` of the response. Raises
+    UnicodeEncodeError when ``payload_id`` is not valid Unicode text (a lone surrogate).
+    """
     pid = payload_id.encode()
     return hashlib.sha256(b"".join((_RESPONSE_PREFIX, _U16.pack(len(pid)), pid, content_digest))).digest()
 
@@ -91,6 +100,8 @@ _U16 = struct.Struct(">H")
 
 
 def key_binding(nonce: bytes, spki_sha256: bytes) -> bytes:
+    """The ``nomyo-audit-key-v1`` extraData: binds a quote to the caller's fresh ``nonce`` and the
+    router key whose DER SubjectPublicKeyInfo hashes to ``spki_sha256`` (attest-before-send)."""
     return hashlib.sha256(KEY_BINDING_LABEL + b"\x00" + nonce + spki_sha256).digest()
 
 
@@ -103,7 +114,8 @@ def match_derivation(
     """The name of the accepted derivation ``extra_data`` matches (tried in ``accept`` order), or None.
 
     Each comparison is constant-time; the values compared are public, so
-    stopping at the first match tells an observer nothing secret.
+    stopping at the first match tells an observer nothing secret. Raises
+    UnicodeEncodeError when ``payload_id`` is not valid Unicode text (a lone surrogate).
     """
     for name in accept:
         if name == "nomyo-audit-v1":

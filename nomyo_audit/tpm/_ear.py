@@ -22,6 +22,7 @@ from ._verify import Verdict
 
 __all__ = ["EAT_PROFILE", "to_ear"]
 
+#: The ``eat_profile`` claim of every result: the EAR profile this mapping follows
 EAT_PROFILE = "tag:github.com,2023:veraison/ear"
 DEFAULT_POLICY_ID = "nomyo-audit/verify-only"
 _IDENTITY_CHECKS = ("evidence_format", "signature", "quote_structure", "signer_name", "aik_attributes")
@@ -35,6 +36,11 @@ def to_ear(
     policy_id: str = DEFAULT_POLICY_ID,
     submod: str = "tpm",
 ) -> dict[str, Any]:
+    """``verdict`` as an EAR claims-set (JSON-ready), for relying parties that consume IETF RATS
+    attestation results; ``issued_at`` is the ``iat`` claim (seconds since the epoch) and
+    ``submod`` names the one submodule appraised. The mapping is described in this module's
+    docstring. Raises nothing.
+    """
     failed = {f.check for f in verdict.failures}
     vector = {
         "instance-identity": 97 if failed & set(_IDENTITY_CHECKS) else 0,

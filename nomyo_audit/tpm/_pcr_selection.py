@@ -40,9 +40,11 @@ class PCRSelection(NamedTuple):
 
     @property
     def bank(self) -> str:
+        """The bank's name, ``"sha256"`` for example."""
         return HASH_NAMES[self.hash_alg]
 
     def marshal(self) -> bytes:
+        """As a TPMS_PCR_SELECTION, with a bitmap of :attr:`size_of_select` bytes."""
         bitmap = bytearray(self.size_of_select)
         for index in self.indices:
             bitmap[index // 8] |= 1 << (index % 8)
@@ -99,11 +101,12 @@ def pcr_value_map(selections: tuple[PCRSelection, ...], values: Iterable[bytes])
 
 
 def marshal_pcr_selection_list(selections: tuple[PCRSelection, ...] | list[PCRSelection]) -> bytes:
+    """As a TPML_PCR_SELECTION: what a TPM is asked to quote."""
     return u32(len(selections)) + b"".join(s.marshal() for s in selections)
 
 
 def parse_pcr_selection_list(data: bytes) -> tuple[PCRSelection, ...]:
-    """Unmarshal a complete TPML_PCR_SELECTION."""
+    """Unmarshal a complete TPML_PCR_SELECTION. Raises :class:`TPMStructureError` if malformed."""
     reader = Reader(bytes(data), "TPML_PCR_SELECTION")
     result = read_pcr_selection_list(reader)
     reader.end()

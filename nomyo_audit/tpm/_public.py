@@ -29,7 +29,7 @@ __all__ = ["EccPoint", "ObjectAttributes", "Public", "parse_public"]
 
 
 class ObjectAttributes:
-    """TPMA_OBJECT bits."""
+    """TPMA_OBJECT bits: what an object's public area says it may do and where it came from."""
 
     FIXED_TPM = 1 << 1
     ST_CLEAR = 1 << 2
@@ -62,11 +62,14 @@ class ObjectAttributes:
 
     @classmethod
     def names(cls, value: int) -> list[str]:
+        """The names of the bits set in ``value``, as the TPM specification spells them."""
         return [name for bit, name in cls.NAMES.items() if value & bit]
 
 
 @dataclass(frozen=True)
 class EccPoint:
+    """An ECC public key's coordinates, big-endian, as the TPM wrote them."""
+
     x: bytes
     y: bytes
 
@@ -92,6 +95,7 @@ class Public:
     tpmt: bytes = field(default=b"", repr=False, compare=False)
 
     def marshal_tpmt(self) -> bytes:
+        """As a TPMT_PUBLIC: what the TPM name is computed over."""
         out = u16(self.type) + u16(self.name_alg) + u32(self.object_attributes) + tpm2b(self.auth_policy)
         out += b"".join(u16(v) for v in self.symmetric)
         out += u16(self.scheme) + (b"" if self.scheme == ALG.NULL else u16(self.scheme_hash))
@@ -132,7 +136,11 @@ def _read_sym_def(reader: Reader) -> tuple[int, ...]:
 
 
 def parse_public(data: bytes) -> Public:
-    """Unmarshal a TPM2B_PUBLIC (a bare TPMT_PUBLIC is refused: its size is part of the evidence)."""
+    """Unmarshal a TPM2B_PUBLIC (a bare TPMT_PUBLIC is refused: its size is part of the evidence).
+
+    Raises :class:`TPMStructureError` (with a ``code``) for anything malformed, a key type other
+    than RSA or ECC, or an unsupported scheme or curve.
+    """
     outer = Reader(bytes(data), "TPM2B_PUBLIC")
     tpmt = outer.tpm2b("TPM2B_PUBLIC", MAX_PUBLIC)
     outer.end()

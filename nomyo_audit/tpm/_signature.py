@@ -33,9 +33,11 @@ class Signature(NamedTuple):
 
     @property
     def hash_name(self) -> str:
+        """The signature hash's name, ``"sha256"`` for example."""
         return HASH_NAMES[self.hash_alg]
 
     def marshal(self) -> bytes:
+        """As a TPMT_SIGNATURE (attesters and tests build signatures with it)."""
         head = u16(self.sig_alg) + u16(self.hash_alg)
         if self.sig_alg == ALG.ECDSA:
             return head + tpm2b(self.r) + tpm2b(self.s)
@@ -47,7 +49,10 @@ _RSA_SCHEMES = (ALG.RSASSA, ALG.RSAPSS)
 
 
 def parse_signature(data: bytes) -> Signature:
-    """Unmarshal a complete TPMT_SIGNATURE (RSASSA, RSAPSS or ECDSA)."""
+    """Unmarshal a complete TPMT_SIGNATURE (RSASSA, RSAPSS or ECDSA).
+
+    Raises :class:`TPMStructureError` (with a ``code``) for anything malformed or any other scheme.
+    """
     if type(data) is not bytes:
         data = bytes(data)
     fast = _parse_signature_fast(data)
