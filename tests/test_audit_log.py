@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from conftest import FIXTURES
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nomyo_audit.audit._log import FRONTIER_SAVE_EVERY, AuditLog, IntegrityError, verify_tlog_proof
+from nomyo_audit.audit import AuditLog, IntegrityError, VerifiedInclusion, verify_tlog_proof
 from nomyo_audit.audit._merkle import (
     Frontier,
     ProofError,
@@ -34,6 +34,7 @@ from nomyo_audit.audit._merkle import (
 )
 from nomyo_audit.audit._note import Checkpoint, NoteError, sign_checkpoint, verifier_key, verify_checkpoint
 from nomyo_audit.audit._records import build_record, keyed_digest
+from nomyo_audit.audit._sqlite import FRONTIER_SAVE_EVERY
 from nomyo_audit.cli import cli, main
 from nomyo_audit.errors import ExitCode
 
@@ -319,11 +320,9 @@ def test_tlog_proof_verifies_offline_and_detects_tampering(filled, key):
     with AuditLog(filled) as log:
         proof = log.prove("req-6")
     assert proof.startswith("c2sp.org/tlog-proof@v1\nextra ")
-    assert verify_tlog_proof(proof, key.public_key()) == {
-        "index": 6,
-        "size": 10,
-        "origin": "nomyo-audit.local/audit",
-    }
+    assert verify_tlog_proof(proof, key.public_key()) == VerifiedInclusion(
+        index=6, size=10, origin="nomyo-audit.local/audit"
+    )
     lines = proof.split("\n")
     lines[3] = base64.b64encode(bytes(32)).decode()
     with pytest.raises(IntegrityError):
@@ -420,7 +419,7 @@ APPENDER = textwrap.dedent("""
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
     sys.path.insert(0, {tests!r})
     from test_audit_log import add
-    from nomyo_audit.audit._log import AuditLog
+    from nomyo_audit.audit import AuditLog
     key = load_pem_private_key(open(sys.argv[2], "rb").read(), None)
     with AuditLog(sys.argv[1], key=key, checkpoint_every=7) as log:
         for i in range(int(sys.argv[3])):

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nomyo_audit._files import FileExistsRefused, write_file
-from nomyo_audit.audit._log import AuditLog, IntegrityError, key_fingerprint
+from nomyo_audit.audit import AuditLog, IntegrityError, key_fingerprint
 from nomyo_audit.audit._merkle import EMPTY_ROOT, leaf_hash
 from nomyo_audit.audit._note import parse_checkpoint
 from nomyo_audit.audit._records import build_record
@@ -361,7 +361,7 @@ def test_verify_says_which_checkpoint_verified_when_and_by_whom(signed, key):
 def test_root_at_recomputes_from_the_record_bytes(signed):
     db = signed[0]
     with AuditLog.open(db) as log:
-        assert log.root_at(4) == parse_checkpoint(log.store.checkpoints()[1][2])[0].root
+        assert log.root_at(4) == parse_checkpoint(log.checkpoints()[1].note)[0].root
         assert log.root_at(0) == EMPTY_ROOT
         with pytest.raises(IntegrityError, match="the log has 10 records, fewer than 11"):
             log.root_at(11)
@@ -370,8 +370,8 @@ def test_root_at_recomputes_from_the_record_bytes(signed):
     data[-5] ^= 1
     sql(db, "UPDATE records SET data = ?, leaf = ? WHERE seq = 2", bytes(data), leaf_hash(bytes(data)))
     with AuditLog.open(db) as log:
-        assert log.root_at(2) == parse_checkpoint(log.store.checkpoints()[0][2])[0].root or True
-        assert log.root_at(4) != parse_checkpoint(log.store.checkpoints()[1][2])[0].root
+        assert log.root_at(2) == parse_checkpoint(log.checkpoints()[0].note)[0].root or True
+        assert log.root_at(4) != parse_checkpoint(log.checkpoints()[1].note)[0].root
     sql(db, "DELETE FROM records WHERE seq = 1")
     with AuditLog.open(db) as log, pytest.raises(IntegrityError, match="record 1 is missing"):
         log.root_at(4)
@@ -402,7 +402,7 @@ def test_a_log_rolled_back_behind_a_checkpoint_kept_elsewhere_is_exit_3(signed, 
 def test_a_checkpoint_from_a_signed_report_json_is_accepted(signed, tmp_path):
     db, pub, _ = signed
     with AuditLog.open(db) as log:
-        note = log.latest_checkpoint()[2]
+        note = log.latest_checkpoint().note
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"log": {"checkpoint": {"size": 10, "note": note}}}))
     status, out, err = run("log", "verify", "--log", db, "--key", pub, "--checkpoint", report)

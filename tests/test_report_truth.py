@@ -18,12 +18,11 @@ from hypothesis import strategies as st
 
 from nomyo_audit.attest._attester import TPMAttester
 from nomyo_audit.attest._software import SoftwareTPM
+from nomyo_audit.audit import AuditLog, build_report
 from nomyo_audit.audit._keys import generate_audit_key, load_private_key
-from nomyo_audit.audit._log import AuditLog
 from nomyo_audit.audit._merkle import leaf_hash
 from nomyo_audit.audit._records import build_record
 from nomyo_audit.audit._render import FORMATS, render_report
-from nomyo_audit.audit._report import build_report
 from nomyo_audit.cli import cli, main
 from nomyo_audit.errors import ExitCode
 from nomyo_audit.policy import load_policy

@@ -20,12 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nomyo_audit.attest._attester import TPMAttester
 from nomyo_audit.attest._software import SoftwareTPM
+from nomyo_audit.audit import AuditLog, build_report
 from nomyo_audit.audit._dsse import EnvelopeError, pae, sign_envelope, verify_envelope
 from nomyo_audit.audit._keys import generate_audit_key, load_private_key, load_public_key
-from nomyo_audit.audit._log import AuditLog
 from nomyo_audit.audit._records import build_record
 from nomyo_audit.audit._render import render_report
-from nomyo_audit.audit._report import MAX_FAILURES, build_report
+from nomyo_audit.audit._report import MAX_FAILURES
 from nomyo_audit.cli import cli, main
 from nomyo_audit.errors import ExitCode
 from nomyo_audit.tpm._binding import response_binding, response_content_digest

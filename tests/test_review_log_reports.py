@@ -14,8 +14,8 @@ from conftest import REPO
 from nomyo_audit import SecureChatCompletion
 from nomyo_audit.attest._attester import TPMAttester
 from nomyo_audit.attest._software import SoftwareTPM
+from nomyo_audit.audit import AuditLog
 from nomyo_audit.audit._keys import ed25519_private, generate_audit_key
-from nomyo_audit.audit._log import AuditLog
 from nomyo_audit.cli import main
 from nomyo_audit.errors import ExitCode
 from nomyo_audit.policy._model import PolicyViolationError
@@ -80,7 +80,7 @@ def test_a_record_with_a_policy_result_is_found_by_its_payload_id(client_log, tm
 
 @pytest.mark.parametrize("payload_id", ['a"b', "a\\", 'x","policy":{"y', "naïve", "\u2028", ""])
 def test_the_payload_id_column_is_the_top_level_payload_id_whatever_it_holds(tmp_path, payload_id):
-    from nomyo_audit.audit._log import record_fields
+    from nomyo_audit.audit._fields import record_fields
     from nomyo_audit.audit._records import build_record
 
     policy = {"outcome": "pass", "policy": "production", "rules": [{"rule": "r", "status": "pass"}]}
@@ -313,7 +313,7 @@ def test_the_demos_look_further_commands_work_and_its_report_flags_swtpm_as_no_h
 
 
 def test_a_writer_refuses_a_dangling_symlink_at_the_log_path_with_a_log_error(tmp_path):
-    from nomyo_audit.audit._log import LogError
+    from nomyo_audit.audit import LogError
 
     link = tmp_path / "audit.db"
     link.symlink_to(tmp_path / "elsewhere" / "audit.db")

@@ -32,7 +32,9 @@ __all__ = [
     "verify_envelope",
 ]
 
+#: The DSSE payload type of an in-toto Statement.
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+#: The ``_type`` of an in-toto Statement v1.
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 
 
@@ -43,6 +45,7 @@ class EnvelopeError(IntegrityError):
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE's pre-authentication encoding: the bytes a signature covers."""
     encoded = payload_type.encode()
     return b"DSSEv1 %d %s %d %s" % (len(encoded), encoded, len(payload), payload)
 
@@ -93,6 +96,7 @@ def _verify(key: VerifyingKey, signature: bytes, message: bytes) -> None:
 def sign_envelope(
     payload: bytes, key: SigningKey, payload_type: str = IN_TOTO_PAYLOAD_TYPE
 ) -> dict[str, Any]:
+    """A DSSE envelope (JSON-able dict) carrying ``payload`` and one signature by ``key`` over its PAE."""
     return {
         "payload": base64.b64encode(payload).decode(),
         "payloadType": payload_type,
@@ -126,6 +130,7 @@ def verify_envelope(envelope: Mapping[str, Any], key: VerifyingKey) -> bytes:
 
 
 def statement_of(envelope: Mapping[str, Any], key: VerifyingKey) -> dict[str, Any]:
+    """The in-toto Statement ``key`` signed in ``envelope``; :class:`EnvelopeError` otherwise."""
     payload = verify_envelope(envelope, key)
     if envelope.get("payloadType") != IN_TOTO_PAYLOAD_TYPE:
         raise EnvelopeError(f"payloadType is not {IN_TOTO_PAYLOAD_TYPE}")

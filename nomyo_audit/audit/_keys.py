@@ -13,7 +13,9 @@ from ..errors import ConfigurationError
 
 __all__ = ["SigningKey", "VerifyingKey", "generate_audit_key", "load_private_key", "load_public_key"]
 
+#: A key that signs reports: Ed25519, ECDSA P-256 or RSA (signed with PSS).
 SigningKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+#: The public half of a :data:`SigningKey`: what checks a report's signature.
 VerifyingKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 
@@ -21,7 +23,10 @@ def generate_audit_key(path: str | os.PathLike[str], kind: str = "ed25519") -> t
     """Write ``path`` (private, PKCS#8 PEM, 0600) and ``path.pub`` (public PEM, 0644).
 
     Never over an existing file and never through a symlink (``nomyo_audit._files.write_file``):
-    both paths are checked before either is written.
+    both paths are checked before either is written. ``kind`` is ``ed25519`` (what log
+    checkpoints need), ``ecdsa-p256`` or ``rsa-pss`` (reports only). Raises
+    :class:`~nomyo_audit.errors.ConfigurationError` for an unknown kind, an existing file or
+    a path that cannot be written.
     """
     private_path = Path(path)
     public_path = private_path.with_name(private_path.name + ".pub")
@@ -57,6 +62,11 @@ def generate_audit_key(path: str | os.PathLike[str], kind: str = "ed25519") -> t
 
 
 def load_private_key(path: str | os.PathLike[str]) -> SigningKey:
+    """An unencrypted PEM private key (Ed25519, ECDSA P-256 or RSA) from ``path``.
+
+    Raises :class:`~nomyo_audit.errors.ConfigurationError` when the file cannot be read,
+    is not an unencrypted PEM private key, or holds another kind of key.
+    """
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), None)
     except OSError as exc:
@@ -69,7 +79,11 @@ def load_private_key(path: str | os.PathLike[str]) -> SigningKey:
 
 
 def load_public_key(path: str | os.PathLike[str]) -> VerifyingKey:
-    """A public key PEM, or the public half of a private key PEM."""
+    """A public key PEM, or the public half of a private key PEM.
+
+    Raises :class:`~nomyo_audit.errors.ConfigurationError` when the file cannot be read or
+    holds no Ed25519, ECDSA P-256 or RSA key.
+    """
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -86,6 +100,7 @@ def load_public_key(path: str | os.PathLike[str]) -> VerifyingKey:
 
 
 def ed25519_private(path: str | os.PathLike[str]) -> ed25519.Ed25519PrivateKey:
+    """The Ed25519 private key that signs log checkpoints (ConfigurationError for any other key)."""
     key = load_private_key(path)
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise ConfigurationError(
@@ -95,6 +110,7 @@ def ed25519_private(path: str | os.PathLike[str]) -> ed25519.Ed25519PrivateKey:
 
 
 def ed25519_public(path: str | os.PathLike[str]) -> ed25519.Ed25519PublicKey:
+    """The Ed25519 public key that checks log checkpoints (ConfigurationError for any other key)."""
     key = load_public_key(path)
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise ConfigurationError(f"{path}: log checkpoints are verified with an Ed25519 key")

@@ -35,10 +35,12 @@ class ProofError(ValueError):
 
 
 def leaf_hash(data: bytes) -> bytes:
+    """The RFC 6962 leaf hash of a record's bytes: ``SHA-256(0x00 || data)``."""
     return hashlib.sha256(b"\x00" + data).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
+    """The RFC 6962 interior node hash: ``SHA-256(0x01 || left || right)``."""
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
@@ -60,6 +62,7 @@ class Frontier:
         self.size += 1
 
     def root(self) -> bytes:
+        """The Merkle tree hash of the leaves so far (the empty tree's for none)."""
         if not self.hashes:
             return EMPTY_ROOT
         node = self.hashes[-1]
@@ -68,10 +71,12 @@ class Frontier:
         return node
 
     def to_bytes(self) -> bytes:
+        """Size (8 bytes, big-endian) and the hashes: what the store saves."""
         return self.size.to_bytes(8, "big") + b"".join(self.hashes)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Frontier:
+        """The frontier :meth:`to_bytes` wrote; ValueError when the bytes cannot be one."""
         size = int.from_bytes(data[:8], "big")
         hashes = [data[i : i + 32] for i in range(8, len(data), 32)]
         if len(hashes) != bin(size).count("1") or len(data) != 8 + 32 * len(hashes):
@@ -80,7 +85,7 @@ class Frontier:
 
 
 def root_of(leaves: Sequence[bytes]) -> bytes:
-    """MTH over leaf *hashes*."""
+    """MTH (the Merkle tree hash) over leaf *hashes*."""
     frontier = Frontier()
     for leaf in leaves:
         frontier.append(leaf)
@@ -97,7 +102,7 @@ def _subtree_root(leaves: Sequence[bytes], start: int, end: int) -> bytes:
 
 
 def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
-    """PATH(index, D[n]) from RFC 9162 2.1.3.1, over leaf hashes."""
+    """PATH(index, D[n]) from RFC 9162 2.1.3.1, over leaf hashes; ProofError for an index outside."""
     if not 0 <= index < len(leaves):
         raise ProofError(f"leaf {index} is not in a tree of size {len(leaves)}")
     proof: list[bytes] = []
@@ -115,7 +120,7 @@ def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
 
 
 def consistency_proof(leaves: Sequence[bytes], old_size: int) -> list[bytes]:
-    """PROOF(m, D[n]) from RFC 9162 2.1.4.1, over leaf hashes."""
+    """PROOF(m, D[n]) from RFC 9162 2.1.4.1, over leaf hashes; ProofError unless 0 < m <= n."""
     new_size = len(leaves)
     if not 0 < old_size <= new_size:
         raise ProofError(f"no consistency proof from size {old_size} to {new_size}")

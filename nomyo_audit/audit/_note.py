@@ -49,6 +49,7 @@ class Checkpoint:
     extensions: tuple[str, ...] = ()
 
     def body(self) -> str:
+        """The checkpoint text the signatures cover: origin, size, root, extension lines."""
         lines = [self.origin, str(self.size), base64.b64encode(self.root).decode(), *self.extensions]
         return "\n".join(lines) + "\n"
 
@@ -66,6 +67,7 @@ def _raw(public: Ed25519PublicKey) -> bytes:
 
 
 def key_id(name: str, public: Ed25519PublicKey) -> bytes:
+    """The 4-byte note key ID: the start of ``SHA-256(name || "\\n" || 0x01 || public key)``."""
     return hashlib.sha256(name.encode() + b"\n" + _ED25519 + _raw(public)).digest()[:4]
 
 
@@ -75,7 +77,11 @@ def verifier_key(name: str, public: Ed25519PublicKey) -> str:
 
 
 def sign_checkpoint(checkpoint: Checkpoint, private: Ed25519PrivateKey) -> str:
-    """The checkpoint as a signed note, signed under the key name = its origin."""
+    """The checkpoint as a signed note, signed under the key name = its origin.
+
+    Raises :class:`NoteError` for an origin with spaces or ``+`` or an extension that is
+    not one non-empty line.
+    """
     if not _ORIGIN.match(checkpoint.origin):
         raise NoteError("a checkpoint origin is a non-empty string without spaces or '+'")
     if any(not line or "\n" in line for line in checkpoint.extensions):
@@ -87,7 +93,10 @@ def sign_checkpoint(checkpoint: Checkpoint, private: Ed25519PrivateKey) -> str:
 
 
 def parse_checkpoint(note: str) -> tuple[Checkpoint, list[tuple[str, bytes]]]:
-    """Split a signed checkpoint into its checkpoint and its (key name, key ID + signature) lines."""
+    """Split a signed checkpoint into its checkpoint and its (key name, key ID + signature) lines.
+
+    Checks the form only, no signature; raises :class:`NoteError` when the note is malformed.
+    """
     body, sep, signatures = note.partition("\n\n")
     if not sep or not body:
         raise NoteError("not a signed note: no blank line between body and signatures")

@@ -7,6 +7,15 @@ secret salt (HMAC-SHA256), so a short prompt cannot be guessed back from a
 digest by anyone who lacks the log's salt. An auditor holding the plaintext
 recomputes ``HMAC-SHA256(salt, canonical JSON)`` with ``nomyo-audit log
 digest`` (docs/audit-log.md).
+
+The record's ``v`` names the encoding of its bytes and of its keyed digests:
+
+* ``3`` (written now): RFC 8785 canonical JSON (:mod:`nomyo_audit._canonical`),
+  which any language reproduces;
+* ``2`` (written before; still read and verified): Python's ``json`` with sorted keys.
+  A v3 writer falls back to it only for a record whose values have no canonical JSON
+  (NaN or an infinity passed in from Python; nothing a strict parser or the client
+  lets through), so the request still leaves its record.
 """
 
 from __future__ import annotations
@@ -16,18 +25,26 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
+from .._canonical import CanonicalJSONError, canonical_json, legacy_json
 from .._version import __version__
-from ..tpm._binding import canonical_json
 from ..tpm._binding import recorded_content_digest as _recorded_content_digest
 
-__all__ = ["RECORD_VERSION", "build_record", "keyed_digest", "recorded_content_digest"]
+__all__ = ["RECORD_VERSION", "RECORD_VERSIONS", "build_record", "keyed_digest", "recorded_content_digest"]
 
-RECORD_VERSION = 2
+#: The version :func:`build_record` writes: RFC 8785 canonical JSON.
+RECORD_VERSION = 3
+#: Every version a reader accepts, with the encoding of its bytes and keyed digests.
+RECORD_VERSIONS = {3: canonical_json, 2: legacy_json}
 
 
-def keyed_digest(salt: bytes, value: Any) -> str:
-    """HMAC-SHA256 of the canonical JSON of ``value`` under the log's salt, hex."""
-    return hmac.digest(salt, canonical_json(value), "sha256").hex()
+def keyed_digest(salt: bytes, value: Any, version: int = RECORD_VERSION) -> str:
+    """HMAC-SHA256 under the log's salt of ``value`` as a record of ``version`` encodes it, hex.
+
+    Raises :class:`~nomyo_audit._canonical.CanonicalJSONError` (v3) when ``value`` has no
+    canonical JSON, ``ValueError`` or ``TypeError`` (v2) when it is not JSON data, and
+    ``KeyError`` for a version no reader knows.
+    """
+    return hmac.digest(salt, RECORD_VERSIONS[version](value), "sha256").hex()
 
 
 def rfc3339(timestamp: float) -> str:
@@ -55,11 +72,17 @@ def build_record(
     policy: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """The exact bytes of record ``seq`` (canonical JSON, sorted keys).
+    """The exact bytes of record ``seq``: a v3 record, RFC 8785 canonical JSON.
 
     ``metadata`` defaults to the response's ``_metadata``; it is given on its
     own when the content must not be kept (a policy denial). ``policy`` is the
     client's own policy result; nothing in ``metadata`` stands in for it.
+
+    A record whose values have no canonical JSON (NaN, an infinity) is written as
+    v2 instead, which holds them, so that no request is left unrecorded. Raises
+    :class:`~nomyo_audit._canonical.CanonicalJSONError` only for what neither holds
+    (a lone surrogate, a type JSON has no form for), which the client refuses
+    before sending.
     """
     if metadata is None and response is not None:
         metadata = response.get("_metadata")
@@ -74,8 +97,7 @@ def build_record(
         verification = metadata.pop("verification", None)
         metadata.pop("policy", None)
     content = {k: v for k, v in response.items() if k != "_metadata"} if response is not None else None
-    document = {
-        "v": RECORD_VERSION,
+    fields = {
         "seq": seq,
         "time": rfc3339(timestamp),
         "payload_id": payload_id,
@@ -85,14 +107,30 @@ def build_record(
         "security_tier": security_tier,
         "outcome": outcome,
         "error": dict(error) if error else None,
-        "request_digest": keyed_digest(salt, request) if request is not None else None,
-        "response_digest": keyed_digest(salt, content) if content is not None else None,
         "metadata": metadata,
         "verdict": _compact_verdict(verification),
         "policy": dict(policy) if policy else None,
         "tool": _TOOL,
     }
-    return canonical_json(document)
+    try:
+        return _encode_record(RECORD_VERSION, salt, request, content, fields)
+    except CanonicalJSONError as exc:
+        try:
+            return _encode_record(2, salt, request, content, fields)
+        except (ValueError, TypeError, RecursionError):
+            raise exc from None
+
+
+def _encode_record(
+    version: int, salt: bytes, request: Any, content: Any, fields: Mapping[str, Any]
+) -> bytes:
+    document = {
+        "v": version,
+        **fields,
+        "request_digest": keyed_digest(salt, request, version) if request is not None else None,
+        "response_digest": keyed_digest(salt, content, version) if content is not None else None,
+    }
+    return RECORD_VERSIONS[version](document)
 
 
 _TOOL = f"nomyo-audit {__version__}"

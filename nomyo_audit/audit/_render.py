@@ -25,7 +25,8 @@ from .._files import FileExistsRefused, write_file
 from ..errors import ConfigurationError
 from ._dsse import EnvelopeError, key_fingerprint, sign_envelope, statement, statement_of
 from ._keys import SigningKey, VerifyingKey
-from ._report import PREDICATE_TYPE, timeline_svg
+from ._report import PREDICATE_TYPE
+from ._timeline import timeline_svg
 
 __all__ = [
     "ENVELOPE_NAME",
@@ -36,6 +37,7 @@ __all__ = [
     "write_report",
 ]
 
+#: Report formats (``--format`` values) and the file each one is written to.
 FORMATS = {
     "json": "report.json",
     "html": "report.html",
@@ -43,6 +45,7 @@ FORMATS = {
     "csv": "report.csv",
     "junit": "report.junit.xml",
 }
+#: The signed DSSE envelope written beside the report files.
 ENVELOPE_NAME = "report.dsse.json"
 #: Reports hold no secrets and are meant to be shared: readable by all, whatever the umask.
 REPORT_FILE_MODE = 0o644

@@ -3,8 +3,8 @@
 :func:`build_report` is pure: records in, a versioned JSON-able dict out. It
 streams, keeping only counters and capped samples, so a large log stays
 readable and memory stays flat. Other formats render from this document
-(:mod:`.render`), and :func:`timeline_svg` draws the chart as inline SVG (no
-JavaScript, no network).
+(:mod:`._render`), and :func:`~._timeline.timeline_svg` draws the chart as inline SVG (no
+JavaScript, no network). How one record is read and appraised is :mod:`._report_record`.
 
 A report says what is true and no more. Every field of a record is read
 defensively (a malformed record is counted as failed, never a crash). A
@@ -17,32 +17,44 @@ are not anchored to a hardware root of trust.
 
 from __future__ import annotations
 
-import datetime as _dt
-import math
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from .._version import __version__
-from ..policy import Policy, evaluate
-from ..tpm._verify import verify_attestation
-from ._records import recorded_content_digest, rfc3339
+from ..policy import Policy
+from ._records import rfc3339
+from ._report_record import (
+    BEFORE_SENDING,
+    Appraisal,
+    as_label,
+    as_mapping,
+    as_recorded,
+    as_text,
+    attester_kind,
+    before_sending,
+    reappraised,
+    status_of,
+)
+from ._verification import LogState
 
 __all__ = [
     "MAX_FAILURES",
     "NO_HARDWARE_KINDS",
+    "PREDICATE_TYPE",
     "REPORT_SCHEMA",
     "STATUS_LEGEND",
     "build_report",
-    "timeline_svg",
 ]
 
+#: The report document's ``schema``.
 REPORT_SCHEMA = "https://nomyo-audit.dev/schemas/compliance-report/v1"
+#: The in-toto predicate type of a signed report.
 PREDICATE_TYPE = "https://nomyo-audit.dev/compliance-report/v1"
+#: At most this many failed records are listed; the rest are counted (``failures_omitted``).
 MAX_FAILURES = 200
+#: At most this many distinct values (models, AIKs, PCR values...) per section.
 MAX_DISTINCT = 50
-_MAX_TEXT = 200
 
 #: What each status means; every rendering shows it.
 STATUS_LEGEND = {
@@ -60,161 +72,6 @@ STATUS_LEGEND = {
 
 #: Attester kinds that are software by the router's own account: no TPM hardware behind the quote.
 NO_HARDWARE_KINDS = frozenset({"software", "swtpm"})
-
-_BEFORE_SENDING = "denied before sending"
-_KEY_DENIED = "the router key's attestation did not satisfy the policy; nothing was sent"
-_KEY_UNAVAILABLE = "the router offers no usable key attestation; nothing was sent"
-
-
-_EMPTY: Mapping[str, Any] = {}
-
-
-# These run several times per record: the exact-type test is the fast path (records are decoded
-# JSON), the isinstance one the careful path for anything else.
-def _mapping(value: Any) -> Mapping[str, Any]:
-    if type(value) is dict:
-        return value
-    if value is None:
-        return _EMPTY
-    return value if isinstance(value, Mapping) else _EMPTY
-
-
-def _text(value: Any) -> str | None:
-    """A string field as stored, capped; anything else is treated as absent."""
-    if type(value) is str:
-        return value if len(value) <= _MAX_TEXT else value[:_MAX_TEXT]
-    return value[:_MAX_TEXT] if isinstance(value, str) else None
-
-
-def _label(value: Any) -> str:
-    """A value used as a grouping key: its text, or its JSON-ish form when not a string."""
-    if type(value) is str and len(value) <= _MAX_TEXT:
-        return value
-    text = value if isinstance(value, str) else repr(value)
-    return text[:_MAX_TEXT]
-
-
-def _codes(value: Any) -> list[str]:
-    return [v[:_MAX_TEXT] for v in value if isinstance(v, str)] if isinstance(value, list) else []
-
-
-class _Rule(NamedTuple):
-    rule: str
-    status: str
-    detail: str
-
-
-class _Appraisal(NamedTuple):
-    """What one record says happened: its policy outcome, rules, and verifier result."""
-
-    outcome: str | None
-    rules: list[_Rule]
-    result: str | None
-    failed: list[str]
-    facts: Mapping[str, Any]
-
-
-def _recorded_rules(policy: Mapping[str, Any]) -> list[_Rule]:
-    rules = policy.get("rules")
-    if not isinstance(rules, list):
-        return []
-    return [
-        _Rule(_label(r.get("rule")), _label(r.get("status")), _label(r.get("detail", "")))
-        for r in rules
-        if isinstance(r, Mapping)
-    ]
-
-
-def _as_recorded(doc: Mapping[str, Any]) -> _Appraisal:
-    """The record's own policy result (the client's evaluation) and its stored verdict."""
-    policy = _mapping(doc.get("policy"))
-    verdict = _mapping(doc.get("verdict"))
-    return _Appraisal(
-        _text(policy.get("outcome")),
-        _recorded_rules(policy),
-        _text(verdict.get("result")),
-        _codes(verdict.get("failed")),
-        _mapping(verdict.get("facts")),
-    )
-
-
-def _record_time(doc: Mapping[str, Any]) -> float | None:
-    text = doc.get("time")
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=_dt.timezone.utc)
-    return moment.timestamp()
-
-
-def _reappraised(
-    doc: Mapping[str, Any], metadata: Mapping[str, Any], policy: Policy, at: float | None
-) -> _Appraisal:
-    """Verify the stored evidence again and evaluate ``policy``, at the record's time unless ``at``."""
-    moment = at if at is not None else _record_time(doc)
-    if moment is None or not math.isfinite(moment):
-        detail = "the record's time is unreadable, so freshness cannot be judged"
-        return _Appraisal("deny", [_Rule("record", "fail", detail)], None, [], {})
-    # the request this record was written for (the client's own id, in the hashed record), never
-    # the payload_id the router's _metadata names: a replayed quote names the request it came from
-    payload_id = doc.get("payload_id")
-    if metadata.get("payload_id") != payload_id:
-        metadata = {**metadata, "payload_id": payload_id}
-    verdict = verify_attestation(
-        metadata.get("tpm_attestation"),
-        payload_id if isinstance(payload_id, str) else None,
-        content_digest=recorded_content_digest(doc),
-    )
-    model = doc.get("model")
-    result = evaluate(
-        policy, metadata, now=moment, model=model if isinstance(model, str) else None, verdict=verdict
-    )
-    return _Appraisal(
-        result.outcome,
-        [_Rule(r.rule, r.status, r.detail) for r in result.rules],
-        verdict.result,
-        [f.code for f in verdict.failures],
-        verdict.facts,
-    )
-
-
-def _before_sending(outcome: str, metadata: Mapping[str, Any]) -> str | None:
-    """Why nothing was sent, for a request the client stopped at key attestation; else None."""
-    if outcome.startswith("policy_denied") and "key_attestation" in metadata:
-        return _KEY_DENIED
-    if outcome.startswith("security_error:key_attestation"):
-        return _KEY_UNAVAILABLE
-    return None
-
-
-def _status(outcome: str, appraisal: _Appraisal, error_code: str | None) -> tuple[str, str]:
-    """(status, reason) for a record that was sent."""
-    if appraisal.outcome == "deny" or outcome.startswith("policy_denied"):
-        failed = [r.rule for r in appraisal.rules if r.status == "fail"]
-        return "denied", "the policy denied the reply" + (f" ({', '.join(failed)})" if failed else "")
-    if appraisal.outcome == "warn":
-        return "warned", "the policy failed and warned"
-    if appraisal.outcome == "pass":
-        return "passed", "the policy passed"
-    if outcome != "ok":
-        return "failed", f"the request failed ({error_code or outcome})"
-    if appraisal.result == "pass":
-        return "passed", "every verifier check passed"
-    if appraisal.result == "fail":
-        return "failed", "the evidence did not verify (" + ", ".join(appraisal.failed) + ")"
-    return "failed", "no verified attestation is recorded for this reply"
-
-
-def _attester_kind(evidence: Mapping[str, Any]) -> str:
-    """The router's own label for what produced the quote (unauthenticated), or none/unlabelled."""
-    if evidence.get("is_available") is not True:
-        return "none"
-    label = evidence.get("attester")
-    return label[:32] if isinstance(label, str) and label else "unlabelled"
 
 
 def _pcr_order(bank: str, index: str) -> tuple[str, int, str]:
@@ -243,26 +100,26 @@ class _Tally:
         self.last_seq: int | None = None
 
     def add(self, doc: Mapping[str, Any], policy: Policy | None, at: float | None) -> None:
-        metadata = _mapping(doc.get("metadata"))
-        outcome = _text(doc.get("outcome")) or ""
-        error_code = _text(_mapping(doc.get("error")).get("code"))
-        not_sent = _before_sending(outcome, metadata)
-        key_evidence = _mapping(metadata.get("key_attestation"))
+        metadata = as_mapping(doc.get("metadata"))
+        outcome = as_text(doc.get("outcome")) or ""
+        error_code = as_text(as_mapping(doc.get("error")).get("code"))
+        not_sent = before_sending(outcome, metadata)
+        key_evidence = as_mapping(metadata.get("key_attestation"))
         if not_sent is not None:
             # nothing was sent, so there is no reply to appraise again: the recorded denial stands
-            recorded = _as_recorded(doc)
-            key_verdict = _mapping(key_evidence.get("verification"))
-            appraisal = recorded._replace(facts=_mapping(key_verdict.get("facts")))
-            status, label, reason = "denied", _BEFORE_SENDING, not_sent
-            evidence = _mapping(key_evidence.get("tpm_attestation"))
+            recorded = as_recorded(doc)
+            key_verdict = as_mapping(key_evidence.get("verification"))
+            appraisal = recorded._replace(facts=as_mapping(key_verdict.get("facts")))
+            status, label, reason = "denied", BEFORE_SENDING, not_sent
+            evidence = as_mapping(key_evidence.get("tpm_attestation"))
         else:
             if policy is not None and metadata:
-                appraisal = _reappraised(doc, metadata, policy, at)
+                appraisal = reappraised(doc, metadata, policy, at)
             else:
-                appraisal = _as_recorded(doc)
-            status, reason = _status(outcome, appraisal, error_code)
+                appraisal = as_recorded(doc)
+            status, reason = status_of(outcome, appraisal, error_code)
             label = status
-            evidence = _mapping(metadata.get("tpm_attestation"))
+            evidence = as_mapping(metadata.get("tpm_attestation"))
         self._count(doc, metadata, status, label, appraisal, evidence)
         if status != "passed":
             self._sample(doc, outcome, label, reason, error_code, appraisal)
@@ -273,7 +130,7 @@ class _Tally:
         metadata: Mapping[str, Any],
         status: str,
         label: str,
-        appraisal: _Appraisal,
+        appraisal: Appraisal,
         evidence: Mapping[str, Any],
     ) -> None:
         """One counter increment for what most records share; :meth:`finish` spreads it out.
@@ -281,20 +138,20 @@ class _Tally:
         Records of one hour, router, model and attester look alike, so counting
         their combination once is much cheaper than a dozen counters per record.
         """
-        when = _text(doc.get("time")) or ""
+        when = as_text(doc.get("time")) or ""
         facts = appraisal.facts
         self.combos[
             (
                 status,
-                label == _BEFORE_SENDING,
+                label == BEFORE_SENDING,
                 evidence.get("is_available") is True,
                 appraisal.result == "pass",
-                _label(doc.get("router")),
-                _label(doc.get("model")),
-                _text(metadata.get("security_tier")) or "not stated",
+                as_label(doc.get("router")),
+                as_label(doc.get("model")),
+                as_text(metadata.get("security_tier")) or "not stated",
                 when[:13],
-                _text(facts.get("aik_fingerprint")) or "",
-                _attester_kind(evidence),
+                as_text(facts.get("aik_fingerprint")) or "",
+                attester_kind(evidence),
             )
         ] += 1
         seq = doc.get("seq")
@@ -316,9 +173,9 @@ class _Tally:
                 self._count_pcrs_careful(pcrs)
 
     def _count_pcrs_careful(self, pcrs: Any) -> None:
-        for bank, values in _mapping(pcrs).items():
-            for index, value in _mapping(values).items():
-                self.pcr_values[(_label(bank), _label(index))][_label(value)] += 1
+        for bank, values in as_mapping(pcrs).items():
+            for index, value in as_mapping(values).items():
+                self.pcr_values[(as_label(bank), as_label(index))][as_label(value)] += 1
 
     def finish(self) -> None:
         """Spread the combined counts over the counters the report shows."""
@@ -345,7 +202,7 @@ class _Tally:
         for pcr_set, n in self.pcr_sets.items():
             for bank, values in pcr_set:
                 for index, value in values:
-                    self.pcr_values[(_label(bank), _label(index))][_label(value)] += n
+                    self.pcr_values[(as_label(bank), as_label(index))][as_label(value)] += n
         self.combos.clear()
         self.pcr_sets.clear()
 
@@ -356,7 +213,7 @@ class _Tally:
         label: str,
         reason: str,
         error_code: str | None,
-        appraisal: _Appraisal,
+        appraisal: Appraisal,
     ) -> None:
         self.totals["failure_records"] += 1
         if len(self.failures) >= MAX_FAILURES:
@@ -365,12 +222,12 @@ class _Tally:
         self.failures.append(
             {
                 "seq": seq if isinstance(seq, int) else None,
-                "time": _text(doc.get("time")),
-                "payload_id": _text(doc.get("payload_id")),
+                "time": as_text(doc.get("time")),
+                "payload_id": as_text(doc.get("payload_id")),
                 "status": label,
                 "reason": reason,
                 "outcome": outcome,
-                "model": _text(doc.get("model")),
+                "model": as_text(doc.get("model")),
                 "error": error_code,
                 "findings": list(appraisal.failed) if appraisal.result == "fail" else [],
                 "rules": [f"{r.rule}: {r.detail}" for r in appraisal.rules if r.status == "fail"],
@@ -382,7 +239,7 @@ def build_report(
     records: Iterable[Any],
     *,
     generated_at: str,
-    log_state: Mapping[str, Any],
+    log_state: LogState | Mapping[str, Any],
     policy: Policy | None = None,
     period: tuple[str | None, str | None] = (None, None),
     at: float | None = None,
@@ -395,10 +252,14 @@ def build_report(
     recorded policy outcome (the client's own evaluation) is used. A request
     the client never sent (its router key's attestation failed) keeps its
     recorded denial: there is no reply to appraise.
+
+    ``log_state`` is the verified log the report stands on
+    (:meth:`AuditLog.verified_state <nomyo_audit.audit.AuditLog.verified_state>`), or its
+    ``to_dict()`` form. Never raises for a malformed record: it is counted as failed.
     """
     tally = _Tally()
     for doc in records:
-        tally.add(_mapping(doc), policy, at)
+        tally.add(as_mapping(doc), policy, at)
     tally.finish()
     totals = tally.totals
     report: dict[str, Any] = {
@@ -407,7 +268,7 @@ def build_report(
         "tool": f"nomyo-audit {__version__}",
         "period": {"since": period[0] or tally.first_time, "until": period[1] or tally.last_time},
         "covers": {"first_seq": tally.first_seq, "last_seq": tally.last_seq, "records": totals["requests"]},
-        "log": dict(log_state),
+        "log": log_state.to_dict() if isinstance(log_state, LogState) else dict(log_state),
         "policy": _policy_section(policy, at),
         "summary": {
             key: totals[key]
@@ -472,84 +333,3 @@ def _policy_section(policy: Policy | None, at: float | None) -> dict[str, Any] |
         "reappraised": True,
         "at": rfc3339(at) if at is not None else None,
     }
-
-
-# -- the chart ---------------------------------------------------------------------------------------
-
-_COLOURS = (("passed", "#2e7d32"), ("warned", "#f9a825"), ("failed", "#c62828"), ("denied", "#6a1b9a"))
-
-
-def timeline_svg(report: Mapping[str, Any], width: int = 640, height: int = 160) -> str:
-    """Stacked bars per hour (a period of a day or two) or per day, with axes and a legend."""
-    hourly = isinstance(report.get("by_hour"), Mapping)
-    buckets = (
-        _hours(_mapping(report.get("by_hour"))) if hourly else list(_mapping(report.get("by_day")).items())
-    )
-    buckets = buckets[-72:]
-    unit = "hour" if hourly else "day"
-    if not buckets:
-        return (
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            'role="img" aria-label="no records"><text x="10" y="20" font-size="12">no records</text></svg>'
-        )
-    left, top, plot = 40, 10, height - 10
-    peak = max(sum(_mapping(c).values()) for _, c in buckets) or 1
-    bar = max(2, min(40, (width - left - 10) // len(buckets)))
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 60}" role="img" '
-        f'aria-label="requests per {unit}">',
-        f"<title>requests per {unit}</title>",
-        f'<line x1="{left - 2}" y1="{top}" x2="{left - 2}" y2="{top + plot}" stroke="#888"/>',
-        f'<line x1="{left - 2}" y1="{top + plot}" x2="{width}" y2="{top + plot}" stroke="#888"/>',
-    ]
-    for tick in sorted({0, (peak + 1) // 2, peak}):
-        y = top + plot - round(tick / peak * plot)
-        parts.append(f'<text x="{left - 6}" y="{y + 4}" font-size="10" text-anchor="end">{tick}</text>')
-    for n, (bucket, counts) in enumerate(buckets):
-        counts = _mapping(counts)
-        x, y = left + n * bar, top + plot
-        for status, colour in _COLOURS:
-            h = round(counts.get(status, 0) / peak * plot)
-            if h:
-                y -= h
-                parts.append(
-                    f'<rect x="{x}" y="{y}" width="{bar - 1}" height="{h}" fill="{colour}">'
-                    f"<title>{_escape(bucket)}: {counts.get(status, 0)} {status}</title></rect>"
-                )
-        label = _axis_label(bucket, hourly, n, len(buckets))
-        if label:
-            parts.append(f'<text x="{x}" y="{top + plot + 14}" font-size="10">{_escape(label)}</text>')
-    legend_y = top + plot + 34
-    for n, (status, colour) in enumerate(_COLOURS):
-        x = left + n * 90
-        parts.append(f'<rect x="{x}" y="{legend_y - 9}" width="10" height="10" fill="{colour}"/>')
-        parts.append(f'<text x="{x + 14}" y="{legend_y}" font-size="11">{status}</text>')
-    first, last = buckets[0][0][:10], buckets[-1][0][:10]
-    span = first if first == last else f"{first} to {last}"
-    parts.append(
-        f'<text x="{left}" y="{legend_y + 18}" font-size="10">requests per {unit} (UTC), '
-        f"{_escape(span)}</text></svg>"
-    )
-    return "".join(parts)
-
-
-def _hours(by_hour: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """Every hour of the days that have records, so one day reads 00:00 to 23:00."""
-    days = sorted({hour[:10] for hour in by_hour if _HOUR.match(hour)})
-    return [(f"{day}T{h:02d}", by_hour.get(f"{day}T{h:02d}", {})) for day in days for h in range(24)]
-
-
-_HOUR = re.compile(r"^\d{4}-\d\d-\d\dT\d\d$")
-
-
-def _axis_label(bucket: str, hourly: bool, position: int, count: int) -> str:
-    """Hours on the 6-hour marks; days at the ends (and a few between for long periods)."""
-    if hourly:
-        hour = bucket[11:13]
-        return f"{hour}:00" if hour in ("00", "06", "12", "18") else ""
-    step = max(1, count // 4)
-    return bucket[5:10] if position % step == 0 or position == count - 1 else ""
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")

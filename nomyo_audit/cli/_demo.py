@@ -81,7 +81,6 @@ def demo(attester: str, workdir: Path | None) -> None:
     from ..client._keys import generate_key_pair
     from ..policy import PolicyViolationError, load_policy
     from ..tpm._measurements import TAMPER_EVENT, measure_demo_boot
-    from ._report import log_state
 
     step = _stepper()
     workdir = workdir or Path("nomyo-audit-demo") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -155,7 +154,7 @@ def demo(attester: str, workdir: Path | None) -> None:
         document = build_report(
             (json.loads(r.data) for r in log.store.records()),
             generated_at=rfc3339(time.time()),
-            log_state=log_state(log),
+            log_state=log.verified_state(),
             policy=policy,
         )
     report_dir = workdir / "report"

@@ -12,8 +12,16 @@ from typing import Any
 import click
 
 from .._files import write_file
-from ..audit._keys import ed25519_private, ed25519_public, generate_audit_key
-from ..audit._log import AuditLog, IntegrityError, LogError, VerifyReport, verify_tlog_proof
+from ..audit import (
+    AuditLog,
+    IntegrityError,
+    LogError,
+    VerifyReport,
+    ed25519_private,
+    ed25519_public,
+    generate_audit_key,
+    verify_tlog_proof,
+)
 from ._progress import Progress
 
 #: Larger inputs (a proof, a request, a checkpoint file) are refused rather than read whole.
@@ -329,7 +337,7 @@ def verify_proof(proof: Path, key: Path) -> None:
       nomyo-audit log verify-proof r.tlog-proof --key audit.key.pub
     """
     result = verify_tlog_proof(read_text_file(proof, "PROOF"), ed25519_public(key))
-    click.echo(f"ok: record {result['index']} is in {result['origin']} at size {result['size']}")
+    click.echo(f"ok: record {result.index} is in {result.origin} at size {result.size}")
 
 
 @click.group("keys")

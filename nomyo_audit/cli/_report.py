@@ -18,62 +18,24 @@ from pathlib import Path
 from typing import Any
 
 import click
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..audit._keys import ed25519_public, load_private_key, load_public_key
-from ..audit._log import AuditLog, IntegrityError
+from ..audit import (
+    FORMATS,
+    AuditLog,
+    IntegrityError,
+    build_report,
+    ed25519_public,
+    load_private_key,
+    load_public_key,
+    verify_report_dir,
+    write_report,
+)
 from ..audit._records import rfc3339
-from ..audit._render import FORMATS, verify_report_dir, write_report
-from ..audit._report import build_report
 from ..policy import load_policy
 from ._log import LOG_OPTION, parse_period, parse_time
 from ._progress import Progress
 
 _RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)$")
-
-
-def log_state(log: AuditLog, public: Ed25519PublicKey | None = None) -> dict[str, Any]:
-    """The log's size, root and the checkpoint the report cites, after verifying the whole log.
-
-    Every record is hashed again from its bytes and every checkpoint checked
-    against them; the checkpoint cited is the latest one that verified (with
-    ``public`` when given, else with the key the log names). Raises
-    :class:`IntegrityError` (exit 3) naming the first problems when the log
-    does not verify: nothing may be rendered or signed over it.
-    """
-    with Progress("verifying the log", log.store.count()) as step:
-        result = log.verify(public, progress=step)
-    if not result.intact:
-        shown = "; ".join(result.problems[:5])
-        more = f" (and {len(result.problems) - 5} more)" if len(result.problems) > 5 else ""
-        raise IntegrityError(
-            f"the audit log {log.path} does not verify, so no report was made: {shown}{more}"
-        )
-    cited = result.checkpoint
-    checkpoint = None
-    if cited is not None:
-        checkpoint = {
-            "origin": log.origin,
-            "size": cited.size,
-            "root": cited.root.hex(),
-            "time": cited.time,
-            "time_signed": cited.time_signed,
-            "signer": cited.signer,
-            "note": cited.note,
-        }
-    verification = {
-        "intact": True,
-        "size": result.size,
-        "root": result.root.hex(),
-        "checkpoint": {k: checkpoint[k] for k in ("size", "root", "time", "signer")} if checkpoint else None,
-        "key": "given" if public is not None else "log",
-    }
-    return {
-        "size": result.size,
-        "root": result.root.hex(),
-        "checkpoint": checkpoint,
-        "verification": verification,
-    }
 
 
 def _records(log: AuditLog, size: int, since: float | None, until: float | None) -> Iterator[Any]:
@@ -179,9 +141,10 @@ def report(
     trusted = ed25519_public(log_key) if log_key is not None else None
     start = time.monotonic()
     with AuditLog.open(log_path) as log:
-        state = log_state(log, trusted)
+        with Progress("verifying the log", log.store.count()) as step:
+            state = log.verified_state(trusted, progress=step)
         document = build_report(
-            _records(log, state["size"], lo, hi),
+            _records(log, state.size, lo, hi),
             generated_at=stamp,
             log_state=state,
             policy=policy,
@@ -194,10 +157,10 @@ def report(
         + ", ".join(str(p) for p in written.values()),
         err=True,
     )
-    if state["checkpoint"] is None:
+    if state.checkpoint is None:
         click.echo("note: the log has no signed checkpoint; run 'nomyo-audit log checkpoint' first", err=True)
-    elif state["checkpoint"]["size"] < state["size"]:
-        first, last = state["checkpoint"]["size"], state["size"] - 1
+    elif state.checkpoint.size < state.size:
+        first, last = state.checkpoint.size, state.size - 1
         one = first == last
         which, them = (f"record {first} is", "it") if one else (f"records {first} to {last} are", "them")
         click.echo(

@@ -1,0 +1,110 @@
+"""What the log needs from storage: the :class:`LogStore` interface and the rows it hands back.
+
+:class:`~._sqlite.SQLiteStore` is the one backend. A server database can be added as another
+store without touching the Merkle, checkpoint or report code: the store keeps rows, and
+:mod:`._log` decides what they mean. No I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from ..errors import NomyoAuditError
+from ._merkle import Frontier
+
+__all__ = [
+    "CheckpointMaker",
+    "CheckpointRow",
+    "LogError",
+    "LogStore",
+    "StoredCheckpoint",
+    "StoredRecord",
+    "missing",
+    "truncated",
+]
+
+
+class LogError(NomyoAuditError):
+    """The log cannot be opened or used as asked: missing, not a log, read-only, no key (exit 2)."""
+
+    code = "log_error"
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """One record as the log keeps it: its position, the columns its bytes name, its bytes and leaf hash."""
+
+    seq: int
+    payload_id: str
+    time: float
+    data: bytes
+    leaf: bytes
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A signed checkpoint kept in the log: the tree size and root it signs, the signed note itself.
+
+    ``created`` is when the store kept it (epoch seconds; None when not known or not yet
+    stored). The note is what counts: check it with :func:`~nomyo_audit.audit.verify_checkpoint`
+    or :meth:`~nomyo_audit.audit.AuditLog.verify`, never trust ``size`` and ``root`` alone.
+    """
+
+    size: int
+    root: bytes
+    note: str
+    created: float | None = None
+
+
+class CheckpointRow(NamedTuple):
+    """A checkpoints row exactly as stored, unchecked (any column may have been altered)."""
+
+    id: Any
+    size: Any
+    root: Any
+    note: Any
+    created: Any
+
+
+#: Called inside an append's transaction with the new frontier and the latest checkpoint's
+#: ``created`` time: returns the checkpoint to keep with the record, or None.
+CheckpointMaker = Callable[[Frontier, "float | None"], "StoredCheckpoint | None"]
+
+
+class LogStore(Protocol):
+    """What the log needs from storage."""
+
+    def append(
+        self,
+        payload_id: str,
+        timestamp: float,
+        build: Callable[[int], bytes],
+        checkpoint: CheckpointMaker | None,
+    ) -> int: ...
+    def records(self, since: float | None = None, until: float | None = None) -> Iterator[StoredRecord]: ...
+    def scan(self) -> Iterator[tuple[Any, ...]]: ...
+    def find(self, payload_id: str) -> StoredRecord | None: ...
+    def count(self) -> int: ...
+    def frontier(self) -> Frontier: ...
+    def saved_frontier(self) -> Frontier: ...
+    def add_checkpoint(self, checkpoint: StoredCheckpoint) -> None: ...
+    def checkpoints(self) -> list[StoredCheckpoint]: ...
+    def checkpoint_rows(self) -> list[CheckpointRow]: ...
+    def meta(self, key: str) -> bytes | None: ...
+    def set_meta(self, key: str, value: bytes, *, replace: bool = False) -> None: ...
+    def integrity_check(self) -> str: ...
+
+
+def missing(expected: int, seq: int) -> str:
+    """Why the row at ``seq`` is not the one expected: a missing or a repeated record."""
+    if seq > expected:
+        return f"record {expected} is missing (next row is {seq})"
+    return f"record {seq} appears twice"
+
+
+def truncated(saved: int, size: int) -> str:
+    """A log with fewer records than its saved state says: cut short."""
+    return f"the log's saved state says {saved} records, the records make {size} (truncated)"
