@@ -2,7 +2,8 @@
 
 The client API is the ``nomyo`` reference client's, so ``from nomyo_audit
 import SecureChatCompletion`` is a drop-in replacement for ``from nomyo
-import SecureChatCompletion``.
+import SecureChatCompletion``. The quote verifier is here too
+(``from nomyo_audit import verify_attestation``), and in full in :mod:`nomyo_audit.tpm`.
 """
 
 from ._memory import get_memory_protection_info
@@ -26,6 +27,7 @@ from .errors import (
     ServiceUnavailableError,
 )
 from .policy import Policy, PolicyViolationError, load_policy
+from .tpm import Verdict, verify_attestation
 
 __all__ = [
     "APIConnectionError",
@@ -48,7 +50,9 @@ __all__ = [
     "ServerError",
     "ServiceUnavailableError",
     "SyncSecureChatCompletion",
+    "Verdict",
     "__version__",
     "get_memory_protection_info",
     "load_policy",
+    "verify_attestation",
 ]

@@ -11,7 +11,8 @@ def test_exported_members():
             "Policy",
             "PolicyViolationError", "ProtocolError", "RateLimitError", "SecureChatCompletion",
             "SecureCompletionClient", "SecurityError", "ServerError", "ServiceUnavailableError",
-            "SyncSecureChatCompletion", "__version__", "get_memory_protection_info", "load_policy",
+            "SyncSecureChatCompletion", "Verdict", "__version__", "get_memory_protection_info", "load_policy",
+            "verify_attestation",
         ]
     )  # fmt: skip
     for name in nomyo_audit.__all__:

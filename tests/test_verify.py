@@ -10,6 +10,8 @@ import base64
 import copy
 import dataclasses
 import hashlib
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -500,6 +502,33 @@ def test_verdict_serialises():
     doc = v.to_dict()
     assert doc["result"] == "pass" and len(doc["findings"]) == len(CHECKS)
     assert set(doc["findings"][0]) == {"check", "status", "code", "detail"}
+
+
+# -- the verifier stands alone --------------------------------------------------------------------
+
+
+def test_the_verifier_never_imports_attester_code():
+    """An auditor's install verifies without reaching attester code or a TSS library."""
+    code = (
+        "import sys\n"
+        "import nomyo_audit.tpm\n"
+        "from nomyo_audit.tpm import verify_attestation\n"
+        "from nomyo_audit import Verdict, verify_attestation as top\n"
+        "assert top is verify_attestation\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('nomyo_audit.attest', 'tpm2_pytss'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_importing_the_attesters_does_not_import_tpm2_pytss():
+    code = (
+        "import sys\n"
+        "from nomyo_audit.attest import SoftwareTPM, Tpm2QuoteSource\n"
+        "print(sorted(m for m in sys.modules if m.startswith('tpm2_pytss')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # -- fuzzing: verify_attestation never raises on any evidence ------------------------------------

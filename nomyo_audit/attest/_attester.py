@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import ConfigurationError
-from ..tpm._binding import key_binding, response_binding, response_content_digest
-from ..tpm._structures import HASH_NAMES, PCRSelection, pcr_value_map
-from ..tpm._verify import parse_pcr_banks
+from ..tpm import PCRSelection, key_binding, parse_pcr_banks, response_binding, response_content_digest
+from ..tpm._structures import HASH_NAMES, pcr_value_map
 
 __all__ = ["DEFAULT_PCR_BANKS", "Quote", "QuoteSource", "TPMAttester"]
 
+#: The PCRs a router quotes unless told otherwise: firmware, secure boot policy, IMA
 DEFAULT_PCR_BANKS = "sha256:0,7,10"
 
 #: PCRs 0-23: what the TCG PC Client profile gives every TPM our attesters drive.
@@ -29,24 +29,39 @@ PC_CLIENT_PCRS = 24
 
 @dataclass(frozen=True)
 class Quote:
+    """What a :class:`QuoteSource` returns for one quote: the signed bytes, the signature, and the
+    PCR values the quote covers."""
+
     attest: bytes  # TPMS_ATTEST
     signature: bytes  # TPMT_SIGNATURE
     pcr_values: tuple[bytes, ...]  # in selection order, read in the same state the quote covers
 
 
 class QuoteSource(Protocol):
+    """Anything that quotes PCRs with an AIK: the one interface behind which a TPM sits."""
+
     #: "software", "swtpm" or "tpm-device": said in the evidence, so no report overstates it.
     kind: str
     #: The AIK as a marshalled TPM2B_PUBLIC.
     aik_public: bytes
 
-    def quote(self, selections: tuple[PCRSelection, ...], extra_data: bytes) -> Quote: ...
+    def quote(self, selections: tuple[PCRSelection, ...], extra_data: bytes) -> Quote:
+        """Quote ``selections`` with ``extra_data`` in the quote's extraData."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the TPM (flush the AIK, close the connection)."""
+        ...
 
 
 class TPMAttester:
-    """The router's attester: one quote per response over the configured PCRs."""
+    """The router's attester: one quote per response over the configured PCRs.
+
+    Thread-safe: quotes are serialised, because a TPM session is not shared between threads.
+    Raises :class:`~nomyo_audit.errors.ConfigurationError` when ``pcr_banks`` names a PCR or a bank
+    the TPM does not have, and :class:`~nomyo_audit.errors.EvidenceError` when it is not like
+    ``"sha256:0,7,10"``.
+    """
 
     def __init__(self, source: QuoteSource, pcr_banks: str = DEFAULT_PCR_BANKS) -> None:
         self.source = source
@@ -65,6 +80,8 @@ class TPMAttester:
         self._lock = threading.Lock()  # TPM sessions are not shared between threads
 
     def evidence(self, extra_data: bytes) -> dict[str, Any]:
+        """A ``tpm_attestation`` block whose quote carries ``extra_data``: the source's errors pass
+        through (a :class:`Tpm2QuoteSource` raises ConfigurationError)."""
         with self._lock:
             quote = self.source.quote(self.selections, extra_data)
         return {
@@ -80,6 +97,8 @@ class TPMAttester:
         }
 
     def attest_response(self, payload_id: str, completion: Mapping[str, Any]) -> dict[str, Any]:
+        """Evidence bound to this response (``nomyo-audit-v1``): to ``payload_id`` and to
+        ``completion`` as sent, without ``_metadata``."""
         return self.evidence(response_binding(payload_id, response_content_digest(completion)))
 
     def attest_key(self, nonce: bytes, spki_sha256: bytes) -> dict[str, Any]:
@@ -89,4 +108,5 @@ class TPMAttester:
         return block
 
     def close(self) -> None:
+        """Close the quote source."""
         self.source.close()

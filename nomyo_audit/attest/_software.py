@@ -44,6 +44,12 @@ DEFAULT_ATTRIBUTES = ObjectAttributes.ATTESTATION_KEY | ObjectAttributes.USER_WI
 
 
 class SoftwareTPM:
+    """A :class:`QuoteSource` in process memory: 24 PCRs per bank and a fresh AIK of kind ``aik``
+    (one of ``AIK_KINDS``), signing with ``hash_alg``. Proves nothing about hardware.
+
+    Raises ValueError for an unknown AIK kind.
+    """
+
     kind = "software"
 
     def __init__(
@@ -102,9 +108,11 @@ class SoftwareTPM:
         self.pcrs[alg][index] = hashlib.new(bank, self.pcrs[alg][index] + digest).digest()
 
     def read(self, selections: tuple[PCRSelection, ...]) -> tuple[bytes, ...]:
+        """The values of the selected PCRs, in selection order."""
         return tuple(self.pcrs[s.hash_alg][i] for s in selections for i in s.indices)
 
     def make_attest(self, selections: tuple[PCRSelection, ...], extra_data: bytes) -> TPMSAttest:
+        """The TPMS_ATTEST a quote would sign, unsigned: tests change it and sign it with :meth:`sign`."""
         values = self.read(selections)
         return TPMSAttest(
             magic=TPM_GENERATED_VALUE,
@@ -134,10 +142,12 @@ class SoftwareTPM:
         return Signature(ALG.ECDSA, self.hash_alg, r=_minimal(r), s=_minimal(s)).marshal()
 
     def quote(self, selections: tuple[PCRSelection, ...], extra_data: bytes) -> Quote:
+        """Quote ``selections`` with ``extra_data``, signed by this AIK."""
         attest = self.make_attest(selections, extra_data).marshal()
         return Quote(attest, self.sign(attest), self.read(selections))
 
     def close(self) -> None:
+        """Nothing to release."""
         return None
 
 

@@ -16,6 +16,7 @@ __all__ = ["SwtpmProcess", "swtpm_available"]
 
 
 def swtpm_available() -> bool:
+    """Whether the ``swtpm`` binary is on PATH (tests and the demo fall back without it)."""
     return shutil.which("swtpm") is not None
 
 
@@ -40,7 +41,8 @@ class SwtpmProcess:
     """``with SwtpmProcess() as tpm: tpm.spec`` -> ``"swtpm:host=127.0.0.1,port=N"``.
 
     A fresh TPM (new state directory) each time, started with TPM2_Startup
-    done, stopped and removed on exit.
+    done, stopped and removed on exit. :meth:`start` raises
+    :class:`~nomyo_audit.errors.ConfigurationError` when swtpm is missing or does not start.
     """
 
     def __init__(self, host: str = "127.0.0.1") -> None:
@@ -51,9 +53,11 @@ class SwtpmProcess:
 
     @property
     def spec(self) -> str:
+        """The ``--tpm`` value that reaches this swtpm (``swtpm:host=127.0.0.1,port=N``)."""
         return f"swtpm:host={self.host},port={self.port}"
 
     def start(self) -> SwtpmProcess:
+        """Start swtpm on a free pair of loopback ports and wait until it listens."""
         binary = shutil.which("swtpm")
         if binary is None:
             raise ConfigurationError("swtpm is not installed (Debian: apt-get install swtpm swtpm-tools)")
@@ -99,6 +103,7 @@ class SwtpmProcess:
         return False
 
     def stop(self) -> None:
+        """Stop swtpm and remove its state; safe to call twice."""
         if self._proc is not None:
             self._proc.terminate()
             try:

@@ -39,6 +39,13 @@ def parse_tpm_spec(spec: str) -> tuple[str, str]:
 
 
 class Tpm2QuoteSource:
+    """A :class:`QuoteSource` on a real TPM (``device:/dev/tpmrm0``) or swtpm
+    (``swtpm:host=H,port=P``) through tpm2-pytss, with an ephemeral AIK of kind ``aik``.
+
+    Raises :class:`~nomyo_audit.errors.ConfigurationError` when tpm2-pytss is not installed (the
+    ``tpm`` extra), the AIK kind is unknown, or the TPM cannot be opened.
+    """
+
     def __init__(self, spec: str, aik: str = "rsa2048-rsassa") -> None:
         try:
             from tpm2_pytss import ESAPI, TCTILdr
@@ -111,6 +118,7 @@ class Tpm2QuoteSource:
         self._esys.pcr_extend(handle, TPML_DIGEST_VALUES([TPMT_HA(hashAlg=alg, digest=digest)]))
 
     def close(self) -> None:
+        """Flush the AIK and close the connection to the TPM."""
         try:
             self._esys.flush_context(self._aik)
         finally:
