@@ -5,7 +5,8 @@ router sends every time, and a careful one that says exactly what is wrong
 (tests/test_verify_differential.py holds them to that).
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: the named tuples' fields stay real types, which
+# documentation tools (pdoc) resolve: as strings they fail to resolve from NamedTuple's generated __new__.
 
 import struct
 from functools import lru_cache

@@ -4,7 +4,8 @@ Pure, no I/O. :func:`~nomyo_audit.tpm.verify_attestation` is the only producer o
 :class:`Verdict`; policies, reports and the CLI read it.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: the named tuples' fields stay real types, which
+# documentation tools (pdoc) resolve: as strings they fail to resolve from NamedTuple's generated __new__.
 
 from typing import Any, Literal, NamedTuple, TypedDict
 
