@@ -12,8 +12,7 @@ import json
 import pytest
 from conftest import FIXTURES
 
-from nomyo_audit.tpm._structures import parse_attest
-from nomyo_audit.tpm._verify import verify_attestation
+from nomyo_audit.tpm import parse_attest, verify_attestation
 
 VECTORS = json.loads((FIXTURES / "vectors" / "tpm-evidence.json").read_text())["vectors"]
 
