@@ -347,7 +347,7 @@ def test_records_hold_digests_not_prompts(filled):
         assert doc["request_digest"] == keyed_digest(
             log.salt, request
         )  # an auditor with the plaintext can check
-    assert doc["v"] == 2 and doc["seq"] == 0 and doc["time"].endswith("Z")
+    assert doc["v"] == 3 and doc["seq"] == 0 and doc["time"].endswith("Z")
 
 
 def test_the_verdict_is_kept_once_by_its_codes_and_facts():

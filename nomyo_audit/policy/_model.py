@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from .._canonical import CanonicalJSONError, canonical_json
 from ..errors import NomyoAuditError, SecurityError
-from ..tpm._binding import canonical_json
 
 __all__ = ["MAX_DURATION", "Policy", "PolicyError", "PolicyViolationError", "parse_duration"]
 
@@ -76,7 +76,18 @@ class Policy:
 
     @cached_property
     def digest(self) -> str:
-        return hashlib.sha256(canonical_json(dict(self.document))).hexdigest()
+        """SHA-256 (hex) of the RFC 8785 canonical JSON of the resolved document (docs/protocol.md).
+
+        For every document of strings, integers, booleans, lists and objects with keys in the
+        Basic Multilingual Plane (every policy the loader accepts whose numbers are integers),
+        the bytes are the sorted-keys JSON the digest was taken over before, so the digest did
+        not change. Raises :class:`PolicyError` (``policy_not_canonical``) for a document with
+        no canonical JSON (NaN, a lone surrogate), which the loader refuses before.
+        """
+        try:
+            return hashlib.sha256(canonical_json(dict(self.document))).hexdigest()
+        except CanonicalJSONError as exc:
+            raise PolicyError(f"{self.source}: {exc.message}", code="policy_not_canonical") from None
 
     @property
     def on_failure(self) -> str:

@@ -10,9 +10,10 @@ project's own, stronger binding, which also covers the response content:
     the payload_id's UTF-8 bytes themselves (at most 64)
 ``nomyo-audit-v1``
     ``SHA-256("nomyo-audit/response-binding/v1" || 0x00 || u16(len(pid)) || pid || SHA-256(content))``
-    where ``content`` is the canonical JSON of the response without ``_metadata``
-    (:func:`response_content_digest`). A quote bound this way cannot be moved to
-    another response for the same request.
+    where ``content`` is the canonical JSON (RFC 8785, docs/protocol.md) of the response
+    without ``_metadata`` (:func:`response_content_digest`); evidence made before RFC 8785
+    was adopted used Python's sorted-keys JSON (:func:`legacy_content_digest`). A quote bound
+    this way cannot be moved to another response for the same request.
 
 ``nomyo-audit-key-v1`` binds a router key for attest-before-send:
 ``SHA-256("nomyo-audit/key-binding/v1" || 0x00 || nonce || SHA-256(DER SPKI))``.
@@ -22,10 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import struct
 from collections.abc import Mapping
 from typing import Any
+
+from .._canonical import CanonicalJSONError, canonical_json, legacy_json
 
 __all__ = [
     "DERIVATIONS",
@@ -33,6 +35,7 @@ __all__ = [
     "RESPONSE_BINDING_LABEL",
     "canonical_json",
     "key_binding",
+    "legacy_content_digest",
     "match_derivation",
     "recorded_content_digest",
     "response_binding",
@@ -46,23 +49,40 @@ KEY_BINDING_LABEL = b"nomyo-audit/key-binding/v1"
 DERIVATIONS = ("nomyo-audit-v1", "sha256-payload-id", "raw-payload-id")
 
 
-def canonical_json(value: Any) -> bytes:
-    """Sorted keys, no insignificant white space, UTF-8: deterministic for JSON data."""
-    return _CANONICAL_ENCODER.encode(value).encode()
-
-
-# json.dumps with options builds an encoder per call; this one is built once (it keeps no state).
-_CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def response_content_digest(response: Mapping[str, Any]) -> bytes:
-    """SHA-256 of the response as the model produced it: everything but ``_metadata``.
+    """SHA-256 of the canonical JSON (RFC 8785) of the response as the model produced it.
 
-    What the ``nomyo-audit-v1`` binding covers. Raises TypeError or ValueError when the
-    response is not JSON data.
+    That is everything but ``_metadata``; what the ``nomyo-audit-v1`` binding covers. Raises
+    :class:`~nomyo_audit._canonical.CanonicalJSONError` (a ``ValueError``) for content with no
+    canonical JSON: NaN, an infinity, a lone surrogate, a non-JSON type (nothing strict JSON
+    parsing yields).
     """
-    content = {k: v for k, v in response.items() if k != "_metadata"}
-    return hashlib.sha256(canonical_json(content)).digest()
+    return hashlib.sha256(canonical_json(_content(response))).digest()
+
+
+def legacy_content_digest(response: Mapping[str, Any]) -> bytes | None:
+    """The content digest as taken before RFC 8785, or None where it cannot differ or be taken.
+
+    Responses saved before carry quotes bound (``nomyo-audit-v1``) to SHA-256 of Python's
+    sorted-keys JSON. Where that text equals the canonical one (no float spelled differently,
+    no key outside the BMP: most responses), None says that retrying with it is pointless.
+    For re-checking saved evidence after a ``nonce_mismatch`` only; never raises.
+    """
+    content = _content(response)
+    try:
+        legacy = legacy_json(content)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    try:
+        if legacy == canonical_json(content):
+            return None
+    except CanonicalJSONError:
+        pass
+    return hashlib.sha256(legacy).digest()
+
+
+def _content(response: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in response.items() if k != "_metadata"}
 
 
 def recorded_content_digest(verification: object) -> bytes | None:
