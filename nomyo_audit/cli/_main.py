@@ -303,6 +303,14 @@ cli.add_command(verify_report)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``) and return its exit status.
+
+    The ``nomyo-audit`` console script, and the way to run a command from Python
+    or a test. It raises nothing: every error becomes a message on stderr and a
+    fixed status (:class:`~nomyo_audit.errors.ExitCode`): 0 OK, 1 a finding (a
+    verification failed, a policy denied), 2 usage or input, 3 integrity, 4 an
+    internal error, 130 interrupted.
+    """
     try:
         # Outside standalone mode click *returns* the code of a click.exceptions.Exit.
         status = cli.main(args=argv, prog_name="nomyo-audit", standalone_mode=False)

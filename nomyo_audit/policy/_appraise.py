@@ -13,8 +13,6 @@ or values in and gives values out. Records are produced and appraised one at a
 time, so a log of millions of records is appraised in flat memory.
 """
 
-from __future__ import annotations
-
 import datetime as _dt
 import json
 from collections.abc import Iterable, Iterator, Mapping

@@ -19,8 +19,6 @@ happens per request, compilation per policy. Compiled rules hold no mutable
 state, so one policy can be evaluated from many threads at once.
 """
 
-from __future__ import annotations
-
 import fnmatch
 import math
 import operator
@@ -43,13 +41,18 @@ KEY_SCOPE = ("require_attestation", "pcrs", "pcr_selection", "aik_trust")
 
 
 class RuleOutcome(NamedTuple):
+    """How one rule of a policy judged one reply's evidence: ``pass``, ``fail`` or ``skip``, and why."""
+
+    #: the rule's name in the policy's ``spec`` (``pcrs``, ``max_age``, ...)
     rule: str
     status: Literal["pass", "fail", "skip"]
+    #: for people: what was found (a PCR that differs, how old the evidence is)
     detail: str
     #: codes of the verifier findings this outcome rests on
     findings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
+        """The outcome as JSON-ready data (``findings`` a list), as audit records and reports keep it."""
         return {
             "rule": self.rule,
             "status": self.status,
@@ -74,21 +77,25 @@ class PolicyResult(NamedTuple):
 
     @property
     def passed(self) -> bool:
+        """True when no rule failed."""
         return not self.failures
 
     @property
     def outcome(self) -> Outcome:
+        """``pass``; or, with a failing rule, the policy's ``on_failure``: ``warn`` or ``deny``."""
         if not self.failures:
             return "pass"
         return "warn" if self.on_failure == "warn" else "deny"
 
     def summary(self) -> str:
+        """One line for people: the policy, its outcome and each failing rule with its detail."""
         if self.passed:
             return f"policy {self.policy_name}: pass"
         failed = "; ".join(f"{r.rule}: {r.detail}" for r in self.failures)
         return f"policy {self.policy_name}: {self.outcome} ({failed})"
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready data (without the verdict), as audit records and reports keep it."""
         return {
             "policy": self.policy_name,
             "policy_digest": self.policy_digest,
@@ -111,6 +118,11 @@ def evaluate(
     Without ``verdict`` the evidence is verified here (a full response lets the
     response binding be checked). ``scope`` limits the rules applied, as for
     key attestation (:data:`KEY_SCOPE`); rules outside it are not reported.
+    ``now`` (seconds since the epoch) is when ``max_age`` is judged.
+
+    Raises nothing for bad evidence or metadata of any shape: they give failing
+    rule outcomes. Only a :class:`Policy` built by hand from a ``spec`` that was
+    never validated (:func:`load_policy` validates) can raise, when first evaluated.
     """
     if type(response_or_metadata) is not dict and not isinstance(response_or_metadata, Mapping):
         response_or_metadata = _NOTHING  # not even a mapping: every rule judges absent metadata

@@ -67,6 +67,11 @@ _DIGEST_BITS = {
 
 @lru_cache(maxsize=1)
 def policy_schema() -> dict[str, Any]:
+    """The JSON Schema every policy document is validated against (a fresh copy: change it freely).
+
+    For editors and other tools that check policy files as they are written. Raises
+    nothing for an intact installation (the schema ships in the package).
+    """
     schema: dict[str, Any] = json.loads(resources.files(__package__).joinpath("schema.json").read_text())
     return schema
 
@@ -79,13 +84,22 @@ def _validator() -> jsonschema.protocols.Validator:
 
 
 def shipped_policies() -> dict[str, Path]:
-    """The policies in the package (``development``, ``production``, ``maximum``)."""
+    """The policies shipped in the package, by name (``development``, ``production``, ``maximum``).
+
+    Any of them can be named bare in :func:`load_policy` or ``extends``. Raises nothing.
+    """
     root = resources.files("nomyo_audit").joinpath("data").joinpath("policies")
     return {p.name.removesuffix(".yaml"): Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
 
 
 def load_policy(path: str | Path) -> Policy:
-    """Load, validate and resolve a policy file (a shipped policy may be named bare: ``production``)."""
+    """Load, validate and resolve a policy file (a shipped policy may be named bare: ``production``).
+
+    ``extends`` layers are applied, so the :class:`Policy` is the one that will be
+    enforced. Raises :class:`PolicyError` for a file that is missing, unreadable,
+    not YAML, over a size or nesting limit, invalid against the schema (every error,
+    each with file:line and field path) or part of an ``extends`` cycle.
+    """
     resolved = _locate(str(path))
     document = _resolve(resolved, (), [MAX_EXTENDS])
     return Policy.from_document(document, source=str(path))
@@ -405,7 +419,12 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 def validate_document(
     document: Mapping[str, Any], path: Path | str = "<policy>", node: yaml.Node | None = None
 ) -> None:
-    """Raise :class:`PolicyError` listing every schema error with its line and field path."""
+    """Check a policy document (already parsed) against :func:`policy_schema`.
+
+    Raises :class:`PolicyError` listing every schema error, each with ``path``, its
+    line (when ``node``, the YAML node, is given) and the field path; returns None
+    for a valid document.
+    """
     errors = sorted(_validator().iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
     if not errors:
         return

@@ -27,7 +27,7 @@ class PolicyError(NomyoAuditError):
 class PolicyViolationError(SecurityError):
     """The evidence does not satisfy a policy whose ``on_failure`` is ``deny``.
 
-    ``result`` is the :class:`~.evaluate.PolicyResult`; the response content is
+    ``result`` is the :class:`PolicyResult`; the response content is
     not kept. ``metadata`` is the evidence the denial rests on, for the audit record.
     """
 
@@ -45,7 +45,10 @@ MAX_DURATION = 100 * 365 * 86400
 
 
 def parse_duration(value: int | str) -> int:
-    """Seconds from ``30``, ``"30s"``, ``"5m"``, ``"2h"`` or ``"1d"``, at most :data:`MAX_DURATION`."""
+    """Seconds from ``30``, ``"30s"``, ``"5m"``, ``"2h"`` or ``"1d"``, at most :data:`MAX_DURATION`.
+
+    Raises :class:`PolicyError` for anything else, or a duration over 100 years.
+    """
     if isinstance(value, int):
         seconds = value
     else:
@@ -91,22 +94,34 @@ class Policy:
 
     @property
     def on_failure(self) -> str:
+        """``deny`` (the default: a failing rule stops the request) or ``warn`` (it is only reported)."""
         return str(self.spec.get("on_failure", "deny"))
 
     @property
     def clock_skew(self) -> int:
+        """Seconds of clock difference ``max_age`` tolerates (default 60). Raises :class:`PolicyError`."""
         return parse_duration(self.spec.get("clock_skew", 60))
 
     @property
     def key_attestation_ttl(self) -> int:
+        """Seconds a router key's attestation is trusted before it is asked for again (default 5m).
+
+        Raises :class:`PolicyError` for a duration that is not one.
+        """
         return parse_duration(self.spec.get("key_attestation_ttl", "5m"))
 
     @property
     def require_key_attestation(self) -> bool:
+        """Whether the router's key must be attested (:data:`KEY_SCOPE` rules) before a prompt is sent."""
         return bool(self.spec.get("require_key_attestation", False))
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any], source: str = "<memory>") -> Policy:
+        """The policy a resolved document states, named after ``source`` in messages.
+
+        The document is not validated here (:func:`validate_document` does that;
+        :func:`load_policy` does both). Raises nothing.
+        """
         metadata = document.get("metadata", {})
         return cls(
             name=str(metadata.get("name", "")),
