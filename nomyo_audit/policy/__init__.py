@@ -26,15 +26,27 @@ from ._appraise import (
 from ._evaluate import KEY_SCOPE, PolicyResult, RuleOutcome, evaluate
 from ._junit import junit_chunks, junit_xml
 from ._loader import load_policy, policy_schema, shipped_policies, validate_document
-from ._model import MAX_DURATION, Policy, PolicyError, PolicyViolationError, parse_duration
+from ._model import (
+    MAX_DURATION,
+    AikTrustSpec,
+    CudaDeviceSpec,
+    Policy,
+    PolicyError,
+    PolicySpec,
+    PolicyViolationError,
+    parse_duration,
+)
 
 __all__ = [
     "KEY_SCOPE",
     "MAX_DURATION",
+    "AikTrustSpec",
     "Appraisal",
+    "CudaDeviceSpec",
     "Policy",
     "PolicyError",
     "PolicyResult",
+    "PolicySpec",
     "PolicyViolationError",
     "Record",
     "RuleOutcome",

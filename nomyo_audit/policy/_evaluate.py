@@ -31,7 +31,7 @@ from typing import Any, Literal, NamedTuple
 from ..tpm._binding import recorded_content_digest, response_content_digest
 from ..tpm._structures import HASH_NAMES
 from ..tpm._verify import CHECKS, Verdict, parse_pcr_banks, verify_attestation
-from ._model import Policy, parse_duration
+from ._model import Policy, PolicySpec, parse_duration
 
 __all__ = ["KEY_SCOPE", "PolicyResult", "RuleOutcome", "evaluate"]
 
@@ -197,7 +197,10 @@ def _compiled(policy: Policy) -> _Compiled:
     compiled = _COMPILED.get(id(policy))
     if compiled is None:
         spec = policy.spec
-        rules = tuple((rule, compile_rule(spec[rule], spec)) for rule, compile_rule in _RULES if rule in spec)
+        stated: Mapping[str, object] = spec  # by rule name: _RULES is keyed by text
+        rules = tuple(
+            (rule, compile_rule(stated[rule], spec)) for rule, compile_rule in _RULES if rule in stated
+        )
         compiled = _Compiled(
             rules, tuple(check for _, check in rules), policy.name, policy.digest, policy.on_failure
         )
@@ -211,7 +214,7 @@ def _compiled(policy: Policy) -> _Compiled:
 # -- the rules: each compiles its part of the spec into a check -------------------------------------
 
 
-def _require_attestation(value: bool, spec: Mapping[str, Any]) -> Check:
+def _require_attestation(value: bool, spec: PolicySpec) -> Check:
     def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
         if not value:
             return RuleOutcome("require_attestation", "skip", "attestation not required")
@@ -232,7 +235,7 @@ def _require_attestation(value: bool, spec: Mapping[str, Any]) -> Check:
 _VERIFIED = ("signature_valid", "nonce_matches")
 
 
-def _security_tiers(value: list[str], spec: Mapping[str, Any]) -> Check:
+def _security_tiers(value: list[str], spec: PolicySpec) -> Check:
     allowed = {tier: RuleOutcome("security_tiers", "pass", f"tier {tier!r} is allowed") for tier in value}
 
     def check(metadata: Mapping[str, Any], verdict: Any, model: Any, now: Any) -> RuleOutcome:
@@ -245,7 +248,7 @@ def _security_tiers(value: list[str], spec: Mapping[str, Any]) -> Check:
     return check
 
 
-def _models(value: list[str], spec: Mapping[str, Any]) -> Check:
+def _models(value: list[str], spec: PolicySpec) -> Check:
     def check(metadata: Any, verdict: Any, model: str | None, now: Any) -> RuleOutcome:
         if not isinstance(model, str):
             return RuleOutcome("models", "fail", "the model is not known for this evidence")
@@ -263,7 +266,7 @@ _PCR_DIGEST, _PCR_SELECTION, _NONCE_BINDING, _SIGNATURE = (
 )
 
 
-def _pcrs(value: Mapping[str, Mapping[str, Any]], spec: Mapping[str, Any]) -> Check:
+def _pcrs(value: Mapping[str, Mapping[str, Any]], spec: PolicySpec) -> Check:
     by_bank = tuple(
         (
             bank,
@@ -279,7 +282,7 @@ def _pcrs(value: Mapping[str, Mapping[str, Any]], spec: Mapping[str, Any]) -> Ch
 
     def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
         digest = verdict.findings[_PCR_DIGEST]
-        proved = verdict.facts.get("pcr_values")
+        proved: dict[str, dict[str, str]] | None = verdict.facts.get("pcr_values")
         if digest.status != "pass" or not (type(proved) is dict or isinstance(proved, Mapping)):
             return RuleOutcome(
                 "pcrs", "fail", "no PCR values were proved by a verified quote", (digest.code,)
@@ -318,7 +321,7 @@ def _quoted_sets(pcr_banks: str) -> Mapping[str, frozenset[int]]:
     return MappingProxyType(banks)
 
 
-def _pcr_selection(value: Mapping[str, list[int]], spec: Mapping[str, Any]) -> Check:
+def _pcr_selection(value: Mapping[str, list[int]], spec: PolicySpec) -> Check:
     required = tuple((bank, index) for bank, indices in value.items() for index in indices)
 
     @lru_cache(maxsize=64)  # by verified selection text: routers repeat theirs (thread-safe, bounded)
@@ -333,17 +336,18 @@ def _pcr_selection(value: Mapping[str, list[int]], spec: Mapping[str, Any]) -> C
         selection = verdict.findings[_PCR_SELECTION]
         if selection.status != "pass":
             return RuleOutcome("pcr_selection", "fail", "no verified PCR selection", (selection.code,))
-        return outcome(str(verdict.facts.get("pcr_banks", "")), selection.code)
+        banks: str = verdict.facts.get("pcr_banks", "")
+        return outcome(str(banks), selection.code)
 
     return check
 
 
-def _nonce_binding(value: list[str], spec: Mapping[str, Any]) -> Check:
+def _nonce_binding(value: list[str], spec: PolicySpec) -> Check:
     accepted = {d: RuleOutcome("nonce_binding", "pass", f"bound by {d}", ("nonce_matches",)) for d in value}
 
     def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
         finding = verdict.findings[_NONCE_BINDING]
-        derivation = verdict.facts.get("nonce_derivation")
+        derivation: str | None = verdict.facts.get("nonce_derivation")
         if finding.status == "pass" and derivation in accepted:
             return accepted[derivation]
         if finding.status == "pass":
@@ -358,7 +362,7 @@ def _nonce_binding(value: list[str], spec: Mapping[str, Any]) -> Check:
     return check
 
 
-def _aik_trust(value: Mapping[str, Any], spec: Mapping[str, Any]) -> Check:
+def _aik_trust(value: Mapping[str, Any], spec: PolicySpec) -> Check:
     mode = value["mode"]
     pins = frozenset(value.get("pinned", ()))
     any_aik = RuleOutcome(
@@ -375,8 +379,9 @@ def _aik_trust(value: Mapping[str, Any], spec: Mapping[str, Any]) -> Check:
         if mode == "any":
             return any_aik
         if mode == "pinned":
-            fingerprint = verdict.facts.get("aik_fingerprint")
-            if fingerprint in pins or verdict.facts.get("aik_name") in pins:
+            fingerprint: str | None = verdict.facts.get("aik_fingerprint")
+            name: str | None = verdict.facts.get("aik_name")
+            if fingerprint in pins or name in pins:
                 return RuleOutcome("aik_trust", "pass", "the AIK is pinned", ("signature_valid",))
             return RuleOutcome(
                 "aik_trust", "fail", f"AIK {str(fingerprint)[:16]}... is not pinned", ("signature_valid",)
@@ -391,7 +396,7 @@ def _aik_trust(value: Mapping[str, Any], spec: Mapping[str, Any]) -> Check:
     return check
 
 
-def _memory_protection(value: list[str], spec: Mapping[str, Any]) -> Check:
+def _memory_protection(value: list[str], spec: PolicySpec) -> Check:
     passed = RuleOutcome(
         "memory_protection", "pass", f"the router reports {', '.join(value)} (its own word, unattested)"
     )
@@ -411,7 +416,7 @@ def _memory_protection(value: list[str], spec: Mapping[str, Any]) -> Check:
     return check
 
 
-def _cuda_device(value: Mapping[str, Any], spec: Mapping[str, Any]) -> Check:
+def _cuda_device(value: Mapping[str, Any], spec: PolicySpec) -> Check:
     hashes = frozenset(value.get("device_hashes", ()))
 
     def check(metadata: Mapping[str, Any], verdict: Any, model: Any, now: Any) -> RuleOutcome:
@@ -432,8 +437,9 @@ def _cuda_device(value: Mapping[str, Any], spec: Mapping[str, Any]) -> Check:
     return check
 
 
-def _max_age(value: int | str, spec: Mapping[str, Any]) -> Check:
-    limit, skew = parse_duration(value), parse_duration(spec.get("clock_skew", 60))
+def _max_age(value: int | str, spec: PolicySpec) -> Check:
+    stated_skew: int | str = spec.get("clock_skew", 60)
+    limit, skew = parse_duration(value), parse_duration(stated_skew)
 
     def check(metadata: Mapping[str, Any], verdict: Any, model: Any, now: object) -> RuleOutcome:
         processed = metadata.get("processed_at")
@@ -500,7 +506,7 @@ def _unusable_time(processed: object) -> RuleOutcome:
     return RuleOutcome("max_age", "fail", detail)
 
 
-_RULES: tuple[tuple[str, Callable[[Any, Mapping[str, Any]], Check]], ...] = (
+_RULES: tuple[tuple[str, Callable[[Any, PolicySpec], Check]], ...] = (
     ("require_attestation", _require_attestation),
     ("security_tiers", _security_tiers),
     ("models", _models),

@@ -7,12 +7,21 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal, TypedDict, cast
 
 from .._canonical import CanonicalJSONError, canonical_json
 from ..errors import NomyoAuditError, SecurityError
 
-__all__ = ["MAX_DURATION", "Policy", "PolicyError", "PolicyViolationError", "parse_duration"]
+__all__ = [
+    "MAX_DURATION",
+    "AikTrustSpec",
+    "CudaDeviceSpec",
+    "Policy",
+    "PolicyError",
+    "PolicySpec",
+    "PolicyViolationError",
+    "parse_duration",
+]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -62,6 +71,51 @@ def parse_duration(value: int | str) -> int:
     return seconds
 
 
+class AikTrustSpec(TypedDict, total=False):
+    """``spec.aik_trust``: which attestation keys a policy trusts."""
+
+    #: ``any`` (any key whose signature verifies), ``pinned`` (listed keys) or ``ca`` (certified keys)
+    mode: Literal["any", "pinned", "ca"]
+    #: AIK fingerprints (SHA-256 of the DER public key) or TPM names, hex
+    pinned: list[str]
+    #: CA certificate files an AIK certificate must chain to
+    ca_certificates: list[str]
+
+
+class CudaDeviceSpec(TypedDict, total=False):
+    """``spec.cuda_device``: what the router must report about its GPU."""
+
+    available: bool
+    #: allowed device hashes, hex
+    device_hashes: list[str]
+
+
+class PolicySpec(TypedDict, total=False):
+    """A policy's rules (its ``spec``) as policy files state them (docs/policies.md), so mypy
+    checks the keys rules read. :func:`load_policy` validates a file against the schema
+    (:func:`policy_schema`) before its spec is used as one of these."""
+
+    require_attestation: bool
+    security_tiers: list[str]
+    #: model name patterns (``fnmatch``)
+    models: list[str]
+    #: golden values: ``{bank: {index: [hex, ...] or "any"}}``
+    pcrs: dict[str, dict[str, list[str] | Literal["any"]]]
+    #: PCRs the quote must cover: ``{bank: [index, ...]}``
+    pcr_selection: dict[str, list[int]]
+    #: extraData derivations accepted
+    nonce_binding: list[str]
+    aik_trust: AikTrustSpec
+    memory_protection: list[str]
+    cuda_device: CudaDeviceSpec
+    #: durations: seconds, or text like ``30s``, ``5m``, ``2h``, ``1d``
+    max_age: int | str
+    clock_skew: int | str
+    require_key_attestation: bool
+    key_attestation_ttl: int | str
+    on_failure: Literal["deny", "warn"]
+
+
 @dataclass(frozen=True)
 class Policy:
     """A policy after ``extends`` was applied. ``digest`` identifies it exactly.
@@ -73,7 +127,7 @@ class Policy:
 
     name: str
     description: str
-    spec: Mapping[str, Any]
+    spec: PolicySpec
     source: str = "<memory>"
     document: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -95,12 +149,14 @@ class Policy:
     @property
     def on_failure(self) -> str:
         """``deny`` (the default: a failing rule stops the request) or ``warn`` (it is only reported)."""
-        return str(self.spec.get("on_failure", "deny"))
+        stated: str = self.spec.get("on_failure", "deny")
+        return str(stated)
 
     @property
     def clock_skew(self) -> int:
         """Seconds of clock difference ``max_age`` tolerates (default 60). Raises :class:`PolicyError`."""
-        return parse_duration(self.spec.get("clock_skew", 60))
+        stated: int | str = self.spec.get("clock_skew", 60)
+        return parse_duration(stated)
 
     @property
     def key_attestation_ttl(self) -> int:
@@ -108,12 +164,14 @@ class Policy:
 
         Raises :class:`PolicyError` for a duration that is not one.
         """
-        return parse_duration(self.spec.get("key_attestation_ttl", "5m"))
+        stated: int | str = self.spec.get("key_attestation_ttl", "5m")
+        return parse_duration(stated)
 
     @property
     def require_key_attestation(self) -> bool:
         """Whether the router's key must be attested (:data:`KEY_SCOPE` rules) before a prompt is sent."""
-        return bool(self.spec.get("require_key_attestation", False))
+        stated: bool = self.spec.get("require_key_attestation", False)
+        return bool(stated)
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any], source: str = "<memory>") -> Policy:
@@ -126,7 +184,7 @@ class Policy:
         return cls(
             name=str(metadata.get("name", "")),
             description=str(metadata.get("description", "")),
-            spec=dict(document.get("spec", {})),
+            spec=cast(PolicySpec, dict(document.get("spec", {}))),
             source=source,
             document={k: document[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in document},
         )
