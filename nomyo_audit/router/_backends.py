@@ -19,12 +19,25 @@ __all__ = ["Backend", "BackendError", "EchoBackend", "UpstreamBackend"]
 
 
 class BackendError(Exception):
+    """The model behind the router failed; ``status`` is the HTTP status the router answers with.
+
+    Raised by a :class:`Backend`; the router turns it into a plain error reply (502, 503 or 504)
+    whose text names no prompt or completion.
+    """
+
     def __init__(self, message: str, status: int = 502) -> None:
         super().__init__(message)
         self.status = status
 
 
 class Backend(Protocol):
+    """What the router needs from a model: one chat completion per decrypted payload.
+
+    ``complete`` takes the OpenAI-style request the client sent and returns an OpenAI-style
+    completion; it raises :class:`BackendError` when the model fails. ``aclose`` releases what the
+    backend holds (connections) when the router stops.
+    """
+
     async def complete(self, payload: dict[str, Any]) -> dict[str, Any]: ...
 
     async def aclose(self) -> None: ...
