@@ -14,4 +14,5 @@ export NOMYO_REFERENCE_PATH="$PWD/$NOMYO_REF"
 
 .venv/bin/ruff check nomyo_audit tests bench
 .venv/bin/mypy
+bash scripts/api.sh    # the API reference, into build/api/ (docs/api.md); pdoc warnings are errors
 exec .venv/bin/python -m pytest "$@"
