@@ -92,26 +92,40 @@ _ASTRAL = "\U00010000"
 def _plain(value: Any, depth: int) -> bool:
     """Whether Python's sorted-keys compact encoding of ``value`` is its JCS form (exact types only).
 
-    Recursive only through containers; scalars are checked inline, as this runs on every digest.
+    Runs on every digest, so the work per node is kept to a type lookup: keys are checked a
+    whole object at a time (their types in one set, their text in one join), and only
+    containers recurse.
     """
     kind = type(value)
     if kind is dict:
+        if depth > _PLAIN_DEPTH or not _STR_ONLY.issuperset(map(type, value)):
+            return False
+        keys = "".join(value)
+        if not keys.isascii() and max(keys) >= _ASTRAL:
+            return False
+        items: Any = value.values()
+    elif kind is list or kind is tuple:
         if depth > _PLAIN_DEPTH:
             return False
-        for key, item in value.items():
-            if type(key) is not str or not (key.isascii() or max(key) < _ASTRAL):
+        items = value
+    else:
+        return _plain_leaf(value)
+    for item in items:
+        kind = type(item)
+        if kind in _PLAIN_SCALARS:
+            continue
+        if kind is float:
+            if not 1e-4 <= abs(item) < 1e16 or item.is_integer():
                 return False
-            if not _plain_leaf(item) and not _plain(item, depth + 1):
-                return False
-        return True
-    if kind is list or kind is tuple:
-        if depth > _PLAIN_DEPTH:
+        elif kind is list and _PLAIN_SCALARS.issuperset(map(type, item)):
+            continue  # a list of strings and integers (a finding, a PCR list): no call for it
+        elif not _plain(item, depth + 1):
             return False
-        for item in value:  # noqa: SIM110 (a loop is faster than all() over a generator, on a hot path)
-            if not _plain_leaf(item) and not _plain(item, depth + 1):
-                return False
-        return True
-    return _plain_leaf(value)
+    return True
+
+
+_STR_ONLY = frozenset({str})
+_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
 
 
 def _plain_leaf(value: Any) -> bool:
