@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nomyo_audit.attest._attester import TPMAttester
 from nomyo_audit.attest._software import SoftwareTPM
-from nomyo_audit.audit._log import AuditLog, record_fields
+from nomyo_audit.audit import AuditLog
+from nomyo_audit.audit._fields import record_fields
 from nomyo_audit.audit._merkle import Frontier, leaf_hash
 from nomyo_audit.audit._note import Checkpoint, sign_checkpoint
 from nomyo_audit.audit._records import build_record

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nomyo_audit.audit._log import AuditLog
+from nomyo_audit.audit import AuditLog
 from nomyo_audit.audit._merkle import leaf_hash
 from nomyo_audit.audit._records import build_record
 

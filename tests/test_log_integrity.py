@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -459,3 +460,68 @@ def test_verify_reports_progress_through_the_callback(signed, key):
     with AuditLog.open(signed[0]) as log:
         log.verify(key.public_key(), seen.append)
     assert seen and seen[-1] == 10
+
+
+# -- the log's public structures -------------------------------------------------------------------------
+
+
+def test_checkpoints_are_named_structures_not_indexed_tuples(signed, key):
+    from nomyo_audit.audit import StoredCheckpoint, verify_checkpoint
+
+    db = signed[0]
+    with AuditLog.open(db) as log:
+        kept = log.checkpoints()
+        latest = log.latest_checkpoint()
+    assert [c.size for c in kept] == [1, 4, 8, 10]  # the first append, every 4, log.checkpoint()
+    assert all(isinstance(c, StoredCheckpoint) for c in kept) and latest == kept[-1]
+    with pytest.raises(TypeError):
+        latest[0]  # type: ignore[index]
+    assert verify_checkpoint(latest.note, key.public_key()).root == latest.root
+    assert isinstance(latest.created, float)
+    with pytest.raises(AttributeError):
+        latest.size = 1  # type: ignore[misc]
+
+
+def test_verified_state_is_what_a_report_cites_and_refuses_a_log_that_does_not_verify(signed, key):
+    from nomyo_audit.audit import LogState
+
+    db, _, _ = signed
+    with AuditLog.open(db) as log:
+        state = log.verified_state(key.public_key())
+        stored = log.latest_checkpoint()
+    assert isinstance(state, LogState) and state.size == 10 and state.key_given
+    assert state.checkpoint is not None
+    assert (state.checkpoint.size, state.checkpoint.note) == (10, stored.note)
+    section = state.to_dict()
+    assert section["root"] == state.root.hex()
+    assert section["checkpoint"]["origin"] == "nomyo-audit.local/audit"
+    assert section["verification"] == {
+        "intact": True,
+        "size": 10,
+        "root": state.root.hex(),
+        "checkpoint": {k: section["checkpoint"][k] for k in ("size", "root", "time", "signer")},
+        "key": "given",
+    }
+    sql(db, "UPDATE records SET leaf = ? WHERE seq = 3", bytes(32))
+    with AuditLog.open(db) as log, pytest.raises(IntegrityError, match="does not verify, so no report"):
+        log.verified_state(key.public_key())
+
+
+def test_one_helper_sets_the_mode_of_private_files():
+    """nomyo_audit/_files.py is the only module that creates a file with an explicit mode (fchmod)."""
+    package = Path(__file__).resolve().parent.parent / "nomyo_audit"
+    writers = sorted(
+        str(path.relative_to(package)) for path in package.rglob("*.py") if "fchmod" in path.read_text()
+    )
+    assert writers == ["_files.py"]
+
+
+def test_audit_modules_are_small_or_say_why():
+    """No module of nomyo_audit.audit is over about 400 lines without a reason stated in its first lines."""
+    package = Path(__file__).resolve().parent.parent / "nomyo_audit" / "audit"
+    large = [
+        path.name
+        for path in package.glob("*.py")
+        if len(lines := path.read_text().splitlines()) > 420 and "lines" not in "".join(lines[:12])
+    ]
+    assert not large, large

@@ -17,9 +17,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from .._files import FileExistsRefused, write_file
 from ..errors import ConfigurationError
@@ -27,6 +25,9 @@ from ._dsse import EnvelopeError, key_fingerprint, sign_envelope, statement, sta
 from ._keys import SigningKey, VerifyingKey
 from ._report import PREDICATE_TYPE
 from ._timeline import timeline_svg
+
+if TYPE_CHECKING:
+    import jinja2
 
 __all__ = [
     "ENVELOPE_NAME",
@@ -53,6 +54,9 @@ REPORT_FILE_MODE = 0o644
 
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
+    """The one template environment (made on first use: importing the package does not load jinja2)."""
+    import jinja2
+
     root = resources.files("nomyo_audit").joinpath("data").joinpath("templates")
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(root)),
@@ -77,7 +81,10 @@ def csv_field(value: Any) -> str:
 def render_report(
     report: Mapping[str, Any], formats: list[str], signer: str | None = None
 ) -> dict[str, bytes]:
-    """File name -> bytes for each format; deterministic for a given report."""
+    """File name -> bytes for each format; deterministic for a given report.
+
+    Raises :class:`~nomyo_audit.errors.ConfigurationError` for an unknown format.
+    """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ConfigurationError(f"unknown report format(s) {', '.join(unknown)}: use {', '.join(FORMATS)}")
@@ -106,7 +113,9 @@ def write_report(
     Every file is written with mode :data:`REPORT_FILE_MODE`, never through a
     symlink, and an existing file is replaced only with ``overwrite``; which
     files would be refused is checked before any is written, so a refusal
-    leaves no half-written report.
+    leaves no half-written report. Returns file name -> path written. Raises
+    :class:`~nomyo_audit.errors.ConfigurationError` (an unknown format, a directory or file
+    that cannot be written, an existing file without ``overwrite``).
     """
     directory = Path(out_dir)
     signer = key_fingerprint(key.public_key()) if key is not None else None
@@ -151,6 +160,9 @@ def verify_report_dir(target: str | os.PathLike[str], key: VerifyingKey) -> dict
     """Check the envelope's signature and every signed file's digest; return the statement.
 
     ``target`` is a report directory or the envelope itself (its files beside it).
+    Raises :class:`EnvelopeError` (an :class:`~nomyo_audit.errors.IntegrityError`, exit 3)
+    when the envelope is missing or not signed by ``key``, or a signed file is missing or
+    was modified.
     """
     path = Path(target)
     envelope_path = path / ENVELOPE_NAME if path.is_dir() else path

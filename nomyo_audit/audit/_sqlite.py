@@ -126,6 +126,10 @@ def _create_private(path: Path) -> None:
 class SQLiteStore:
     """The SQLite backend. ``readonly=True`` opens with ``mode=ro`` and writes nothing.
 
+    Raises :class:`LogError` when the file is missing (read-only), not an SQLite file or
+    not a log, or cannot be created; :class:`~nomyo_audit.errors.IntegrityError` when it
+    is a damaged log.
+
     A read-only open of a log that has no ``-wal`` file (no writer has it open) uses
     ``immutable=1`` as well, so SQLite leaves no ``-wal``/``-shm`` behind.
     """
@@ -173,6 +177,7 @@ class SQLiteStore:
                         raise LogError(f"{self.path}: an SQLite database, but not a nomyo-audit log")
 
     def close(self) -> None:
+        """Close the connection."""
         self._db.close()
 
     def append(
@@ -182,6 +187,12 @@ class SQLiteStore:
         build: Callable[[int], bytes],
         checkpoint: CheckpointMaker | None,
     ) -> int:
+        """Append ``build(seq)`` as record ``seq`` in one transaction, with ``checkpoint``'s if it makes one.
+
+        The payload_id and time columns are taken from the record's own bytes when they
+        carry them. Returns the record's seq; :class:`LogError` when opened read-only,
+        :class:`~nomyo_audit.errors.IntegrityError` when the log is cut short or has a gap.
+        """
         if self.readonly:
             raise LogError(f"{self.path}: opened read-only")
         with self._lock:
@@ -364,6 +375,7 @@ class SQLiteStore:
             return [CheckpointRow(*row) for row in self._db.execute(query)]
 
     def meta(self, key: str) -> bytes | None:
+        """The log metadata value ``key`` (salt, origin, public_key, frontier...), or None."""
         with _damage_is_integrity(self.path):
             row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         if row is None:
@@ -372,11 +384,13 @@ class SQLiteStore:
         return value.encode() if isinstance(value, str) else bytes(value) if value is not None else None
 
     def set_meta(self, key: str, value: bytes, *, replace: bool = False) -> None:
+        """Set metadata ``key``; an existing value is kept unless ``replace``."""
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         with self._lock:
             self._db.execute(f"{verb} INTO meta VALUES (?, ?)", (key, value))
 
     def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check``: ``ok``, or the first problems it names."""
         with _damage_is_integrity(self.path):
             rows = self._db.execute("PRAGMA integrity_check(20)").fetchall()
         return "; ".join(str(row[0]) for row in rows)

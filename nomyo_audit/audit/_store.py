@@ -75,7 +75,14 @@ CheckpointMaker = Callable[[Frontier, "float | None"], "StoredCheckpoint | None"
 
 
 class LogStore(Protocol):
-    """What the log needs from storage."""
+    """What the log needs from storage; :class:`~._sqlite.SQLiteStore` is the one implementation.
+
+    ``append`` runs ``build(seq)`` and the checkpoint maker inside one transaction;
+    ``records`` yields records checked against their own bytes, ``scan`` the raw rows
+    verification reads; ``frontier`` is the tree's right edge at the current size and
+    ``saved_frontier`` the one last saved. Reads of a damaged store raise
+    :class:`~nomyo_audit.errors.IntegrityError`.
+    """
 
     def append(
         self,
