@@ -31,13 +31,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ._memory import secure_buffer, wipe
+from ._memory import secure_buffer as _secure_buffer
+from ._memory import wipe as _wipe
 from .errors import ProtocolError, SecurityError
 
 __all__ = [
+    "AES_KEY_BYTES",
     "ALGORITHM",
     "CLIENT_FIELDS",
     "COMPLETION_PATH",
+    "GCM_NONCE_BYTES",
+    "GCM_TAG_BYTES",
     "KEY_ALGORITHM",
     "KEY_ATTESTATION_PATH",
     "MAX_JSON_DEPTH",
@@ -59,19 +63,28 @@ __all__ = [
     "public_key_pem",
 ]
 
+#: The package ``version`` this module writes and the only one it reads.
 VERSION = "1.0"
+#: The package ``algorithm``: hybrid encryption, AES-256-GCM under an RSA-OAEP-wrapped key.
 ALGORITHM = "hybrid-aes256-rsa4096"
+#: The package ``key_algorithm``: how the AES key is wrapped (OAEP, MGF1-SHA256, SHA-256, no label).
 KEY_ALGORITHM = "RSA-OAEP-SHA256"
+#: The package ``payload_algorithm``: how the message itself is sealed.
 PAYLOAD_ALGORITHM = "AES-256-GCM"
 
+#: The AES key size (a fresh key per message): a 16-byte key is refused, never negotiated.
 AES_KEY_BYTES = 32
+#: The AES-GCM nonce size (a fresh nonce per message).
 GCM_NONCE_BYTES = 12
+#: The AES-GCM tag size; the package carries the tag apart from the ciphertext.
 GCM_TAG_BYTES = 16
+#: Smaller RSA keys are refused, whoever holds them (client or router).
 MIN_RSA_BITS = 2048
 #: Larger keys or public exponents are refused when loaded: OpenSSL cannot encrypt to a modulus over
 #: 16384 bits, nor with an exponent over 64 bits for moduli over 3072 bits, and would say so only
 #: when a prompt is being encrypted (a bare ValueError). The router caps client keys the same way.
 MAX_RSA_BITS = 8192
+#: The largest RSA public exponent accepted (see :data:`MAX_RSA_BITS`).
 MAX_PUBLIC_EXPONENT = 2**32 - 1
 #: Upper bound on a package, checked before parsing (the reference client
 #: limits payloads to 10 MiB; base64 and JSON add about a third).
@@ -81,9 +94,11 @@ MAX_PACKAGE_BYTES = 16 * 1024 * 1024
 #: walks the document (canonical JSON, digests, the audit record) cannot overflow the stack.
 MAX_JSON_DEPTH = 100
 
-#: Where a router serves its public key (PEM), its key attestation and the encrypted completion.
+#: Where a router serves its public key (PEM, ``GET``).
 PUBLIC_KEY_PATH = "/pki/public_key"
+#: Where a router serves a TPM quote over its key (``GET ?nonce=<64 hex>``); optional.
 KEY_ATTESTATION_PATH = "/pki/attestation"
+#: Where a client ``POST``s an encrypted chat completion and gets the encrypted reply.
 COMPLETION_PATH = "/v1/chat/secure_completion"
 #: The values of the ``X-Security-Tier`` header; a client and a router refuse any other.
 SECURITY_TIERS = ("standard", "high", "maximum")
@@ -121,12 +136,12 @@ def encrypt_package(
     processed_at: int | None = None,
 ) -> bytes:
     """Encrypt ``plaintext`` to ``recipient`` and return the package as JSON bytes."""
-    with secure_buffer(bytearray(os.urandom(AES_KEY_BYTES))) as aes_key:
+    with _secure_buffer(bytearray(os.urandom(AES_KEY_BYTES))) as aes_key:
         nonce = os.urandom(GCM_NONCE_BYTES)
         sealed = AESGCM(aes_key).encrypt(nonce, plaintext, None)
         key_copy = bytes(aes_key)  # RSA encrypt needs bytes; wiped right after
         wrapped_key = recipient.encrypt(key_copy, _OAEP)
-        wipe(key_copy)
+        _wipe(key_copy)
     package: dict[str, Any] = {
         "version": VERSION,
         "algorithm": ALGORITHM,
@@ -272,7 +287,7 @@ def _has_lone_surrogate(text: str) -> bool:
 
 
 def decrypt_package(package: EncryptedPackage, private_key: rsa.RSAPrivateKey) -> bytearray:
-    """Return the plaintext as a ``bytearray`` the caller can :func:`wipe`.
+    """Return the plaintext as a ``bytearray`` the caller can wipe (``nomyo_audit._memory.wipe``).
 
     Every cryptographic failure (wrong key, flipped bit, truncated key) gives
     the same message: which step failed is not told to the sender.
@@ -284,7 +299,7 @@ def decrypt_package(package: EncryptedPackage, private_key: rsa.RSAPrivateKey) -
             "decryption failed: integrity or authentication check failed", code="decrypt"
         ) from None
     aes_key = bytearray(key)
-    wipe(key)
+    _wipe(key)
     try:
         if len(aes_key) != AES_KEY_BYTES:
             raise SecurityError("decryption failed: integrity or authentication check failed", code="decrypt")
@@ -294,9 +309,9 @@ def decrypt_package(package: EncryptedPackage, private_key: rsa.RSAPrivateKey) -
             "decryption failed: integrity or authentication check failed", code="decrypt"
         ) from None
     finally:
-        wipe(aes_key)
+        _wipe(aes_key)
     out = bytearray(plain)
-    wipe(plain)
+    _wipe(plain)
     return out
 
 

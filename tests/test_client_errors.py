@@ -313,3 +313,43 @@ def test_a_key_attestation_connection_error_is_api_connection_error(router_keys,
         call(network, client_keys_dir, log, policy="production")
     assert type(caught.value) is APIConnectionError
     assert only_record(log)["outcome"] == "http_error:APIConnectionError"
+
+
+# -- the rooms on their own: error mapping and the pure exchange step ----------------------------
+
+
+@pytest.mark.parametrize(
+    "timeout", [httpx.ConnectTimeout, httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout]
+)
+def test_every_httpx_timeout_maps_to_api_timeout_error(timeout):
+    from nomyo_audit.client._errors import map_httpx_exceptions
+
+    with pytest.raises(APITimeoutError), map_httpx_exceptions(ROUTER + "/x", ROUTER):
+        raise timeout("slow")
+
+
+def test_other_httpx_errors_map_to_api_connection_error():
+    from nomyo_audit.client._errors import map_httpx_exceptions
+
+    with pytest.raises(APIConnectionError) as caught, map_httpx_exceptions(ROUTER + "/x", ROUTER):
+        raise httpx.RemoteProtocolError("peer closed connection")
+    assert type(caught.value) is APIConnectionError and caught.value.code == "connection"
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_open_reply_is_bytes_in_and_a_bound_verified_reply_out(client_keys_dir):
+    from nomyo_audit.client import load_key_pair
+    from nomyo_audit.client._exchange import open_reply
+
+    keys = load_key_pair(client_keys_dir / "private_key.pem")
+    reply = {"choices": [{"message": {"content": "hi"}}], "_metadata": {"payload_id": "pid-1", "policy": "x"}}
+    body = encrypt_package(json.dumps(reply).encode(), keys.private_key.public_key(), processed_at=5)
+    opened = open_reply(body, "pid-1", keys.private_key)
+    metadata = opened.response["_metadata"]
+    assert metadata["payload_id_verified"] is True and metadata["dropped_router_fields"] == ["policy"]
+    assert metadata["unauthenticated_processed_at"] == 5
+    assert metadata["verification"] == opened.verdict.to_dict() and not opened.verdict.passed
+    with pytest.raises(SecurityError, match="another request"):
+        open_reply(body, "pid-2", keys.private_key)
+    with pytest.raises(ProtocolError):
+        open_reply(b"{}", "pid-1", keys.private_key)

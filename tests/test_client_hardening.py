@@ -36,7 +36,7 @@ from nomyo_audit import (
     ProtocolError,
     SecureCompletionClient,
 )
-from nomyo_audit.client import _secure_client as secure_client
+from nomyo_audit.client import DEFAULT_TIMEOUT
 from nomyo_audit.router import ServerThread
 from nomyo_audit.wire import (
     ALGORITHM,
@@ -526,9 +526,9 @@ async def drip() -> AsyncIterator[bytes]:
 
 def test_default_timeout_is_a_finite_total_deadline():
     client = SecureCompletionClient("https://example.org")
-    assert client.timeout == secure_client.DEFAULT_TIMEOUT == 600.0
+    assert client.timeout == DEFAULT_TIMEOUT == 600.0
     assert (
-        SecureCompletionClient("https://example.org", timeout=None).timeout == secure_client.DEFAULT_TIMEOUT
+        SecureCompletionClient("https://example.org", timeout=None).timeout == DEFAULT_TIMEOUT
     )
     assert SecureCompletionClient("https://example.org", timeout=5).timeout == 5
 

@@ -14,7 +14,7 @@ from ..errors import ConfigurationError
 
 
 def _parse_model_tiers(values: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    from ..client._secure_client import SECURITY_TIERS
+    from ..wire import SECURITY_TIERS
 
     result: dict[str, tuple[str, ...]] = {}
     for value in values:

@@ -14,7 +14,8 @@ import httpx
 from ..audit._log import AuditLog
 from ..errors import InvalidRequestError
 from ..policy import Policy
-from ._secure_client import SecureCompletionClient, validate_security_tier
+from ._call import validate_security_tier
+from ._secure_client import SecureCompletionClient
 
 __all__ = ["SecureChatCompletion", "SyncSecureChatCompletion"]
 
@@ -76,6 +77,10 @@ class SecureChatCompletion:
         Bearer``; neither enters the payload. ``policy`` overrides the
         client's policy for this call. ``stream=True`` is refused before
         anything is sent: responses are encrypted whole.
+
+        Raises :class:`InvalidRequestError` for a malformed model, messages, tier or
+        ``stream=True`` (nothing is sent), and otherwise what
+        :meth:`SecureCompletionClient.send_secure_request` raises.
         """
         security_tier = kwargs.pop("security_tier", None)
         api_key = kwargs.pop("api_key", None)
@@ -99,6 +104,7 @@ class SecureChatCompletion:
         return await self.create(model, messages, **kwargs)
 
     async def aclose(self) -> None:
+        """Close the pooled connections (and an audit log this instance opened)."""
         await self.client.aclose()
 
     async def __aenter__(self) -> SecureChatCompletion:
@@ -130,9 +136,11 @@ class SyncSecureChatCompletion:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def create(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        """:meth:`SecureChatCompletion.create`, blocking until the reply; raises what it raises."""
         return self._run(self.chat.create(model, messages, **kwargs))
 
     def close(self) -> None:
+        """Close the connections and stop the private event loop (closing twice is a no-op)."""
         if self._loop.is_closed():
             return
         self._run(self.chat.aclose())

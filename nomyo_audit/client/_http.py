@@ -5,32 +5,26 @@ reads a reply into at most ``limit`` bytes: a declared ``Content-Length``
 over the limit is refused before a byte is read, the raw bytes on the wire
 are counted as they arrive, and ``gzip``/``deflate`` bodies are inflated
 piecewise with a cap on the output, so a 2 MB gzip bomb stops at the limit
-instead of inflating to gigabytes. Connection failures become
-:class:`APIConnectionError` with a code saying what failed (``tls``,
-``name_resolution``) and words a user can act on.
+instead of inflating to gigabytes. Network failures are mapped to API errors
+in :mod:`._errors`.
 """
 
 from __future__ import annotations
 
-import socket
-import ssl
-import urllib.parse
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from ..errors import APIConnectionError, APITimeoutError, ProtocolError
+from ..errors import APIError, ProtocolError
 from ..wire import parse_json
+from ._errors import api_error, map_httpx_exceptions
 
-__all__ = ["ACCEPT_ENCODING", "FINAL_CONNECTION_CODES", "Reply", "connection_error", "exchange"]
+__all__ = ["ACCEPT_ENCODING", "Reply", "exchange"]
 
 #: What the client accepts; anything else a server sends is refused (``response_encoding``).
 ACCEPT_ENCODING = "gzip, deflate"
-#: Connection failures that retrying cannot mend: fail at once.
-FINAL_CONNECTION_CODES = frozenset({"tls", "name_resolution"})
 _INFLATE_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
@@ -49,6 +43,10 @@ class Reply:
         except ProtocolError:
             return None
 
+    def error(self, during: str | None = None) -> APIError:
+        """The API error this (non-200) reply stands for, quoting its ``detail``."""
+        return api_error(self.status_code, self.json_or_none("error reply"), during)
+
 
 async def exchange(
     client: httpx.AsyncClient, request: httpx.Request, *, limit: int, error_limit: int, server: str
@@ -57,9 +55,10 @@ async def exchange(
 
     A 200 body over the limit raises :class:`ProtocolError` (``response_too_large``): a reply
     that does not fit cannot be the protocol's. Network failures raise
-    :class:`APIConnectionError` (or :class:`APITimeoutError`) naming ``server``.
+    :class:`APIConnectionError` (or :class:`APITimeoutError`) naming ``server``, mapped in
+    :func:`~._errors.map_httpx_exceptions`.
     """
-    try:
+    with map_httpx_exceptions(request.url, server):
         response = await client.send(request, stream=True)
         try:
             if response.status_code == 200:
@@ -68,10 +67,6 @@ async def exchange(
                 body = await _error_body(response, error_limit)
         finally:
             await response.aclose()
-    except httpx.TimeoutException as exc:
-        raise APITimeoutError(f"request to {request.url} timed out ({type(exc).__name__})") from None
-    except httpx.HTTPError as exc:
-        raise connection_error(exc, server) from None
     return Reply(response.status_code, response.headers, body)
 
 
@@ -159,36 +154,3 @@ class _Inflater:
 
 def _too_large(limit: int, how: str) -> ProtocolError:
     return ProtocolError(f"the reply is over the {limit}-byte limit; {how}", code="response_too_large")
-
-
-def connection_error(exc: httpx.HTTPError, server: str) -> APIConnectionError:
-    """The failure in words: TLS spoken to a server that does not, a host that does not resolve..."""
-    for cause in _causes(exc):
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return APIConnectionError(
-                f"the TLS certificate of the server at {server} did not verify ({cause.verify_message})",
-                code="tls",
-            )
-        if isinstance(cause, ssl.SSLError):
-            return APIConnectionError(
-                f"the server at {server} does not speak HTTPS (the TLS handshake failed: "
-                f"{cause.reason or type(cause).__name__})",
-                code="tls",
-            )
-        if isinstance(cause, socket.gaierror):
-            host = urllib.parse.urlsplit(server).hostname
-            return APIConnectionError(
-                f"cannot resolve the host {host} of {server} ({cause.strerror})", code="name_resolution"
-            )
-    text = str(exc)
-    described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return APIConnectionError(f"cannot reach router at {server}: {described}")
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__

@@ -22,6 +22,7 @@ __all__ = [
     "save_private_key",
 ]
 
+#: The size of a client key the client generates (the ``nomyo`` reference client's).
 DEFAULT_KEY_BITS = 4096
 PRIVATE_KEY_FILE = "private_key.pem"
 PUBLIC_KEY_FILE = "public_key.pem"
@@ -29,12 +30,17 @@ PUBLIC_KEY_FILE = "public_key.pem"
 
 @dataclass(frozen=True)
 class KeyPair:
+    """A client's RSA private key and its public key as the SPKI PEM the router is sent."""
+
     private_key: rsa.RSAPrivateKey
     public_key_pem: str
 
 
 def generate_key_pair(bits: int = DEFAULT_KEY_BITS) -> KeyPair:
-    """A fresh RSA key pair. Slow for 4096 bits (~0.5-2 s): run it off the event loop."""
+    """A fresh RSA key pair. Slow for 4096 bits (~0.5-2 s): run it off the event loop.
+
+    Raises :class:`ConfigurationError` for fewer than 2048 bits.
+    """
     if bits < MIN_RSA_BITS:
         raise ConfigurationError(f"RSA keys under {MIN_RSA_BITS} bits are refused (asked for {bits})")
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
@@ -48,7 +54,8 @@ def save_key_pair(pair: KeyPair, key_dir: str | os.PathLike[str], password: str 
     must not be silently replaced. Both go through :func:`nomyo_audit._files.write_file`:
     created exclusively, never through a symlink, with the mode set before a byte
     is written, so the private key is never readable by others even for an instant.
-    A directory it has to create is 0700.
+    A directory it has to create is 0700. Raises :class:`ConfigurationError` when a key
+    file (or a symlink) is already there or cannot be written.
     """
     directory = Path(key_dir)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -65,7 +72,11 @@ def save_key_pair(pair: KeyPair, key_dir: str | os.PathLike[str], password: str 
 def save_private_key(
     key: rsa.RSAPrivateKey, path: str | os.PathLike[str], password: str | None = None
 ) -> None:
-    """Write one private key PEM, mode 0600, encrypted when ``password`` is given; never overwrite."""
+    """Write one private key PEM, mode 0600, encrypted when ``password`` is given; never overwrite.
+
+    Raises :class:`ConfigurationError` naming the path when it exists (a symlink included) or
+    cannot be written.
+    """
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(password.encode()) if password else serialization.NoEncryption()
     )
@@ -78,7 +89,11 @@ def load_key_pair(
     public_key_path: str | os.PathLike[str] | None = None,
     password: str | None = None,
 ) -> KeyPair:
-    """Load a private key (and check a public key file, when given, matches it)."""
+    """Load a private key (and check a public key file, when given, matches it).
+
+    Raises :class:`ConfigurationError` for an unreadable file, a wrong or missing password, a
+    key that is not RSA or is under 2048 bits, or a public key file that does not match.
+    """
     try:
         data = Path(private_key_path).read_bytes()
     except OSError as exc:

@@ -37,10 +37,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from .._memory import wipe
-from ..client._secure_client import SECURITY_TIERS
 from ..errors import ProtocolError, SecurityError
 from ..wire import (
+    COMPLETION_PATH,
+    KEY_ATTESTATION_PATH,
     MAX_PACKAGE_BYTES,
+    PUBLIC_KEY_PATH,
+    SECURITY_TIERS,
     EncryptedPackage,
     decrypt_package,
     encrypt_package,
@@ -220,9 +223,9 @@ def create_app(config: RouterConfig) -> Starlette:
             return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
     routes = [
-        Route("/pki/public_key", public_key, methods=["GET"]),
-        Route("/pki/attestation", key_attestation, methods=["GET"]),
-        Route("/v1/chat/secure_completion", secure_completion, methods=["POST"]),
+        Route(PUBLIC_KEY_PATH, public_key, methods=["GET"]),
+        Route(KEY_ATTESTATION_PATH, key_attestation, methods=["GET"]),
+        Route(COMPLETION_PATH, secure_completion, methods=["POST"]),
     ]
     if config.plain_endpoint:
         routes.append(Route("/v1/chat/completions", plain_completion, methods=["POST"]))

@@ -1,0 +1,90 @@
+"""The client's constructor arguments, checked once: router URL, timeout, pinned key fingerprint."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import urllib.parse
+import warnings
+
+import httpx
+
+from ..errors import ConfigurationError, SecurityError
+
+__all__ = [
+    "DEFAULT_HTTP_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "check_router_url",
+    "check_timeout",
+    "normalise_fingerprint",
+]
+
+#: Seconds a whole call may take, retries included; each HTTP request is held to it too. A server
+#: that drips one byte at a time resets no clock: this deadline is total, not per read.
+DEFAULT_TIMEOUT = 600.0
+#: Per-operation limits under the deadline: 10 s to connect, then up to the deadline per read.
+DEFAULT_HTTP_TIMEOUT = httpx.Timeout(DEFAULT_TIMEOUT, connect=10.0)
+
+
+def check_timeout(timeout: float | None) -> float:
+    """``timeout`` as seconds (None is :data:`DEFAULT_TIMEOUT`); anything else is a ConfigurationError."""
+    if timeout is None:
+        return DEFAULT_TIMEOUT
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ConfigurationError("timeout must be a number of seconds")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ConfigurationError("timeout must be positive, finite seconds: a request never waits forever")
+    return float(timeout)
+
+
+def check_router_url(url: str, allow_http: bool) -> str:
+    """The router URL without a trailing slash.
+
+    Not ``http(s)://host...`` raises :class:`ConfigurationError`; plain HTTP without
+    ``allow_http`` raises :class:`SecurityError` (``insecure_transport``), and with it to a host
+    that is not loopback warns (:class:`UserWarning`): the server key can be swapped in transit.
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError("router URL must be a string")
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigurationError(f"router URL must be http(s)://host[:port][/path], got {url!r}")
+    if parsed.scheme == "http":
+        if not allow_http:
+            raise SecurityError(
+                "router URL must use HTTPS; for local development pass allow_http=True",
+                code="insecure_transport",
+            )
+        if not _is_loopback(parsed.hostname):
+            warnings.warn(
+                f"plain HTTP to non-loopback host {parsed.hostname}: "
+                "the server key can be swapped in transit",
+                UserWarning,
+                stacklevel=3,
+            )
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def normalise_fingerprint(value: str | None) -> str | None:
+    """A pinned key fingerprint as 64 lower-case hex digits (``sha256:`` and colons allowed).
+
+    Anything else raises :class:`ConfigurationError`.
+    """
+    if value is None:
+        return None
+    cleaned = value.lower().replace(":", "").strip()
+    if cleaned.startswith("sha256:"):
+        cleaned = cleaned[len("sha256:") :]
+    if not re.fullmatch(r"[0-9a-f]{64}", cleaned):
+        raise ConfigurationError("server_key_fingerprint must be 64 hex digits (SHA-256 of the DER SPKI)")
+    return cleaned
