@@ -117,8 +117,9 @@ def aik_material(aik_b64: str) -> AikMaterial:
 def quote_facts(material: AikMaterial, shape: Shape, type_name: str) -> MappingProxyType[str, object]:
     """The facts that follow from a quote's shape and its AIK (read-only: copy before adding to them).
 
-    Shapes are attacker-chosen, so only those an honest router uses are made in advance;
-    any other is built for its one quote and not kept.
+    Shapes are attacker-chosen, so only those an honest router uses are made in advance
+    (:attr:`AikMaterial.facts_by_shape`, which callers look in first); any other is built
+    for its one quote and not kept.
     """
     known = material.facts_by_shape.get(shape)
     if known is not None:
