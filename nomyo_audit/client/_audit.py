@@ -42,7 +42,7 @@ async def record_call(
             payload_id=call.payload_id,
             router=router,
             server_key=server_key,
-            model=call.model,
+            model=call.model if request is not None else None,
             security_tier=call.security_tier,
             outcome=outcome,
             request=request,

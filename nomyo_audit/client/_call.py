@@ -33,7 +33,7 @@ class CompletionCall:
     @property
     def model(self) -> str | None:
         """The payload's ``model`` when it is a string (what the audit record names)."""
-        model = self.payload.get("model")
+        model = self.payload.get("model") if isinstance(self.payload, dict) else None
         return model if isinstance(model, str) else None
 
     def headers(self, client_public_key_pem: str) -> dict[str, str]:
