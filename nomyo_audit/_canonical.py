@@ -79,8 +79,10 @@ def legacy_json(value: Any) -> bytes:
 
 # Built once: json.dumps with options builds an encoder per call (they keep no state).
 _LEGACY_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+# No circular-reference markers: a value the fast path takes is at most _PLAIN_DEPTH deep, and a
+# circular one is not (the careful path then refuses it).
 _PLAIN_ENCODE = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
 ).encode
 
 #: Deeper than this, a value is left to the careful path (which refuses a circular one).
@@ -104,6 +106,8 @@ def _plain(value: Any, depth: int) -> bool:
         if not keys.isascii() and max(keys) >= _ASTRAL:
             return False
         items: Any = value.values()
+        if _PLAIN_SCALARS.issuperset(map(type, items)):
+            return True  # an object of strings, integers, booleans and nulls: no loop for it
     elif kind is list or kind is tuple:
         if depth > _PLAIN_DEPTH:
             return False
@@ -117,8 +121,11 @@ def _plain(value: Any, depth: int) -> bool:
         if kind is float:
             if not 1e-4 <= abs(item) < 1e16 or item.is_integer():
                 return False
-        elif kind is list and _PLAIN_SCALARS.issuperset(map(type, item)):
-            continue  # a list of strings and integers (a finding, a PCR list): no call for it
+        elif kind is list and (
+            (len(item) == 2 and type(item[0]) in _PLAIN_SCALARS and type(item[1]) in _PLAIN_SCALARS)
+            or _PLAIN_SCALARS.issuperset(map(type, item))
+        ):
+            continue  # a list of strings and integers (a finding's [status, code]): no call for it
         elif not _plain(item, depth + 1):
             return False
     return True
