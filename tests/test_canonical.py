@@ -354,3 +354,11 @@ def test_a_policy_with_no_canonical_form_is_a_policy_error():
     with pytest.raises(PolicyError) as raised:
         _ = policy.digest
     assert raised.value.code == "policy_not_canonical"
+
+
+def test_the_vectors_docs_protocol_shows_are_the_vector_files():
+    text = (REPO / "docs" / "protocol.md").read_text(encoding="utf-8")
+    section = text[text.index("## Canonical JSON") :]
+    shown = [line.rsplit("`", 2)[-2] for line in section.splitlines() if line.startswith("| `")]
+    known = {vector["sha256"] for vector in VECTORS["vectors"]}
+    assert len(shown) >= 5 and set(shown) <= known
