@@ -15,8 +15,9 @@ failing rule outcomes, never an exception.
 
 A policy is compiled once into one closure per rule (durations parsed, sets
 built) and kept beside it, not in it, for as long as it lives: evaluation
-happens per request, compilation per policy. Compiled rules hold no mutable
-state, so one policy can be evaluated from many threads at once.
+happens per request, compilation per policy. What compiled rules keep is
+immutable (outcomes, frozensets, read-only mappings), so one policy can be
+evaluated from many threads at once.
 """
 
 import fnmatch
@@ -138,7 +139,7 @@ def evaluate(
     if verdict is None:
         evidence, payload_id = metadata.get("tpm_attestation"), _payload_id(metadata.get("payload_id"))
         verdict = verify_attestation(evidence, payload_id, content_digest=content_digest)
-    compiled = _compiled(policy)
+    compiled = _COMPILED.get(id(policy)) or _compile(policy)  # inline: this runs per request
     if scope is None:
         rules = tuple([check(metadata, verdict, model, now) for check in compiled.checks])
     else:
@@ -193,22 +194,17 @@ class _Compiled(NamedTuple):
 _COMPILED: dict[int, _Compiled] = {}
 
 
-def _compiled(policy: Policy) -> _Compiled:
-    compiled = _COMPILED.get(id(policy))
-    if compiled is None:
-        spec = policy.spec
-        stated: Mapping[str, object] = spec  # by rule name: _RULES is keyed by text
-        rules = tuple(
-            (rule, compile_rule(stated[rule], spec)) for rule, compile_rule in _RULES if rule in stated
-        )
-        compiled = _Compiled(
-            rules, tuple(check for _, check in rules), policy.name, policy.digest, policy.on_failure
-        )
-        stored = _COMPILED.setdefault(id(policy), compiled)
-        if stored is compiled:
-            weakref.finalize(policy, _COMPILED.pop, id(policy), None)
-        return stored
-    return compiled
+def _compile(policy: Policy) -> _Compiled:
+    """Compile ``policy`` and keep the result beside it (the first of two racing threads wins)."""
+    spec = policy.spec
+    stated: Mapping[str, object] = spec  # by rule name: _RULES is keyed by text
+    rules = tuple((rule, compile_rule(stated[rule], spec)) for rule, compile_rule in _RULES if rule in stated)
+    checks = tuple(check for _, check in rules)
+    compiled = _Compiled(rules, checks, policy.name, policy.digest, policy.on_failure)
+    stored = _COMPILED.setdefault(id(policy), compiled)
+    if stored is compiled:
+        weakref.finalize(policy, _COMPILED.pop, id(policy), None)
+    return stored
 
 
 # -- the rules: each compiles its part of the spec into a check -------------------------------------
@@ -323,8 +319,10 @@ def _quoted_sets(pcr_banks: str) -> Mapping[str, frozenset[int]]:
 
 def _pcr_selection(value: Mapping[str, list[int]], spec: PolicySpec) -> Check:
     required = tuple((bank, index) for bank, indices in value.items() for index in indices)
+    # By verified selection text (routers repeat theirs), at most 64: immutable outcomes, so threads
+    # racing on a miss only store equal values. A plain dict: an lru_cache call costs more than the rule.
+    outcomes: dict[str, RuleOutcome] = {}
 
-    @lru_cache(maxsize=64)  # by verified selection text: routers repeat theirs (thread-safe, bounded)
     def outcome(banks: str, code: str) -> RuleOutcome:
         quoted = _quoted_sets(banks)
         missing = [f"{bank}:{i}" for bank, i in required if i not in quoted.get(bank, ())]
@@ -336,8 +334,14 @@ def _pcr_selection(value: Mapping[str, list[int]], spec: PolicySpec) -> Check:
         selection = verdict.findings[_PCR_SELECTION]
         if selection.status != "pass":
             return RuleOutcome("pcr_selection", "fail", "no verified PCR selection", (selection.code,))
-        banks: str = verdict.facts.get("pcr_banks", "")
-        return outcome(str(banks), selection.code)
+        stated: str = verdict.facts.get("pcr_banks", "")
+        banks = str(stated)
+        result = outcomes.get(banks)
+        if result is None:
+            result = outcome(banks, selection.code)
+            if len(outcomes) < 64:
+                outcomes[banks] = result
+        return result
 
     return check
 
@@ -380,8 +384,7 @@ def _aik_trust(value: Mapping[str, Any], spec: PolicySpec) -> Check:
             return any_aik
         if mode == "pinned":
             fingerprint: str | None = verdict.facts.get("aik_fingerprint")
-            name: str | None = verdict.facts.get("aik_name")
-            if fingerprint in pins or name in pins:
+            if fingerprint in pins or _aik_name(verdict) in pins:
                 return RuleOutcome("aik_trust", "pass", "the AIK is pinned", ("signature_valid",))
             return RuleOutcome(
                 "aik_trust", "fail", f"AIK {str(fingerprint)[:16]}... is not pinned", ("signature_valid",)
@@ -394,6 +397,11 @@ def _aik_trust(value: Mapping[str, Any], spec: PolicySpec) -> Check:
         )
 
     return check
+
+
+def _aik_name(verdict: Verdict) -> str | None:
+    name: str | None = verdict.facts.get("aik_name")
+    return name
 
 
 def _memory_protection(value: list[str], spec: PolicySpec) -> Check:
