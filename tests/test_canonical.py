@@ -362,3 +362,26 @@ def test_the_vectors_docs_protocol_shows_are_the_vector_files():
     shown = [line.rsplit("`", 2)[-2] for line in section.splitlines() if line.startswith("| `")]
     known = {vector["sha256"] for vector in VECTORS["vectors"]}
     assert len(shown) >= 5 and set(shown) <= known
+
+
+def test_verify_checks_a_response_saved_before_with_its_legacy_digest(tmp_path):
+    saved = tmp_path / "reply.json"
+    saved.write_text(json.dumps(V2["saved_response"]), encoding="utf-8")
+    out = tmp_path / "verdict.json"
+    assert main(["verify", str(saved), "--format", "json", "--output", str(out)]) == ExitCode.OK
+    (verdict,) = json.loads(out.read_text())
+    assert verdict["result"] == "pass"
+
+
+def test_log_digest_prints_the_v2_digest_too_when_it_differs(tmp_path, capsys):
+    path = tmp_path / "audit.db"
+    with AuditLog(path) as log:
+        salt = log.salt
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(V2["request"]), encoding="utf-8")
+    assert main(["log", "digest", str(request), "--log", str(path)]) == ExitCode.OK
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        keyed_digest(salt, V2["request"]),
+        f"{keyed_digest(salt, V2['request'], 2)}  (v2 records)",
+    ]

@@ -276,7 +276,14 @@ def digest(file: Path, log_path: Path) -> None:
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if k != "_metadata"}
     with open_log(log_path) as log:
-        click.echo(keyed_digest(log.salt, value))
+        digest = keyed_digest(log.salt, value)
+        click.echo(digest)
+        try:
+            legacy = keyed_digest(log.salt, value, version=2)
+        except (ValueError, TypeError):
+            legacy = digest
+        if legacy != digest:  # records written before RFC 8785 (v2) hold this one
+            click.echo(f"{legacy}  (v2 records)")
 
 
 @log_group.command("checkpoint")

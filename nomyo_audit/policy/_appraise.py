@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import EvidenceError
-from ..tpm._binding import recorded_content_digest, response_content_digest
+from ..tpm._binding import legacy_content_digest, recorded_content_digest, response_content_digest
 from ..tpm._verify import Verdict, verify_attestation
 from ._evaluate import PolicyResult, evaluate
 from ._model import Policy
@@ -200,11 +200,20 @@ def verify_record(record: Record) -> Verdict:
     Never raises for bad evidence: every problem is a failing finding in the verdict.
     """
     payload_id = record.metadata.get("payload_id")
-    return verify_attestation(
-        record.metadata.get("tpm_attestation"),
-        payload_id if isinstance(payload_id, str) else None,
-        content_digest=record.content_digest,
-    )
+    pid = payload_id if isinstance(payload_id, str) else None
+    evidence = record.metadata.get("tpm_attestation")
+    verdict = verify_attestation(evidence, pid, content_digest=record.content_digest)
+    if verdict.result == "pass" or record.digest_origin != "content" or record.response is None:
+        return verdict
+    # A response saved before RFC 8785 was adopted is bound to the digest of its older encoding
+    # (docs/protocol.md, "Canonical JSON"); None when both texts are the same bytes.
+    if any(f.code == "nonce_mismatch" for f in verdict.findings):
+        legacy = legacy_content_digest(record.response)
+        if legacy is not None:
+            retried = verify_attestation(evidence, pid, content_digest=legacy)
+            if not any(f.code == "nonce_mismatch" for f in retried.findings):
+                return retried
+    return verdict
 
 
 def appraise(record: Record, policy: Policy | None = None, *, at: float | None = None) -> Appraisal:
