@@ -28,6 +28,7 @@ __all__ = [
     "AuthenticationError",
     "ConfigurationError",
     "EvidenceError",
+    "ExitCode",
     "ForbiddenError",
     "IntegrityError",
     "InvalidRequestError",
