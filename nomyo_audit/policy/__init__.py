@@ -23,7 +23,7 @@ from ._appraise import (
     stored_records,
     verify_record,
 )
-from ._evaluate import KEY_SCOPE, PolicyResult, RuleOutcome, evaluate
+from ._evaluate import KEY_SCOPE, PolicyResult, evaluate
 from ._junit import junit_chunks, junit_xml
 from ._loader import load_policy, policy_schema, shipped_policies, validate_document
 from ._model import (
@@ -36,6 +36,7 @@ from ._model import (
     PolicyViolationError,
     parse_duration,
 )
+from ._rules import RuleOutcome
 
 __all__ = [
     "KEY_SCOPE",

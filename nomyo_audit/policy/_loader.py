@@ -1,5 +1,9 @@
 """Reading policy files: YAML -> schema validation -> ``extends`` -> :class:`Policy`.
 
+(About 500 lines on purpose: the bounded YAML reader, the duplicate-key check and the
+schema-error messages all work on one YAML node graph and its line numbers; apart, each
+would pass that graph and the file's path around.)
+
 This is the I/O edge of the policy package. Errors name the file, the line and
 the field path, e.g. ``policies/prod.yaml:14 spec.pcrs.sha256.7: 'abc' is not a
 64-hex-digit SHA-256 digest``; every error in a file is reported at once.
