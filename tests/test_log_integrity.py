@@ -525,3 +525,36 @@ def test_audit_modules_are_small_or_say_why():
         if len(lines := path.read_text().splitlines()) > 420 and "lines" not in "".join(lines[:12])
     ]
     assert not large, large
+
+
+def _open_new_log_at_once(path: str, barrier: object, results: object) -> None:
+    barrier.wait()  # type: ignore[attr-defined]
+    try:
+        with AuditLog(path) as log:
+            results.put(("ok", log.origin))  # type: ignore[attr-defined]
+    except Exception as exc:  # reported to the parent, which fails the test
+        results.put((type(exc).__name__, str(exc)))  # type: ignore[attr-defined]
+
+
+def test_processes_creating_one_new_log_at_the_same_moment_all_open_it(tmp_path):
+    """Making a log (tables, salt, origin) is one transaction: a process that opens the same new
+    file at the same moment waits and finds it whole, never half made ("not a nomyo-audit log",
+    "the log's origin is missing") and never "database is locked"."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    failures = []
+    for attempt in range(8):
+        path = str(tmp_path / f"new-{attempt}.db")
+        barrier, results = context.Barrier(6), context.Queue()
+        workers = [
+            context.Process(target=_open_new_log_at_once, args=(path, barrier, results)) for _ in range(6)
+        ]
+        for worker in workers:
+            worker.start()
+        outcomes = [results.get(timeout=60) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=60)
+        failures += [outcome for outcome in outcomes if outcome[0] != "ok"]
+        assert len({origin for status, origin in outcomes if status == "ok"}) <= 1
+    assert failures == []

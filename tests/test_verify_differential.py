@@ -29,6 +29,15 @@ from hypothesis import strategies as st
 
 from nomyo_audit.errors import EvidenceError
 from nomyo_audit.tpm._attest import _parse_attest_careful, _parse_quote_fast
+from nomyo_audit.tpm._evidence import (
+    MAX_B64,
+    _pcr_values_careful,
+    _pcr_values_fast,
+    b64_field,
+    b64_text,
+    decode_b64,
+    read_pcr_values,
+)
 from nomyo_audit.tpm._signature import _parse_signature_careful, _parse_signature_fast
 from nomyo_audit.tpm._structures import (
     ALG,
@@ -43,15 +52,6 @@ from nomyo_audit.tpm._structures import (
     parse_attest,
     parse_signature,
     pcr_value_map,
-)
-from nomyo_audit.tpm._evidence import (
-    MAX_B64,
-    _pcr_values_careful,
-    _pcr_values_fast,
-    b64_field,
-    b64_text,
-    decode_b64,
-    read_pcr_values,
 )
 
 VECTORS = json.loads((FIXTURES / "vectors" / "tpm-evidence.json").read_text())["vectors"]

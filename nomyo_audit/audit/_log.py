@@ -108,11 +108,12 @@ class AuditLog:
     def _initialise(self, origin: str | None) -> None:
         """A new log gets its salt, origin and time-column rule; an existing one must have them."""
         store = self.store
-        if store.meta("salt") is None and store.meta("origin") is None and self._is_blank():
-            store.set_meta("salt", os.urandom(32))
-            store.set_meta("origin", (origin or f"nomyo-audit.local/{self.path.stem}").encode())
-            store.set_meta("time_column", TIME_COLUMN_EXACT)
-        self._salt, self._origin = store.meta("salt"), store.meta("origin")
+        with store.exclusive():  # another process making the same new log waits, then finds it made
+            if store.meta("salt") is None and store.meta("origin") is None and self._is_blank():
+                store.set_meta("salt", os.urandom(32))
+                store.set_meta("origin", (origin or f"nomyo-audit.local/{self.path.stem}").encode())
+                store.set_meta("time_column", TIME_COLUMN_EXACT)
+            self._salt, self._origin = store.meta("salt"), store.meta("origin")
         self._require_metadata()
 
     def _is_blank(self) -> bool:

@@ -145,19 +145,63 @@ class SQLiteStore:
             self._db = self._connect()
         except sqlite3.DatabaseError as exc:
             raise LogError(f"{self.path}: cannot open the audit log ({exc})") from None
+        # One connection serves this process's threads: one transaction at a time on it.
+        # Other processes have their own connections; SQLite's locks order them. Reentrant, so
+        # that work inside exclusive() can use the store's own methods.
+        self._lock = threading.RLock()
+        self._current = Frontier()  # as of this connection's last look; a copy is handed out
         try:
-            self._check_schema()
-            if not readonly:
-                self._db.execute("PRAGMA journal_mode=WAL")
+            if readonly:
+                self._check_schema()
+            else:
+                self._enter_wal()
                 self._db.execute("PRAGMA synchronous=FULL")
-                self._db.executescript(SCHEMA)
+                # Check and create in one write transaction: a second process opening the same
+                # new file waits, then sees every table or none (never a log half made).
+                with self.exclusive():
+                    self._check_schema()
+                    for statement in SCHEMA.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
         except BaseException:
             self._db.close()
             raise
-        # One connection serves this process's threads: one transaction at a time on it.
-        # Other processes have their own connections; SQLite's locks order them.
-        self._lock = threading.Lock()
-        self._current = Frontier()  # as of this connection's last look; a copy is handed out
+
+    def _enter_wal(self, patience: float = 60.0) -> None:
+        """Switch the file to WAL, waiting out another process doing the same.
+
+        SQLite answers "database is locked" at once, without its busy handler, when two
+        connections race to change a new file's journal mode; the loser retries.
+        """
+        deadline = time.monotonic() + patience
+        pause = 0.005
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """One write transaction (``BEGIN IMMEDIATE``) around the caller's reads and writes.
+
+        What runs inside sees no other writer's half-done work and is seen whole or not at all,
+        so first-time set-up (tables, salt, origin) cannot race another process doing the same.
+        """
+        if self.readonly:
+            raise LogError(f"{self.path}: opened read-only")
+        with self._lock, _damage_is_integrity(self.path):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def _connect(self) -> sqlite3.Connection:
         if not self.readonly:

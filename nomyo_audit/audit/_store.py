@@ -8,6 +8,7 @@ store without touching the Merkle, checkpoint or report code: the store keeps ro
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -103,6 +104,7 @@ class LogStore(Protocol):
     def meta(self, key: str) -> bytes | None: ...
     def set_meta(self, key: str, value: bytes, *, replace: bool = False) -> None: ...
     def integrity_check(self) -> str: ...
+    def exclusive(self) -> AbstractContextManager[None]: ...
 
 
 def missing(expected: int, seq: int) -> str:
