@@ -1,5 +1,8 @@
 """The SQLite backend of the log's storage (:class:`SQLiteStore`).
 
+About 450 lines, one class: every transaction on the file is here, so that their locking
+(one connection per process, ``BEGIN IMMEDIATE`` for every write) can be read in one place.
+
 One file, WAL, ``synchronous=FULL``, one ``BEGIN IMMEDIATE`` transaction per append, so
 threads and processes append to one log and an acknowledged record survives a crash.
 
