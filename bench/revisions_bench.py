@@ -80,7 +80,7 @@ for kind in ("rsa2048-rsassa", "ecc256-ecdsa"):
     measure(tpm)
     block = TPMAttester(tpm).evidence(binding(PID, digest))
     blocks[kind] = block
-    out[f"verify {kind.split("-")[0]}"] = rate(lambda: verify_attestation(block, PID, content_digest=digest))
+    out[f"verify {kind.split('-')[0]}"] = rate(lambda: verify_attestation(block, PID, content_digest=digest))
 policy = load_policy("production")
 block = blocks["rsa2048-rsassa"]
 verdict = verify_attestation(block, PID, content_digest=digest)
