@@ -722,3 +722,25 @@ def test_serve_with_a_pcr_selection_no_tpm_has_is_exit_2_before_listening(capsys
     err = capsys.readouterr().err
     assert code == 2, err
     assert "--pcrs" in err and "Traceback" not in err and "nomyo-audit router on" not in err
+
+
+def test_request_bodies_held_at_once_have_a_global_budget(make_router, router_keys, client_pem):
+    """Connections x 16 MiB would be 16 GiB at the default cap: bodies buffered at once across
+    connections are bounded instead, and a request over the budget is 503 and closed, never a
+    grown heap. When the held body is gone, requests are served again."""
+    router = make_router(max_buffered_bytes=1_000_000, body_timeout=30)
+    head = (
+        f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nX-Payload-ID: p\r\n"
+        f"X-Public-Key: {urllib.parse.quote(client_pem)}\r\nContent-Length: 900000\r\n\r\n"
+    )
+    with raw_connection(router) as holder:
+        holder.sendall(head.encode() + b" " * 800_000)  # held, never finished
+        time.sleep(0.5)
+        refused = post(router, b" " * 400_000, headers_for(client_pem))
+        assert refused.status_code == 503, refused.text
+        assert "retry" in refused.json()["detail"]
+        assert refused.headers.get("connection") == "close"
+    time.sleep(0.5)
+    served = post(router, seal(router_keys, {"model": "m", "messages": HELLO}), headers_for(client_pem))
+    assert served.status_code == 200, served.text
+    assert len(router.config.backend.payloads) == 1

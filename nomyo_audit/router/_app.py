@@ -25,7 +25,8 @@ import logging
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -108,6 +109,10 @@ class RouterConfig:
     max_connections: int = 1024
     #: Seconds for a request's line and headers to arrive; then the connection is closed.
     header_timeout: float = 10.0
+    #: Bytes of request bodies held at once across all connections; a request that would go
+    #: over is 503 and closed. Without it, memory would be bounded only by max_connections x
+    #: the 16 MiB package limit.
+    max_buffered_bytes: int = 256 * 1024 * 1024
     #: Seconds for a request's body to arrive once its headers have; then 408, connection closed.
     body_timeout: float = 60.0
 
@@ -126,6 +131,7 @@ def create_app(config: RouterConfig) -> Starlette:
     memory_protection = memory_protection_metadata()
     cuda_device = cuda_device_info()
     api_keys = tuple(k.encode() for k in config.api_keys)
+    budget = _BodyBudget(config.max_buffered_bytes)
 
     requests: Counter[str] = Counter()
     clients: set[tuple[str, int]] = set()
@@ -160,14 +166,15 @@ def create_app(config: RouterConfig) -> Starlette:
     async def secure_completion(request: Request) -> Response:
         _count(request)
         try:
-            return await _handle(request)
+            with budget.hold() as share:
+                return await _handle(request, share)
         except RequestRejected as reject:
             return _rejection(reject)
         except Exception as exc:  # never crash, never echo plaintext
             logger.error("secure_completion failed: %s", type(exc).__name__)
             return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
 
-    async def _handle(request: Request) -> Response:
+    async def _handle(request: Request, share: list[int]) -> Response:
         _check_auth(request, api_keys)
         payload_id = check_payload_id(request.headers.get("x-payload-id"))
         tier = request.headers.get("x-security-tier")
@@ -177,7 +184,7 @@ def create_app(config: RouterConfig) -> Starlette:
         if not client_key_header:
             raise RequestRejected(400, "missing X-Public-Key header")
         client_key = check_client_key(urllib.parse.unquote(client_key_header))
-        package = _parse_package(await _read_body(request, config.body_timeout))
+        package = _parse_package(await _read_body(request, config.body_timeout, budget, share))
         try:
             # RSA-4096 decryption takes milliseconds and releases the GIL: off the loop.
             plaintext = await run_in_threadpool(decrypt_package, package, config.private_key)
@@ -222,9 +229,10 @@ def create_app(config: RouterConfig) -> Starlette:
     async def plain_completion(request: Request) -> Response:
         _count(request)
         try:
-            body = await _read_body(request, config.body_timeout)
-            payload = check_chat_request(load_json(body, "body"))
-            return JSONResponse(await config.backend.complete(payload))
+            with budget.hold() as share:
+                body = await _read_body(request, config.body_timeout, budget, share)
+                payload = check_chat_request(load_json(body, "body"))
+                return JSONResponse(await config.backend.complete(payload))
         except RequestRejected as reject:
             return _rejection(reject)
         except BackendError as exc:
@@ -247,7 +255,7 @@ def create_app(config: RouterConfig) -> Starlette:
 
 def _rejection(reject: RequestRejected) -> JSONResponse:
     # A 408 leaves the rest of the body unread: the connection cannot carry another request.
-    headers = {"Connection": "close"} if reject.status == 408 else None
+    headers = {"Connection": "close"} if reject.status in (408, 413, 503) else None
     return JSONResponse({"detail": reject.detail}, status_code=reject.status, headers=headers)
 
 
@@ -267,8 +275,36 @@ def _check_auth(request: Request, api_keys: tuple[bytes, ...]) -> None:
         raise RequestRejected(401, "invalid API key")
 
 
-async def _read_body(request: Request, timeout: float) -> bytes:
-    """The whole body within ``timeout`` seconds (else 408) and :data:`MAX_PACKAGE_BYTES` (else 413)."""
+class _BodyBudget:
+    """Bytes of request bodies the router holds at once, across connections.
+
+    The app runs on one event loop, so plain counters are enough. A request takes its bytes as
+    they arrive and gives them all back when it is answered (:meth:`hold`).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    @contextmanager
+    def hold(self) -> Iterator[list[int]]:
+        """A request's share: ``share[0]`` bytes, given back when the block ends."""
+        share = [0]
+        try:
+            yield share
+        finally:
+            self.held -= share[0]
+
+    def take(self, share: list[int], size: int) -> None:
+        if self.held + size > self.limit:
+            raise RequestRejected(503, "the router holds too many request bodies right now; retry later")
+        self.held += size
+        share[0] += size
+
+
+async def _read_body(request: Request, timeout: float, budget: _BodyBudget, share: list[int]) -> bytes:
+    """The whole body within ``timeout`` seconds (else 408), :data:`MAX_PACKAGE_BYTES` (else 413)
+    and the router's budget of bodies held at once (else 503)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_PACKAGE_BYTES:
         raise RequestRejected(413, f"package over the {MAX_PACKAGE_BYTES}-byte limit")
@@ -280,6 +316,7 @@ async def _read_body(request: Request, timeout: float) -> bytes:
             size += len(chunk)
             if size > MAX_PACKAGE_BYTES:
                 raise RequestRejected(413, f"package over the {MAX_PACKAGE_BYTES}-byte limit")
+            budget.take(share, len(chunk))
             chunks.append(chunk)
         return b"".join(chunks)
 
