@@ -10,7 +10,7 @@ replaces an existing file unless asked:
 * the mode is set explicitly (``fchmod``, so the umask cannot widen or narrow it) before
   any byte is written, and data and directory are fsynced so the file survives a crash.
 
-Failures are :class:`~nomyo_audit.errors.ConfigurationError` (exit 2) that name the path.
+Failures are :class:`nomyo_audit.errors.ConfigurationError` (exit 2) that name the path.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A :class:`QuoteSource` is the one small interface behind which the TPM sits:
 a real one through tpm2-pytss (:mod:`.tpm2`) or the in-process
-:class:`~.software.SoftwareTPM`. :class:`TPMAttester` turns its quotes into the
+:class:`.software.SoftwareTPM`. :class:`TPMAttester` turns its quotes into the
 seed document's shape, bound to each response (docs/protocol.md).
 """
 
@@ -58,8 +58,8 @@ class TPMAttester:
     """The router's attester: one quote per response over the configured PCRs.
 
     Thread-safe: quotes are serialised, because a TPM session is not shared between threads.
-    Raises :class:`~nomyo_audit.errors.ConfigurationError` when ``pcr_banks`` names a PCR or a bank
-    the TPM does not have, and :class:`~nomyo_audit.errors.EvidenceError` when it is not like
+    Raises :class:`nomyo_audit.errors.ConfigurationError` when ``pcr_banks`` names a PCR or a bank
+    the TPM does not have, and :class:`nomyo_audit.errors.EvidenceError` when it is not like
     ``"sha256:0,7,10"``.
     """
 

@@ -42,7 +42,7 @@ class SwtpmProcess:
 
     A fresh TPM (new state directory) each time, started with TPM2_Startup
     done, stopped and removed on exit. :meth:`start` raises
-    :class:`~nomyo_audit.errors.ConfigurationError` when swtpm is missing or does not start.
+    :class:`nomyo_audit.errors.ConfigurationError` when swtpm is missing or does not start.
     """
 
     def __init__(self, host: str = "127.0.0.1") -> None:

@@ -42,7 +42,7 @@ class Tpm2QuoteSource:
     """A :class:`QuoteSource` on a real TPM (``device:/dev/tpmrm0``) or swtpm
     (``swtpm:host=H,port=P``) through tpm2-pytss, with an ephemeral AIK of kind ``aik``.
 
-    Raises :class:`~nomyo_audit.errors.ConfigurationError` when tpm2-pytss is not installed (the
+    Raises :class:`nomyo_audit.errors.ConfigurationError` when tpm2-pytss is not installed (the
     ``tpm`` extra), the AIK kind is unknown, or the TPM cannot be opened.
     """
 

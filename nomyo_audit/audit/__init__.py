@@ -15,7 +15,7 @@ checkpoints commit to its size and root. From a log:
 
 Creating a log is explicit (``AuditLog(path)``); ``AuditLog.open(path)`` opens an
 existing one read-only. Failures are :class:`LogError` (the log cannot be used as asked,
-exit 2) and :class:`~nomyo_audit.errors.IntegrityError` (something was altered or
+exit 2) and :class:`nomyo_audit.errors.IntegrityError` (something was altered or
 damaged, exit 3).
 
 Example::

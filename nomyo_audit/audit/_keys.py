@@ -25,7 +25,7 @@ def generate_audit_key(path: str | os.PathLike[str], kind: str = "ed25519") -> t
     Never over an existing file and never through a symlink (``nomyo_audit._files.write_file``):
     both paths are checked before either is written. ``kind`` is ``ed25519`` (what log
     checkpoints need), ``ecdsa-p256`` or ``rsa-pss`` (reports only). Raises
-    :class:`~nomyo_audit.errors.ConfigurationError` for an unknown kind, an existing file or
+    :class:`nomyo_audit.errors.ConfigurationError` for an unknown kind, an existing file or
     a path that cannot be written.
     """
     private_path = Path(path)
@@ -64,7 +64,7 @@ def generate_audit_key(path: str | os.PathLike[str], kind: str = "ed25519") -> t
 def load_private_key(path: str | os.PathLike[str]) -> SigningKey:
     """An unencrypted PEM private key (Ed25519, ECDSA P-256 or RSA) from ``path``.
 
-    Raises :class:`~nomyo_audit.errors.ConfigurationError` when the file cannot be read,
+    Raises :class:`nomyo_audit.errors.ConfigurationError` when the file cannot be read,
     is not an unencrypted PEM private key, or holds another kind of key.
     """
     try:
@@ -81,7 +81,7 @@ def load_private_key(path: str | os.PathLike[str]) -> SigningKey:
 def load_public_key(path: str | os.PathLike[str]) -> VerifyingKey:
     """A public key PEM, or the public half of a private key PEM.
 
-    Raises :class:`~nomyo_audit.errors.ConfigurationError` when the file cannot be read or
+    Raises :class:`nomyo_audit.errors.ConfigurationError` when the file cannot be read or
     holds no Ed25519, ECDSA P-256 or RSA key.
     """
     try:

@@ -1,7 +1,7 @@
 """The tamper-evident audit log (:class:`AuditLog`): append records, checkpoint, verify, prove.
 
 Records are Merkle leaves (:mod:`._merkle`), checkpoints C2SP signed notes (:mod:`._note`),
-storage sits behind :class:`~._store.LogStore` (:mod:`._sqlite`), verification is
+storage sits behind :class:`._store.LogStore` (:mod:`._sqlite`), verification is
 :mod:`._verification` and proofs :mod:`._proof`. Rules the log keeps:
 
 * record ``n`` is the ``n``-th leaf (0-based) and says ``"seq": n`` in its own
@@ -58,7 +58,7 @@ class AuditLog:
     :meth:`open` opens an existing one to read and never writes.
 
     Raises :class:`LogError` (exit 2) when the file cannot be created or is not a log, or
-    ``key`` is not the log's signer; :class:`~nomyo_audit.errors.IntegrityError` (exit 3)
+    ``key`` is not the log's signer; :class:`nomyo_audit.errors.IntegrityError` (exit 3)
     when the file is damaged or lost its salt or origin.
     """
 
@@ -175,9 +175,9 @@ class AuditLog:
         """Append the record ``build(seq, salt)`` returns; durable when this returns. Returns its seq.
 
         ``build`` gets the record's position and the log's digest salt and returns the
-        record's canonical bytes (:func:`~nomyo_audit.audit.build_record`). Raises
+        record's canonical bytes (:func:`nomyo_audit.audit.build_record`). Raises
         :class:`LogError` on a log opened read-only, and
-        :class:`~nomyo_audit.errors.IntegrityError` when the log is shorter than its
+        :class:`nomyo_audit.errors.IntegrityError` when the log is shorter than its
         saved state or has a gap (nothing is appended then).
         """
         now = time.time() if timestamp is None else timestamp
@@ -312,7 +312,7 @@ class AuditLog:
         Every record is hashed again from its bytes and every checkpoint checked
         against them (:meth:`verify`); the checkpoint cited is the latest one that
         verified (with ``public_key`` when given, else with the key the log names).
-        Raises :class:`~nomyo_audit.errors.IntegrityError` (exit 3) naming the first
+        Raises :class:`nomyo_audit.errors.IntegrityError` (exit 3) naming the first
         problems when the log does not verify: nothing may be rendered or signed over it.
         """
         result = self.verify(public_key, progress=progress)
@@ -328,7 +328,7 @@ class AuditLog:
         """A C2SP tlog-proof (c2sp.org/tlog-proof) of the record, against the latest checkpoint.
 
         Raises :class:`LogError` when no record has that payload_id or no checkpoint covers
-        it yet, and :class:`~nomyo_audit.errors.IntegrityError` when the log is truncated or
+        it yet, and :class:`nomyo_audit.errors.IntegrityError` when the log is truncated or
         its records no longer match the latest checkpoint.
         """
         self.store.frontier()  # a log cut below its saved state is named truncated (exit 3) first

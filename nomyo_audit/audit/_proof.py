@@ -61,7 +61,7 @@ class VerifiedInclusion:
 def parse_tlog_proof(text: str) -> TlogProof:
     """Split a tlog-proof into its parts, without checking any signature or hash.
 
-    Raises :class:`~nomyo_audit.errors.IntegrityError` when the text is not a
+    Raises :class:`nomyo_audit.errors.IntegrityError` when the text is not a
     c2sp.org/tlog-proof@v1 proof or a line of it is malformed.
     """
     head, sep, note = text.partition("\n\n")
@@ -94,7 +94,7 @@ def verify_tlog_proof(
     """Check a tlog-proof offline: the checkpoint's signature, then the inclusion of the record's leaf.
 
     ``record`` is the record's bytes when the proof does not carry them (or to check
-    those instead). Raises :class:`~nomyo_audit.errors.IntegrityError` when the proof is
+    those instead). Raises :class:`nomyo_audit.errors.IntegrityError` when the proof is
     malformed, carries no record and none is given, is not signed by ``public_key``, or
     does not lead from the record to the signed root.
     """

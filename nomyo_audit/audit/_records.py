@@ -40,7 +40,7 @@ RECORD_VERSIONS = {3: canonical_json, 2: legacy_json}
 def keyed_digest(salt: bytes, value: Any, version: int = RECORD_VERSION) -> str:
     """HMAC-SHA256 under the log's salt of ``value`` as a record of ``version`` encodes it, hex.
 
-    Raises :class:`~nomyo_audit._canonical.CanonicalJSONError` (v3) when ``value`` has no
+    Raises :class:`nomyo_audit._canonical.CanonicalJSONError` (v3) when ``value`` has no
     canonical JSON, ``ValueError`` or ``TypeError`` (v2) when it is not JSON data, and
     ``KeyError`` for a version no reader knows.
     """
@@ -80,7 +80,7 @@ def build_record(
 
     A record whose values have no canonical JSON (NaN, an infinity) is written as
     v2 instead, which holds them, so that no request is left unrecorded. Raises
-    :class:`~nomyo_audit._canonical.CanonicalJSONError` only for what neither holds
+    :class:`nomyo_audit._canonical.CanonicalJSONError` only for what neither holds
     (a lone surrogate, a type JSON has no form for), which the client refuses
     before sending.
     """

@@ -83,7 +83,7 @@ def render_report(
 ) -> dict[str, bytes]:
     """File name -> bytes for each format; deterministic for a given report.
 
-    Raises :class:`~nomyo_audit.errors.ConfigurationError` for an unknown format.
+    Raises :class:`nomyo_audit.errors.ConfigurationError` for an unknown format.
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -114,7 +114,7 @@ def write_report(
     symlink, and an existing file is replaced only with ``overwrite``; which
     files would be refused is checked before any is written, so a refusal
     leaves no half-written report. Returns file name -> path written. Raises
-    :class:`~nomyo_audit.errors.ConfigurationError` (an unknown format, a directory or file
+    :class:`nomyo_audit.errors.ConfigurationError` (an unknown format, a directory or file
     that cannot be written, an existing file without ``overwrite``).
     """
     directory = Path(out_dir)
@@ -160,7 +160,7 @@ def verify_report_dir(target: str | os.PathLike[str], key: VerifyingKey) -> dict
     """Check the envelope's signature and every signed file's digest; return the statement.
 
     ``target`` is a report directory or the envelope itself (its files beside it).
-    Raises :class:`EnvelopeError` (an :class:`~nomyo_audit.errors.IntegrityError`, exit 3)
+    Raises :class:`EnvelopeError` (an :class:`nomyo_audit.errors.IntegrityError`, exit 3)
     when the envelope is missing or not signed by ``key``, or a signed file is missing or
     was modified.
     """

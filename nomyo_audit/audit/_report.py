@@ -3,7 +3,7 @@
 :func:`build_report` is pure: records in, a versioned JSON-able dict out. It
 streams, keeping only counters and capped samples, so a large log stays
 readable and memory stays flat. Other formats render from this document
-(:mod:`._render`), and :func:`~._timeline.timeline_svg` draws the chart as inline SVG (no
+(:mod:`._render`), and :func:`._timeline.timeline_svg` draws the chart as inline SVG (no
 JavaScript, no network). How one record is read and appraised is :mod:`._report_record`.
 
 A report says what is true and no more. Every field of a record is read

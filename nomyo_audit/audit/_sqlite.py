@@ -130,7 +130,7 @@ class SQLiteStore:
     """The SQLite backend. ``readonly=True`` opens with ``mode=ro`` and writes nothing.
 
     Raises :class:`LogError` when the file is missing (read-only), not an SQLite file or
-    not a log, or cannot be created; :class:`~nomyo_audit.errors.IntegrityError` when it
+    not a log, or cannot be created; :class:`nomyo_audit.errors.IntegrityError` when it
     is a damaged log.
 
     A read-only open of a log that has no ``-wal`` file (no writer has it open) uses
@@ -238,7 +238,7 @@ class SQLiteStore:
 
         The payload_id and time columns are taken from the record's own bytes when they
         carry them. Returns the record's seq; :class:`LogError` when opened read-only,
-        :class:`~nomyo_audit.errors.IntegrityError` when the log is cut short or has a gap.
+        :class:`nomyo_audit.errors.IntegrityError` when the log is cut short or has a gap.
         """
         if self.readonly:
             raise LogError(f"{self.path}: opened read-only")

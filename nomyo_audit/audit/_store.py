@@ -1,6 +1,6 @@
 """What the log needs from storage: the :class:`LogStore` interface and the rows it hands back.
 
-:class:`~._sqlite.SQLiteStore` is the one backend. A server database can be added as another
+:class:`._sqlite.SQLiteStore` is the one backend. A server database can be added as another
 store without touching the Merkle, checkpoint or report code: the store keeps rows, and
 :mod:`._log` decides what they mean. No I/O here.
 """
@@ -50,8 +50,8 @@ class StoredCheckpoint:
     """A signed checkpoint kept in the log: the tree size and root it signs, the signed note itself.
 
     ``created`` is when the store kept it (epoch seconds; None when not known or not yet
-    stored). The note is what counts: check it with :func:`~nomyo_audit.audit.verify_checkpoint`
-    or :meth:`~nomyo_audit.audit.AuditLog.verify`, never trust ``size`` and ``root`` alone.
+    stored). The note is what counts: check it with :func:`nomyo_audit.audit.verify_checkpoint`
+    or :meth:`nomyo_audit.audit.AuditLog.verify`, never trust ``size`` and ``root`` alone.
     """
 
     size: int
@@ -76,13 +76,13 @@ CheckpointMaker = Callable[[Frontier, "float | None"], "StoredCheckpoint | None"
 
 
 class LogStore(Protocol):
-    """What the log needs from storage; :class:`~._sqlite.SQLiteStore` is the one implementation.
+    """What the log needs from storage; :class:`._sqlite.SQLiteStore` is the one implementation.
 
     ``append`` runs ``build(seq)`` and the checkpoint maker inside one transaction;
     ``records`` yields records checked against their own bytes, ``scan`` the raw rows
     verification reads; ``frontier`` is the tree's right edge at the current size and
     ``saved_frontier`` the one last saved. Reads of a damaged store raise
-    :class:`~nomyo_audit.errors.IntegrityError`.
+    :class:`nomyo_audit.errors.IntegrityError`.
     """
 
     def append(

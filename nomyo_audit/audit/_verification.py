@@ -59,7 +59,7 @@ class VerifiedCheckpoint:
     #: RFC 3339; signed unless ``time_signed`` is False (older checkpoints)
     time: str | None
     time_signed: bool
-    #: :func:`~nomyo_audit.audit.key_fingerprint` of the key it verified with
+    #: :func:`nomyo_audit.audit.key_fingerprint` of the key it verified with
     signer: str
     note: str
 

@@ -1,6 +1,6 @@
 """The click group and the CLI's single exit path.
 
-Every command raises :class:`~nomyo_audit.errors.NomyoAuditError` (or a
+Every command raises :class:`nomyo_audit.errors.NomyoAuditError` (or a
 click usage error) instead of exiting itself; :func:`main` turns that into a
 one-line ``error[code]: message`` on stderr and the documented exit status
 (docs/ci.md): 0 ok, 1 finding, 2 usage or invalid input, 3 integrity, 4 internal.
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
 
     The ``nomyo-audit`` console script, and the way to run a command from Python
     or a test. It raises nothing: every error becomes a message on stderr and a
-    fixed status (:class:`~nomyo_audit.errors.ExitCode`): 0 OK, 1 a finding (a
+    fixed status (:class:`nomyo_audit.errors.ExitCode`): 0 OK, 1 a finding (a
     verification failed, a policy denied), 2 usage or input, 3 integrity, 4 an
     internal error, 130 interrupted.
     """

@@ -93,7 +93,7 @@ def read_reply(plaintext: bytearray, payload_id: str, processed_at: object = Non
       else :class:`ProtocolError` (``response_json``);
     * a ``_metadata.payload_id`` naming another request raises :class:`SecurityError`
       (``payload_id_mismatch``); none at all is accepted, and ``payload_id_verified`` says False;
-    * the router's copies of :data:`~nomyo_audit.wire.CLIENT_FIELDS` are dropped (and named in
+    * the router's copies of :data:`nomyo_audit.wire.CLIENT_FIELDS` are dropped (and named in
       ``dropped_router_fields`` when they claimed something);
     * ``processed_at`` is the package's unauthenticated copy, noted when it differs from the
       authenticated one inside;
@@ -134,7 +134,7 @@ def payload_fault(payload: object) -> str | None:
 
     Checked before anything is sent, without recursion: a payload the canonical JSON of the audit
     record cannot hold (a lone surrogate, NaN, an object JSON has no form for, a dict mixing key
-    types, nesting deeper than :data:`~nomyo_audit.wire.MAX_JSON_DEPTH`) would otherwise fail
+    types, nesting deeper than :data:`nomyo_audit.wire.MAX_JSON_DEPTH`) would otherwise fail
     while the failure is being recorded, and the record would be lost.
     """
     if not isinstance(payload, dict):

@@ -56,7 +56,7 @@ async def exchange(
     A 200 body over the limit raises :class:`ProtocolError` (``response_too_large``): a reply
     that does not fit cannot be the protocol's. Network failures raise
     :class:`APIConnectionError` (or :class:`APITimeoutError`) naming ``server``, mapped in
-    :func:`~._errors.map_httpx_exceptions`.
+    :func:`._errors.map_httpx_exceptions`.
     """
     with map_httpx_exceptions(request.url, server):
         response = await client.send(request, stream=True)

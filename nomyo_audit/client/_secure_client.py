@@ -233,7 +233,7 @@ class SecureCompletionClient:
         return (await self._open(encrypted_response, payload_id)).response
 
     async def _open(self, body: bytes, payload_id: str) -> OpenedReply:
-        """:func:`~._exchange.open_reply`, the RSA decryption (milliseconds, GIL released) off the loop."""
+        """:func:`._exchange.open_reply`, the RSA decryption (milliseconds, GIL released) off the loop."""
         package = parse_package(body)
         plaintext = await asyncio.to_thread(decrypt_package, package, self._keys().private_key)
         return read_reply(plaintext, payload_id, package.processed_at)

@@ -87,7 +87,7 @@ class Appraisal(NamedTuple):
 def read_records(path: str | Path) -> Iterator[Record]:
     """Every record in a file: one JSON value, a JSON array, or JSON Lines.
 
-    The file is read when iteration starts. Raises :class:`~nomyo_audit.errors.EvidenceError`
+    The file is read when iteration starts. Raises :class:`nomyo_audit.errors.EvidenceError`
     (code ``unreadable``) when it cannot be read, and whatever :func:`parse_records` raises.
     """
     try:
@@ -100,7 +100,7 @@ def read_records(path: str | Path) -> Iterator[Record]:
 def parse_records(data: bytes, label: str) -> Iterator[Record]:
     """The records in ``data`` (one JSON value, a JSON array, or JSON Lines), named after ``label``.
 
-    Raises :class:`~nomyo_audit.errors.EvidenceError`: ``unreadable`` for text that
+    Raises :class:`nomyo_audit.errors.EvidenceError`: ``unreadable`` for text that
     is not UTF-8, ``invalid_json`` for a value that is not JSON (naming its line),
     ``invalid_input`` for no records at all or a value that is neither a response
     with ``_metadata`` nor a ``_metadata`` object. Nothing is yielded before the
@@ -240,7 +240,7 @@ def appraise_all(
     a log a year later gives the freshness outcome it had then. Evidence from
     files carries no such time: it is judged at ``now`` (pass the present), unless
     ``at`` says otherwise. Nothing is kept per record. Raises what reading the
-    records raises (:class:`~nomyo_audit.errors.EvidenceError` for bad input).
+    records raises (:class:`nomyo_audit.errors.EvidenceError` for bad input).
     """
     for record in records:
         when = at if at is not None else record.received_at if record.received_at is not None else now

@@ -226,7 +226,7 @@ def _read(path: Path, *, nofollow: bool = False) -> dict[str, Any]:
 
 
 def _check_durations(document: Mapping[str, Any], path: Path, node: yaml.Node) -> None:
-    """Durations within :data:`~.model.MAX_DURATION` (they are added to clocks)."""
+    """Durations within :data:`.model.MAX_DURATION` (they are added to clocks)."""
     spec = document.get("spec")
     for key in _DURATIONS:
         if isinstance(spec, Mapping) and key in spec:

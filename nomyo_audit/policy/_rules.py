@@ -4,7 +4,7 @@ Each ``spec`` key names a compiler here (:data:`RULES`, in the order outcomes ar
 reported). A compiler does the work a rule needs once per policy (durations
 parsed, sets built, outcomes made) and returns a *check*: ``(metadata, verdict,
 model, now) -> RuleOutcome``, run per request. A check reads only values the
-verifier proved (``verdict.facts``, typed :class:`~nomyo_audit.tpm.VerdictFacts`)
+verifier proved (``verdict.facts``, typed :class:`nomyo_audit.tpm.VerdictFacts`)
 or the router's metadata, whose every shape gives an outcome, never an exception.
 What a check keeps is immutable, so checks run from many threads at once.
 """

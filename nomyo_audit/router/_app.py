@@ -93,7 +93,7 @@ class RouterConfig:
     ``private_key`` is the router's RSA key (its public half is served at ``/pki/public_key``);
     ``backend`` answers the decrypted requests; ``api_keys`` (empty: no authentication) are the
     bearer tokens accepted; ``attester`` quotes every reply. :func:`create_app` raises nothing for
-    a config; bad values surface as :class:`~nomyo_audit.errors.ConfigurationError` from ``serve``.
+    a config; bad values surface as :class:`nomyo_audit.errors.ConfigurationError` from ``serve``.
     """
 
     private_key: rsa.RSAPrivateKey

@@ -69,7 +69,7 @@ def aik_material(aik_b64: str) -> AikMaterial:
 
     The cache is keyed by the exact ``aik_pubkey_b64`` text, so it holds only
     pure functions of it; the signature is still checked for every quote.
-    Raises :class:`~nomyo_audit.errors.EvidenceError` when the AIK is not
+    Raises :class:`nomyo_audit.errors.EvidenceError` when the AIK is not
     base64 of a TPM2B_PUBLIC of a valid RSA or ECC key.
     """
     aik = parse_public(decode_b64(aik_b64, "aik_pubkey_b64"))

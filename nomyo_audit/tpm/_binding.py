@@ -53,7 +53,7 @@ def response_content_digest(response: Mapping[str, Any]) -> bytes:
     """SHA-256 of the canonical JSON (RFC 8785) of the response as the model produced it.
 
     That is everything but ``_metadata``; what the ``nomyo-audit-v1`` binding covers. Raises
-    :class:`~nomyo_audit._canonical.CanonicalJSONError` (a ``ValueError``) for content with no
+    :class:`nomyo_audit._canonical.CanonicalJSONError` (a ``ValueError``) for content with no
     canonical JSON: NaN, an infinity, a lone surrogate, a non-JSON type (nothing strict JSON
     parsing yields).
     """

@@ -1,7 +1,7 @@
 """Reading a ``tpm_attestation`` block's fields: base64, ``pcr_banks`` and ``pcr_values``. Pure, no I/O.
 
 The block is attacker-controlled JSON: every reader here bounds its input and
-raises :class:`~nomyo_audit.errors.EvidenceError` with a stable ``code`` for
+raises :class:`nomyo_audit.errors.EvidenceError` with a stable ``code`` for
 anything malformed. Fast paths take the evidence a router writes; anything
 unexpected goes to a careful path that says exactly what is wrong (both
 accept the same input: tests/test_verify_differential.py).
@@ -34,7 +34,7 @@ def parse_pcr_banks(text: str) -> tuple[PCRSelection, ...]:
 
     A bank with no PCR selected is written ``"sha1:"``: a TPM echoes every bank it was asked
     for, so such a bank appears in quotes (``"sha1:+sha256:0,7"``). Raises
-    :class:`~nomyo_audit.errors.EvidenceError` (code ``pcr_banks_format``) for any other text:
+    :class:`nomyo_audit.errors.EvidenceError` (code ``pcr_banks_format``) for any other text:
     an unknown bank, an index over 31, an index given twice.
     """
     if not isinstance(text, str):

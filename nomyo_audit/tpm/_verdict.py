@@ -1,6 +1,6 @@
 """What an appraisal returns: one :class:`Finding` per check, the facts the evidence showed, a result.
 
-Pure, no I/O. :func:`~nomyo_audit.tpm.verify_attestation` is the only producer of a
+Pure, no I/O. :func:`nomyo_audit.tpm.verify_attestation` is the only producer of a
 :class:`Verdict`; policies, reports and the CLI read it.
 """
 
@@ -73,14 +73,14 @@ class VerdictFacts(TypedDict, total=False):
     pcr_banks: str
     #: ``{bank: {index: hex}}``, present only when the values hash to the quote's pcrDigest
     pcr_values: dict[str, dict[str, str]]
-    #: which extraData derivation matched (:data:`~nomyo_audit.tpm.DERIVATIONS`), or ``"exact"``
+    #: which extraData derivation matched (:data:`nomyo_audit.tpm.DERIVATIONS`), or ``"exact"``
     nonce_derivation: str
 
 
 class Verdict(NamedTuple):
     """One finding per check, what the evidence showed, and the overall result.
 
-    Built by :func:`~nomyo_audit.tpm.verify_attestation` only; ``failures`` is derived from
+    Built by :func:`nomyo_audit.tpm.verify_attestation` only; ``failures`` is derived from
     ``findings`` there, once, because gating and reporting ask for it on every request.
     """
 
