@@ -388,21 +388,14 @@ class SQLiteStore:
 
     def add_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
         """Keep a signed checkpoint; at the current size it also saves the frontier (one transaction)."""
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute(
-                    "INSERT INTO checkpoints (size, root, note, created) VALUES (?, ?, ?, ?)",
-                    (checkpoint.size, checkpoint.root, checkpoint.note, time.time()),
-                )
-                frontier = self._frontier_now()
-                if frontier.size == checkpoint.size:
-                    self._save_frontier(frontier)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self.exclusive():
+            self._db.execute(
+                "INSERT INTO checkpoints (size, root, note, created) VALUES (?, ?, ?, ?)",
+                (checkpoint.size, checkpoint.root, checkpoint.note, time.time()),
+            )
+            frontier = self._frontier_now()
+            if frontier.size == checkpoint.size:
+                self._save_frontier(frontier)
 
     def checkpoints(self) -> list[StoredCheckpoint]:
         """The kept checkpoints in the order they were stored; rows with altered column types are left out.
