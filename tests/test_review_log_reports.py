@@ -81,24 +81,16 @@ def test_a_record_with_a_policy_result_is_found_by_its_payload_id(client_log, tm
 @pytest.mark.parametrize("payload_id", ['a"b', "a\\", 'x","policy":{"y', "naïve", "\u2028", ""])
 def test_the_payload_id_column_is_the_top_level_payload_id_whatever_it_holds(tmp_path, payload_id):
     from nomyo_audit.audit._fields import record_fields
-    from nomyo_audit.audit._records import build_record
 
     policy = {"outcome": "pass", "policy": "production", "rules": [{"rule": "r", "status": "pass"}]}
     with AuditLog(tmp_path / "a.db") as log:
         log.append(
             payload_id,
-            lambda seq, salt: build_record(
-                seq=seq,
-                timestamp=1.0e9,
-                salt=salt,
-                payload_id=payload_id,
-                router="r",
-                server_key=None,
-                model="m",
-                security_tier=None,
-                outcome="ok",
-                request={},
-                response=None,
+            lambda seq, salt: _plain_record(
+                seq,
+                salt,
+                payload_id,
+                1.0e9,
                 policy=policy,
                 metadata={"payload_id": "router-said", "policy": {"outcome": "pass"}},
             ),
@@ -247,10 +239,11 @@ def test_a_report_says_which_records_no_signed_checkpoint_covers(client_log, tmp
     assert "no signed checkpoint covers" not in (full / "report.md").read_text()
 
 
-def _plain_record(seq, salt, payload_id, moment):
+def _plain_record(seq, salt, payload_id, moment, **extra):
     from nomyo_audit.audit._records import build_record
 
     return build_record(
+        **extra,
         seq=seq,
         timestamp=moment,
         salt=salt,
