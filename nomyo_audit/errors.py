@@ -26,6 +26,7 @@ __all__ = [
     "APIError",
     "APITimeoutError",
     "AuthenticationError",
+    "CertificateError",
     "ConfigurationError",
     "EvidenceError",
     "ExitCode",
@@ -180,3 +181,15 @@ class EvidenceError(NomyoAuditError, ValueError):
 
     code = "evidence"
     exit_code = ExitCode.USAGE
+
+
+class CertificateError(EvidenceError):
+    """An X.509 certificate or chain (TPM EK or AK) is malformed, or does not validate.
+
+    ``code`` is one of ``cert_malformed``, ``cert_expired``, ``cert_not_yet_valid``,
+    ``cert_wrong_eku``, ``cert_self_signed``, ``cert_unchained``, ``cert_unknown_root``,
+    ``cert_bad_signature``, ``cert_key_mismatch``, ``cert_not_ek_profile``, ``cert_not_ca``,
+    ``cert_path_length``, ``cert_key_usage``, ``cert_trust_store``.
+    """
+
+    code = "cert_malformed"
