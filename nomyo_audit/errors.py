@@ -28,6 +28,7 @@ __all__ = [
     "AuthenticationError",
     "CertificateError",
     "ConfigurationError",
+    "CredentialError",
     "EvidenceError",
     "ExitCode",
     "ForbiddenError",
@@ -193,3 +194,13 @@ class CertificateError(EvidenceError):
     """
 
     code = "cert_malformed"
+
+
+class CredentialError(EvidenceError):
+    """A TPM credential (TPM2_MakeCredential / ActivateCredential) cannot be made, read or activated.
+
+    ``code`` is one of ``credential_malformed``, ``credential_unsupported_ek``,
+    ``credential_bad_name``, ``credential_bad_secret``, ``credential_bad_input``, ``activation_failed``.
+    """
+
+    code = "credential_malformed"
