@@ -25,6 +25,7 @@ from ._binding import (
     response_binding,
     response_content_digest,
 )
+from ._credential import Credential, make_credential, parse_credential
 from ._ear import EAT_PROFILE, to_ear
 from ._evidence import parse_pcr_banks
 from ._keys import public_key_fingerprint
@@ -40,6 +41,7 @@ __all__ = [
     "DERIVATIONS",
     "EAT_PROFILE",
     "ClockInfo",
+    "Credential",
     "EccPoint",
     "Finding",
     "ObjectAttributes",
@@ -52,8 +54,10 @@ __all__ = [
     "Verdict",
     "VerdictFacts",
     "key_binding",
+    "make_credential",
     "match_derivation",
     "parse_attest",
+    "parse_credential",
     "parse_pcr_banks",
     "parse_pcr_selection_list",
     "parse_public",
