@@ -14,6 +14,11 @@ project's own, stronger binding, which also covers the response content:
     without ``_metadata`` (:func:`response_content_digest`); evidence made before RFC 8785
     was adopted used Python's sorted-keys JSON (:func:`legacy_content_digest`). A quote bound
     this way cannot be moved to another response for the same request.
+``nomyo-audit-v2``
+    ``SHA-256("nomyo-audit/response-binding/v2" || 0x00 || u16(len(pid)) || pid || SHA-256(content)
+    || SHA-256(DER SPKI of the client key the router received))``: ``nomyo-audit-v1`` plus the
+    protocol 1.0 client key (``X-Public-Key``), so a client whose key was swapped on the path
+    sees that its own key does not match (:func:`client_key_binding`).
 
 ``nomyo-audit-key-v1`` binds a router key for attest-before-send:
 ``SHA-256("nomyo-audit/key-binding/v1" || 0x00 || nonce || SHA-256(DER SPKI))``.
@@ -30,10 +35,12 @@ from typing import Any
 from .._canonical import CanonicalJSONError, canonical_json, legacy_json
 
 __all__ = [
+    "CLIENT_KEY_BINDING_LABEL",
     "DERIVATIONS",
     "KEY_BINDING_LABEL",
     "RESPONSE_BINDING_LABEL",
     "canonical_json",
+    "client_key_binding",
     "key_binding",
     "legacy_content_digest",
     "match_derivation",
@@ -44,9 +51,10 @@ __all__ = [
 
 RESPONSE_BINDING_LABEL = b"nomyo-audit/response-binding/v1"
 KEY_BINDING_LABEL = b"nomyo-audit/key-binding/v1"
+CLIENT_KEY_BINDING_LABEL = b"nomyo-audit/response-binding/v2"
 
 #: Every derivation name, strongest first.
-DERIVATIONS = ("nomyo-audit-v1", "sha256-payload-id", "raw-payload-id")
+DERIVATIONS = ("nomyo-audit-v2", "nomyo-audit-v1", "sha256-payload-id", "raw-payload-id")
 
 
 def response_content_digest(response: Mapping[str, Any]) -> bytes:
@@ -116,7 +124,20 @@ def response_binding(payload_id: str, content_digest: bytes) -> bytes:
 
 
 _RESPONSE_PREFIX = RESPONSE_BINDING_LABEL + b"\x00"
+_CLIENT_KEY_PREFIX = CLIENT_KEY_BINDING_LABEL + b"\x00"
 _U16 = struct.Struct(">H")
+
+
+def client_key_binding(payload_id: str, content_digest: bytes, client_key_sha256: bytes) -> bytes:
+    """The ``nomyo-audit-v2`` extraData: :func:`response_binding`'s request and content, and the
+    client key the router encrypted the reply to (SHA-256 of its DER SubjectPublicKeyInfo).
+
+    A client that recomputes it with its *own* key learns whether the router sealed the reply to
+    that key. Raises UnicodeEncodeError when ``payload_id`` is not valid Unicode text.
+    """
+    pid = payload_id.encode()
+    parts = (_CLIENT_KEY_PREFIX, _U16.pack(len(pid)), pid, content_digest, client_key_sha256)
+    return hashlib.sha256(b"".join(parts)).digest()
 
 
 def key_binding(nonce: bytes, spki_sha256: bytes) -> bytes:
@@ -130,15 +151,22 @@ def match_derivation(
     payload_id: str,
     content_digest: bytes | None = None,
     accept: tuple[str, ...] = DERIVATIONS,
+    *,
+    client_key_sha256: bytes | None = None,
 ) -> str | None:
     """The name of the accepted derivation ``extra_data`` matches (tried in ``accept`` order), or None.
 
-    Each comparison is constant-time; the values compared are public, so
-    stopping at the first match tells an observer nothing secret. Raises
+    ``nomyo-audit-v2`` is tried only with both ``content_digest`` and ``client_key_sha256`` (the
+    SHA-256 of the caller's own client key's DER SPKI). Each comparison is constant-time; the
+    values compared are public, so stopping at the first match tells an observer nothing secret. Raises
     UnicodeEncodeError when ``payload_id`` is not valid Unicode text (a lone surrogate).
     """
     for name in accept:
-        if name == "nomyo-audit-v1":
+        if name == "nomyo-audit-v2":
+            if content_digest is None or client_key_sha256 is None:
+                continue
+            value = client_key_binding(payload_id, content_digest, client_key_sha256)
+        elif name == "nomyo-audit-v1":
             if content_digest is None:
                 continue
             value = response_binding(payload_id, content_digest)

@@ -75,6 +75,9 @@ class VerdictFacts(TypedDict, total=False):
     pcr_values: dict[str, dict[str, str]]
     #: which extraData derivation matched (:data:`nomyo_audit.tpm.DERIVATIONS`), or ``"exact"``
     nonce_derivation: str
+    #: ``"bound"`` when the quote binds the client key the caller holds (``nomyo-audit-v2``),
+    #: ``"absent"`` when it binds the request without it; only when the caller gave its key
+    key_binding: str
 
 
 class Verdict(NamedTuple):

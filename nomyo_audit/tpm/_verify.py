@@ -66,6 +66,7 @@ def verify_attestation(
     content_digest: bytes | None = None,
     accept_derivations: tuple[str, ...] = DERIVATIONS,
     expected_nonce: bytes | None = None,
+    client_key_sha256: bytes | None = None,
 ) -> Verdict:
     """Appraise one ``tpm_attestation`` block (a response's ``_metadata.tpm_attestation``) for the
     request ``payload_id``: one finding per check in :data:`CHECKS`, and what the evidence showed.
@@ -73,6 +74,8 @@ def verify_attestation(
     ``content_digest`` (from :func:`response_content_digest`) enables the project's response
     binding; ``accept_derivations`` limits the extraData derivations tried (:data:`DERIVATIONS`);
     ``expected_nonce`` replaces them with one exact extraData (attest-before-send).
+    ``client_key_sha256`` (SHA-256 of the DER SPKI of the caller's own protocol 1.0 key) enables
+    ``nomyo-audit-v2``; with it, ``facts.key_binding`` says ``"bound"`` or ``"absent"``.
 
     Raises nothing for any evidence: missing, malformed or forged evidence is a failing finding
     with a stable code, never an exception. Pure and thread-safe: what it caches per AIK is
@@ -123,7 +126,12 @@ def verify_attestation(
     facts["firmware_version"] = attest.firmware_version
     if attest.type == TPM_ST_ATTEST_QUOTE:
         _check_pcrs(tpm_attestation, attest, signature, claimed, checks, facts)
-        _check_nonce(attest, payload_id, content_digest, accept_derivations, expected_nonce, checks, facts)
+        _check_nonce(
+            attest, payload_id, content_digest, accept_derivations, expected_nonce, checks, facts,
+            client_key_sha256,
+        )
+        if client_key_sha256 is not None and "nonce_derivation" in facts:
+            facts["key_binding"] = "bound" if facts["nonce_derivation"] == "nomyo-audit-v2" else "absent"
         checks.put(_CLOCK_SAFE if clock.safe else _CLOCK_NOT_SAFE)
     checks.put(_NOT_ANCHORED)
     attester = tpm_attestation.get("attester")
@@ -249,6 +257,7 @@ def _check_nonce(
     expected_nonce: bytes | None,
     checks: Checks,
     facts: VerdictFacts,
+    client_key_sha256: bytes | None = None,
 ) -> None:
     if expected_nonce is not None:
         if hmac.compare_digest(attest.extra_data, expected_nonce):
@@ -263,12 +272,14 @@ def _check_nonce(
         )
         return
     try:
-        derivation = match_derivation(attest.extra_data, payload_id, content_digest, accept)
+        derivation = match_derivation(
+            attest.extra_data, payload_id, content_digest, accept, client_key_sha256=client_key_sha256
+        )
     except UnicodeEncodeError:  # a lone surrogate: no request could have had this payload_id
         checks.fail("nonce_binding", "nonce_unverifiable", "the payload_id is not valid Unicode text")
         return
     if derivation is None:
-        tried = [d for d in accept if d != "nomyo-audit-v1" or content_digest is not None]
+        tried = [d for d in accept if _tryable(d, content_digest, client_key_sha256)]
         checks.fail(
             "nonce_binding",
             "nonce_mismatch",
@@ -278,6 +289,12 @@ def _check_nonce(
         return
     facts["nonce_derivation"] = derivation
     checks.put(_bound_by(derivation))
+
+
+def _tryable(derivation: str, content_digest: bytes | None, client_key_sha256: bytes | None) -> bool:
+    if derivation == "nomyo-audit-v2":
+        return content_digest is not None and client_key_sha256 is not None
+    return derivation != "nomyo-audit-v1" or content_digest is not None
 
 
 @lru_cache(maxsize=32)
