@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from ..errors import ConfigurationError
 from ..tpm import PCRSelection, key_binding, parse_pcr_banks, response_binding, response_content_digest
+from ..tpm._binding import client_key_binding
 from ..tpm._structures import HASH_NAMES, pcr_value_map
 
 __all__ = ["DEFAULT_PCR_BANKS", "Quote", "QuoteSource", "TPMAttester"]
@@ -96,10 +97,18 @@ class TPMAttester:
             "nonce_binding": "nomyo-audit-v1",
         }
 
-    def attest_response(self, payload_id: str, completion: Mapping[str, Any]) -> dict[str, Any]:
-        """Evidence bound to this response (``nomyo-audit-v1``): to ``payload_id`` and to
-        ``completion`` as sent, without ``_metadata``."""
-        return self.evidence(response_binding(payload_id, response_content_digest(completion)))
+    def attest_response(
+        self, payload_id: str, completion: Mapping[str, Any], *, client_key_sha256: bytes | None = None
+    ) -> dict[str, Any]:
+        """Evidence bound to this response: to ``payload_id`` and to ``completion`` as sent, without
+        ``_metadata`` (``nomyo-audit-v1``), and with ``client_key_sha256`` to the client key the
+        reply is sealed to (``nomyo-audit-v2``)."""
+        content = response_content_digest(completion)
+        if client_key_sha256 is None:
+            return self.evidence(response_binding(payload_id, content))
+        block = self.evidence(client_key_binding(payload_id, content, client_key_sha256))
+        block["nonce_binding"] = "nomyo-audit-v2"
+        return block
 
     def attest_key(self, nonce: bytes, spki_sha256: bytes) -> dict[str, Any]:
         """Evidence that this TPM vouches for the router key, for the caller's fresh nonce."""
