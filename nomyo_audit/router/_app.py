@@ -54,6 +54,7 @@ from ..wire import (
 )
 from ._backends import Backend, BackendError, EchoBackend
 from ._environment import cuda_device_info, memory_protection_metadata
+from ._key_binding import attest_reply
 from ._validation import RequestRejected, check_chat_request, check_client_key, check_payload_id, load_json
 
 __all__ = ["Attester", "NoAttester", "RouterConfig", "create_app"]
@@ -64,7 +65,8 @@ DEFAULT_TIER = "standard"
 
 
 class Attester(Protocol):
-    """Produces the ``tpm_attestation`` block for one response."""
+    """Produces the ``tpm_attestation`` block for one response (``attest_response`` may also take
+    ``client_key_sha256=`` to bind the client key, :mod:`._key_binding`)."""
 
     def attest_response(self, payload_id: str, completion: Mapping[str, Any]) -> dict[str, Any]: ...
 
@@ -76,7 +78,9 @@ class Attester(Protocol):
 class NoAttester:
     """No TPM: says so explicitly rather than leaving the block out."""
 
-    def attest_response(self, payload_id: str, completion: Mapping[str, Any]) -> dict[str, Any]:
+    def attest_response(
+        self, payload_id: str, completion: Mapping[str, Any], *, client_key_sha256: bytes | None = None
+    ) -> dict[str, Any]:
         return {"is_available": False}
 
     def attest_key(self, nonce: bytes, spki_sha256: bytes) -> dict[str, Any]:
@@ -205,7 +209,9 @@ def create_app(config: RouterConfig) -> Starlette:
         processed_at = int(time.time())
         try:
             # A TPM quote takes milliseconds of blocking I/O: off the event loop.
-            attestation = await run_in_threadpool(config.attester.attest_response, payload_id, completion)
+            attestation, bound_key = await run_in_threadpool(
+                attest_reply, config.attester, payload_id, completion, client_key
+            )
         except Exception as exc:
             logger.error("response attestation failed: %s", type(exc).__name__)
             raise RequestRejected(503, f"attestation failed ({type(exc).__name__})") from None
@@ -219,6 +225,8 @@ def create_app(config: RouterConfig) -> Starlette:
             "cuda_device": dict(cuda_device),
             "tpm_attestation": attestation,
         }
+        if bound_key is not None:  # the client key the quote binds; the client checks its own
+            completion["_metadata"]["client_key_sha256"] = bound_key
         body = bytearray(json.dumps(completion).encode())
         try:
             sealed = encrypt_package(body, client_key, processed_at=processed_at)
