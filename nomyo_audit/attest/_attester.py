@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import ConfigurationError
-from ..tpm import PCRSelection, key_binding, parse_pcr_banks, response_binding, response_content_digest
+from ..tpm import (
+    PCRSelection,
+    key_binding,
+    parse_credential,
+    parse_pcr_banks,
+    response_binding,
+    response_content_digest,
+)
 from ..tpm._binding import client_key_binding
 from ..tpm._structures import HASH_NAMES, pcr_value_map
 
@@ -79,13 +86,14 @@ class TPMAttester:
                 name = HASH_NAMES.get(selection.hash_alg, f"{selection.hash_alg:#06x}")
                 raise ConfigurationError(f"--pcrs {pcr_banks}: this TPM has no {name} bank")
         self._lock = threading.Lock()  # TPM sessions are not shared between threads
+        self._aik_chain_b64: tuple[str, ...] = ()
 
     def evidence(self, extra_data: bytes) -> dict[str, Any]:
         """A ``tpm_attestation`` block whose quote carries ``extra_data``: the source's errors pass
         through (a :class:`Tpm2QuoteSource` raises ConfigurationError)."""
         with self._lock:
             quote = self.source.quote(self.selections, extra_data)
-        return {
+        block = {
             "is_available": True,
             "pcr_banks": self.pcr_banks,
             "pcr_values": pcr_value_map(self.selections, quote.pcr_values),
@@ -96,6 +104,59 @@ class TPMAttester:
             "hardware_rooted": False if self.source.kind == "software" else None,
             "nonce_binding": "nomyo-audit-v1",
         }
+        parent = self._parent_qualified_name()
+        if parent is not None:
+            block["aik_parent_qualified_name_b64"] = parent
+        if self._aik_chain_b64:
+            block["aik_cert_chain_b64"] = list(self._aik_chain_b64)
+        return block
+
+    def _parent_qualified_name(self) -> str | None:
+        parent: bytes | None = getattr(self.source, "aik_parent_qualified_name", None)
+        return None if parent is None else base64.b64encode(parent).decode()
+
+    def aik_public(self) -> bytes:
+        """The current AIK as a marshalled TPM2B_PUBLIC (for enrollment, and to notice rotation)."""
+        return self.source.aik_public
+
+    def set_aik_certificate_chain(self, chain_der: list[bytes]) -> None:
+        """Attach this AK certificate chain (AK certificate first) to every later quote, as
+        ``aik_cert_chain_b64``; an empty list stops attaching one."""
+        self._aik_chain_b64 = tuple(base64.b64encode(der).decode() for der in chain_der)
+
+    def endorsement(self) -> dict[str, Any]:
+        """The body of ``GET /pki/endorsement``: the EK public area, its certificate and chain from the
+        TPM's NV, and the AIK with its parent. Raises LookupError for a source without an EK (software)."""
+        read = getattr(self.source, "endorsement", None)
+        if read is None:
+            raise LookupError(f"a {self.source.kind} attester has no endorsement key")
+        with self._lock:
+            ek = read()
+        certificate = None if ek.certificate is None else base64.b64encode(ek.certificate).decode()
+        return {
+            "version": 1,
+            "ek_public_b64": base64.b64encode(ek.public).decode(),
+            "ek_certificate_b64": certificate,
+            "ek_chain_b64": [base64.b64encode(der).decode() for der in ek.chain],
+            "aik_pubkey_b64": base64.b64encode(self.source.aik_public).decode(),
+            "aik_parent_qualified_name_b64": self._parent_qualified_name(),
+        }
+
+    def activate_credential(self, id_object: bytes, encrypted_secret: bytes) -> bytes:
+        """TPM2_ActivateCredential of a verifier's challenge (TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET)
+        with this AIK and the EK: the secret, which only this TPM could recover.
+
+        Raises :class:`nomyo_audit.errors.CredentialError` (an EvidenceError): ``credential_malformed``
+        for bytes that are not a credential, ``activation_failed`` when the TPM refuses it (another
+        EK, another AIK, an altered blob); LookupError for a source without an EK.
+        """
+        activate = getattr(self.source, "activate_credential", None)
+        if activate is None:
+            raise LookupError(f"a {self.source.kind} attester has no endorsement key")
+        credential = parse_credential(id_object, encrypted_secret)
+        with self._lock:
+            secret: bytes = activate(credential.id_object, credential.encrypted_secret)
+        return secret
 
     def attest_response(
         self, payload_id: str, completion: Mapping[str, Any], *, client_key_sha256: bytes | None = None

@@ -6,6 +6,12 @@ opens (tens of milliseconds on swtpm for RSA-2048, up to seconds on hardware)
 and flushed when it closes: one AIK per router process, so its name and
 fingerprint are stable for as long as the router runs and change on restart
 (docs/protocol.md). Each quote costs one TPM2_Quote plus two TPM2_PCR_Read.
+
+With ``aik_parent="ek"`` the AIK is instead a child of the endorsement key, as ``tpm2_createak``
+makes it: its quotes' qualifiedSigner then depends on the EK, whose qualified name the evidence
+carries (``aik_parent_qualified_name_b64``) so that a verifier can check the AIK's attributes.
+The EK (:mod:`._endorsement`) is created when first needed: for a child AIK, or for
+:meth:`Tpm2QuoteSource.endorsement` and :meth:`Tpm2QuoteSource.activate_credential`.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from ..errors import ConfigurationError
-from ..tpm._structures import HASH_NAMES, PCRSelection, marshal_pcr_selection_list
+from ..errors import ConfigurationError, CredentialError
+from ..tpm._public import parse_public
+from ..tpm._structures import HASH_NAMES, HIERARCHIES, PCRSelection, marshal_pcr_selection_list
 from ._attester import Quote
+from ._endorsement import Endorsement, activate, create_child, create_ek
 
-__all__ = ["AIK_TEMPLATES", "Tpm2QuoteSource", "parse_tpm_spec"]
+__all__ = ["AIK_PARENTS", "AIK_TEMPLATES", "Tpm2QuoteSource", "parse_tpm_spec"]
 
 _ATTRIBUTES = "restricted|sign|fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda"
 AIK_TEMPLATES = {
@@ -25,6 +33,8 @@ AIK_TEMPLATES = {
     "rsa2048-rsapss": "rsa2048:rsapss-sha256:null",
     "ecc256-ecdsa": "ecc256:ecdsa-sha256:null",
 }
+#: Where the AIK is made: a primary key in the endorsement hierarchy, or a child of the EK
+AIK_PARENTS = ("primary", "ek")
 _MAX_PCRS_PER_READ = 8  # TPML_DIGEST holds at most eight digests
 
 
@@ -40,13 +50,14 @@ def parse_tpm_spec(spec: str) -> tuple[str, str]:
 
 class Tpm2QuoteSource:
     """A :class:`QuoteSource` on a real TPM (``device:/dev/tpmrm0``) or swtpm
-    (``swtpm:host=H,port=P``) through tpm2-pytss, with an ephemeral AIK of kind ``aik``.
+    (``swtpm:host=H,port=P``) through tpm2-pytss, with an ephemeral AIK of kind ``aik``, made as
+    a primary key or (``aik_parent="ek"``) as a child of the EK.
 
     Raises :class:`nomyo_audit.errors.ConfigurationError` when tpm2-pytss is not installed (the
-    ``tpm`` extra), the AIK kind is unknown, or the TPM cannot be opened.
+    ``tpm`` extra), the AIK kind or parent is unknown, or the TPM cannot be opened.
     """
 
-    def __init__(self, spec: str, aik: str = "rsa2048-rsassa") -> None:
+    def __init__(self, spec: str, aik: str = "rsa2048-rsassa", aik_parent: str = "primary") -> None:
         try:
             from tpm2_pytss import ESAPI, TCTILdr
             from tpm2_pytss.constants import ESYS_TR
@@ -57,18 +68,62 @@ class Tpm2QuoteSource:
             ) from None
         if aik not in AIK_TEMPLATES:
             raise ConfigurationError(f"unknown AIK kind {aik!r}: one of {', '.join(AIK_TEMPLATES)}")
+        if aik_parent not in AIK_PARENTS:
+            raise ConfigurationError(f"unknown AIK parent {aik_parent!r}: one of {', '.join(AIK_PARENTS)}")
         self.aik_kind = aik
+        self.spec = spec
         tcti_name, tcti_config = parse_tpm_spec(spec)
         self.kind = "swtpm" if tcti_name == "swtpm" else "tpm-device"
+        self._ek: Endorsement | None = None
+        #: The AIK's parent's qualified name, when the AIK is a child key (None: a primary key)
+        self.aik_parent_qualified_name: bytes | None = None
         try:
             self._esys = ESAPI(TCTILdr(tcti_name, tcti_config))
             template = TPM2B_PUBLIC.parse(AIK_TEMPLATES[aik], objectAttributes=_ATTRIBUTES)
-            self._aik, public, _, _, _ = self._esys.create_primary(
-                TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT
-            )
+            if aik_parent == "ek":
+                ek = self._endorsement()
+                self._aik, self.aik_public = create_child(self._esys, ek.handle, template)
+                ek_public = parse_public(ek.public)
+                self.aik_parent_qualified_name = ek_public.qualified_name(HIERARCHIES["endorsement"])
+            else:
+                self._aik, public, _, _, _ = self._esys.create_primary(
+                    TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT
+                )
+                self.aik_public = public.marshal()
+        except ConfigurationError:
+            raise
         except Exception as exc:  # TSS2 errors, connection refused...
             raise ConfigurationError(f"cannot open TPM {spec}: {exc}") from None
-        self.aik_public: bytes = public.marshal()
+
+    def _endorsement(self) -> Endorsement:
+        if self._ek is None:
+            self._ek = create_ek(self._esys)
+        return self._ek
+
+    def endorsement(self) -> Endorsement:
+        """The EK: its public area, certificate and chain from NV (created on first use).
+
+        Raises :class:`nomyo_audit.errors.ConfigurationError` when the TPM cannot make it.
+        """
+        try:
+            return self._endorsement()
+        except ConfigurationError:
+            raise
+        except Exception as exc:
+            raise ConfigurationError(f"cannot create the EK on {self.spec}: {exc}") from None
+
+    def activate_credential(self, id_object: bytes, encrypted_secret: bytes) -> bytes:
+        """TPM2_ActivateCredential for this AIK with the EK: the secret, or
+        :class:`nomyo_audit.errors.CredentialError` (``activation_failed``) when the TPM refuses."""
+        ek = self.endorsement()
+        try:
+            return activate(self._esys, self._aik, ek.handle, id_object, encrypted_secret)
+        except Exception as exc:  # TSS2_Exception: the TPM's response code says why, no secret in it
+            raise CredentialError(
+                f"the TPM refused the credential ({_tpm_reason(exc)}): it is for another EK or AIK, "
+                "or it was altered",
+                code="activation_failed",
+            ) from None
 
     def _read(self, selections: tuple[PCRSelection, ...]) -> tuple[int, tuple[bytes, ...]]:
         from tpm2_pytss.types import TPML_PCR_SELECTION
@@ -118,8 +173,16 @@ class Tpm2QuoteSource:
         self._esys.pcr_extend(handle, TPML_DIGEST_VALUES([TPMT_HA(hashAlg=alg, digest=digest)]))
 
     def close(self) -> None:
-        """Flush the AIK and close the connection to the TPM."""
+        """Flush the AIK (and the EK) and close the connection to the TPM."""
         try:
             self._esys.flush_context(self._aik)
+            if self._ek is not None:
+                self._esys.flush_context(self._ek.handle)
         finally:
             self._esys.close()
+
+
+def _tpm_reason(exc: Exception) -> str:
+    """The TPM response code of a refusal, as tpm2-tools prints it (``0x000009a2``...)."""
+    rc = getattr(exc, "rc", None)
+    return f"TPM response 0x{int(rc):08x}" if isinstance(rc, int) else type(exc).__name__

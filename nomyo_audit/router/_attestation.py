@@ -9,8 +9,11 @@ from ._app import Attester, NoAttester
 __all__ = ["make_attester"]
 
 
-def make_attester(spec: str, aik: str = "rsa2048-rsassa", pcr_banks: str = DEFAULT_PCR_BANKS) -> Attester:
-    """``none``, ``software``, ``swtpm:host=H,port=P`` or ``device:/dev/tpmrm0``."""
+def make_attester(
+    spec: str, aik: str = "rsa2048-rsassa", pcr_banks: str = DEFAULT_PCR_BANKS, aik_parent: str = "primary"
+) -> Attester:
+    """``none``, ``software``, ``swtpm:host=H,port=P`` or ``device:/dev/tpmrm0``; ``aik_parent`` (``primary``
+    or ``ek``) says where a real TPM makes its AIK (a software attester has no EK: only ``primary``)."""
     if spec == "none":
         return NoAttester()
     if spec == "software":
@@ -18,9 +21,11 @@ def make_attester(spec: str, aik: str = "rsa2048-rsassa", pcr_banks: str = DEFAU
 
         if aik not in AIK_KINDS:
             raise ConfigurationError(f"unknown AIK kind {aik!r}: one of {', '.join(AIK_KINDS)}")
+        if aik_parent != "primary":
+            raise ConfigurationError(f"--aik-parent {aik_parent}: the software attester has no EK")
         return TPMAttester(SoftwareTPM(aik), pcr_banks)
     if spec.startswith(("swtpm", "device")):
         from ..attest._tpm2 import Tpm2QuoteSource
 
-        return TPMAttester(Tpm2QuoteSource(spec, aik), pcr_banks)
+        return TPMAttester(Tpm2QuoteSource(spec, aik, aik_parent), pcr_banks)
     raise ConfigurationError(f"--tpm {spec!r}: use none, software, swtpm:host=H,port=P or device:/dev/tpmrm0")
