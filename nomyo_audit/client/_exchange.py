@@ -86,7 +86,13 @@ def open_reply(body: bytes, payload_id: str, private_key: rsa.RSAPrivateKey) -> 
     return read_reply(decrypt_package(package, private_key), payload_id, package.processed_at)
 
 
-def read_reply(plaintext: bytearray, payload_id: str, processed_at: object = None) -> OpenedReply:
+def read_reply(
+    plaintext: bytearray,
+    payload_id: str,
+    processed_at: object = None,
+    *,
+    client_key_sha256: bytes | None = None,
+) -> OpenedReply:
     """The decrypted ``plaintext`` (wiped here) as the reply to ``payload_id``.
 
     * it must be a JSON object whose ``choices`` and ``_metadata`` have the shape callers index,
@@ -97,7 +103,9 @@ def read_reply(plaintext: bytearray, payload_id: str, processed_at: object = Non
       ``dropped_router_fields`` when they claimed something);
     * ``processed_at`` is the package's unauthenticated copy, noted when it differs from the
       authenticated one inside;
-    * the TPM evidence is verified against the request and the reply's content.
+    * the TPM evidence is verified against the request and the reply's content, and, given
+      ``client_key_sha256`` (SHA-256 of the DER SPKI of our own key), against our key: a quote
+      that binds another client key raises :class:`SecurityError` (``key_substitution``).
     """
     try:
         response = parse_json(plaintext, what="decrypted response", code="response_json")
@@ -122,11 +130,50 @@ def read_reply(plaintext: bytearray, payload_id: str, processed_at: object = Non
     if dropped:
         metadata["dropped_router_fields"] = dropped
     _note_unauthenticated_time(metadata, processed_at)
+    content_digest = response_content_digest(response)
+    evidence = metadata.get("tpm_attestation")
     verdict = verify_attestation(
-        metadata.get("tpm_attestation"), payload_id, content_digest=response_content_digest(response)
+        evidence, payload_id, content_digest=content_digest, client_key_sha256=client_key_sha256
     )
+    if client_key_sha256 is not None and verdict.failures:
+        refuse_key_substitution(verdict, metadata, content_digest, client_key_sha256)
     metadata["verification"] = verdict.to_dict()
     return OpenedReply(response, verdict)
+
+
+def refuse_key_substitution(
+    verdict: Verdict, metadata: dict[str, Any], content_digest: bytes, own_key_sha256: bytes
+) -> None:
+    """Raise ``key_substitution`` when the quote binds, instead of our key, the one the router names.
+
+    The router's ``_metadata.client_key_sha256`` is not trusted: it only explains a binding that
+    already failed with our own key, and only when the quote verifies with it. Whoever swapped
+    ``X-Public-Key`` on the path could read the reply before this check.
+    """
+    if verdict.finding("nonce_binding").code != "nonce_mismatch":
+        return
+    claimed = metadata.get("client_key_sha256")
+    if not isinstance(claimed, str) or len(claimed) != 64 or not claimed.isascii():
+        return
+    try:
+        other = bytes.fromhex(claimed)
+    except ValueError:
+        return
+    if other == own_key_sha256:
+        return
+    explained = verify_attestation(
+        metadata.get("tpm_attestation"),
+        verdict.payload_id,
+        content_digest=content_digest,
+        accept_derivations=("nomyo-audit-v2",),
+        client_key_sha256=other,
+    )
+    if explained.finding("nonce_binding").status == "pass":
+        raise SecurityError(
+            "the router sealed this reply to another client key than ours (the X-Public-Key header "
+            "was replaced on the path); whoever replaced it could read the reply",
+            code="key_substitution",
+        )
 
 
 def payload_fault(payload: object) -> str | None:

@@ -54,6 +54,7 @@ from ..wire import (
     MAX_PACKAGE_BYTES,
     PUBLIC_KEY_PATH,
     decrypt_package,
+    key_fingerprint,
     parse_package,
 )
 from ._audit import outcome_of, record_call
@@ -236,7 +237,8 @@ class SecureCompletionClient:
         """:func:`._exchange.open_reply`, the RSA decryption (milliseconds, GIL released) off the loop."""
         package = parse_package(body)
         plaintext = await asyncio.to_thread(decrypt_package, package, self._keys().private_key)
-        return read_reply(plaintext, payload_id, package.processed_at)
+        own_key = bytes.fromhex(key_fingerprint(self._keys().private_key.public_key()))
+        return read_reply(plaintext, payload_id, package.processed_at, client_key_sha256=own_key)
 
     # -- the exchange -----------------------------------------------------
 
