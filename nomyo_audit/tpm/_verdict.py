@@ -75,6 +75,15 @@ class VerdictFacts(TypedDict, total=False):
     pcr_values: dict[str, dict[str, str]]
     #: which extraData derivation matched (:data:`nomyo_audit.tpm.DERIVATIONS`), or ``"exact"``
     nonce_derivation: str
+    #: how the AIK is anchored (``"ca"`` or ``"ek"``), present only when ``aik_anchor`` passed
+    anchor_kind: str
+    #: the subjects of the anchoring chain, leaf first, and the SHA-256 (hex) of its root
+    chain_subjects: list[str]
+    anchor_root_sha256: str
+    #: the TPM's manufacturer, model and firmware version, from the EK (or AK) certificate
+    manufacturer: str
+    tpm_model: str | None
+    tpm_firmware_version: str | None
     #: ``"bound"`` when the quote binds the client key the caller holds (``nomyo-audit-v2``),
     #: ``"absent"`` when it binds the request without it; only when the caller gave its key
     key_binding: str

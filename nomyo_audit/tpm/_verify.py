@@ -36,6 +36,7 @@ from typing import Any, NamedTuple, cast
 
 from ..errors import EvidenceError
 from ._aik import AikMaterial, aik_material, describe_signature, quote_facts
+from ._anchoring import Anchoring
 from ._attest import TPMSAttest, parse_attest
 from ._binding import DERIVATIONS, match_derivation
 from ._evidence import b64_field, b64_text, parse_pcr_banks, read_pcr_values
@@ -67,6 +68,7 @@ def verify_attestation(
     accept_derivations: tuple[str, ...] = DERIVATIONS,
     expected_nonce: bytes | None = None,
     client_key_sha256: bytes | None = None,
+    anchor: Anchoring | None = None,
 ) -> Verdict:
     """Appraise one ``tpm_attestation`` block (a response's ``_metadata.tpm_attestation``) for the
     request ``payload_id``: one finding per check in :data:`CHECKS`, and what the evidence showed.
@@ -76,6 +78,8 @@ def verify_attestation(
     ``expected_nonce`` replaces them with one exact extraData (attest-before-send).
     ``client_key_sha256`` (SHA-256 of the DER SPKI of the caller's own protocol 1.0 key) enables
     ``nomyo-audit-v2``; with it, ``facts.key_binding`` says ``"bound"`` or ``"absent"``.
+    ``anchor`` (:class:`Anchoring`: trust roots, and an activation the caller ran) appraises
+    ``aik_anchor``; without it the AIK is reported as not anchored, at no cost.
 
     Raises nothing for any evidence: missing, malformed or forged evidence is a failing finding
     with a stable code, never an exception. Pure and thread-safe: what it caches per AIK is
@@ -133,7 +137,8 @@ def verify_attestation(
         if client_key_sha256 is not None and "nonce_derivation" in facts:
             facts["key_binding"] = "bound" if facts["nonce_derivation"] == "nomyo-audit-v2" else "absent"
         checks.put(_CLOCK_SAFE if clock.safe else _CLOCK_NOT_SAFE)
-    checks.put(_NOT_ANCHORED)
+    # aik_anchor: an anchor is appraised only when the caller gives one (its roots, its activation)
+    checks.put(_NOT_ANCHORED if anchor is None else anchor(material.public, tpm_attestation, facts))
     attester = tpm_attestation.get("attester")
     if attester == "software":
         checks.put(_SOFTWARE_ATTESTER)

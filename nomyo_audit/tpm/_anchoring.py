@@ -1,0 +1,154 @@
+"""Anchor appraisal per quote at the cost of a dictionary lookup: the validated-chain cache, and the
+:class:`Anchoring` hook :func:`verify_attestation` calls for ``aik_anchor``. Pure, no I/O.
+
+A router quotes every reply with the same AIK and attaches the same chain, so a chain validated
+once is not validated again while nothing it depends on changed: the cache is keyed by the chain's
+bytes, the activation outcome, the AIK, the trust store and the vendors accepted, and an entry is
+used only while the time of appraisal lies inside the chain's validity window. Only passes are
+kept (a failure is re-appraised, and says why each time).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Collection, Mapping
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+
+from ..errors import EvidenceError
+from ._anchor import AnchorEvidence, AnchorResult, appraise_anchor, read_chain
+from ._public import Public
+from ._verdict import Finding
+
+__all__ = ["AnchorCache", "Anchoring", "evidence_in_block"]
+
+#: the aik_anchor finding of evidence that offers no anchor (the same text verify_attestation uses)
+NO_ANCHOR = Finding(
+    "aik_anchor",
+    "skip",
+    "aik_not_anchored",
+    "AIK not anchored to a hardware root of trust: no certificate chain, so the quote proves "
+    "consistency, not genuine hardware",
+)
+
+
+class AnchorCache:
+    """Passing appraisals, by everything they depend on, each used only inside its validity window.
+
+    Bounded (least recently used out) and safe to share between threads.
+    """
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self._entries: OrderedDict[tuple[Any, ...], tuple[Any, AnchorResult]] = OrderedDict()
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def appraise(
+        self,
+        aik: Public,
+        evidence: AnchorEvidence,
+        store: Any,
+        *,
+        at: datetime,
+        manufacturers: Collection[str] = (),
+    ) -> AnchorResult:
+        """:func:`appraise_anchor`, answered from the cache while the same pass still holds at ``at``."""
+        vendors = tuple(sorted(manufacturers))
+        key = (
+            evidence.kind,
+            evidence.chain,
+            evidence.activation,
+            evidence.ek_public,
+            aik.name,
+            id(store),
+            vendors,
+        )
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is store:
+            cached = entry[1]
+            # a pass is kept only with its window (see appraise below), so both ends are set
+            if cached.valid_from is not None and cached.valid_from <= at <= cached.valid_until:  # type: ignore[operator]
+                return cached
+        result = appraise_anchor(aik, evidence, store, at=at, manufacturers=vendors)
+        if result.finding.status == "pass" and result.valid_from is not None:
+            with self._lock:
+                self._entries[key] = (store, result)
+                self._entries.move_to_end(key)
+                while len(self._entries) > self._max:
+                    self._entries.popitem(last=False)
+        return result
+
+    def clear(self) -> None:
+        """Forget every appraisal (a trust store changed on disk, for example)."""
+        with self._lock:
+            self._entries.clear()
+
+
+#: the cache shared by every :class:`Anchoring` that is not given its own
+SHARED_CACHE = AnchorCache()
+
+
+class Anchoring:
+    """How :func:`verify_attestation` appraises ``aik_anchor``: against ``store`` (a TrustStore),
+    with ``evidence`` when the caller holds it (a credential activation it ran), else the AK
+    certificate chain the quote carries (``aik_cert_chain_b64``). ``at`` is when chains are judged
+    (default: the time of each appraisal; an offline re-check gives the recorded time)."""
+
+    __slots__ = ("at", "cache", "evidence", "manufacturers", "store")
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        evidence: AnchorEvidence | None = None,
+        at: datetime | None = None,
+        manufacturers: Collection[str] = (),
+        cache: AnchorCache | None = None,
+    ) -> None:
+        self.store = store
+        self.evidence = evidence
+        self.at = at
+        self.manufacturers = tuple(manufacturers)
+        self.cache = cache if cache is not None else SHARED_CACHE
+
+    def __call__(self, aik: Public, block: Mapping[str, Any], facts: Any) -> Finding:
+        """The ``aik_anchor`` finding for a quote whose signature by ``aik`` verified; the anchor's
+        facts go into ``facts``. Raises nothing."""
+        evidence = self.evidence
+        if evidence is None:
+            try:
+                evidence = evidence_in_block(block)
+            except EvidenceError as exc:
+                return Finding("aik_anchor", "fail", exc.code, exc.message)
+            if evidence is None:
+                return NO_ANCHOR
+        at = self.at if self.at is not None else datetime.now(timezone.utc)
+        result = self.cache.appraise(aik, evidence, self.store, at=at, manufacturers=self.manufacturers)
+        if result.facts:
+            facts.update(result.facts)
+            facts["chain_subjects"] = list(result.facts["chain_subjects"])
+        return result.finding
+
+
+def evidence_in_block(block: Mapping[str, Any]) -> AnchorEvidence | None:
+    """The ``ca`` anchor a ``tpm_attestation`` block offers (its ``aik_cert_chain_b64``), or None.
+
+    Raises :class:`EvidenceError` (``anchor_malformed``) for a field that is not a bounded list of
+    base64 certificates.
+    """
+    chain = block.get("aik_cert_chain_b64")
+    if chain is None:
+        return None
+    if not isinstance(chain, list) or not all(isinstance(c, str) for c in chain):
+        raise EvidenceError(
+            "aik_cert_chain_b64 is not a list of base64 certificates", code="anchor_malformed"
+        )
+    return _ca_evidence(tuple(chain))
+
+
+@lru_cache(maxsize=64)
+def _ca_evidence(chain_b64: tuple[str, ...]) -> AnchorEvidence:
+    """Decoded once per distinct chain text: a router attaches the same chain to every quote."""
+    return AnchorEvidence("ca", read_chain(list(chain_b64), "aik_cert_chain_b64"))
