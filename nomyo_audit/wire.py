@@ -36,10 +36,13 @@ from ._memory import wipe as _wipe
 from .errors import ProtocolError, SecurityError
 
 __all__ = [
+    "ACTIVATION_PATH",
     "AES_KEY_BYTES",
+    "AIK_CERTIFICATE_PATH",
     "ALGORITHM",
     "CLIENT_FIELDS",
     "COMPLETION_PATH",
+    "ENDORSEMENT_PATH",
     "GCM_NONCE_BYTES",
     "GCM_TAG_BYTES",
     "KEY_ALGORITHM",
@@ -98,6 +101,12 @@ MAX_JSON_DEPTH = 100
 PUBLIC_KEY_PATH = "/pki/public_key"
 #: Where a router serves a TPM quote over its key (``GET ?nonce=<64 hex>``); optional.
 KEY_ATTESTATION_PATH = "/pki/attestation"
+#: Where a router serves its EK public area, EK certificate chain and AIK (``GET``, anchoring extension).
+ENDORSEMENT_PATH = "/pki/endorsement"
+#: Where a router activates a credential made to its EK for its AIK (``POST``, anchoring extension).
+ACTIVATION_PATH = "/pki/activation"
+#: Where an enrollment CA hands a router its AK certificate chain (``POST``, admin key only).
+AIK_CERTIFICATE_PATH = "/pki/aik_certificate"
 #: Where a client ``POST``s an encrypted chat completion and gets the encrypted reply.
 COMPLETION_PATH = "/v1/chat/secure_completion"
 #: The values of the ``X-Security-Tier`` header; a client and a router refuse any other.
