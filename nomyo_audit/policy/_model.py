@@ -74,12 +74,18 @@ def parse_duration(value: int | str) -> int:
 class AikTrustSpec(TypedDict, total=False):
     """``spec.aik_trust``: which attestation keys a policy trusts."""
 
-    #: ``any`` (any key whose signature verifies), ``pinned`` (listed keys) or ``ca`` (certified keys)
-    mode: Literal["any", "pinned", "ca"]
+    #: ``any`` (any key whose signature verifies: not anchored), ``pinned`` (listed keys), ``ek``
+    #: (a credential activation against a certified EK) or ``ca`` (an AK certificate chain)
+    mode: Literal["any", "pinned", "ek", "ca"]
     #: AIK fingerprints (SHA-256 of the DER public key) or TPM names, hex
     pinned: list[str]
-    #: CA certificate files an AIK certificate must chain to
+    #: trust roots (``ek``: TPM manufacturer roots, ``ca``: enrollment CA roots): PEM/DER files or
+    #: directories, relative to the policy file; without it, the shipped manufacturer roots
+    roots: list[str]
+    #: the older name of ``roots``
     ca_certificates: list[str]
+    #: TPM manufacturers accepted (``id:49465800`` or a name such as ``Infineon``); any when absent
+    manufacturers: list[str]
 
 
 class CudaDeviceSpec(TypedDict, total=False):
@@ -105,6 +111,8 @@ class PolicySpec(TypedDict, total=False):
     pcr_selection: dict[str, list[int]]
     #: extraData derivations accepted
     nonce_binding: list[str]
+    #: the quote must bind the protocol 1.0 client key (``nomyo-audit-v2``, ``facts.key_binding``)
+    require_key_binding: bool
     aik_trust: AikTrustSpec
     memory_protection: list[str]
     cuda_device: CudaDeviceSpec
