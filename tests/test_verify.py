@@ -228,7 +228,7 @@ def test_quote_signed_by_a_different_aik(tpm):
         "quote_b64": b64(forged_attest),
         "signature_b64": b64(other.sign(forged_attest)),
     }
-    assert failing(verdict(forged)) == {"signer_name": "signer_mismatch"}
+    assert failing(verdict(forged)) == {"signer_name": "signer_parent_unknown"}
 
 
 def test_unrestricted_aik_fails_loudly():

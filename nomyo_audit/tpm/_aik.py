@@ -13,13 +13,22 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import NamedTuple
 
+from ..errors import EvidenceError
 from ._evidence import decode_b64
 from ._keys import PublicKey, public_key_fingerprint, to_crypto_key
 from ._marshal import ALG, HASH_NAMES, HASH_SIZES, HIERARCHIES, TPM_ST_ATTEST_QUOTE
 from ._public import ObjectAttributes, Public, parse_public
 from ._verdict import Finding
 
-__all__ = ["AikMaterial", "SignatureDescription", "aik_material", "describe_signature", "quote_facts"]
+__all__ = [
+    "AikMaterial",
+    "ChildSigner",
+    "SignatureDescription",
+    "aik_material",
+    "child_signer",
+    "describe_signature",
+    "quote_facts",
+]
 
 _SCHEME_NAMES = {ALG.RSASSA: "rsassa", ALG.RSAPSS: "rsapss", ALG.ECDSA: "ecdsa"}
 _ENCODINGS = ("TPMS_ATTEST", "TPM2B_ATTEST")
@@ -111,6 +120,55 @@ def aik_material(aik_b64: str) -> AikMaterial:
         MappingProxyType(parsed),
         schemes,
         MappingProxyType(by_shape),
+    )
+
+
+class ChildSigner(NamedTuple):
+    """What a child AIK's quotes must name as qualifiedSigner, given its parent's qualified name."""
+
+    #: u16(nameAlg) || H_nameAlg(parent QN || Name(AIK))
+    qualified_signer: bytes
+    #: the parent's qualified name, hex, as the verdict's facts record it
+    parent_hex: str
+    matches: Finding
+    mismatch: Finding
+
+
+@lru_cache(maxsize=256)
+def child_signer(aik_b64: str, parent_b64: str) -> ChildSigner:
+    """The signer a quote by a child AIK must name, from ``aik_parent_qualified_name_b64``: cached per
+    (AIK, parent), like :func:`aik_material`.
+
+    The parent's qualified name is unauthenticated, but it cannot lend the AIK attributes it lacks:
+    the qualifiedSigner it must produce is signed by the AIK and hashes the AIK's own public area,
+    so a match proves that public area (attributes included) is the one the TPM signed with.
+    Raises :class:`nomyo_audit.errors.EvidenceError` when the field is not base64 of a qualified
+    name (a 4-byte hierarchy handle, or nameAlg || digest).
+    """
+    aik = aik_material(aik_b64).public
+    parent = decode_b64(parent_b64, "aik_parent_qualified_name_b64")
+    alg = int.from_bytes(parent[:2], "big")
+    if not (len(parent) == 4 and parent[0] == 0x40) and len(parent) != 2 + HASH_SIZES.get(alg, -2):
+        raise EvidenceError(
+            "aik_parent_qualified_name_b64 is neither a hierarchy handle nor nameAlg || digest",
+            code="bad_parent_name",
+        )
+    return ChildSigner(
+        aik.qualified_name(parent),
+        parent.hex(),
+        Finding(
+            "signer_name",
+            "pass",
+            "signer_matches",
+            "qualifiedSigner is the AIK's qualified name under the parent the evidence names, "
+            "which proves the AIK's public area and attributes",
+        ),
+        Finding(
+            "signer_name",
+            "fail",
+            "signer_mismatch",
+            "qualifiedSigner is not the AIK's qualified name under the parent the evidence names",
+        ),
     )
 
 

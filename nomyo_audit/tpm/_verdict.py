@@ -75,6 +75,8 @@ class VerdictFacts(TypedDict, total=False):
     pcr_values: dict[str, dict[str, str]]
     #: which extraData derivation matched (:data:`nomyo_audit.tpm.DERIVATIONS`), or ``"exact"``
     nonce_derivation: str
+    #: the qualified name (hex) of the AIK's parent, for a child AIK whose qualifiedSigner matched it
+    aik_parent_qualified_name: str
     #: how the AIK is anchored (``"ca"`` or ``"ek"``), present only when ``aik_anchor`` passed
     anchor_kind: str
     #: the subjects of the anchoring chain, leaf first, and the SHA-256 (hex) of its root

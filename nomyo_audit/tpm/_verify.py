@@ -35,7 +35,7 @@ from functools import lru_cache
 from typing import Any, NamedTuple, cast
 
 from ..errors import EvidenceError
-from ._aik import AikMaterial, aik_material, describe_signature, quote_facts
+from ._aik import AikMaterial, ChildSigner, aik_material, child_signer, describe_signature, quote_facts
 from ._anchoring import Anchoring
 from ._attest import TPMSAttest, parse_attest
 from ._binding import DERIVATIONS, match_derivation
@@ -95,6 +95,11 @@ def verify_attestation(
         quote_bytes = b64_field(tpm_attestation, "quote_b64")
         signature_bytes = b64_field(tpm_attestation, "signature_b64")
         material = aik_material(b64_text(tpm_attestation, "aik_pubkey_b64"))
+        child = (
+            None
+            if tpm_attestation.get("aik_parent_qualified_name_b64") is None
+            else _child(tpm_attestation)
+        )
         signature = parse_signature(signature_bytes)
         attest = parse_attest(quote_bytes)
         # pcr_banks describes a quote: a structure of another type is refused by type, not by this
@@ -122,7 +127,9 @@ def verify_attestation(
         return checks.done(payload_id, facts, "the signature did not verify")
     checks.put(describe_signature(signature.sig_alg, signature.hash_alg).valid)
 
-    _check_structure(attest, material, checks)
+    _check_structure(attest, material, child, checks)
+    if child is not None and attest.qualified_signer == child.qualified_signer:
+        facts["aik_parent_qualified_name"] = child.parent_hex
     clock = attest.clock_info
     facts["clock"] = clock.clock
     facts["reset_count"] = clock.reset_count
@@ -181,22 +188,33 @@ def _scheme_mismatch(aik: Public, signature: Signature, checks: Checks) -> None:
         )
 
 
-def _check_structure(attest: TPMSAttest, material: AikMaterial, checks: Checks) -> None:
+def _child(block: Mapping[str, Any]) -> ChildSigner:
+    return child_signer(b64_text(block, "aik_pubkey_b64"), b64_text(block, "aik_parent_qualified_name_b64"))
+
+
+def _check_structure(
+    attest: TPMSAttest, material: AikMaterial, child: ChildSigner | None, checks: Checks
+) -> None:
     if attest.type != TPM_ST_ATTEST_QUOTE:
         checks.fail("quote_structure", "not_a_quote", f"the AIK signed a {attest.type_name}, not a quote")
     else:
         checks.put(_QUOTE)
-    signer = material.signers.get(attest.qualified_signer)
-    if signer is not None:
-        checks.put(signer)
+    if child is not None:  # the evidence names the AIK's parent: only the child's qualified name passes
+        checks.put(child.matches if attest.qualified_signer == child.qualified_signer else child.mismatch)
     else:
-        checks.fail(
-            "signer_name",
-            "signer_mismatch",
-            "qualifiedSigner is neither the AIK's name nor its qualified name as a primary key "
-            "(a child key's qualified name depends on parents the evidence does not carry)",
-        )
+        signer = material.signers.get(attest.qualified_signer)
+        checks.put(_PARENT_UNKNOWN if signer is None else signer)
     checks.put(material.attributes)
+
+
+_PARENT_UNKNOWN = Finding(
+    "signer_name",
+    "fail",
+    "signer_parent_unknown",
+    "qualifiedSigner is neither the AIK's name nor its qualified name as a primary key: the AIK may be "
+    "a child key, whose qualified name depends on a parent the evidence does not name "
+    "(aik_parent_qualified_name_b64), so its attributes are unproven",
+)
 
 
 def _check_pcrs(
