@@ -111,6 +111,13 @@ def _bind_failure(exc: OSError) -> str:
     type=click.Choice(["rsa2048-rsassa", "rsa2048-rsapss", "ecc256-ecdsa"]),
     help="Kind of the ephemeral attestation key.",
 )
+@click.option(
+    "--aik-parent",
+    default="primary",
+    show_default=True,
+    type=click.Choice(["primary", "ek"]),
+    help="Make the AIK a primary key, or a child of the EK (as tpm2_createak does).",
+)
 @click.option("--pcrs", default="sha256:0,7,10", show_default=True, help="PCR selection to quote.")
 @click.option(
     "--plain-endpoint",
@@ -157,6 +164,7 @@ def serve(
     model_tiers: tuple[str, ...],
     tpm_spec: str,
     aik: str,
+    aik_parent: str,
     pcrs: str,
     plain_endpoint: bool,
     max_connections: int,
@@ -187,7 +195,7 @@ def serve(
             api_keys=api_keys,
             model_tiers=tiers,
             plain_endpoint=plain_endpoint,
-            attester=make_attester(tpm_spec, aik, pcrs),
+            attester=make_attester(tpm_spec, aik, pcrs, aik_parent),
             max_connections=max_connections,
             header_timeout=header_timeout,
             body_timeout=body_timeout,
