@@ -202,7 +202,12 @@ def verify_record(record: Record) -> Verdict:
     payload_id = record.metadata.get("payload_id")
     pid = payload_id if isinstance(payload_id, str) else None
     evidence = record.metadata.get("tpm_attestation")
-    verdict = verify_attestation(evidence, pid, content_digest=record.content_digest)
+    # Offline there is no "our" key: the one the record names is checked (a client refuses a reply
+    # whose quote binds another key than its own, so an accepted reply names the client's key).
+    client_key = _recorded_client_key(record.metadata.get("client_key_sha256"))
+    verdict = verify_attestation(
+        evidence, pid, content_digest=record.content_digest, client_key_sha256=client_key
+    )
     if verdict.result == "pass" or record.digest_origin != "content" or record.response is None:
         return verdict
     # A response saved before RFC 8785 was adopted is bound to the digest of its older encoding
@@ -210,10 +215,19 @@ def verify_record(record: Record) -> Verdict:
     if any(f.code == "nonce_mismatch" for f in verdict.findings):
         legacy = legacy_content_digest(record.response)
         if legacy is not None:
-            retried = verify_attestation(evidence, pid, content_digest=legacy)
+            retried = verify_attestation(evidence, pid, content_digest=legacy, client_key_sha256=client_key)
             if not any(f.code == "nonce_mismatch" for f in retried.findings):
                 return retried
     return verdict
+
+
+def _recorded_client_key(value: object) -> bytes | None:
+    if not isinstance(value, str) or len(value) != 64 or not value.isascii():
+        return None
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return None
 
 
 def appraise(record: Record, policy: Policy | None = None, *, at: float | None = None) -> Appraisal:

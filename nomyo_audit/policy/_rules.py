@@ -185,7 +185,9 @@ def _pcr_selection(value: Mapping[str, list[int]], spec: PolicySpec) -> Check:
 
 
 def _nonce_binding(value: list[str], spec: PolicySpec) -> Check:
-    accepted = {d: RuleOutcome("nonce_binding", "pass", f"bound by {d}", ("nonce_matches",)) for d in value}
+    # nomyo-audit-v2 is nomyo-audit-v1 plus the client key: a policy accepting v1 accepts it too
+    names = [*value, "nomyo-audit-v2"] if "nomyo-audit-v1" in value else value
+    accepted = {d: RuleOutcome("nonce_binding", "pass", f"bound by {d}", ("nonce_matches",)) for d in names}
 
     def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
         finding = verdict.findings[_NONCE_BINDING]
@@ -200,6 +202,27 @@ def _nonce_binding(value: list[str], spec: PolicySpec) -> Check:
                 (finding.code,),
             )
         return RuleOutcome("nonce_binding", "fail", "the quote is not bound to this request", (finding.code,))
+
+    return check
+
+
+def _require_key_binding(value: bool, spec: PolicySpec) -> Check:
+    """Whether the quote binds the protocol 1.0 client key the caller holds (``facts.key_binding``,
+    set by the verifier from the caller's own key; the router's ``client_key_sha256`` never counts)."""
+    bound = RuleOutcome("require_key_binding", "pass", "the quote binds our client key", ("nonce_matches",))
+    absent = RuleOutcome(
+        "require_key_binding", "fail", "the quote does not bind our client key (the router does not bind it)"
+    )
+    unproved = RuleOutcome("require_key_binding", "fail", "no verified quote binds our client key")
+    skipped = RuleOutcome("require_key_binding", "skip", "client-key binding not required")
+
+    def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
+        if not value:
+            return skipped
+        binding = verdict.facts.get("key_binding")
+        if binding == "bound" and verdict.findings[_NONCE_BINDING].status == "pass":
+            return bound
+        return absent if binding == "absent" else unproved
 
     return check
 
@@ -360,6 +383,7 @@ RULES: tuple[tuple[str, Callable[[Any, PolicySpec], Check]], ...] = (
     ("pcrs", _pcrs),
     ("pcr_selection", _pcr_selection),
     ("nonce_binding", _nonce_binding),
+    ("require_key_binding", _require_key_binding),
     ("aik_trust", _aik_trust),
     ("memory_protection", _memory_protection),
     ("cuda_device", _cuda_device),
