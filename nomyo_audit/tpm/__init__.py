@@ -16,6 +16,7 @@ This package never imports :mod:`nomyo_audit.attest` (where evidence is made),
 so an auditor who only verifies never reaches attester code.
 """
 
+from ._ak_certificate import AkChainValidation, build_ak_certificate, validate_ak_chain
 from ._attest import ClockInfo, TPMSAttest, parse_attest
 from ._binding import (
     DERIVATIONS,
@@ -27,12 +28,20 @@ from ._binding import (
 )
 from ._credential import Credential, make_credential, parse_credential
 from ._ear import EAT_PROFILE, to_ear
+from ._ek_certificate import (
+    ChainValidation,
+    EkCertificate,
+    ek_matches_public,
+    parse_ek_certificate,
+    validate_ek_chain,
+)
 from ._evidence import parse_pcr_banks
 from ._keys import public_key_fingerprint
 from ._marshal import TPMStructureError
 from ._pcr_selection import PCRSelection, parse_pcr_selection_list, selection_text
 from ._public import EccPoint, ObjectAttributes, Public, parse_public
 from ._signature import Signature, parse_signature
+from ._trust_store import TrustStore
 from ._verdict import CHECKS, Finding, Status, Verdict, VerdictFacts
 from ._verify import verify_attestation
 
@@ -40,9 +49,12 @@ __all__ = [
     "CHECKS",
     "DERIVATIONS",
     "EAT_PROFILE",
+    "AkChainValidation",
+    "ChainValidation",
     "ClockInfo",
     "Credential",
     "EccPoint",
+    "EkCertificate",
     "Finding",
     "ObjectAttributes",
     "PCRSelection",
@@ -51,13 +63,17 @@ __all__ = [
     "Status",
     "TPMSAttest",
     "TPMStructureError",
+    "TrustStore",
     "Verdict",
     "VerdictFacts",
+    "build_ak_certificate",
+    "ek_matches_public",
     "key_binding",
     "make_credential",
     "match_derivation",
     "parse_attest",
     "parse_credential",
+    "parse_ek_certificate",
     "parse_pcr_banks",
     "parse_pcr_selection_list",
     "parse_public",
@@ -68,5 +84,7 @@ __all__ = [
     "response_content_digest",
     "selection_text",
     "to_ear",
+    "validate_ak_chain",
+    "validate_ek_chain",
     "verify_attestation",
 ]
