@@ -42,11 +42,13 @@ __all__ = [
     "ALGORITHM",
     "CLIENT_FIELDS",
     "COMPLETION_PATH",
+    "COMPLETION_V2_PATH",
     "ENDORSEMENT_PATH",
     "GCM_NONCE_BYTES",
     "GCM_TAG_BYTES",
     "KEY_ALGORITHM",
     "KEY_ATTESTATION_PATH",
+    "KEY_CONFIG_PATH",
     "MAX_JSON_DEPTH",
     "MAX_PACKAGE_BYTES",
     "MAX_PUBLIC_EXPONENT",
@@ -109,6 +111,10 @@ ACTIVATION_PATH = "/pki/activation"
 AIK_CERTIFICATE_PATH = "/pki/aik_certificate"
 #: Where a client ``POST``s an encrypted chat completion and gets the encrypted reply.
 COMPLETION_PATH = "/v1/chat/secure_completion"
+#: Where a router serves its protocol 2 key configuration (JSON, ``GET``; docs/protocol-v2.md).
+KEY_CONFIG_PATH = "/pki/v2/key_config"
+#: Where a client ``POST``s a protocol 2 (HPKE) chat completion and gets the sealed reply.
+COMPLETION_V2_PATH = "/v2/chat/secure_completion"
 #: The values of the ``X-Security-Tier`` header; a client and a router refuse any other.
 SECURITY_TIERS = ("standard", "high", "maximum")
 #: ``_metadata`` fields only the client computes (its verdict, its policy result, whether the reply
