@@ -8,9 +8,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 from types import TracebackType
 
 from ..errors import ConfigurationError
+from ._swtpm_ca import manufacture, store_chain, tools_available
 
 __all__ = ["SwtpmProcess", "swtpm_available"]
 
@@ -43,11 +45,20 @@ class SwtpmProcess:
     A fresh TPM (new state directory) each time, started with TPM2_Startup
     done, stopped and removed on exit. :meth:`start` raises
     :class:`nomyo_audit.errors.ConfigurationError` when swtpm is missing or does not start.
+
+    With ``ek_certificates`` (the default, when swtpm_setup is installed) the TPM is manufactured
+    with EK certificates signed by a local CA (:mod:`._swtpm_ca`), which plays the TPM
+    manufacturer: :attr:`ca_root_path` is its root certificate (PEM), for a verifier to trust.
     """
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", *, ek_certificates: bool = True) -> None:
         self.host = host
         self.port = 0
+        self.ek_certificates = ek_certificates and tools_available()
+        #: the local CA's root certificate (PEM) that the EK certificates chain to; None without them
+        self.ca_root_path: Path | None = None
+        #: the local CA's intermediate (PEM), also stored in the TPM's EK certificate chain index
+        self.ca_intermediate_path: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._state: tempfile.TemporaryDirectory[str] | None = None
 
@@ -62,6 +73,11 @@ class SwtpmProcess:
         if binary is None:
             raise ConfigurationError("swtpm is not installed (Debian: apt-get install swtpm swtpm-tools)")
         self._state = tempfile.TemporaryDirectory(prefix="nomyo-swtpm-")
+        tpm_state = Path(self._state.name) / "tpm"
+        tpm_state.mkdir()
+        if self.ek_certificates:
+            ca = manufacture(tpm_state, Path(self._state.name) / "ca")
+            self.ca_root_path, self.ca_intermediate_path = ca.root, ca.intermediate
         for _ in range(5):
             self.port = _free_port_pair(self.host)
             self._proc = subprocess.Popen(
@@ -74,7 +90,7 @@ class SwtpmProcess:
                     "--ctrl",
                     f"type=tcp,port={self.port + 1},bindaddr={self.host}",
                     "--tpmstate",
-                    f"dir={self._state.name}",
+                    f"dir={tpm_state}",
                     "--flags",
                     "not-need-init,startup-clear",
                 ],
@@ -83,6 +99,8 @@ class SwtpmProcess:
                 env={**os.environ},
             )
             if self._wait_listening():
+                if self.ca_intermediate_path is not None:
+                    store_chain(self.spec, self.ca_intermediate_path)
                 return self
             self._proc.kill()
             self._proc.wait()
