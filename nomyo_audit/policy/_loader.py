@@ -36,6 +36,7 @@ import jsonschema
 import yaml
 from jsonschema.exceptions import ValidationError
 
+from ._anchor_rule import resolve_roots
 from ._model import Policy, PolicyError, parse_duration
 
 __all__ = [
@@ -106,7 +107,9 @@ def load_policy(path: str | Path) -> Policy:
     """
     resolved = _locate(str(path))
     document = _resolve(resolved, (), [MAX_EXTENDS])
-    return Policy.from_document(document, source=str(path))
+    policy = Policy.from_document(document, source=str(path))
+    resolve_roots(policy.spec, resolved.parent)  # type: ignore[arg-type]  # aik_trust roots: relative to the file
+    return policy
 
 
 def _locate(reference: str) -> Path:

@@ -18,6 +18,7 @@ from typing import Any, Literal, NamedTuple
 
 from ..tpm._structures import HASH_NAMES
 from ..tpm._verify import CHECKS, Verdict, parse_pcr_banks
+from ._anchor_rule import anchored_check
 from ._model import PolicySpec, parse_duration
 
 __all__ = ["RULES", "Check", "RuleOutcome"]
@@ -250,13 +251,11 @@ def _aik_trust(value: Mapping[str, Any], spec: PolicySpec) -> Check:
             return RuleOutcome(
                 "aik_trust", "fail", f"AIK {str(fingerprint)[:16]}... is not pinned", ("signature_valid",)
             )
-        return RuleOutcome(
-            "aik_trust",
-            "fail",
-            "the evidence carries no AIK certificate chain to check against the CAs",
-            ("aik_not_anchored",),
-        )
+        outcome: RuleOutcome = anchored(metadata, verdict, now)
+        return outcome
 
+    # ek and ca: the AIK must be anchored (the roots are read when a reply first needs them)
+    anchored: Any = anchored_check(mode, value) if mode in ("ek", "ca") else None
     return check
 
 

@@ -1,0 +1,185 @@
+"""``aik_trust`` modes ``ek`` and ``ca``: the AIK must be anchored to a hardware root of trust.
+
+A verdict whose ``aik_anchor`` the caller already appraised (the client after a credential
+activation, ``--tpm-roots`` on the command line) is judged by that finding. A verdict made without
+an anchor (``aik_not_anchored``) is anchored here, from the evidence itself: the AK certificate
+chain the quote carries (``ca``), or the activation the client recorded in
+``_metadata.verification.anchor`` (``ek``), against the policy's ``roots:`` (or the shipped
+manufacturer roots). Reading the roots is this module's only I/O, done once per policy, when a
+reply first needs them; appraisals are cached by chain (:class:`nomyo_audit.tpm._anchoring.AnchorCache`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import EvidenceError, NomyoAuditError
+from ..tpm._aik import aik_material
+from ..tpm._anchor import AnchorEvidence, AnchorResult, not_anchored
+from ..tpm._anchoring import SHARED_CACHE, evidence_in_block
+from ..tpm._verdict import CHECKS, Verdict
+
+__all__ = ["anchored_check", "load_roots", "resolve_roots"]
+
+_ANCHOR = CHECKS.index("aik_anchor")
+_KIND_TEXT = {"ek": "a credential activation against a certified EK", "ca": "an AK certificate chain"}
+
+
+def load_roots(paths: tuple[str, ...]) -> Any:
+    """The trust store of ``paths`` (PEM/DER files or directories), or the shipped manufacturer
+    roots when there are none. Raises :class:`nomyo_audit.errors.CertificateError` (``cert_trust_store``)."""
+    from ..tpm import TrustStore  # type: ignore[attr-defined,unused-ignore]
+
+    if not paths:
+        return TrustStore.bundled()
+    store = None
+    for path in paths:
+        part = TrustStore.from_directory(path) if Path(path).is_dir() else TrustStore.from_pem(_read(path))
+        store = part if store is None else store | part
+    return store
+
+
+def _read(path: str) -> bytes:
+    from ..errors import CertificateError
+
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(1 << 20)
+    except OSError as exc:
+        raise CertificateError(f"trust root {path}: {exc.strerror}", code="cert_trust_store") from None
+
+
+class _Store:
+    """The policy's roots, read once, when a reply first needs them (never while loading a policy)."""
+
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        self.paths = paths
+        self._lock = threading.Lock()
+        self._store: Any = None
+        self._error: NomyoAuditError | None = None
+
+    def get(self) -> Any:
+        if self._store is None and self._error is None:
+            with self._lock:
+                if self._store is None and self._error is None:
+                    try:
+                        self._store = load_roots(self.paths)
+                    except NomyoAuditError as exc:
+                        self._error = exc
+        if self._error is not None:
+            raise self._error
+        return self._store
+
+
+def anchored_check(kind: str, value: Mapping[str, Any]) -> Any:
+    """The per-reply check of ``aik_trust: {mode: ek|ca}`` (its signature already verified)."""
+    from ._rules import RuleOutcome
+
+    vendors = tuple(value.get("manufacturers", ()))
+    roots = _Store(tuple(value.get("roots", ()) or value.get("ca_certificates", ())))
+    wanted = {v.lower() for v in vendors}
+
+    def judge(result_code: str, status: str, detail: str, facts: Mapping[str, Any]) -> Any:
+        if status == "pass":
+            if facts.get("anchor_kind") != kind:
+                return RuleOutcome(
+                    "aik_trust",
+                    "fail",
+                    f"the AIK is anchored by {facts.get('anchor_kind')}, not {kind}",
+                    (result_code,),
+                )
+            if wanted and str(facts.get("manufacturer", "")).lower() not in wanted:
+                return RuleOutcome(
+                    "aik_trust",
+                    "fail",
+                    f"TPM manufacturer {facts.get('manufacturer')} is not accepted",
+                    (result_code,),
+                )
+            return RuleOutcome(
+                "aik_trust", "pass", f"the AIK is anchored by {_KIND_TEXT[kind]}", (result_code,)
+            )
+        return RuleOutcome(
+            "aik_trust", "fail", f"the AIK is not anchored by {_KIND_TEXT[kind]}: {detail}", (result_code,)
+        )
+
+    def check(metadata: Mapping[str, Any], verdict: Verdict, now: float | None) -> Any:
+        finding = verdict.findings[_ANCHOR]
+        if finding.status == "pass" and verdict.facts.get("anchor_kind") == kind:
+            return judge(finding.code, "pass", finding.detail, verdict.facts)
+        if finding.status == "fail":
+            return judge(finding.code, "fail", finding.detail, {})
+        result = _appraise_here(kind, metadata, verdict, roots, vendors, now)
+        return judge(result.finding.code, result.finding.status, result.finding.detail, result.facts)
+
+    return check
+
+
+def _appraise_here(
+    kind: str,
+    metadata: Mapping[str, Any],
+    verdict: Verdict,
+    roots: _Store,
+    vendors: tuple[str, ...],
+    now: float | None,
+) -> AnchorResult:
+    """Anchor a verdict made without an anchor, from what the evidence and the client's record hold."""
+    block = metadata.get("tpm_attestation")
+    if not isinstance(block, Mapping):
+        return not_anchored("no TPM evidence")
+    try:
+        material = aik_material(block.get("aik_pubkey_b64"))
+        if material.facts.get("aik_name") != verdict.facts.get("aik_name"):
+            return not_anchored("the AIK is not the one whose signature verified", "aik_mismatch")
+        evidence = _evidence(kind, metadata, block)
+        if evidence is None:
+            what = "an AK certificate chain" if kind == "ca" else "a recorded credential activation"
+            return not_anchored(f"the evidence carries no {what}")
+        store = roots.get()
+    except EvidenceError as exc:
+        return AnchorResult(_failed(exc.code, exc.message), {})
+    except (NomyoAuditError, TypeError) as exc:
+        return AnchorResult(_failed(getattr(exc, "code", "anchor_malformed"), str(exc)[:200]), {})
+    at = _when(evidence, now)
+    return SHARED_CACHE.appraise(material.public, evidence, store, at=at, manufacturers=vendors)
+
+
+def _evidence(kind: str, metadata: Mapping[str, Any], block: Mapping[str, Any]) -> AnchorEvidence | None:
+    if kind == "ca":
+        return evidence_in_block(block)
+    verification = metadata.get("verification")
+    recorded = verification.get("anchor") if isinstance(verification, Mapping) else None
+    if recorded is None:
+        return None
+    evidence = AnchorEvidence.from_dict(recorded)
+    return evidence if evidence.kind == "ek" else None
+
+
+def _when(evidence: AnchorEvidence, now: float | None) -> datetime:
+    """An activation's EK chain is judged when it was validated; an AK chain when the reply is."""
+    if evidence.kind == "ek" and evidence.validated_at is not None:
+        return evidence.validated_at
+    if now is not None:
+        return datetime.fromtimestamp(now, timezone.utc)
+    return datetime.now(timezone.utc)
+
+
+def _failed(code: str, detail: str) -> Any:
+    from ..tpm._verdict import Finding
+
+    return Finding("aik_anchor", "fail", code, detail)
+
+
+def resolve_roots(spec: dict[str, Any], base: Path) -> None:
+    """Make ``aik_trust.roots`` relative to the policy file's directory, in ``spec`` only (the
+    policy's digest is over the document as written, so it does not depend on where it lies)."""
+    trust = spec.get("aik_trust")
+    if not isinstance(trust, Mapping):
+        return
+    key = "roots" if "roots" in trust else "ca_certificates"
+    paths = trust.get(key)
+    if isinstance(paths, list):
+        spec["aik_trust"] = {**trust, key: [str(base / p) for p in paths]}
