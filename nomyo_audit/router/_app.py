@@ -52,6 +52,7 @@ from ..wire import (
     parse_package,
     public_key_pem,
 )
+from ._anchoring import anchoring_routes
 from ._backends import Backend, BackendError, EchoBackend
 from ._environment import cuda_device_info, memory_protection_metadata
 from ._key_binding import attest_reply
@@ -119,6 +120,12 @@ class RouterConfig:
     max_buffered_bytes: int = 256 * 1024 * 1024
     #: Seconds for a request's body to arrive once its headers have; then 408, connection closed.
     body_timeout: float = 60.0
+    #: Bearer keys that may install an AK certificate chain (``POST /pki/aik_certificate``); none: refused.
+    admin_keys: tuple[str, ...] = ()
+    #: Credential activations (one TPM operation each) per second, on average (router/_anchoring.py).
+    activation_rate: float = 2.0
+    #: The most activations the bucket lets through at once, after a quiet spell.
+    activation_burst: int = 10
 
     async def aclose(self) -> None:
         """Release the backend's connections and the TPM session."""
@@ -251,6 +258,7 @@ def create_app(config: RouterConfig) -> Starlette:
         Route(KEY_ATTESTATION_PATH, key_attestation, methods=["GET"]),
         Route(COMPLETION_PATH, secure_completion, methods=["POST"]),
     ]
+    routes += anchoring_routes(config)  # GET /pki/endorsement, POST /pki/activation, /pki/aik_certificate
     if config.plain_endpoint:
         routes.append(Route("/v1/chat/completions", plain_completion, methods=["POST"]))
     app = Starlette(
