@@ -11,6 +11,8 @@ names every deviation from RFC 5280 DER it tolerates in ``quirks``:
   roots and the EK certificates they issued); ``cryptography`` refuses these.
 * ``non_minimal_serial``, ``non_positive_serial``, ``oversized_serial``: serial numbers that are
   not minimal DER, are zero or negative, or are longer than 20 octets.
+* ``ecdsa_null_parameters``: an ECDSA signature AlgorithmIdentifier with NULL parameters, which
+  RFC 5758 forbids (an Intel PTT CA certificate); ``cryptography`` 50 refuses it.
 
 ``cryptography`` still gives the :class:`x509.Certificate` callers see: when its loader refuses
 the bytes, the certificate is re-encoded with only those repairs (the padding cut, the SETs
@@ -161,6 +163,8 @@ def read_certificate(data: bytes) -> RawCertificate:
     if serial.tag != INTEGER or not serial.value or inner_algorithm.raw != algorithm.raw:
         raise malformed("bad serial or signature algorithm")
     quirks += _serial_quirks(serial.value)
+    if _ecdsa_with_null(algorithm):
+        quirks.append("ecdsa_null_parameters")
     for name in (issuer, subject):
         if name.tag != SEQUENCE:
             raise malformed("bad Name")
@@ -331,13 +335,27 @@ def _load(
         number = int.from_bytes(fields[0].value, "big", signed=True)
         serial = encode_tlv(INTEGER, number.to_bytes(number.bit_length() // 8 + 1, "big", signed=True))
         issuer, subject = (_sorted_name(fields[index]) for index in (2, 4))
-        repaired = [*(e.raw for e in head), serial, fields[1].raw, issuer, fields[3].raw, subject]
+        algorithm_der = (
+            encode_tlv(SEQUENCE, algorithm.children()[0].raw)
+            if _ecdsa_with_null(algorithm)
+            else algorithm.raw
+        )
+        repaired = [*(e.raw for e in head), serial, algorithm_der, issuer, fields[3].raw, subject]
         repaired += [e.raw for e in fields[5:]]
-        body = encode_tlv(SEQUENCE, b"".join(repaired)) + algorithm.raw + signature.raw
+        body = encode_tlv(SEQUENCE, b"".join(repaired)) + algorithm_der + signature.raw
         try:
             return x509.load_der_x509_certificate(encode_tlv(SEQUENCE, body)), True
         except ValueError as exc:
             raise malformed(f"unreadable even after the known repairs ({exc})") from None
+
+
+def _ecdsa_with_null(algorithm: TLV) -> bool:
+    parts = algorithm.children()
+    return (
+        len(parts) == 2
+        and parts[1].raw == b"\x05\x00"
+        and decode_oid(parts[0]).startswith("1.2.840.10045.4.")
+    )
 
 
 def _sorted_name(name: TLV) -> bytes:
