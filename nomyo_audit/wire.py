@@ -48,6 +48,7 @@ __all__ = [
     "GCM_TAG_BYTES",
     "KEY_ALGORITHM",
     "KEY_ATTESTATION_PATH",
+    "KEY_CONFIG_ATTESTATION_PATH",
     "KEY_CONFIG_PATH",
     "MAX_JSON_DEPTH",
     "MAX_PACKAGE_BYTES",
@@ -113,6 +114,8 @@ AIK_CERTIFICATE_PATH = "/pki/aik_certificate"
 COMPLETION_PATH = "/v1/chat/secure_completion"
 #: Where a router serves its protocol 2 key configuration (JSON, ``GET``; docs/protocol-v2.md).
 KEY_CONFIG_PATH = "/pki/v2/key_config"
+#: Where a router serves a TPM quote over its key configuration's digest (``GET ?nonce=<hex>``).
+KEY_CONFIG_ATTESTATION_PATH = "/pki/v2/attestation"
 #: Where a client ``POST``s a protocol 2 (HPKE) chat completion and gets the sealed reply.
 COMPLETION_V2_PATH = "/v2/chat/secure_completion"
 #: The values of the ``X-Security-Tier`` header; a client and a router refuse any other.
