@@ -29,6 +29,7 @@ __all__ = [
     "CertificateError",
     "ConfigurationError",
     "CredentialError",
+    "EnrollmentError",
     "EvidenceError",
     "ExitCode",
     "ForbiddenError",
@@ -204,3 +205,15 @@ class CredentialError(EvidenceError):
     """
 
     code = "credential_malformed"
+
+
+class EnrollmentError(SecurityError):
+    """An enrollment CA refused to certify an AIK (``nomyo_audit.ca``); no certificate was issued.
+
+    ``code`` is one of ``no_ek_certificate``, ``ek_mismatch`` (the EK certificate is for another EK),
+    ``aik_attributes``, ``activation_wrong_secret``, ``activation_replayed``, ``unknown_enrollment``,
+    ``enrollment_expired``, or the router's refusal code (``aik_mismatch``, ``activation_failed``...).
+    Certificate failures are :class:`CertificateError` with their own codes.
+    """
+
+    code = "enrollment_refused"
