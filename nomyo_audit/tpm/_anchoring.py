@@ -15,14 +15,15 @@ from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from ..errors import EvidenceError
+from ._aik import aik_material
 from ._anchor import AnchorEvidence, AnchorResult, appraise_anchor, read_chain
 from ._public import Public
-from ._verdict import Finding
+from ._verdict import Finding, Verdict, VerdictFacts
 
-__all__ = ["AnchorCache", "Anchoring", "evidence_in_block"]
+__all__ = ["AnchorCache", "Anchoring", "evidence_in_block", "with_anchor"]
 
 #: the aik_anchor finding of evidence that offers no anchor (the same text verify_attestation uses)
 NO_ANCHOR = Finding(
@@ -152,3 +153,24 @@ def evidence_in_block(block: Mapping[str, Any]) -> AnchorEvidence | None:
 def _ca_evidence(chain_b64: tuple[str, ...]) -> AnchorEvidence:
     """Decoded once per distinct chain text: a router attaches the same chain to every quote."""
     return AnchorEvidence("ca", read_chain(list(chain_b64), "aik_cert_chain_b64"))
+
+
+def with_anchor(verdict: Verdict, block: Mapping[str, Any] | None, anchoring: Anchoring) -> Verdict:
+    """``verdict`` with its ``aik_anchor`` appraised by ``anchoring``, for a verdict made without one.
+
+    Only a verdict whose signature verified is anchored (nothing in an unsigned quote is believed);
+    the AIK is the one that verdict proved. Raises nothing.
+    """
+    if verdict.finding("signature").status != "pass" or not isinstance(block, Mapping):
+        return verdict
+    try:
+        material = aik_material(block.get("aik_pubkey_b64"))
+    except (EvidenceError, TypeError):
+        return verdict
+    facts = cast(VerdictFacts, dict(verdict.facts))
+    if material.facts.get("aik_name") != facts.get("aik_name"):
+        return verdict
+    finding = anchoring(material.public, block, facts)
+    findings = tuple(finding if f.check == "aik_anchor" else f for f in verdict.findings)
+    failures = tuple(f for f in findings if f.status == "fail")
+    return verdict._replace(findings=findings, facts=facts, failures=failures)
