@@ -57,6 +57,7 @@ from ..wire import (
     key_fingerprint,
     parse_package,
 )
+from ._activation import Activations, anchor_reply, ensure_activation, wants_activation
 from ._audit import outcome_of, record_call
 from ._call import CompletionCall, check_payload_id, validate_security_tier
 from ._errors import FINAL_CONNECTION_CODES, within
@@ -107,6 +108,7 @@ class SecureCompletionClient:
         self._policies: dict[str, Policy] = {}
         self.policy = self._as_policy(policy)
         self._attested = KeyAttestations()
+        self._activations = Activations()  # aik_trust ek: activated AIKs, per policy TTL
         self._key_attested_until = self._attested.until  # tests expire attestations through it
         self.allow_http = allow_http
         if not isinstance(max_retries, int) or max_retries < 0:
@@ -318,9 +320,11 @@ class SecureCompletionClient:
     async def _gated_send(self, call: CompletionCall) -> dict[str, Any]:
         if call.policy is not None and call.policy.require_key_attestation:
             await self.attest_server_key(call.policy)
+        anchor = await ensure_activation(self, call.policy) if wants_activation(call.policy) else None
         opened = await self._send(call)
+        verdict = opened.verdict if anchor is None else anchor_reply(opened.response, opened.verdict, *anchor)
         if call.policy is not None:
-            apply_policy(call.policy, opened.response, opened.verdict, now=time.time())
+            apply_policy(call.policy, opened.response, verdict, now=time.time())
         return opened.response
 
     async def attest_server_key(self, policy: Policy) -> None:

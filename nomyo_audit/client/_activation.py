@@ -1,0 +1,215 @@
+"""Credential activation before any prompt is sent, for ``aik_trust: {mode: ek}`` (issue 12 section 3).
+
+The client proves that the router's AIK lives in the same TPM as an EK a TPM manufacturer
+certified: it reads ``GET /pki/endorsement``, validates the EK certificate chain to the policy's
+roots, makes a credential (TPM2_MakeCredential, pure Python) for the AIK's name to the EK, with a
+fresh random secret, and posts it to ``POST /pki/activation``. Only the TPM holding both the EK
+and an object of that name can return the secret. The answer is compared in constant time.
+
+The outcome is cached per AIK for the policy's ``key_attestation_ttl``; every reply's quote is then
+anchored from it (:func:`anchor_reply`), and a quote by another AIK than the one activated fails
+``aik_anchor`` (``activation_other_aik``). A replayed or wrong answer cannot match a fresh secret.
+The secret never leaves this module: not in errors, logs or the audit record.
+
+:func:`challenge` and :func:`judge_answer` are pure; :class:`Activations` holds the cache; the
+HTTP round trip is the client's (:meth:`SecureCompletionClient._gated_send`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from ..errors import CertificateError, EvidenceError, SecurityError
+from ..policy import Policy
+from ..tpm._anchor import ActivationOutcome, AnchorEvidence
+from ..tpm._anchoring import Anchoring, with_anchor
+from ..tpm._verdict import Verdict
+
+__all__ = ["Activations", "Challenge", "anchor_reply", "challenge", "judge_answer", "wants_activation"]
+
+_VERSION = 1
+#: the largest endorsement or activation reply read (an EK chain is a few kilobytes)
+_MAX_REPLY = 256 * 1024
+
+
+def wants_activation(policy: Policy | None) -> bool:
+    """Whether ``policy`` asks for a credential activation (``aik_trust: {mode: ek}``)."""
+    trust = policy.spec.get("aik_trust") if policy is not None else None
+    return isinstance(trust, Mapping) and trust.get("mode") == "ek"
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One activation in flight: the request body to post, and what judging the answer needs."""
+
+    body: dict[str, Any]
+    aik_name: bytes
+    evidence: AnchorEvidence
+    _secret: bytes
+
+    def __repr__(self) -> str:  # the secret is never shown
+        return f"Challenge(aik_name={self.aik_name.hex()})"
+
+
+def challenge(document: Any, store: Any, *, at: datetime) -> Challenge:
+    """Validate the router's endorsement (``GET /pki/endorsement``) and make a credential for its AIK.
+
+    Raises :class:`SecurityError`: ``activation_unavailable`` (no EK certificate: a software
+    attester), ``activation_malformed`` (a body that is not the documented one), or the certificate
+    layer's code (``cert_unchained``, ``cert_expired``, ...) for an EK chain that does not validate,
+    ``ek_public_mismatch`` for an EK public area that is not the certified key.
+    """
+    from ..tpm import ek_matches_public, make_credential, parse_public, validate_ek_chain
+    from ..tpm._anchor import read_chain
+
+    if not isinstance(document, Mapping) or document.get("version") != _VERSION:
+        raise SecurityError(
+            "the router's endorsement is not a version 1 document", code="activation_malformed"
+        )
+    if document.get("ek_certificate_b64") is None:
+        raise SecurityError(
+            "the router serves no EK certificate, so its AIK cannot be anchored; nothing was sent",
+            code="activation_unavailable",
+        )
+    try:
+        chain = read_chain(
+            [document.get("ek_certificate_b64"), *_list(document.get("ek_chain_b64"))], "ek_chain_b64"
+        )
+        ek_public_bytes = base64.b64decode(str(document.get("ek_public_b64")), validate=True)
+        aik = parse_public(base64.b64decode(str(document.get("aik_pubkey_b64")), validate=True))
+        ek_public = parse_public(ek_public_bytes)
+        validated = validate_ek_chain(chain[0], chain[1:], store, at=at)
+        if not ek_matches_public(validated.ek, ek_public):
+            raise SecurityError("the router's EK is not the certified EK", code="ek_public_mismatch")
+        secret = os.urandom(32)
+        credential = make_credential(ek_public, aik.name, secret)
+    except CertificateError as exc:
+        raise SecurityError(f"the router's EK certificate: {exc.message}", code=exc.code) from None
+    except (EvidenceError, ValueError) as exc:
+        raise SecurityError(f"the router's endorsement: {exc}"[:300], code="activation_malformed") from None
+    body = {
+        "version": _VERSION,
+        "aik_name_b64": base64.b64encode(aik.name).decode(),
+        "id_object_b64": base64.b64encode(credential.id_object).decode(),
+        "encrypted_secret_b64": base64.b64encode(credential.encrypted_secret).decode(),
+    }
+    evidence = AnchorEvidence("ek", chain, None, ek_public_bytes, at)
+    return Challenge(body, aik.name, evidence, secret)
+
+
+def judge_answer(pending: Challenge, status: int, document: Any, *, at: datetime) -> AnchorEvidence:
+    """The anchor evidence of a successful activation, or :class:`SecurityError`:
+    ``activation_failed`` (the router or its TPM refused), ``activation_mismatch`` (another secret:
+    a wrong EK, another AIK, or a replayed answer)."""
+    if status != 200 or not isinstance(document, Mapping):
+        code = _error_code(document)
+        raise SecurityError(
+            f"credential activation failed: HTTP {status} ({code}); nothing was sent",
+            code="activation_failed",
+        )
+    answer = document.get("secret_b64")
+    try:
+        returned = base64.b64decode(str(answer), validate=True) if isinstance(answer, str) else b""
+    except ValueError:
+        returned = b""
+    if not hmac.compare_digest(returned, pending._secret):
+        raise SecurityError(
+            "the router did not return the activated secret (another EK or AIK, or a replay); "
+            "nothing was sent",
+            code="activation_mismatch",
+        )
+    ek_sha256 = _sha256(pending.evidence.chain[0])
+    outcome = ActivationOutcome(pending.aik_name.hex(), ek_sha256, "pass", at)
+    evidence = pending.evidence
+    return AnchorEvidence(evidence.kind, evidence.chain, outcome, evidence.ek_public, evidence.validated_at)
+
+
+class Activations:
+    """Activated AIKs (by the router they were fetched from), each until the policy's TTL runs out."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, tuple[float, AnchorEvidence]] = {}
+
+    def fresh(self, router: str) -> AnchorEvidence | None:
+        """The anchor evidence of the router's last activation, if it has not expired."""
+        held = self._until.get(router)
+        return held[1] if held is not None and held[0] > time.monotonic() else None
+
+    def passed(self, router: str, evidence: AnchorEvidence, ttl: float) -> None:
+        self._until[router] = (time.monotonic() + ttl, evidence)
+
+
+def anchor_reply(response: dict[str, Any], verdict: Verdict, evidence: AnchorEvidence, store: Any) -> Verdict:
+    """Anchor one reply's verdict with the activation, and record it in ``_metadata.verification``
+    (with the evidence an auditor re-checks offline). Returns the anchored verdict."""
+    metadata = response.get("_metadata")
+    block = metadata.get("tpm_attestation") if isinstance(metadata, dict) else None
+    anchored = with_anchor(verdict, block, Anchoring(store, evidence=evidence, at=evidence.validated_at))
+    if isinstance(metadata, dict):
+        verification = anchored.to_dict()
+        prior = metadata.get("verification")
+        if isinstance(prior, Mapping):  # keep what the exchange recorded beside the verdict
+            verification = {**prior, **verification}
+        verification["anchor"] = evidence.to_dict()
+        metadata["verification"] = verification
+    return anchored
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _error_code(document: object) -> str:
+    error = document.get("error") if isinstance(document, Mapping) else None
+    code = error.get("code") if isinstance(error, Mapping) else None
+    return code[:40] if isinstance(code, str) else "no error code"
+
+
+def _sha256(der: bytes) -> str:
+    from ..tpm import parse_ek_certificate
+
+    return str(parse_ek_certificate(der).sha256)
+
+
+def now_utc() -> datetime:
+    """The time activations are validated at."""
+    return datetime.now(timezone.utc)
+
+
+async def ensure_activation(client: Any, policy: Policy | None) -> tuple[AnchorEvidence, Any]:
+    """The router's AIK activated (from the cache within the policy's TTL, else a round trip now),
+    and the trust store it was validated against. Raises :class:`SecurityError` as
+    :func:`challenge` and :func:`judge_answer` do; nothing is sent before it returns."""
+    from ..policy._anchor_rule import load_roots
+    from ..wire import ACTIVATION_PATH, ENDORSEMENT_PATH
+
+    assert policy is not None  # wants_activation(policy) was true
+    trust = policy.spec.get("aik_trust", {})
+    try:
+        store = load_roots(tuple(trust.get("roots", ()) or trust.get("ca_certificates", ())))
+    except CertificateError as exc:
+        raise SecurityError(f"the policy's trust roots: {exc.message}", code=exc.code) from None
+    held: Activations = client._activations
+    evidence = held.fresh(client.router_url)
+    if evidence is not None:
+        return evidence, store
+    url = client.router_url
+    reply = await client._request("GET", url + ENDORSEMENT_PATH, limit=_MAX_REPLY)
+    if reply.status_code != 200:
+        raise SecurityError(
+            f"the router serves no endorsement (HTTP {reply.status_code}); the policy requires an activated "
+            "AIK, so nothing was sent",
+            code="activation_unavailable",
+        )
+    pending = challenge(reply.json_or_none("endorsement"), store, at=now_utc())
+    answer = await client._request("POST", url + ACTIVATION_PATH, limit=_MAX_REPLY, json=pending.body)
+    evidence = judge_answer(pending, answer.status_code, answer.json_or_none("activation"), at=now_utc())
+    held.passed(url, evidence, policy.key_attestation_ttl)
+    return evidence, store
