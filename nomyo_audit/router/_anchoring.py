@@ -28,35 +28,30 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..ca._messages import (
+from .._anchoring_wire import (
     ANCHORING_VERSION,
     MAX_MESSAGE_BYTES,
     b64,
+    certifies,
     error_body,
     parse_activation_request,
     parse_chain_upload,
 )
 from ..errors import ConfigurationError, CredentialError, EvidenceError, ProtocolError
-from ..tpm._keys import to_crypto_key
-from ..tpm._marshal import TPMStructureError
 from ..tpm._public import parse_public
 from ..wire import ACTIVATION_PATH, AIK_CERTIFICATE_PATH, ENDORSEMENT_PATH
 
 if TYPE_CHECKING:
     from ._app import RouterConfig
 
-__all__ = ["AnchoringRejected", "RateLimit", "anchoring_routes", "certifies"]
+__all__ = ["AnchoringRejected", "RateLimit", "anchoring_routes"]
 
 logger = logging.getLogger("nomyo_audit.router")
-
-_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 class AnchoringRejected(Exception):
@@ -89,17 +84,6 @@ class RateLimit:
         return (1 - self._tokens) / self.rate
 
 
-def certifies(certificate_der: bytes, aik_public: bytes) -> bool:
-    """Whether the certificate's key is exactly the AIK's (same SubjectPublicKeyInfo). False for bytes
-    that are not a certificate or an AIK that cannot be read."""
-    try:
-        certificate = x509.load_der_x509_certificate(certificate_der)
-        key = to_crypto_key(parse_public(aik_public))
-        return bool(certificate.public_key().public_bytes(*_SPKI) == key.public_bytes(*_SPKI))
-    except (ValueError, TPMStructureError):
-        return False
-
-
 def anchoring_routes(config: RouterConfig) -> list[Route]:
     """The three anchoring routes for ``config``'s attester (each answers 404 ``no_endorsement`` when
     the attester has no EK)."""
@@ -118,10 +102,14 @@ def anchoring_routes(config: RouterConfig) -> list[Route]:
         try:
             body = await run_in_threadpool(method("endorsement"))
         except LookupError:
-            raise AnchoringRejected(404, "no_endorsement", "this router's attester has no endorsement key") from None
+            raise AnchoringRejected(
+                404, "no_endorsement", "this router's attester has no endorsement key"
+            ) from None
         except ConfigurationError as exc:
             logger.error("endorsement failed: %s", exc.code)
-            raise AnchoringRejected(503, "tpm_unavailable", "the TPM could not produce its endorsement") from None
+            raise AnchoringRejected(
+                503, "tpm_unavailable", "the TPM could not produce its endorsement"
+            ) from None
         return JSONResponse(body)
 
     async def activation(request: Request) -> Response:
@@ -141,9 +129,13 @@ def anchoring_routes(config: RouterConfig) -> list[Route]:
             )
         async with busy:
             try:
-                secret: bytes = await run_in_threadpool(activate, challenge.id_object, challenge.encrypted_secret)
+                secret: bytes = await run_in_threadpool(
+                    activate, challenge.id_object, challenge.encrypted_secret
+                )
             except LookupError:
-                raise AnchoringRejected(404, "no_endorsement", "this router's attester has no endorsement key") from None
+                raise AnchoringRejected(
+                    404, "no_endorsement", "this router's attester has no endorsement key"
+                ) from None
             except CredentialError as exc:
                 status = 422 if exc.code == "activation_failed" else 400
                 raise AnchoringRejected(status, exc.code, exc.message) from None
@@ -151,7 +143,9 @@ def anchoring_routes(config: RouterConfig) -> list[Route]:
                 raise AnchoringRejected(422, exc.code, exc.message) from None
             except ConfigurationError as exc:
                 logger.error("activation failed: %s", exc.code)
-                raise AnchoringRejected(503, "tpm_unavailable", "the TPM could not run the activation") from None
+                raise AnchoringRejected(
+                    503, "tpm_unavailable", "the TPM could not run the activation"
+                ) from None
         return JSONResponse({"version": ANCHORING_VERSION, "secret_b64": b64(secret)})
 
     async def aik_certificate(request: Request) -> Response:
@@ -166,7 +160,9 @@ def anchoring_routes(config: RouterConfig) -> list[Route]:
         install(list(chain))
         logger.info("AK certificate chain installed (%d certificates)", len(chain))
         name = parse_public(aik_public).name
-        return JSONResponse({"version": ANCHORING_VERSION, "aik_name_b64": b64(name), "installed": len(chain)})
+        return JSONResponse(
+            {"version": ANCHORING_VERSION, "aik_name_b64": b64(name), "installed": len(chain)}
+        )
 
     return [
         Route(ENDORSEMENT_PATH, _answering(endorsement), methods=["GET"]),
@@ -184,7 +180,9 @@ def _answering(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
             response: Response = await handler(request)
             return response
         except AnchoringRejected as reject:
-            return JSONResponse(error_body(reject.code, reject.message), reject.status, headers=reject.headers)
+            return JSONResponse(
+                error_body(reject.code, reject.message), reject.status, headers=reject.headers
+            )
         except Exception as exc:
             logger.error("%s failed: %s", request.url.path, type(exc).__name__)
             message = f"the router could not answer ({type(exc).__name__})"
@@ -208,7 +206,9 @@ def _check_admin(request: Request, admin_keys: tuple[bytes, ...]) -> None:
         )
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise AnchoringRejected(401, "unauthorized", "send the router's admin key: Authorization: Bearer <key>")
+        raise AnchoringRejected(
+            401, "unauthorized", "send the router's admin key: Authorization: Bearer <key>"
+        )
     presented = token.strip().encode()
     matched = False
     for key in admin_keys:  # every key, so timing does not tell which one is close
@@ -240,11 +240,12 @@ async def _read(request: Request, timeout: float) -> bytes:
             408, "body_timeout", f"the body did not arrive within {timeout:g} s", {"Connection": "close"}
         ) from None
     except ClientDisconnect:
-        raise AnchoringRejected(400, "body_incomplete", "the connection closed before the body arrived") from None
+        raise AnchoringRejected(
+            400, "body_incomplete", "the connection closed before the body arrived"
+        ) from None
 
 
 def _too_large() -> AnchoringRejected:
     return AnchoringRejected(
         413, "body_too_large", f"the body is over the {MAX_MESSAGE_BYTES}-byte limit", {"Connection": "close"}
     )
-

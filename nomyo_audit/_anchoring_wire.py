@@ -16,8 +16,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ProtocolError
-from ..wire import parse_json
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .errors import ProtocolError
+from .tpm._keys import to_crypto_key
+from .tpm._marshal import TPMStructureError
+from .tpm._public import parse_public
+from .wire import parse_json
 
 __all__ = [
     "ANCHORING_VERSION",
@@ -27,6 +33,7 @@ __all__ = [
     "Endorsement",
     "activation_request_json",
     "b64",
+    "certifies",
     "error_body",
     "parse_activation_request",
     "parse_activation_response",
@@ -47,6 +54,7 @@ _MAX_NAME = 2 + 64  # nameAlg || digest (SHA-512 at most)
 _MAX_ID_OBJECT = 2 + 2 * (2 + 64)
 _MAX_ENCRYPTED_SECRET = 2 + 512
 _MAX_SECRET = 64
+_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,13 @@ def parse_activation_response(body: bytes) -> bytes:
 
 def parse_endorsement(body: bytes) -> Endorsement:
     """Read a ``GET /pki/endorsement`` body. Raises :class:`ProtocolError`."""
-    fields = ("ek_public_b64", "ek_certificate_b64", "ek_chain_b64", "aik_pubkey_b64", "aik_parent_qualified_name_b64")
+    fields = (
+        "ek_public_b64",
+        "ek_certificate_b64",
+        "ek_chain_b64",
+        "aik_pubkey_b64",
+        "aik_parent_qualified_name_b64",
+    )
     doc = _document(body, "endorsement", fields)
     return Endorsement(
         ek_public=_binary(doc, "ek_public_b64", _MAX_TPM2B_PUBLIC),
@@ -124,6 +138,17 @@ def parse_chain_upload(body: bytes) -> tuple[bytes, ...]:
     """Read a ``POST /pki/aik_certificate`` body: the AK certificate chain, leaf first, as DER."""
     doc = _document(body, "AK certificate upload", ("aik_cert_chain_b64",))
     return _chain(doc, "aik_cert_chain_b64", allow_empty=False)
+
+
+def certifies(certificate_der: bytes, aik_public: bytes) -> bool:
+    """Whether the certificate's key is exactly the AIK's (same SubjectPublicKeyInfo). False for bytes
+    that are not a certificate or an AIK that cannot be read."""
+    try:
+        certificate = x509.load_der_x509_certificate(certificate_der)
+        key = to_crypto_key(parse_public(aik_public))
+        return bool(certificate.public_key().public_bytes(*_SPKI) == key.public_bytes(*_SPKI))
+    except (ValueError, TPMStructureError):
+        return False
 
 
 def _document(body: bytes, what: str, fields: Sequence[str]) -> Mapping[str, Any]:
@@ -143,7 +168,8 @@ def _document(body: bytes, what: str, fields: Sequence[str]) -> Mapping[str, Any
     version = doc["version"]
     if type(version) is not int or version != ANCHORING_VERSION:
         raise ProtocolError(
-            f"{what} has an unsupported version (this side speaks {ANCHORING_VERSION})", code="unsupported_version"
+            f"{what} has an unsupported version (this side speaks {ANCHORING_VERSION})",
+            code="unsupported_version",
         )
     return doc
 
@@ -153,7 +179,9 @@ def _binary(doc: Mapping[str, Any], field: str, limit: int) -> bytes:
     if not isinstance(value, str):
         raise ProtocolError(f"{field} must be a base64 string", code="bad_base64")
     if len(value) > 4 * (limit + 2) // 3 + 4:
-        raise ProtocolError(f"{field} is longer than the protocol allows ({limit} bytes)", code="field_too_large")
+        raise ProtocolError(
+            f"{field} is longer than the protocol allows ({limit} bytes)", code="field_too_large"
+        )
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -161,7 +189,9 @@ def _binary(doc: Mapping[str, Any], field: str, limit: int) -> bytes:
     if not data:
         raise ProtocolError(f"{field} is empty", code="bad_base64")
     if len(data) > limit:
-        raise ProtocolError(f"{field} is longer than the protocol allows ({limit} bytes)", code="field_too_large")
+        raise ProtocolError(
+            f"{field} is longer than the protocol allows ({limit} bytes)", code="field_too_large"
+        )
     return data
 
 
