@@ -131,6 +131,7 @@ CLIENT_FIELDS = (
     "policy",
     "dropped_router_fields",
     "unauthenticated_processed_at",
+    "protocol",
 )
 
 _OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)

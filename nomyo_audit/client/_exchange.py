@@ -40,6 +40,8 @@ _MAX_INT_BITS = 14_000
 #: Client fields NOMYO routers send themselves (is_encrypted): the same value is no finding.
 _HONEST_ROUTER_VALUES: dict[str, object] = {"is_encrypted": True, "encryption_algorithm": ALGORITHM}
 _MISSING = object()
+#: ``_metadata.encryption_algorithm`` of a protocol 2 reply (docs/protocol-v2.md: the suite is HPKE's).
+V2_ALGORITHM = "nomyo-audit-v2-hpke"
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ def read_reply(
     processed_at: object = None,
     *,
     client_key_sha256: bytes | None = None,
+    protocol: str = "1.0",
 ) -> OpenedReply:
     """The decrypted ``plaintext`` (wiped here) as the reply to ``payload_id``.
 
@@ -99,6 +102,7 @@ def read_reply(
       else :class:`ProtocolError` (``response_json``);
     * a ``_metadata.payload_id`` naming another request raises :class:`SecurityError`
       (``payload_id_mismatch``); none at all is accepted, and ``payload_id_verified`` says False;
+    * ``protocol`` (``"1.0"`` or ``"2"``) is recorded in ``_metadata.protocol``;
     * the router's copies of :data:`nomyo_audit.wire.CLIENT_FIELDS` are dropped (and named in
       ``dropped_router_fields`` when they claimed something);
     * ``processed_at`` is the package's unauthenticated copy, noted when it differs from the
@@ -124,7 +128,8 @@ def read_reply(
             "payload_id": payload_id,
             "payload_id_verified": echoed is not None,
             "is_encrypted": True,
-            "encryption_algorithm": ALGORITHM,
+            "encryption_algorithm": ALGORITHM if protocol == "1.0" else V2_ALGORITHM,
+            "protocol": protocol,
         }
     )
     if dropped:
