@@ -23,6 +23,7 @@ from jsonschema.exceptions import ValidationError
 
 from .._version import __version__
 from ..errors import ConfigurationError, ExitCode, NomyoAuditError
+from ._ca import ca_group
 from ._chat import chat
 from ._demo import demo
 from ._log import keys_group, log_group
@@ -299,6 +300,7 @@ cli.add_command(policy_group)
 cli.add_command(log_group)
 cli.add_command(keys_group)
 cli.add_command(report)
+cli.add_command(ca_group)
 cli.add_command(verify_report)
 
 
