@@ -1,9 +1,10 @@
-"""The client's constructor arguments, checked once: router URL, timeout, pinned key fingerprint."""
+"""The client's constructor arguments, checked once: router URL, timeout, pinned key fingerprint, protocol."""
 
 from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 import urllib.parse
 import warnings
@@ -15,6 +16,9 @@ from ..errors import ConfigurationError, SecurityError
 __all__ = [
     "DEFAULT_HTTP_TIMEOUT",
     "DEFAULT_TIMEOUT",
+    "PROTOCOLS",
+    "PROTOCOL_ENV",
+    "check_protocol",
     "check_router_url",
     "check_timeout",
     "normalise_fingerprint",
@@ -25,6 +29,20 @@ __all__ = [
 DEFAULT_TIMEOUT = 600.0
 #: Per-operation limits under the deadline: 10 s to connect, then up to the deadline per read.
 DEFAULT_HTTP_TIMEOUT = httpx.Timeout(DEFAULT_TIMEOUT, connect=10.0)
+#: The values of ``protocol=``, ``--protocol`` and ``NOMYO_PROTOCOL``.
+PROTOCOLS = ("auto", "1.0", "2")
+#: The environment variable read when ``protocol`` is not given.
+PROTOCOL_ENV = "NOMYO_PROTOCOL"
+
+
+def check_protocol(value: str | None) -> str:
+    """``value`` (None: ``$NOMYO_PROTOCOL``, else ``"auto"``) as one of :data:`PROTOCOLS`;
+    anything else raises :class:`ConfigurationError`."""
+    chosen = value if value is not None else os.environ.get(PROTOCOL_ENV) or "auto"
+    if chosen not in PROTOCOLS:
+        source = "protocol" if value is not None else PROTOCOL_ENV
+        raise ConfigurationError(f"{source} must be one of {', '.join(PROTOCOLS)}, got {chosen!r}")
+    return chosen
 
 
 def check_timeout(timeout: float | None) -> float:
