@@ -120,6 +120,14 @@ def _bind_failure(exc: OSError) -> str:
 )
 @click.option("--pcrs", default="sha256:0,7,10", show_default=True, help="PCR selection to quote.")
 @click.option(
+    "--admin-key",
+    "admin_keys",
+    multiple=True,
+    envvar="NOMYO_ROUTER_ADMIN_KEYS",
+    help="Key that may install an AK certificate chain (nomyo-audit ca enroll; repeatable).",
+)
+@click.option("--enroll", metavar="CA_URL", help="Enroll the AIK with `nomyo-audit ca serve` at start.")
+@click.option(
     "--plain-endpoint",
     is_flag=True,
     hidden=True,
@@ -166,6 +174,8 @@ def serve(
     aik: str,
     aik_parent: str,
     pcrs: str,
+    admin_keys: tuple[str, ...],
+    enroll: str | None,
     plain_endpoint: bool,
     max_connections: int,
     header_timeout: float,
@@ -199,7 +209,12 @@ def serve(
             max_connections=max_connections,
             header_timeout=header_timeout,
             body_timeout=body_timeout,
+            admin_keys=admin_keys,
         )
+        if enroll is not None:  # docs/anchoring.md: the chain for this process's AIK
+            from ..ca import enroll_with_ca
+
+            enroll_with_ca(enroll, config.attester)
     except BaseException:
         sock.close()
         raise
