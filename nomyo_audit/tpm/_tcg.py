@@ -79,7 +79,9 @@ def normalize_manufacturer(text: str) -> str:
 def manufacturer_name(manufacturer: str) -> str | None:
     """The registered vendor name for "id:XXXXXXXX" (any case, leading zeros optional), else None."""
     normalized = normalize_manufacturer(manufacturer)
-    return TPM_VENDORS.get(int(normalized[3:], 16)) if normalized.startswith("id:") else None
+    if len(normalized) != 11 or normalized[:3] != "id:" or any(c not in "0123456789ABCDEF" for c in normalized[3:]):
+        return None
+    return TPM_VENDORS.get(int(normalized[3:], 16))
 
 
 def tpm_identity(certificate: RawCertificate) -> TpmIdentity | None:

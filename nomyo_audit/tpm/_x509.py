@@ -330,7 +330,7 @@ def _load(
         warnings.simplefilter("ignore")  # negative serials, long CNs: named as quirks instead
         try:
             return x509.load_der_x509_certificate(der), False
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             pass
         number = int.from_bytes(fields[0].value, "big", signed=True)
         serial = encode_tlv(INTEGER, number.to_bytes(number.bit_length() // 8 + 1, "big", signed=True))
@@ -345,7 +345,7 @@ def _load(
         body = encode_tlv(SEQUENCE, b"".join(repaired)) + algorithm_der + signature.raw
         try:
             return x509.load_der_x509_certificate(encode_tlv(SEQUENCE, body)), True
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise malformed(f"unreadable even after the known repairs ({exc})") from None
 
 
