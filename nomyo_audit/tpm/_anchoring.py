@@ -11,6 +11,7 @@ kept (a failure is re-appraised, and says why each time).
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from datetime import datetime, timezone
@@ -97,7 +98,7 @@ class Anchoring:
     certificate chain the quote carries (``aik_cert_chain_b64``). ``at`` is when chains are judged
     (default: the time of each appraisal; an offline re-check gives the recorded time)."""
 
-    __slots__ = ("at", "cache", "evidence", "manufacturers", "store")
+    __slots__ = ("_last", "at", "cache", "evidence", "manufacturers", "store")
 
     def __init__(
         self,
@@ -113,6 +114,9 @@ class Anchoring:
         self.at = at
         self.manufacturers = tuple(manufacturers)
         self.cache = cache if cache is not None else SHARED_CACHE
+        #: the last pass, by the identity of its evidence and AIK objects (both come from caches, so
+        #: a router's every quote hits this), with its validity window as epoch seconds
+        self._last: tuple[object, object, AnchorResult, float, float] | None = None
 
     def __call__(self, aik: Public, block: Mapping[str, Any], facts: Any) -> Finding:
         """The ``aik_anchor`` finding for a quote whose signature by ``aik`` verified; the anchor's
@@ -125,8 +129,24 @@ class Anchoring:
                 return Finding("aik_anchor", "fail", exc.code, exc.message)
             if evidence is None:
                 return NO_ANCHOR
+        last = self._last
+        if last is not None and last[0] is evidence and last[1] is aik:
+            moment = self.at.timestamp() if self.at is not None else time.time()
+            if last[3] <= moment <= last[4]:
+                result = last[2]
+                facts.update(result.facts)
+                facts["chain_subjects"] = list(result.facts["chain_subjects"])
+                return result.finding
         at = self.at if self.at is not None else datetime.now(timezone.utc)
         result = self.cache.appraise(aik, evidence, self.store, at=at, manufacturers=self.manufacturers)
+        if result.valid_from is not None and result.valid_until is not None:
+            self._last = (
+                evidence,
+                aik,
+                result,
+                result.valid_from.timestamp(),
+                result.valid_until.timestamp(),
+            )
         if result.facts:
             facts.update(result.facts)
             facts["chain_subjects"] = list(result.facts["chain_subjects"])
