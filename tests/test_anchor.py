@@ -273,3 +273,19 @@ def test_policy_ek_mode_reads_the_clients_recorded_activation(endorsement, aik):
     anchored = with_anchor(verdict, block, Anchoring(endorsement["store"], evidence=evidence))
     assert anchored.finding("aik_anchor").code == "aik_anchored_ek" and anchored.facts["anchor_kind"] == "ek"
     assert evaluate(ek, {"tpm_attestation": block}, verdict=anchored).rules[0].status == "pass"
+
+
+def test_ear_claims_genuine_hardware_only_for_an_anchored_aik(enrollment_ca, endorsement, aik):
+    from nomyo_audit.tpm import to_ear
+
+    block = aik.evidence(response_binding(PID, DIGEST))
+
+    def hardware(verdict):
+        return to_ear(verdict, issued_at=0)["submods"]["tpm"]["ear.trustworthiness-vector"]["hardware"]
+
+    assert hardware(verify_attestation(block, PID, content_digest=DIGEST)) == 0  # no claim: not anchored
+    block["aik_cert_chain_b64"] = [base64.b64encode(_ak_cert(enrollment_ca, endorsement, aik)).decode()]
+    anchored = verify_attestation(block, PID, content_digest=DIGEST, anchor=Anchoring(enrollment_ca["store"]))
+    assert hardware(anchored) == 2  # affirming: the AIK is anchored to a TPM manufacturer's EK
+    refused = verify_attestation(block, PID, content_digest=DIGEST, anchor=Anchoring(endorsement["store"]))
+    assert hardware(refused) == 97  # a chain offered that does not anchor: unrecognized

@@ -10,6 +10,8 @@ The mapping never claims more than the evidence gave:
   signer or AIK attributes fail, ``executables`` 96 ("contraindicated") when
   the PCR evidence is inconsistent, and 0 ("no claim") everywhere else;
   golden-value appraisal (executables 2 or 33) is the policy's to claim.
+  ``hardware`` is 2 ("genuine") only when ``aik_anchor`` passed (an AK certificate chain or a
+  credential activation against a certified EK), 97 when an anchor failed, else 0.
 * The finding codes travel in the ``nomyo-audit.findings`` extension.
 """
 
@@ -27,6 +29,9 @@ EAT_PROFILE = "tag:github.com,2023:veraison/ear"
 DEFAULT_POLICY_ID = "nomyo-audit/verify-only"
 _IDENTITY_CHECKS = ("evidence_format", "signature", "quote_structure", "signer_name", "aik_attributes")
 _PCR_CHECKS = ("pcr_selection", "pcr_digest")
+#: AR4SI hardware: 2 (affirming: genuine) only for an AIK anchored to a certified TPM, 97
+#: (unrecognized) for an anchor offered that did not verify, 0 (no claim) for none
+_HARDWARE = {"pass": 2, "fail": 97}
 
 
 def to_ear(
@@ -47,7 +52,7 @@ def to_ear(
         "configuration": 0,
         "executables": 96 if failed & set(_PCR_CHECKS) else 0,
         "file-system": 0,
-        "hardware": 0,
+        "hardware": _HARDWARE.get(verdict.finding("aik_anchor").status, 0),
         "runtime-opaque": 0,
         "storage-opaque": 0,
         "sourced-data": 0,
