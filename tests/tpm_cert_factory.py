@@ -10,7 +10,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+from cryptography.x509.oid import NameOID, ObjectIdentifier
+
+from nomyo_audit.tpm import EccPoint, Public, parse_public
+from nomyo_audit.tpm._structures import ALG
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tpm-anchors"
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -123,4 +126,22 @@ def other_key() -> ec.EllipticCurvePrivateKey:
     return _EC[2]
 
 
-__all__ = ["AT", "EKU_AIK", "EKU_EK", "T0", "ExtendedKeyUsageOID", "Pki", "ca", "ek_builder", "ek_der", "pki"]
+def aik_public(key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> Public:
+    """A restricted signing key's TPM2B_PUBLIC around ``key`` (as an AIK template makes it), parsed
+    back with parse_public: the 'quoting AIK' an AK certificate must certify."""
+    attributes = 0x00050072  # fixedTPM fixedParent sensitiveDataOrigin userWithAuth restricted sign
+    if isinstance(key, rsa.RSAPublicKey):
+        n = key.public_numbers()
+        public = Public(
+            ALG.RSA, ALG.SHA256, attributes, b"", (ALG.NULL,), ALG.RSASSA, ALG.SHA256,
+            rsa_key_bits=key.key_size, rsa_exponent=0 if n.e == 65537 else n.e,
+            rsa_modulus=n.n.to_bytes(key.key_size // 8, "big"),
+        )  # fmt: skip
+    else:
+        p = key.public_numbers()
+        point = EccPoint(p.x.to_bytes(32, "big"), p.y.to_bytes(32, "big"))
+        public = Public(
+            ALG.ECC, ALG.SHA256, attributes, b"", (ALG.NULL,), ALG.ECDSA, ALG.SHA256,
+            curve_id=3, ecc_point=point,
+        )  # fmt: skip
+    return parse_public(public.marshal())

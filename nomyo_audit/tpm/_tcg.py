@@ -79,7 +79,8 @@ def normalize_manufacturer(text: str) -> str:
 def manufacturer_name(manufacturer: str) -> str | None:
     """The registered vendor name for "id:XXXXXXXX" (any case, leading zeros optional), else None."""
     normalized = normalize_manufacturer(manufacturer)
-    if len(normalized) != 11 or normalized[:3] != "id:" or any(c not in "0123456789ABCDEF" for c in normalized[3:]):
+    digits = normalized[3:] if normalized[:3] == "id:" else ""
+    if len(digits) != 8 or any(c not in "0123456789ABCDEF" for c in digits):
         return None
     return TPM_VENDORS.get(int(normalized[3:], 16))
 
