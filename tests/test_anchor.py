@@ -289,3 +289,16 @@ def test_ear_claims_genuine_hardware_only_for_an_anchored_aik(enrollment_ca, end
     assert hardware(anchored) == 2  # affirming: the AIK is anchored to a TPM manufacturer's EK
     refused = verify_attestation(block, PID, content_digest=DIGEST, anchor=Anchoring(endorsement["store"]))
     assert hardware(refused) == 97  # a chain offered that does not anchor: unrecognized
+
+
+def test_the_audit_record_keeps_the_anchor_evidence_and_records_without_it_are_unchanged(endorsement, aik):
+    from nomyo_audit.audit._records import _compact_verdict
+
+    verdict = verify_attestation(aik.evidence(response_binding(PID, DIGEST)), PID, content_digest=DIGEST)
+    plain = _compact_verdict(verdict.to_dict())
+    assert "anchor" not in plain
+    evidence = AnchorEvidence(
+        "ek", endorsement["chain"], _activation(aik, endorsement), endorsement["ek_public"], later()
+    )
+    kept = _compact_verdict({**verdict.to_dict(), "anchor": evidence.to_dict()})
+    assert AnchorEvidence.from_dict(kept["anchor"]) == evidence

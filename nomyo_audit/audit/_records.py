@@ -142,13 +142,17 @@ def _compact_verdict(verification: Any) -> dict[str, Any] | None:
         return None
     findings = verification.get("findings")
     findings = [f for f in findings if isinstance(f, Mapping)] if isinstance(findings, list) else []
-    return {
+    compact = {
         "result": verification.get("result"),
         "failed": [f.get("code") for f in findings if f.get("status") == "fail"],
         "findings": {str(f.get("check")): [f.get("status"), f.get("code")] for f in findings},
         "facts": verification.get("facts") or {},
         "content_digest": verification.get("content_digest"),
     }
+    anchor = verification.get("anchor")
+    if anchor is not None:  # the anchor evidence (versioned, tpm._anchor), to re-check offline
+        compact["anchor"] = anchor
+    return compact
 
 
 def recorded_content_digest(document: Mapping[str, Any]) -> bytes | None:
