@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from cryptography import x509
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -91,30 +92,38 @@ def anchoring_routes(config: RouterConfig) -> list[Route]:
     admin_keys = tuple(k.encode() for k in getattr(config, "admin_keys", ()))
     limit = RateLimit(config.activation_rate, config.activation_burst)
     busy = asyncio.Lock()
+    has_ek: list[bool] = []
 
     def method(name: str) -> Callable[..., Any]:
         found = getattr(attester, name, None)
         if found is None:
-            raise AnchoringRejected(404, "no_endorsement", "this router's attester has no endorsement key")
+            raise _no_endorsement()
         return found  # type: ignore[no-any-return]
 
-    async def endorsement(request: Request) -> Response:
+    async def read_endorsement() -> Any:
         try:
-            body = await run_in_threadpool(method("endorsement"))
+            return await run_in_threadpool(method("endorsement"))
         except LookupError:
-            raise AnchoringRejected(
-                404, "no_endorsement", "this router's attester has no endorsement key"
-            ) from None
+            raise _no_endorsement() from None
         except ConfigurationError as exc:
             logger.error("endorsement failed: %s", exc.code)
             raise AnchoringRejected(
                 503, "tpm_unavailable", "the TPM could not produce its endorsement"
             ) from None
-        return JSONResponse(body)
+
+    async def require_endorsement() -> None:
+        """404 for an attester without an EK (a software one has the methods, but no EK behind them)."""
+        if not has_ek:
+            await read_endorsement()  # a TPM source keeps its EK: later calls cost nothing
+            has_ek.append(True)
+
+    async def endorsement(request: Request) -> Response:
+        return JSONResponse(await read_endorsement())
 
     async def activation(request: Request) -> Response:
         activate = method("activate_credential")
         aik_public: bytes = method("aik_public")()
+        await require_endorsement()
         challenge = _parse(parse_activation_request, await _read(request, config.body_timeout))
         if not hmac.compare_digest(challenge.aik_name, parse_public(aik_public).name):
             raise AnchoringRejected(
@@ -133,9 +142,7 @@ def anchoring_routes(config: RouterConfig) -> list[Route]:
                     activate, challenge.id_object, challenge.encrypted_secret
                 )
             except LookupError:
-                raise AnchoringRejected(
-                    404, "no_endorsement", "this router's attester has no endorsement key"
-                ) from None
+                raise _no_endorsement() from None
             except CredentialError as exc:
                 status = 422 if exc.code == "activation_failed" else 400
                 raise AnchoringRejected(status, exc.code, exc.message) from None
@@ -151,8 +158,14 @@ def anchoring_routes(config: RouterConfig) -> list[Route]:
     async def aik_certificate(request: Request) -> Response:
         install = method("set_aik_certificate_chain")
         aik_public: bytes = method("aik_public")()
-        _check_admin(request, admin_keys)
+        _check_admin(request, admin_keys)  # before anything reaches the TPM
+        await require_endorsement()
         chain = _parse(parse_chain_upload, await _read(request, config.body_timeout))
+        try:
+            for der in chain:
+                x509.load_der_x509_certificate(der)
+        except ValueError:
+            raise AnchoringRejected(400, "cert_malformed", "a certificate is not DER X.509") from None
         if not certifies(chain[0], aik_public):
             raise AnchoringRejected(
                 409, "cert_key_mismatch", "the AK certificate does not certify this router's current AIK"
@@ -243,6 +256,10 @@ async def _read(request: Request, timeout: float) -> bytes:
         raise AnchoringRejected(
             400, "body_incomplete", "the connection closed before the body arrived"
         ) from None
+
+
+def _no_endorsement() -> AnchoringRejected:
+    return AnchoringRejected(404, "no_endorsement", "this router's attester has no endorsement key")
 
 
 def _too_large() -> AnchoringRejected:
