@@ -140,3 +140,24 @@ def test_no_extras_verifies_and_reports(installed, tmp_path):
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "out" / "report.html").stat().st_size > 1000
     assert run(bare, tmp_path, "serve").returncode == 2  # a clear error, not a traceback
+
+
+def test_the_wheel_ships_the_tpm_roots_with_their_provenance(installed, tmp_path):
+    """Every manufacturer root in tpm-roots/ and each vendor's PROVENANCE.md reach the wheel, and
+    TrustStore.bundled() reads them there (docs/tpm-roots.md)."""
+    source = REPO / "tpm-roots"
+    shipped = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
+    script = (
+        "import json; from importlib import resources; from nomyo_audit.tpm import TrustStore\n"
+        "root = resources.files('nomyo_audit') / 'data' / 'tpm-roots'\n"
+        "print(json.dumps(sorted(f'{v.name}/{f.name}' for v in root.iterdir() for f in v.iterdir())))\n"
+        "print(len(TrustStore.bundled()))\n"
+    )
+    python = str(installed / "python")
+    result = subprocess.run([python, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    files, count = result.stdout.splitlines()
+    assert json.loads(files) == shipped
+    assert int(count) == sum(1 for name in shipped if name.endswith(".pem")) >= 200
+    vendors = {name.split("/")[0] for name in shipped}
+    assert {f"{vendor}/PROVENANCE.md" for vendor in vendors} <= set(shipped)
