@@ -28,6 +28,20 @@ def test_exported_members():
         assert hasattr(nomyo_audit, name), name
 
 
+def test_certificate_api_of_nomyo_audit_tpm():
+    """The EK/AK certificate layer (issue 12) other packages build on: its names stay exported."""
+    import nomyo_audit.errors
+    import nomyo_audit.tpm
+
+    names = {
+        "AkChainValidation", "ChainValidation", "EkCertificate", "TrustStore", "build_ak_certificate",
+        "ek_matches_public", "parse_ek_certificate", "validate_ak_chain", "validate_ek_chain",
+    }  # fmt: skip
+    assert names <= set(nomyo_audit.tpm.__all__)
+    assert "CertificateError" in nomyo_audit.errors.__all__
+    assert issubclass(nomyo_audit.errors.CertificateError, nomyo_audit.EvidenceError)
+
+
 def test_one_exception_tree():
     errors = [getattr(nomyo_audit, n) for n in nomyo_audit.__all__ if n.endswith("Error")]
     assert issubclass(nomyo_audit.PolicyViolationError, nomyo_audit.SecurityError)
