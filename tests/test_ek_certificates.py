@@ -400,3 +400,18 @@ def test_fuzz_real_ek_certificates_only_certificate_error():
         except CertificateError:
             outcomes["refused"] += 1
     assert outcomes["refused"] > FUZZ_CASES // 2 and sum(outcomes.values()) == FUZZ_CASES
+
+
+def test_issuer_name_in_another_string_type_still_chains():
+    """STM TPM ECC Intermediate CA 02 names its issuer with other string types than the subject of
+    STM TPM ECC Root CA 01 (byte comparison fails); RFC 5280 7.1 comparison finds it, and the
+    signature over the raw TBS decides."""
+    from nomyo_audit.tpm._chain import build_path
+    from nomyo_audit.tpm._x509 import read_certificate
+
+    intermediate = read_certificate(ca_der("STM_TPM_ECC_Intermediate_CA_02__695ad0f0236f"))
+    st_root = read_certificate(ca_der("STM_TPM_ECC_Root_CA_01__c541d7e5b9e3"))
+    assert intermediate.issuer != st_root.subject
+    store = TrustStore.from_der([ca_der("GlobalSign_Trusted_Platform_Module_ECC_Root_CA__5a8c7b5eb888")])
+    path = build_path(intermediate, [st_root], store, at=AT)
+    assert [c.sha256 for c in path[1:]] == [st_root.sha256, store.certificates[0].sha256]
