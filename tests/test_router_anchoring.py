@@ -75,7 +75,12 @@ def test_endorsement_serves_an_ek_certificate_that_chains_to_the_manufacturer(sw
 def test_no_endorsement_without_an_ek(make_router, spec):
     router = make_router(attester=make_attester(spec), admin_keys=(ADMIN,))
     refused(httpx.get(router.url + ENDORSEMENT_PATH), 404, "no_endorsement")
-    secret = {"version": 1, "aik_name_b64": b64(b"x"), "id_object_b64": b64(b"x"), "encrypted_secret_b64": b64(b"x")}
+    secret = {
+        "version": 1,
+        "aik_name_b64": b64(b"x"),
+        "id_object_b64": b64(b"x"),
+        "encrypted_secret_b64": b64(b"x"),
+    }
     refused(httpx.post(router.url + ACTIVATION_PATH, json=secret), 404, "no_endorsement")
 
 
@@ -137,7 +142,9 @@ def test_a_credential_for_another_ek_is_refused_by_the_tpm(tpm_router):
             other.close()
     body = challenge(tpm_router)
     credential = make_credential(other_ek, base64.b64decode(body["aik_name_b64"]), b"s" * 32)
-    body.update(id_object_b64=b64(credential.id_object), encrypted_secret_b64=b64(credential.encrypted_secret))
+    body.update(
+        id_object_b64=b64(credential.id_object), encrypted_secret_b64=b64(credential.encrypted_secret)
+    )
     refused(httpx.post(tpm_router.url + ACTIVATION_PATH, json=body), 422, "activation_failed")
 
 
