@@ -87,6 +87,7 @@ PUBLIC_MODULES = [
     "nomyo_audit.policy",
     "nomyo_audit.audit",
     "nomyo_audit.router",
+    "nomyo_audit.ca",
     "nomyo_audit.cli",
 ]  # in the order the reference lists them (scripts/api.sh)
 PACKAGE_DIR = Path(nomyo_audit.__file__).parent
