@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import subprocess
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -15,7 +14,7 @@ from conftest import require
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from tpm_cert_factory import AT, aik_public, ca, fixture, pki
+from tpm_cert_factory import AT, aik_public, ca, fixture, openssl_verify, pki
 
 from nomyo_audit.errors import CertificateError
 from nomyo_audit.tpm import (
@@ -176,18 +175,7 @@ def test_openssl_verifies_the_built_chain(enrollment_ca, tmp_path):
     )
     (tmp_path / "root.pem").write_bytes(enrollment_ca[1].public_bytes(serialization.Encoding.PEM))
     for at, expected in ((AT, 0), (AT + timedelta(days=31), 2)):
-        command = [
-            "openssl",
-            "verify",
-            "-attime",
-            str(int(at.timestamp())),
-            "-CAfile",
-            str(tmp_path / "root.pem"),
-        ]
-        result = subprocess.run(
-            [*command, str(tmp_path / "ak.pem")], capture_output=True, text=True, check=False
-        )
-        assert result.returncode == expected, result.stdout + result.stderr
+        assert openssl_verify(at, tmp_path / "root.pem", tmp_path / "ak.pem") == expected
 
 
 def test_fuzz_ak_chains_only_certificate_error():

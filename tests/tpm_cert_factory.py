@@ -3,6 +3,7 @@ small manufacturer PKI (root, intermediate, EK leaf) whose every field a test ca
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -145,3 +146,11 @@ def aik_public(key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> Public:
             curve_id=3, ecc_point=point,
         )  # fmt: skip
     return parse_public(public.marshal())
+
+
+def openssl_verify(at: datetime, root_pem: Path, leaf_pem: Path, untrusted_pem: Path | None = None) -> int:
+    """The exit status of ``openssl verify -attime`` (a verifier we did not write) for this chain."""
+    command = ["openssl", "verify", "-attime", str(int(at.timestamp())), "-CAfile", str(root_pem)]
+    command += ["-untrusted", str(untrusted_pem)] if untrusted_pem is not None else []
+    result = subprocess.run([*command, str(leaf_pem)], capture_output=True, text=True, check=False)
+    return result.returncode

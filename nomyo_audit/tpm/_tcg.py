@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._der import BOOLEAN, INTEGER, OID, SEQUENCE, SET, decode_oid, malformed, read_all, read_one
+from ._der import BOOLEAN, INTEGER, OID, SEQUENCE, SET, TLV, decode_oid, malformed, read_all, read_one
 from ._x509 import RawCertificate, decode_string
 
 __all__ = [
@@ -164,12 +164,9 @@ def _from_directory_attributes(value: bytes, quirks: list[str]) -> dict[str, str
 
 def basic_constraints(certificate: RawCertificate) -> tuple[bool, int | None] | None:
     """(cA, pathLenConstraint) of basicConstraints, or None without the extension."""
-    extension = certificate.extension(OID_BASIC_CONSTRAINTS)
-    if extension is None:
+    container = _extension_value(certificate, OID_BASIC_CONSTRAINTS, SEQUENCE, "basicConstraints")
+    if container is None:
         return None
-    container = read_one(extension.value)[0]
-    if container.tag != SEQUENCE:
-        raise malformed("basicConstraints is not a SEQUENCE")
     ca, path_length = False, None
     for item in container.children():
         if item.tag == BOOLEAN:
@@ -183,12 +180,11 @@ def basic_constraints(certificate: RawCertificate) -> tuple[bool, int | None] | 
 
 def key_usage(certificate: RawCertificate) -> frozenset[str] | None:
     """The keyUsage bits set (RFC 5280 names), or None without the extension."""
-    extension = certificate.extension(OID_KEY_USAGE)
-    if extension is None:
+    bits = _extension_value(certificate, OID_KEY_USAGE, 0x03, "keyUsage")
+    if bits is None:
         return None
-    bits = read_one(extension.value)[0]
-    if bits.tag != 0x03 or not bits.value:
-        raise malformed("keyUsage is not a BIT STRING")
+    if not bits.value:
+        raise malformed("keyUsage is an empty BIT STRING")
     value = int.from_bytes(bits.value[1:], "big") if len(bits.value) > 1 else 0
     width = 8 * (len(bits.value) - 1)
     return frozenset(
@@ -200,10 +196,18 @@ def key_usage(certificate: RawCertificate) -> frozenset[str] | None:
 
 def extended_key_usage(certificate: RawCertificate) -> tuple[str, ...] | None:
     """The extendedKeyUsage purpose OIDs, or None without the extension."""
-    extension = certificate.extension(OID_EXTENDED_KEY_USAGE)
+    container = _extension_value(certificate, OID_EXTENDED_KEY_USAGE, SEQUENCE, "extendedKeyUsage")
+    if container is None:
+        return None
+    return tuple(decode_oid(item) for item in read_all(container.value))
+
+
+def _extension_value(certificate: RawCertificate, oid: str, tag: int, label: str) -> TLV | None:
+    """The DER element an extension holds (it must have ``tag``), or None without the extension."""
+    extension = certificate.extension(oid)
     if extension is None:
         return None
-    container = read_one(extension.value)[0]
-    if container.tag != SEQUENCE:
-        raise malformed("extendedKeyUsage is not a SEQUENCE")
-    return tuple(decode_oid(item) for item in read_all(container.value))
+    element = read_one(extension.value)[0]
+    if element.tag != tag:
+        raise malformed(f"{label} is not the type RFC 5280 defines")
+    return element
