@@ -418,3 +418,25 @@ def test_issuer_name_in_another_string_type_still_chains():
     store = TrustStore.from_der([ca_der("GlobalSign_Trusted_Platform_Module_ECC_Root_CA__5a8c7b5eb888")])
     path = build_path(intermediate, [st_root], store, at=AT)
     assert [c.sha256 for c in path[1:]] == [st_root.sha256, store.certificates[0].sha256]
+
+
+def test_a_presented_copy_of_an_anchor_cannot_stretch_its_validity():
+    """An anchor's own signature is not checked, so the store's copy is the one judged: a chain that
+    carries a forged twin of an anchored CA (same name and key, later expiry) does not revive it."""
+    p = pki(days=1000)
+    store = TrustStore.from_der([p.der(p.intermediate)])  # the intermediate itself is the anchor
+    leaf = ek_der(p, not_after=T0 + timedelta(days=5000))
+    twin = (
+        x509.CertificateBuilder()
+        .subject_name(p.intermediate.subject)
+        .issuer_name(name("Forger"))
+        .public_key(p.intermediate_key.public_key())
+        .serial_number(7)
+        .not_valid_before(T0)
+        .not_valid_after(T0 + timedelta(days=9000))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(other_key(), hashes.SHA256())
+    )
+    after = T0 + timedelta(days=2000)
+    assert code_of(validate_ek_chain, leaf, [p.der(twin)], store, at=after) == "cert_expired"
+    assert validate_ek_chain(leaf, [p.der(twin)], store, at=AT).root_sha256 == store.certificates[0].sha256

@@ -78,8 +78,11 @@ def build_path(
 def _extend(
     path: list[RawCertificate], pool: Sequence[RawCertificate], store: TrustStore
 ) -> list[RawCertificate]:
+    anchor = store.anchor_for(path[-1])
+    if anchor is not None:
+        path = [*path[:-1], anchor]  # the store's copy, never the presented one
     current = path[-1]
-    if store.holds(current) and (current.self_issued or not store.issuers_of(current)):
+    if anchor is not None and (current.self_issued or not store.issuers_of(current)):
         return path
     seen = {c.sha256 for c in path}
     wanted = decode_name(current.issuer)
@@ -92,7 +95,7 @@ def _extend(
             return _extend([*path, issuer], pool, store)
         except CertificateError as exc:
             failure = failure if failure is not None and exc.code == "cert_bad_signature" else exc
-    if store.holds(current):
+    if anchor is not None:
         return path
     if failure is not None:
         raise failure

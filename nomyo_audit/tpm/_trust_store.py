@@ -45,11 +45,12 @@ class TrustStore:
         for certificate in certificates:
             unique.setdefault(certificate.sha256, certificate)
         self._certificates = tuple(unique.values())
+        self._sha256s = frozenset(unique)
         self._by_subject: dict[object, list[RawCertificate]] = {}
-        self._keys = set()
+        self._anchors: dict[tuple[object, bytes], RawCertificate] = {}
         for certificate in self._certificates:
             self._by_subject.setdefault(decode_name(certificate.subject), []).append(certificate)
-            self._keys.add((decode_name(certificate.subject), certificate.spki))
+            self._anchors.setdefault((decode_name(certificate.subject), certificate.spki), certificate)
 
     @classmethod
     def from_der(cls, certificates: Iterable[bytes]) -> TrustStore:
@@ -101,16 +102,24 @@ class TrustStore:
     @property
     def sha256s(self) -> frozenset[str]:
         """Hex SHA-256 of each anchor's DER."""
-        return frozenset(c.sha256 for c in self._certificates)
+        return self._sha256s
 
     def issuers_of(self, certificate: RawCertificate) -> list[RawCertificate]:
         """Anchors whose subject is the certificate's issuer (names compared as RFC 5280 7.1 asks)."""
         return list(self._by_subject.get(decode_name(certificate.issuer), ()))
 
+    def anchor_for(self, certificate: RawCertificate) -> RawCertificate | None:
+        """The store's own copy of this anchor: same subject and same key (a twin re-encoded by
+        another publisher is the same anchor), or None. Path checks must use this copy, never the
+        one a chain presents: an anchor's own signature is not checked, so a presented copy's
+        validity or constraints prove nothing."""
+        if certificate.sha256 in self.sha256s:
+            return certificate
+        return self._anchors.get((decode_name(certificate.subject), certificate.spki))
+
     def holds(self, certificate: RawCertificate) -> bool:
-        """Whether this certificate is an anchor: same subject and same key as one in the store (a
-        twin re-encoded by another publisher is the same anchor)."""
-        return (decode_name(certificate.subject), certificate.spki) in self._keys
+        """Whether this certificate is an anchor (:meth:`anchor_for` finds it)."""
+        return self.anchor_for(certificate) is not None
 
 
 def _read_file(file: Path) -> list[RawCertificate]:
