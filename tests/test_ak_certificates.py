@@ -168,7 +168,7 @@ def test_a_self_signed_ak_certificate_is_refused(enrollment_ca):
 
 
 def test_openssl_verifies_the_built_chain(enrollment_ca, tmp_path):
-    require(shutil.which("openssl"), "openssl")
+    require(bool(shutil.which("openssl")), "openssl")
     der = issue(enrollment_ca)
     (tmp_path / "ak.pem").write_bytes(
         x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import subprocess
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -153,7 +154,7 @@ def test_cryptography_webpki_verifier_refuses_a_real_valid_ek_chain():
 
 @pytest.mark.parametrize(("ek", "chain", "root"), [(r[0], r[1], r[2]) for r in REAL if r[0] != NUVOTON])
 def test_openssl_verify_agrees_at_fixed_times(ek, chain, root, tmp_path):
-    require(shutil.which("openssl"), "openssl")
+    require(bool(shutil.which("openssl")), "openssl")
     parsed = parse_ek_certificate(fixture(ek))
 
     def pem(der: bytes) -> str:
@@ -440,3 +441,33 @@ def test_a_presented_copy_of_an_anchor_cannot_stretch_its_validity():
     after = T0 + timedelta(days=2000)
     assert code_of(validate_ek_chain, leaf, [p.der(twin)], store, at=after) == "cert_expired"
     assert validate_ek_chain(leaf, [p.der(twin)], store, at=AT).root_sha256 == store.certificates[0].sha256
+
+
+def test_swtpm_ek_certificates_chain_to_its_local_ca(tmp_path):
+    """swtpm_setup --create-ek-cert (the manufacturer of the demo and the e2e tests, code we did not
+    write) makes RSA and ECC EK certificates that parse and chain to its local CA."""
+    require(bool(shutil.which("swtpm_setup") and shutil.which("swtpm_localca")), "swtpm_setup, swtpm_localca")
+    ca_dir, certs = tmp_path / "ca", tmp_path / "certs"
+    ca_dir.mkdir(), certs.mkdir(), (tmp_path / "state").mkdir()
+    (tmp_path / "localca.conf").write_text(
+        f"statedir = {ca_dir}\nsigningkey = {ca_dir}/signkey.pem\nissuercert = {ca_dir}/issuercert.pem\n"
+        f"certserial = {ca_dir}/certserial\n"
+    )
+    (tmp_path / "localca.options").write_text("--platform-manufacturer nomyo\n")
+    (tmp_path / "setup.conf").write_text(
+        f"create_certs_tool = {shutil.which('swtpm_localca')}\n"
+        f"create_certs_tool_config = {tmp_path / 'localca.conf'}\n"
+        f"create_certs_tool_options = {tmp_path / 'localca.options'}\n"
+    )
+    command = ["swtpm_setup", "--tpm2", "--tpmstate", str(tmp_path / "state"), "--create-ek-cert", "--ecc"]
+    command += ["--config", str(tmp_path / "setup.conf"), "--write-ek-cert-files", str(certs)]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    store = TrustStore.from_pem((ca_dir / "swtpm-localca-rootca-cert.pem").read_bytes())
+    intermediate = TrustStore.from_pem((ca_dir / "issuercert.pem").read_bytes()).certificates[0].der
+    ek_files = sorted(certs.glob("ek-*.crt"))
+    assert [f.name for f in ek_files] == ["ek-rsa2048.crt", "ek-secp384r1.crt"]
+    for ek_file in ek_files:
+        result = validate_ek_chain(ek_file.read_bytes(), [intermediate], store, at=datetime.now(timezone.utc))
+        assert (result.ek.manufacturer, result.ek.model) == ("id:00001014", "swtpm")
+        assert result.ek.quirks == ("non_empty_subject",)  # swtpm names the EK "CN=unknown"
+        assert result.subjects[1:] == ("CN=swtpm-localca", "CN=swtpm-localca-rootca")
