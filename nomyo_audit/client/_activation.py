@@ -24,25 +24,57 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import CertificateError, EvidenceError, SecurityError
 from ..policy import Policy
 from ..tpm._anchor import ActivationOutcome, AnchorEvidence
-from ..tpm._anchoring import Anchoring, with_anchor
+from ..tpm._anchoring import Anchoring, evidence_in_block, with_anchor
 from ..tpm._verdict import Verdict
 
-__all__ = ["Activations", "Challenge", "anchor_reply", "challenge", "judge_answer", "wants_activation"]
+__all__ = [
+    "Activations",
+    "Challenge",
+    "PreparedAnchor",
+    "anchor_mode",
+    "anchor_reply",
+    "challenge",
+    "ensure_activation",
+    "judge_answer",
+    "prepare_anchor",
+    "wants_activation",
+    "wants_anchor",
+]
 
 _VERSION = 1
 #: the largest endorsement or activation reply read (an EK chain is a few kilobytes)
 _MAX_REPLY = 256 * 1024
 
 
+def anchor_mode(policy: Policy | None) -> str | None:
+    """``"ek"`` or ``"ca"`` when ``policy`` asks for an anchored AIK (``aik_trust: {mode: ek|ca}``)."""
+    trust = policy.spec.get("aik_trust") if policy is not None else None
+    mode = trust.get("mode") if isinstance(trust, Mapping) else None
+    return mode if mode in ("ek", "ca") else None
+
+
 def wants_activation(policy: Policy | None) -> bool:
     """Whether ``policy`` asks for a credential activation (``aik_trust: {mode: ek}``)."""
-    trust = policy.spec.get("aik_trust") if policy is not None else None
-    return isinstance(trust, Mapping) and trust.get("mode") == "ek"
+    return anchor_mode(policy) == "ek"
+
+
+def wants_anchor(policy: Policy | None) -> bool:
+    """Whether each reply's verdict is anchored before the policy judges it (``ek`` or ``ca``)."""
+    return anchor_mode(policy) is not None
+
+
+class PreparedAnchor(NamedTuple):
+    """What anchoring a reply needs: the activation (``ek``; None for ``ca``, whose AK certificate
+    chain comes with every quote), the policy's trust store, and the TPM vendors it accepts."""
+
+    evidence: AnchorEvidence | None
+    store: Any
+    manufacturers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,6 +168,20 @@ class Activations:
 
     def __init__(self) -> None:
         self._until: dict[str, tuple[float, AnchorEvidence]] = {}
+        self._stores: dict[tuple[str, ...], Any] = {}
+
+    def store(self, paths: tuple[str, ...]) -> Any:
+        """The trust store of the policy's ``roots`` (the shipped roots when none), read once.
+        Raises :class:`SecurityError` with the certificate layer's code."""
+        from ..policy._anchor_rule import load_roots
+
+        store = self._stores.get(paths)
+        if store is None:
+            try:
+                store = self._stores[paths] = load_roots(paths)
+            except CertificateError as exc:
+                raise SecurityError(f"the policy's trust roots: {exc.message}", code=exc.code) from None
+        return store
 
     def fresh(self, router: str) -> AnchorEvidence | None:
         """The anchor evidence of the router's last activation, if it has not expired."""
@@ -146,18 +192,30 @@ class Activations:
         self._until[router] = (time.monotonic() + ttl, evidence)
 
 
-def anchor_reply(response: dict[str, Any], verdict: Verdict, evidence: AnchorEvidence, store: Any) -> Verdict:
-    """Anchor one reply's verdict with the activation, and record it in ``_metadata.verification``
-    (with the evidence an auditor re-checks offline). Returns the anchored verdict."""
+def anchor_reply(response: dict[str, Any], verdict: Verdict, prepared: PreparedAnchor) -> Verdict:
+    """Anchor one reply's verdict (with the activation for ``ek``, the quote's AK certificate chain
+    for ``ca``), and record it in ``_metadata.verification`` with the evidence and the time it was
+    validated at, which an auditor re-checks offline. Returns the anchored verdict."""
     metadata = response.get("_metadata")
     block = metadata.get("tpm_attestation") if isinstance(metadata, dict) else None
-    anchored = with_anchor(verdict, block, Anchoring(store, evidence=evidence, at=evidence.validated_at))
+    evidence = prepared.evidence
+    if evidence is None:  # ca: the chain the quote carries, judged now
+        try:
+            offered = evidence_in_block(block) if isinstance(block, Mapping) else None
+        except EvidenceError:
+            offered = None  # the Anchoring hook below fails it with its code
+        if offered is not None:
+            evidence = AnchorEvidence("ca", offered.chain, validated_at=now_utc())
+    at = evidence.validated_at if evidence is not None else now_utc()
+    anchoring = Anchoring(prepared.store, evidence=evidence, at=at, manufacturers=prepared.manufacturers)
+    anchored = with_anchor(verdict, block, anchoring)
     if isinstance(metadata, dict):
         verification = anchored.to_dict()
         prior = metadata.get("verification")
         if isinstance(prior, Mapping):  # keep what the exchange recorded beside the verdict
             verification = {**prior, **verification}
-        verification["anchor"] = evidence.to_dict()
+        if evidence is not None:
+            verification["anchor"] = evidence.to_dict()
         metadata["verification"] = verification
     return anchored
 
@@ -183,23 +241,29 @@ def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
 
-async def ensure_activation(client: Any, policy: Policy | None) -> tuple[AnchorEvidence, Any]:
-    """The router's AIK activated (from the cache within the policy's TTL, else a round trip now),
-    and the trust store it was validated against. Raises :class:`SecurityError` as
-    :func:`challenge` and :func:`judge_answer` do; nothing is sent before it returns."""
-    from ..policy._anchor_rule import load_roots
+async def prepare_anchor(client: Any, policy: Policy | None) -> PreparedAnchor:
+    """What anchoring the replies under ``policy`` needs, before any prompt is sent: the trust
+    store, and for ``ek`` the router's AIK activated (from the cache within the policy's TTL, else a
+    round trip now). Raises :class:`SecurityError` as :func:`challenge` and :func:`judge_answer` do."""
+    assert policy is not None  # wants_anchor(policy) was true
+    trust = policy.spec.get("aik_trust", {})
+    held: Activations = client._activations
+    store = held.store(tuple(trust.get("roots", ()) or trust.get("ca_certificates", ())))
+    vendors = tuple(trust.get("manufacturers", ()))
+    if anchor_mode(policy) == "ca":
+        return PreparedAnchor(None, store, vendors)
+    return PreparedAnchor(await ensure_activation(client, policy, store), store, vendors)
+
+
+async def ensure_activation(client: Any, policy: Policy, store: Any) -> AnchorEvidence:
+    """The router's AIK activated against ``store``: from the cache within the policy's TTL, else
+    a round trip now. Nothing is sent before it returns."""
     from ..wire import ACTIVATION_PATH, ENDORSEMENT_PATH
 
-    assert policy is not None  # wants_activation(policy) was true
-    trust = policy.spec.get("aik_trust", {})
-    try:
-        store = load_roots(tuple(trust.get("roots", ()) or trust.get("ca_certificates", ())))
-    except CertificateError as exc:
-        raise SecurityError(f"the policy's trust roots: {exc.message}", code=exc.code) from None
     held: Activations = client._activations
     evidence = held.fresh(client.router_url)
     if evidence is not None:
-        return evidence, store
+        return evidence
     url = client.router_url
     reply = await client._request("GET", url + ENDORSEMENT_PATH, limit=_MAX_REPLY)
     if reply.status_code != 200:
@@ -212,4 +276,4 @@ async def ensure_activation(client: Any, policy: Policy | None) -> tuple[AnchorE
     answer = await client._request("POST", url + ACTIVATION_PATH, limit=_MAX_REPLY, json=pending.body)
     evidence = judge_answer(pending, answer.status_code, answer.json_or_none("activation"), at=now_utc())
     held.passed(url, evidence, policy.key_attestation_ttl)
-    return evidence, store
+    return evidence

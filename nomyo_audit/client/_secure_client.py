@@ -57,7 +57,7 @@ from ..wire import (
     key_fingerprint,
     parse_package,
 )
-from ._activation import Activations, anchor_reply, ensure_activation, wants_activation
+from ._activation import Activations, anchor_reply, prepare_anchor, wants_anchor
 from ._audit import outcome_of, record_call
 from ._call import CompletionCall, check_payload_id, validate_security_tier
 from ._errors import FINAL_CONNECTION_CODES, within
@@ -320,9 +320,9 @@ class SecureCompletionClient:
     async def _gated_send(self, call: CompletionCall) -> dict[str, Any]:
         if call.policy is not None and call.policy.require_key_attestation:
             await self.attest_server_key(call.policy)
-        anchor = await ensure_activation(self, call.policy) if wants_activation(call.policy) else None
+        anchor = await prepare_anchor(self, call.policy) if wants_anchor(call.policy) else None
         opened = await self._send(call)
-        verdict = opened.verdict if anchor is None else anchor_reply(opened.response, opened.verdict, *anchor)
+        verdict = opened.verdict if anchor is None else anchor_reply(opened.response, opened.verdict, anchor)
         if call.policy is not None:
             apply_policy(call.policy, opened.response, verdict, now=time.time())
         return opened.response
