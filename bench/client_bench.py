@@ -12,6 +12,11 @@ built-in echo model). Against it, in this process, one after another:
 
 Then the crypto floor of one completion, both sides: RSA-4096 OAEP encrypt + decrypt
 and AES-256-GCM over the request, and the same for the response.
+
+``--floor-only`` prints just the side-by-side crypto floor per completion (no router, no HTTP):
+protocol 1.0 (RSA-4096 + AES-256-GCM both ways) against protocol 2 with X-Wing and with
+DHKEM(X25519) (seal_request, open_request, seal_response, open_response), each split into the
+client's and the router's share.
 """
 
 from __future__ import annotations
@@ -126,6 +131,83 @@ def crypto_floor(n: int = 40) -> float:
     return statistics.median(samples)
 
 
+V1_FLOOR = "v1 RSA-4096 + AES-256-GCM"
+
+
+def _median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+def crypto_floors(n: int = 200) -> dict[str, dict[str, float]]:
+    """Per completion, both sides, milliseconds (medians): v1 RSA-4096 against v2's two suites.
+
+    Each entry: ``client_ms`` (seal the request, open the reply), ``router_ms`` (open the request,
+    seal the reply) and ``total_ms``. Payloads are the bench's request and a 200-character reply.
+    """
+    from nomyo_audit._protocol2 import (
+        DHKEM_X25519,
+        XWING,
+        RouterKeys,
+        mlkem_available,
+        open_request,
+        open_response,
+        seal_request,
+        seal_response,
+    )
+    from nomyo_audit.client._keys import generate_key_pair
+    from nomyo_audit.wire import decrypt_package, encrypt_package, parse_package
+
+    request = json.dumps(PAYLOAD).encode()
+    response = json.dumps({"choices": [{"message": {"content": "x" * 200}}], "_metadata": {}}).encode()
+    floors: dict[str, dict[str, float]] = {}
+
+    client, router = generate_key_pair(), generate_key_pair()
+    client_side, router_side = [], []
+    for _ in range(max(n // 5, 20)):  # RSA-4096 is slow: fewer rounds, same median
+        t0 = time.perf_counter()
+        sealed = encrypt_package(request, router.private_key.public_key())
+        t1 = time.perf_counter()
+        decrypt_package(parse_package(sealed), router.private_key)
+        reply = encrypt_package(response, client.private_key.public_key())
+        t2 = time.perf_counter()
+        decrypt_package(parse_package(reply), client.private_key)
+        t3 = time.perf_counter()
+        client_side.append((t1 - t0) + (t3 - t2))
+        router_side.append(t2 - t1)
+    floors[V1_FLOOR] = {"client_ms": _median_ms(client_side), "router_ms": _median_ms(router_side)}
+
+    suites = [("v2 X-Wing (ML-KEM-768 + X25519)", XWING)] if mlkem_available() else []
+    suites.append(("v2 DHKEM(X25519)", DHKEM_X25519))
+    keys = RouterKeys.generate(3600, now=int(time.time()))
+    for name, suite in suites:
+        client_side, router_side = [], []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            body, context = seal_request(
+                keys.config, request, payload_id="bench", security_tier="standard", model="echo", suite=suite
+            )
+            t1 = time.perf_counter()
+            reply = seal_response(open_request(keys, body), response)
+            t2 = time.perf_counter()
+            open_response(context, reply)
+            t3 = time.perf_counter()
+            client_side.append((t1 - t0) + (t3 - t2))
+            router_side.append(t2 - t1)
+        floors[name] = {"client_ms": _median_ms(client_side), "router_ms": _median_ms(router_side)}
+    for figures in floors.values():
+        figures["total_ms"] = figures["client_ms"] + figures["router_ms"]
+    return floors
+
+
+def print_floors(floors: dict[str, dict[str, float]]) -> None:
+    v1 = floors[V1_FLOOR]["total_ms"]
+    print("| protocol | client ms | router ms | total ms | vs v1 |")
+    print("|---|---:|---:|---:|---:|")
+    for name, f in floors.items():
+        cells = f"{f['client_ms']:.3f} | {f['router_ms']:.3f} | {f['total_ms']:.3f}"
+        print(f"| {name} | {cells} | {v1 / f['total_ms']:.1f}x |")
+
+
 async def measure(url: str, total: int, latency_n: int) -> dict[str, Any]:
     from nomyo_audit import SecureChatCompletion
 
@@ -166,11 +248,24 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=192, help="requests per throughput run")
     parser.add_argument("--latency-requests", type=int, default=60)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--floor-only", action="store_true", help="only the v1/v2 crypto floors")
     args = parser.parse_args()
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.platform()}"
+    )
+    if args.floor_only:
+        floors = crypto_floors()
+        print(f"machine: {machine}\ncrypto floor per completion, both sides (medians):\n")
+        print_floors(floors)
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine, "crypto_floors": floors}, indent=2))
+        return
     logging.disable(logging.WARNING)  # nomyo logs a warning per request over HTTP
     warnings.simplefilter("ignore")
 
     floor = crypto_floor()
+    floors = crypto_floors()
     proc, url = start_router()
     try:
         results = asyncio.run(measure(url, args.requests, args.latency_requests))
@@ -189,6 +284,7 @@ def main() -> None:
         "throughput_vs_nomyo_32": ours["rps_32"] / ref["rps_32"],
         "throughput_vs_nomyo_8": ours["rps_8"] / ref["rps_8"],
         "results": results,
+        "crypto_floors": floors,
     }
     print(f"machine: {summary['machine']}")
     print(f"crypto floor of one completion (both sides): {floor:.2f} ms\n")
@@ -204,6 +300,8 @@ def main() -> None:
         f"throughput vs nomyo 0.2.9 at 32-way: {summary['throughput_vs_nomyo_32']:.1f}x (target >= 5x); "
         f"at 8-way: {summary['throughput_vs_nomyo_8']:.1f}x"
     )
+    print("\ncrypto floor per completion, both sides, protocol 1.0 against 2 (medians):\n")
+    print_floors(floors)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
 
