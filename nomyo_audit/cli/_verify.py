@@ -23,7 +23,9 @@ from typing import Any, TextIO
 import click
 
 from ..audit._log import AuditLog
-from ..errors import ConfigurationError, ExitCode
+from ..audit._merkle import leaf_hash
+from ..audit._store import StoredRecord
+from ..errors import ConfigurationError, ExitCode, IntegrityError
 from ..policy import (
     Appraisal,
     Policy,
@@ -35,6 +37,7 @@ from ..policy import (
     read_records,
     stored_records,
 )
+from ..tpm import TrustStore
 from ..tpm._ear import to_ear
 from ._log import parse_period, parse_time
 from ._progress import Progress
@@ -189,6 +192,13 @@ def _cannot_write(path: Path, number: int) -> ConfigurationError:
 )
 @click.option("--since", help="With --log: from this time (epoch, date or ISO 8601).")
 @click.option("--until", help="With --log: before this time.")
+@click.option(
+    "--tpm-roots",
+    "tpm_roots",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Re-check each AIK's anchor against the TPM manufacturer or enrollment CA roots in this "
+    "directory (a record's own anchor evidence at the time it was validated).",
+)
 def verify(
     files: tuple[str, ...],
     policy_file: str | None,
@@ -198,6 +208,7 @@ def verify(
     log_path: Path | None,
     since: str | None,
     until: str | None,
+    tpm_roots: Path | None,
 ) -> None:
     """Verify the TPM evidence in saved responses or _metadata (JSON, JSON Lines, '-' for stdin).
 
@@ -206,6 +217,10 @@ def verify(
     is judged as of when its reply was received, so the outcome does not
     change with the day of the re-appraisal (--at overrides). Records stream
     through: memory stays flat however large the log.
+
+    With --tpm-roots, each AIK's anchor (an AK certificate chain, or the credential activation
+    the client recorded) is re-checked against those roots; a policy with aik_trust ek or ca
+    uses its own roots (or the shipped manufacturer roots) otherwise.
 
     Exit status: 0 all verified (or allowed by the policy), 1 a verification
     failed or the policy denied, 2 unreadable or invalid input. A summary goes
@@ -222,6 +237,7 @@ def verify(
     lo, hi = parse_period(since, until)
     fixed_at = _evaluation_time(at)
     policy = load_policy(policy_file) if policy_file else None
+    roots = TrustStore.from_directory(tpm_roots) if tpm_roots is not None else None
     now = time.time()
     tally = Tally()
     with contextlib.ExitStack() as stack:
@@ -231,13 +247,13 @@ def verify(
         if log_path is not None:
             log = stack.enter_context(AuditLog.open(log_path))  # read-only: never creates a file
             total = log.size if not files and lo is None and hi is None else None
-            sources.append(stored_records((row.data for row in log.store.records(lo, hi)), str(log.path)))
+            sources.append(stored_records(_intact(log.store.records(lo, hi)), str(log.path)))
         # on a terminal showing the text report itself, the records scrolling past are the progress
         shown = output is not None or fmt != "text" or not sys.stdout.isatty()
         progress = stack.enter_context(Progress("verifying", total))
         step = progress if shown else _ignore
         records = itertools.chain.from_iterable(sources)
-        results = counted(appraise_all(records, policy, at=fixed_at, now=now), tally, step)
+        results = counted(appraise_all(records, policy, at=fixed_at, now=now, roots=roots), tally, step)
         for chunk in render(fmt, results, policy, now):
             out.write(chunk)
     summary = "allowed" if policy is not None else "passed"
@@ -246,6 +262,21 @@ def verify(
     )
     if tally.failed:
         raise click.exceptions.Exit(ExitCode.FINDING)
+
+
+def _intact(rows: Iterator[StoredRecord]) -> Iterator[bytes]:
+    """Each record's bytes, once they match their Merkle leaf hash: a record edited in place (its
+    anchor evidence, its verdict) is an integrity failure, never re-appraised as if it were kept.
+    ``nomyo-audit log verify --key`` checks the whole tree against the signed checkpoints."""
+    try:
+        for row in rows:
+            if leaf_hash(row.data) != row.leaf:
+                raise IntegrityError(f"record {row.seq}: its bytes do not match its leaf hash (altered)")
+            yield row.data
+    finally:  # the log's cursor closes before the log does
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
 
 
 def _ignore(done: int) -> None:

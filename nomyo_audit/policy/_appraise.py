@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import EvidenceError
+from ..tpm._anchoring import Anchoring, recorded_anchoring
 from ..tpm._binding import legacy_content_digest, recorded_content_digest, response_content_digest
 from ..tpm._verify import Verdict, verify_attestation
 from ._evaluate import PolicyResult, evaluate
@@ -171,6 +172,12 @@ def stored_records(rows: Iterable[bytes], origin: str) -> Iterator[Record]:
         metadata["payload_id"] = document.get("payload_id")
         metadata.setdefault("security_tier", document.get("security_tier"))
         digest = recorded_content_digest(document.get("verdict"))
+        verdict = document.get("verdict")
+        if isinstance(verdict, Mapping) and verdict.get("anchor") is not None:
+            # the client's own anchor evidence (hashed with the record), where a reply keeps it
+            metadata["verification"] = {"anchor": verdict["anchor"]}
+        else:
+            metadata.pop("verification", None)  # only ever the client's own, never a stored claim
         yield Record(
             f"{origin}#{document['seq']}",
             metadata,
@@ -194,10 +201,13 @@ def _record_time(document: Mapping[str, Any]) -> float | None:
 # -- appraising (pure) -----------------------------------------------------------------------------------
 
 
-def verify_record(record: Record) -> Verdict:
+def verify_record(record: Record, *, roots: Any = None) -> Verdict:
     """The verifier's verdict on one record's TPM evidence, bound to its payload id and content.
 
-    Never raises for bad evidence: every problem is a failing finding in the verdict.
+    With ``roots`` (a :class:`nomyo_audit.tpm.TrustStore`) the AIK's anchor is re-checked against
+    it: the anchor evidence the client recorded, at the time it was validated, else the quote's AK
+    certificate chain at the record's time. Never raises for bad evidence: every problem is a
+    failing finding in the verdict.
     """
     payload_id = record.metadata.get("payload_id")
     pid = payload_id if isinstance(payload_id, str) else None
@@ -205,8 +215,9 @@ def verify_record(record: Record) -> Verdict:
     # Offline there is no "our" key: the one the record names is checked (a client refuses a reply
     # whose quote binds another key than its own, so an accepted reply names the client's key).
     client_key = _recorded_client_key(record.metadata.get("client_key_sha256"))
+    anchor = None if roots is None else _anchoring(record, roots)
     verdict = verify_attestation(
-        evidence, pid, content_digest=record.content_digest, client_key_sha256=client_key
+        evidence, pid, content_digest=record.content_digest, client_key_sha256=client_key, anchor=anchor
     )
     if verdict.result == "pass" or record.digest_origin != "content" or record.response is None:
         return verdict
@@ -215,10 +226,19 @@ def verify_record(record: Record) -> Verdict:
     if any(f.code == "nonce_mismatch" for f in verdict.findings):
         legacy = legacy_content_digest(record.response)
         if legacy is not None:
-            retried = verify_attestation(evidence, pid, content_digest=legacy, client_key_sha256=client_key)
+            retried = verify_attestation(
+                evidence, pid, content_digest=legacy, client_key_sha256=client_key, anchor=anchor
+            )
             if not any(f.code == "nonce_mismatch" for f in retried.findings):
                 return retried
     return verdict
+
+
+def _anchoring(record: Record, roots: Any) -> Anchoring:
+    verification = record.metadata.get("verification")
+    recorded = verification.get("anchor") if isinstance(verification, Mapping) else None
+    at = _dt.datetime.fromtimestamp(record.received_at, _dt.timezone.utc) if record.received_at else None
+    return recorded_anchoring(roots, recorded, at=at)
 
 
 def _recorded_client_key(value: object) -> bytes | None:
@@ -230,15 +250,18 @@ def _recorded_client_key(value: object) -> bytes | None:
         return None
 
 
-def appraise(record: Record, policy: Policy | None = None, *, at: float | None = None) -> Appraisal:
+def appraise(
+    record: Record, policy: Policy | None = None, *, at: float | None = None, roots: Any = None
+) -> Appraisal:
     """Verify one record and, given ``policy``, evaluate it with ``max_age`` judged at ``at``.
 
     ``at`` is seconds since the epoch: the record's own time for a stored
     record, the present for a saved file (:func:`appraise_all` chooses). Without
     a usable ``at`` a policy's ``max_age`` rule fails rather than guess. Never
-    raises for bad evidence or metadata: they give failing findings and rule outcomes.
+    raises for bad evidence or metadata: they give failing findings and rule outcomes. ``roots``
+    re-checks the AIK's anchor (:func:`verify_record`).
     """
-    verdict = verify_record(record)
+    verdict = verify_record(record, roots=roots)
     if policy is None:
         return Appraisal(record, verdict, None, None)
     target = record.response if record.response is not None else record.metadata
@@ -246,7 +269,12 @@ def appraise(record: Record, policy: Policy | None = None, *, at: float | None =
 
 
 def appraise_all(
-    records: Iterable[Record], policy: Policy | None = None, *, at: float | None = None, now: float
+    records: Iterable[Record],
+    policy: Policy | None = None,
+    *,
+    at: float | None = None,
+    now: float,
+    roots: Any = None,
 ) -> Iterator[Appraisal]:
     """Appraise each record as it is read: ``max_age`` judged at ``at``, else at the record's own time.
 
@@ -258,4 +286,4 @@ def appraise_all(
     """
     for record in records:
         when = at if at is not None else record.received_at if record.received_at is not None else now
-        yield appraise(record, policy, at=when)
+        yield appraise(record, policy, at=when, roots=roots)

@@ -24,7 +24,7 @@ from ._anchor import AnchorEvidence, AnchorResult, appraise_anchor, read_chain
 from ._public import Public
 from ._verdict import Finding, Verdict, VerdictFacts
 
-__all__ = ["AnchorCache", "Anchoring", "evidence_in_block", "with_anchor"]
+__all__ = ["AnchorCache", "Anchoring", "evidence_in_block", "recorded_anchoring", "with_anchor"]
 
 #: the aik_anchor finding of evidence that offers no anchor (the same text verify_attestation uses)
 NO_ANCHOR = Finding(
@@ -98,7 +98,7 @@ class Anchoring:
     certificate chain the quote carries (``aik_cert_chain_b64``). ``at`` is when chains are judged
     (default: the time of each appraisal; an offline re-check gives the recorded time)."""
 
-    __slots__ = ("_last", "at", "cache", "evidence", "manufacturers", "store")
+    __slots__ = ("_last", "at", "cache", "evidence", "failure", "manufacturers", "store")
 
     def __init__(
         self,
@@ -108,8 +108,11 @@ class Anchoring:
         at: datetime | None = None,
         manufacturers: Collection[str] = (),
         cache: AnchorCache | None = None,
+        failure: Finding | None = None,
     ) -> None:
         self.store = store
+        #: the finding of every appraisal when the anchor evidence could not be read (a record's)
+        self.failure = failure
         self.evidence = evidence
         self.at = at
         self.manufacturers = tuple(manufacturers)
@@ -121,6 +124,8 @@ class Anchoring:
     def __call__(self, aik: Public, block: Mapping[str, Any], facts: Any) -> Finding:
         """The ``aik_anchor`` finding for a quote whose signature by ``aik`` verified; the anchor's
         facts go into ``facts``. Raises nothing."""
+        if self.failure is not None:
+            return self.failure
         evidence = self.evidence
         if evidence is None:
             try:
@@ -151,6 +156,20 @@ class Anchoring:
             facts.update(result.facts)
             facts["chain_subjects"] = list(result.facts["chain_subjects"])
         return result.finding
+
+
+def recorded_anchoring(store: Any, recorded: object, *, at: datetime | None) -> Anchoring:
+    """How to re-check a kept reply's anchor offline against ``store``: with the anchor evidence the
+    client recorded (``_metadata.verification.anchor``, an audit record's ``verdict.anchor``), judged
+    at the time it was validated then; without one, the quote's own AK certificate chain judged at
+    ``at`` (when the reply was received). Evidence that does not read fails ``aik_anchor``."""
+    if recorded is None:
+        return Anchoring(store, at=at)
+    try:
+        evidence = AnchorEvidence.from_dict(recorded)
+    except EvidenceError as exc:
+        return Anchoring(store, failure=Finding("aik_anchor", "fail", exc.code, exc.message))
+    return Anchoring(store, evidence=evidence, at=evidence.validated_at or at)
 
 
 def evidence_in_block(block: Mapping[str, Any]) -> AnchorEvidence | None:
