@@ -6,6 +6,8 @@ Endpoints, byte-compatible with NOMYO protocol 1.0 (docs/protocol.md):
 * ``POST /v1/chat/secure_completion``: one encrypted chat request in, one
   encrypted response out, with ``_metadata`` filled as the seed API says.
 
+Protocol 2 (docs/protocol-v2.md) is served alongside by :mod:`._protocol2`.
+
 Errors are JSON ``{"detail": ...}`` with the statuses the client maps to its
 exceptions: 400 malformed, 401 auth, 403 tier not allowed, 408 body too slow,
 413 too large, 5xx backend or TPM trouble. Every request is checked in full
@@ -56,6 +58,7 @@ from ._anchoring import anchoring_routes
 from ._backends import Backend, BackendError, EchoBackend
 from ._environment import cuda_device_info, memory_protection_metadata
 from ._key_binding import attest_reply
+from ._protocol2 import V2Keys, protocol2_routes
 from ._validation import RequestRejected, check_chat_request, check_client_key, check_payload_id, load_json
 
 __all__ = ["Attester", "NoAttester", "RouterConfig", "create_app"]
@@ -259,6 +262,23 @@ def create_app(config: RouterConfig) -> Starlette:
         Route(COMPLETION_PATH, secure_completion, methods=["POST"]),
     ]
     routes += anchoring_routes(config)  # GET /pki/endorsement, POST /pki/activation, /pki/aik_certificate
+    v2 = V2Keys()  # protocol 2: GET /pki/v2/key_config, /pki/v2/attestation, POST /v2/chat/secure_completion
+    routes += protocol2_routes(
+        config,
+        v2,
+        count=_count,
+        hold=budget.hold,
+        read_body=lambda request, share: _read_body(request, config.body_timeout, budget, share),
+        check_auth=lambda request: _check_auth(request, api_keys),
+        allowed_tiers=lambda model: _allowed_tiers(config.model_tiers, model),
+        rejection=_rejection,
+        metadata=lambda: {
+            "is_encrypted": True,
+            "response_status": "success",
+            "memory_protection": dict(memory_protection),
+            "cuda_device": dict(cuda_device),
+        },
+    )
     if config.plain_endpoint:
         routes.append(Route("/v1/chat/completions", plain_completion, methods=["POST"]))
     app = Starlette(
@@ -266,6 +286,7 @@ def create_app(config: RouterConfig) -> Starlette:
     )
     app.state.requests = requests
     app.state.clients = clients
+    app.state.v2 = v2
     return app
 
 
