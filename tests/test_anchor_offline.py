@@ -144,3 +144,45 @@ def test_tpm_roots_must_be_a_directory_of_certificates(ek_log, tmp_path, capsys)
     empty.mkdir()
     assert main(["verify", "--log", str(ek_log[0]), "--tpm-roots", str(empty)]) == ExitCode.USAGE
     assert "Traceback" not in capsys.readouterr().err
+
+
+# -- reports: the anchor per AIK ---------------------------------------------------------------------
+
+
+def _report(log_path, fmt="md"):
+    from nomyo_audit.audit import AuditLog, build_report
+    from nomyo_audit.audit._render import render_report
+
+    with AuditLog.open(log_path) as log:
+        documents = [json.loads(row.data) for row in log.store.records()]
+        report = build_report(documents, generated_at="2026-01-01T00:00:00Z", log_state=log.verified_state())
+    files = render_report(report, [fmt])
+    return report, next(iter(files.values())).decode()
+
+
+def test_report_shows_the_anchor_of_each_aik(ek_log, ca_log):
+    for log, kind in ((ek_log[0], "ek"), (ca_log[0], "ca")):
+        report, markdown = _report(log)
+        (aik,) = report["aiks"]
+        (anchor,) = aik["anchors"]
+        assert (anchor["kind"], anchor["manufacturer"], anchor["records"]) == (kind, "id:00001014", 2)
+        assert anchor["tpm_model"] and anchor["tpm_firmware_version"] and len(anchor["chain_subjects"]) >= 2
+        assert aik["not_anchored"] == 0
+        assert f"anchored ({kind})" in markdown and "id:00001014" in markdown
+
+
+def test_report_never_anchors_a_software_aik(make_router, client_keys_dir, tmp_path):
+    router = make_router(attester=make_attester("software"))
+    log = tmp_path / "software.db"
+
+    async def go():
+        async with SecureChatCompletion(
+            router.url, allow_http=True, key_dir=str(client_keys_dir), audit_log=str(log)
+        ) as client:
+            return await client.create("echo", HELLO, security_tier="high")
+
+    asyncio.run(go())
+    report, markdown = _report(log)
+    (aik,) = report["aiks"]
+    assert (aik["anchors"], aik["not_anchored"]) == ([], 1)
+    assert "not anchored" in markdown and "anchored (" not in markdown

@@ -11,8 +11,9 @@ defensively (a malformed record is counted as failed, never a crash). A
 record's policy result is the client's own evaluation (``policy``), never a
 field the router sent. The attester kind is the router's own declaration,
 unauthenticated, and is reported as such: software-attested evidence is
-flagged "no hardware" (so is swtpm, a TPM in software), and nothing here claims a genuine TPM, because AIKs
-are not anchored to a hardware root of trust.
+flagged "no hardware" (so is swtpm, a TPM in software), and nothing here claims a genuine TPM. An AIK
+is shown as anchored (:mod:`._report_anchor`) only where the record's own verdict anchored it, with
+what the anchor's certificates state; every other AIK is "not anchored".
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from .._version import __version__
 from ..policy import Policy
 from ._records import rfc3339
+from ._report_anchor import Anchor, anchor_of, anchor_row
 from ._report_record import (
     BEFORE_SENDING,
     Appraisal,
@@ -89,6 +91,8 @@ class _Tally:
         self.rules: dict[str, Counter[str]] = defaultdict(Counter)
         self.findings: Counter[str] = Counter()
         self.aiks: Counter[str] = Counter()
+        #: per AIK fingerprint, its records by anchor (None: not anchored)
+        self.anchors: dict[str, Counter[Anchor | None]] = defaultdict(Counter)
         self.attesters: Counter[tuple[str, str, str]] = Counter()
         self.pcr_values: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
         self.combos: Counter[tuple[Any, ...]] = Counter()
@@ -152,6 +156,7 @@ class _Tally:
                 when[:13],
                 as_text(facts.get("aik_fingerprint")) or "",
                 attester_kind(evidence),
+                anchor_of(doc.get("verdict")),
             )
         ] += 1
         seq = doc.get("seq")
@@ -181,7 +186,7 @@ class _Tally:
         """Spread the combined counts over the counters the report shows."""
         totals, by = self.totals, self.by
         for key, n in self.combos.items():
-            status, not_sent, attested, verified, router, model, tier, hour, aik, kind = key
+            status, not_sent, attested, verified, router, model, tier, hour, aik, kind, anchor = key
             totals["requests"] += n
             totals[status] += n
             if not_sent:
@@ -196,6 +201,7 @@ class _Tally:
             self.hours[hour or "unknown"][status] += n
             if aik:
                 self.aiks[aik] += n
+                self.anchors[aik][anchor] += n
             if kind != "none":
                 self.attesters[(router, aik, kind)] += n
                 totals["no_hardware"] += n if kind in NO_HARDWARE_KINDS else 0
@@ -291,7 +297,19 @@ def build_report(
         "by_day": {day: dict(counts) for day, counts in sorted(tally.days.items())},
         "rules": {rule: dict(counts) for rule, counts in sorted(tally.rules.items())},
         "finding_codes": _top(tally.findings),
-        "aiks": [{"fingerprint": fp, "records": n} for fp, n in tally.aiks.most_common(MAX_DISTINCT)],
+        "aiks": [
+            {
+                "fingerprint": fp,
+                "records": n,
+                "anchors": [
+                    anchor_row(anchor, count)
+                    for anchor, count in tally.anchors[fp].most_common(MAX_DISTINCT)
+                    if anchor is not None
+                ],
+                "not_anchored": tally.anchors[fp][None],
+            }
+            for fp, n in tally.aiks.most_common(MAX_DISTINCT)
+        ],
         "aik_count": len(tally.aiks),
         "attesters": [
             {

@@ -1,0 +1,57 @@
+"""The anchor of one record's AIK, as a report shows it. Pure.
+
+Read from the record's own verdict (the client's appraisal, hashed with the record): an AIK is shown
+as anchored only when that verdict's ``aik_anchor`` passed, and then only with what the anchor
+established (its kind, the chain's subjects, and the TPM manufacturer, model and firmware version
+that the EK certificate or AK certificate states). Every other record is "not anchored": a
+software or unanchored AIK is never shown as hardware. ``nomyo-audit verify --log --tpm-roots``
+re-checks the anchor against roots the auditor chooses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["Anchor", "anchor_of", "anchor_row"]
+
+#: (kind, manufacturer, TPM model, firmware version, chain subjects)
+Anchor = tuple[str, str, str, str, tuple[str, ...]]
+
+
+def anchor_of(verdict: object) -> Anchor | None:
+    """The anchor a record's verdict established, or None (not anchored, or unreadable)."""
+    if not isinstance(verdict, Mapping):
+        return None
+    findings = verdict.get("findings")
+    status = findings.get("aik_anchor") if isinstance(findings, Mapping) else None
+    if not isinstance(status, list) or not status or status[0] != "pass":
+        return None
+    facts = verdict.get("facts")
+    if not isinstance(facts, Mapping) or facts.get("anchor_kind") not in ("ca", "ek"):
+        return None
+    subjects = facts.get("chain_subjects")
+    return (
+        str(facts["anchor_kind"]),
+        _text(facts.get("manufacturer")),
+        _text(facts.get("tpm_model")),
+        _text(facts.get("tpm_firmware_version")),
+        tuple(_text(s) for s in subjects[:8]) if isinstance(subjects, list) else (),
+    )
+
+
+def anchor_row(anchor: Anchor, records: int) -> dict[str, Any]:
+    """One anchor of an AIK as the report document holds it."""
+    kind, manufacturer, model, firmware, subjects = anchor
+    return {
+        "kind": kind,
+        "manufacturer": manufacturer,
+        "tpm_model": model,
+        "tpm_firmware_version": firmware,
+        "chain_subjects": list(subjects),
+        "records": records,
+    }
+
+
+def _text(value: object) -> str:
+    return str(value)[:200] if value is not None else "not stated"
