@@ -31,8 +31,9 @@ class SecureChatCompletion:
     there once), ``key_password``, ``server_key_fingerprint`` (pin the
     router key), ``timeout`` (seconds for the whole call, retries included,
     and for each HTTP request in it; default 600, ``None`` means the
-    default: no call waits forever) and ``transport`` (any httpx async
-    transport).
+    default: no call waits forever), ``transport`` (any httpx async
+    transport) and ``protocol`` (``"auto"``, the default: protocol 2 when the
+    router offers it; ``"1.0"``; ``"2"``; None reads ``NOMYO_PROTOCOL``).
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class SecureChatCompletion:
         transport: httpx.AsyncBaseTransport | None = None,
         policy: Policy | str | os.PathLike[str] | None = None,
         audit_log: AuditLog | str | os.PathLike[str] | None = None,
+        protocol: str | None = None,
     ) -> None:
         if audit_log is None and os.environ.get("NOMYO_AUDIT_LOG"):
             audit_log = os.environ["NOMYO_AUDIT_LOG"]
@@ -63,6 +65,7 @@ class SecureChatCompletion:
             transport=transport,
             policy=policy,
             audit_log=audit_log,
+            protocol=protocol,
         )
         self.api_key = api_key
         self._key_dir = key_dir

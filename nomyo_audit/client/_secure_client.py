@@ -66,6 +66,7 @@ from ._gate import KeyAttestations, ServerKey, apply_policy, judge_key_attestati
 from ._http import Reply
 from ._keys import DEFAULT_KEY_BITS, KeyPair, generate_key_pair, load_key_pair, save_key_pair
 from ._pool import ConnectionPool
+from ._protocol2 import Protocol2
 from ._retry import backoff_delay, is_retryable_status
 from ._settings import DEFAULT_HTTP_TIMEOUT, check_router_url, check_timeout, normalise_fingerprint
 
@@ -101,8 +102,10 @@ class SecureCompletionClient:
         key_bits: int = DEFAULT_KEY_BITS,
         policy: Policy | str | os.PathLike[str] | None = None,
         audit_log: AuditLog | str | os.PathLike[str] | None = None,
+        protocol: str | None = None,
     ) -> None:
         self.router_url = check_router_url(router_url, allow_http)
+        self._v2 = Protocol2(protocol)  # "auto" | "1.0" | "2" (None: $NOMYO_PROTOCOL); client/_protocol2.py
         self._owns_audit_log = isinstance(audit_log, (str, os.PathLike))
         self.audit_log = AuditLog(audit_log) if isinstance(audit_log, (str, os.PathLike)) else audit_log
         self._policies: dict[str, Policy] = {}
@@ -318,10 +321,11 @@ class SecureCompletionClient:
         )
 
     async def _gated_send(self, call: CompletionCall) -> dict[str, Any]:
-        if call.policy is not None and call.policy.require_key_attestation:
+        v2_config = await self._v2.negotiate(self, call.policy)  # None: protocol 1.0, never a downgrade
+        if v2_config is None and call.policy is not None and call.policy.require_key_attestation:
             await self.attest_server_key(call.policy)
         anchor = await prepare_anchor(self, call.policy) if wants_anchor(call.policy) else None
-        opened = await self._send(call)
+        opened = await (self._send(call) if v2_config is None else self._v2.send(self, call, v2_config))
         verdict = opened.verdict if anchor is None else anchor_reply(opened.response, opened.verdict, anchor)
         if call.policy is not None:
             apply_policy(call.policy, opened.response, verdict, now=time.time())
