@@ -209,17 +209,24 @@ def _nonce_binding(value: list[str], spec: PolicySpec) -> Check:
 
 def _require_key_binding(value: bool, spec: PolicySpec) -> Check:
     """Whether the quote binds the protocol 1.0 client key the caller holds (``facts.key_binding``,
-    set by the verifier from the caller's own key; the router's ``client_key_sha256`` never counts)."""
+    set by the verifier from the caller's own key; the router's ``client_key_sha256`` never counts).
+    A protocol 2 reply (``_metadata.protocol``, the client's own field) has no client key to
+    substitute: its key was chosen by the client inside the sealed request, so the rule passes."""
     bound = RuleOutcome("require_key_binding", "pass", "the quote binds our client key", ("nonce_matches",))
     absent = RuleOutcome(
         "require_key_binding", "fail", "the quote does not bind our client key (the router does not bind it)"
     )
     unproved = RuleOutcome("require_key_binding", "fail", "no verified quote binds our client key")
     skipped = RuleOutcome("require_key_binding", "skip", "client-key binding not required")
+    sealed = RuleOutcome(
+        "require_key_binding", "pass", "protocol 2: the reply key travels inside the sealed request"
+    )
 
     def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
         if not value:
             return skipped
+        if isinstance(metadata, Mapping) and metadata.get("protocol") == "2":  # the client's own field
+            return sealed
         binding = verdict.facts.get("key_binding")
         if binding == "bound" and verdict.findings[_NONCE_BINDING].status == "pass":
             return bound
