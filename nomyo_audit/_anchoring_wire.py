@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from .errors import ProtocolError
@@ -147,8 +148,8 @@ def certifies(certificate_der: bytes, aik_public: bytes) -> bool:
         certificate = x509.load_der_x509_certificate(certificate_der)
         key = to_crypto_key(parse_public(aik_public))
         return bool(certificate.public_key().public_bytes(*_SPKI) == key.public_bytes(*_SPKI))
-    except (ValueError, TPMStructureError):
-        return False
+    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm, TPMStructureError):
+        return False  # InvalidVersion and UnsupportedAlgorithm are not ValueErrors
 
 
 def _document(body: bytes, what: str, fields: Sequence[str]) -> Mapping[str, Any]:

@@ -164,7 +164,7 @@ def anchoring_routes(config: RouterConfig) -> list[Route]:
         try:
             for der in chain:
                 x509.load_der_x509_certificate(der)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
             raise AnchoringRejected(400, "cert_malformed", "a certificate is not DER X.509") from None
         if not certifies(chain[0], aik_public):
             raise AnchoringRejected(

@@ -33,10 +33,15 @@ from ._tcg import basic_constraints, key_usage
 from ._trust_store import TrustStore
 from ._x509 import RawCertificate, decode_name, read_certificate, verify_issued_by
 
-__all__ = ["MAX_CHAIN_LENGTH", "build_path", "read_chain"]
+__all__ = ["MAX_CHAIN_LENGTH", "MAX_SIGNATURE_CHECKS", "build_path", "read_chain"]
 
 #: Longest path accepted, leaf and anchor included.
 MAX_CHAIN_LENGTH = 8
+#: Signatures checked while searching for a path, at most: without a bound, a chain of look-alike
+#: intermediates (same subject, same key) makes the search try every ordering of them (13,699 P-521
+#: checks, 12 s, for 7 of them). Real chains need a few per level (the bundled store holds at most 4
+#: anchors with one subject).
+MAX_SIGNATURE_CHECKS = 32
 _KNOWN_CRITICAL = {
     "2.5.29.15",  # keyUsage
     "2.5.29.17",  # subjectAltName (critical for an empty subject)
@@ -66,7 +71,7 @@ def build_path(
     if at.tzinfo is None:
         raise CertificateError("the validation time must be timezone-aware", code="cert_malformed")
     at = at.astimezone(timezone.utc)
-    path = _extend([leaf], intermediates, store)
+    path = _extend([leaf], intermediates, store, [MAX_SIGNATURE_CHECKS])
     for position, certificate in enumerate(path):
         _check_validity(certificate, at)
         _check_critical(certificate)
@@ -76,7 +81,7 @@ def build_path(
 
 
 def _extend(
-    path: list[RawCertificate], pool: Sequence[RawCertificate], store: TrustStore
+    path: list[RawCertificate], pool: Sequence[RawCertificate], store: TrustStore, budget: list[int]
 ) -> list[RawCertificate]:
     anchor = store.anchor_for(path[-1])
     if anchor is not None:
@@ -90,9 +95,16 @@ def _extend(
     candidates += [c for c in store.issuers_of(current) if c.sha256 not in seen]
     failure: CertificateError | None = None
     for issuer in candidates if len(path) < MAX_CHAIN_LENGTH else []:
+        if budget[0] <= 0:
+            raise CertificateError(
+                f"no path found within {MAX_SIGNATURE_CHECKS} signature checks: the chain holds too many "
+                "look-alike issuers",
+                code="cert_unchained",
+            )
+        budget[0] -= 1
         try:
             verify_issued_by(current, issuer.public_key)
-            return _extend([*path, issuer], pool, store)
+            return _extend([*path, issuer], pool, store, budget)
         except CertificateError as exc:
             failure = failure if failure is not None and exc.code == "cert_bad_signature" else exc
     if anchor is not None:
