@@ -91,6 +91,7 @@ def chat(router, keys_dir, router_keys, *, transport=None, policy: Any = "produc
             allow_http=True,
             key_dir=str(keys_dir),
             policy=policy,
+            protocol="1.0",  # the 1.0 client-key binding; protocol 2 has no client key (test_protocol2_e2e)
             server_key_fingerprint=key_fingerprint(router_keys.private_key.public_key()),
             transport=transport,
             audit_log=audit_log,
