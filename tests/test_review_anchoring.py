@@ -183,3 +183,32 @@ def test_router_refuses_an_unknown_version_chain_upload_with_400_not_503(swtpm, 
         router.url + AIK_CERTIFICATE_PATH, json=body, headers={"Authorization": "Bearer admin"}
     )
     assert (response.status_code, response.json()["error"]["code"]) == (400, "cert_malformed"), response.text
+
+
+# -- anchor substitution in the leaf position --------------------------------------------------------
+
+
+def test_a_forged_twin_of_an_anchor_is_not_a_valid_ek_or_ak_certificate():
+    """A leaf with an anchor's subject and key but its own content (EKU, TPM manufacturer), signed by
+    an unrelated key: before, build_path swapped it for the store's copy and checked no signature, so
+    validate_ek_chain and validate_ak_chain passed it with the forger's TPM facts."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from tpm_cert_factory import AT, EKU_AIK, aik_public, ek_builder, other_key, pki, tpm_name
+
+    from nomyo_audit.errors import CertificateError
+    from nomyo_audit.tpm import TrustStore, validate_ak_chain, validate_ek_chain
+
+    anchors = pki()
+    store = TrustStore.from_der([anchors.der(anchors.root)])
+    root_key = anchors.root.public_key()
+    for eku in (None, [EKU_AIK]):
+        twin = ek_builder(
+            anchors.root, key=root_key, subject=anchors.root.subject, san=tpm_name(), eku=eku
+        ).sign(other_key(), hashes.SHA256())
+        der = twin.public_bytes(serialization.Encoding.DER)
+        with pytest.raises(CertificateError) as refused:
+            if eku is None:
+                validate_ek_chain(der, [], store, at=AT)
+            else:
+                validate_ak_chain([der], store, aik_public(root_key), at=AT)  # type: ignore[arg-type]
+        assert refused.value.code == "cert_bad_signature"

@@ -83,7 +83,10 @@ def build_path(
 def _extend(
     path: list[RawCertificate], pool: Sequence[RawCertificate], store: TrustStore, budget: list[int]
 ) -> list[RawCertificate]:
-    anchor = store.anchor_for(path[-1])
+    # A leaf is an anchor only as the very bytes the store holds: a twin (an anchor's subject and key,
+    # any other content, signed by anyone) would otherwise pass as an EK or AK certificate unsigned.
+    leaf = len(path) == 1
+    anchor = (path[0] if path[0].sha256 in store.sha256s else None) if leaf else store.anchor_for(path[-1])
     if anchor is not None:
         path = [*path[:-1], anchor]  # the store's copy, never the presented one
     current = path[-1]
