@@ -212,3 +212,22 @@ def test_a_forged_twin_of_an_anchor_is_not_a_valid_ek_or_ak_certificate():
             else:
                 validate_ak_chain([der], store, aik_public(root_key), at=AT)  # type: ignore[arg-type]
         assert refused.value.code == "cert_bad_signature"
+
+
+# -- the child-AIK verdict's wording -----------------------------------------------------------------------
+
+
+def test_a_child_signer_match_does_not_claim_to_prove_the_parent_or_the_attributes_by_itself():
+    """Any software key can put H(P || Name(AIK)) in its own quote for a P of its choice, so a match
+    proves the attributes only for a TPM signer, and a parent QN is a digest, not a known key. Before,
+    the finding said outright that it 'proves the AIK's public area and attributes'."""
+    import base64
+
+    from tpm_cert_factory import aik_public, other_key
+
+    from nomyo_audit.tpm._aik import child_signer
+
+    aik_b64 = base64.b64encode(aik_public(other_key().public_key()).marshal()).decode()
+    detail = child_signer(aik_b64, base64.b64encode(bytes.fromhex("4000000b")).decode()).matches.detail
+    assert "only as far as the signer is a TPM" in detail and "aik_anchor" in detail
+    assert "as no particular key" in detail

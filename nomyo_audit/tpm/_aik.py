@@ -160,8 +160,10 @@ def child_signer(aik_b64: str, parent_b64: str) -> ChildSigner:
             "signer_name",
             "pass",
             "signer_matches",
-            "qualifiedSigner is the AIK's qualified name under the parent the evidence names, "
-            "which proves the AIK's public area and attributes",
+            "qualifiedSigner is the AIK's qualified name under the parent the evidence names: the quote "
+            "names this public area, attributes included, as its signer, which proves them only as far as "
+            "the signer is a TPM (aik_anchor); the parent is known only by that qualified name, as no "
+            "particular key",
         ),
         Finding(
             "signer_name",
