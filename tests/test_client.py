@@ -65,7 +65,8 @@ def test_create_returns_openai_shape_with_metadata(router, client_keys_dir):
     )
     meta = reply["_metadata"]
     assert meta["is_encrypted"] is True
-    assert meta["encryption_algorithm"] == "hybrid-aes256-rsa4096"
+    assert meta["encryption_algorithm"] == "nomyo-audit-v2-hpke"  # protocol 2: our router offers it
+    assert meta["protocol"] == "2"
     assert meta["payload_id_verified"] is True
     assert isinstance(meta["processed_at"], int)
     assert meta["security_tier"] == "standard"
@@ -185,8 +186,8 @@ def test_one_pooled_connection_and_one_key_fetch(router, client_keys_dir):
                 await client.create("echo", HELLO)
 
     run(go())
-    assert router.app.state.requests["/pki/public_key"] == 1
-    assert router.app.state.requests["/v1/chat/secure_completion"] == 5
+    assert router.app.state.requests["/pki/v2/key_config"] == 1  # protocol 2's key, fetched once
+    assert router.app.state.requests["/v2/chat/secure_completion"] == 5
     assert len(router.app.state.clients) == 1
 
 

@@ -44,7 +44,7 @@ def test_production_policy_passes_on_the_demo_machine(make_router, client_keys_d
     assert reply["choices"][0]["message"]["content"] == "echo: gated hello"
     assert reply["_metadata"]["policy"]["outcome"] == "pass"
     assert reply["_metadata"]["verification"]["policy"]["name"] == "production"
-    assert router.app.state.requests["/pki/attestation"] == 1  # attest-before-send
+    assert router.app.state.requests["/pki/v2/attestation"] == 1  # attest-before-send, protocol 2's key
 
 
 def test_changed_pcr_is_denied_and_no_content_is_returned(make_router, client_keys_dir):
@@ -164,8 +164,8 @@ def test_key_attestation_is_cached_per_key(make_router, client_keys_dir):
                 await client.create("echo", HELLO, security_tier="high")
 
     asyncio.run(go())
-    assert router.app.state.requests["/pki/attestation"] == 1
-    assert router.app.state.requests["/v1/chat/secure_completion"] == 3
+    assert router.app.state.requests["/pki/v2/attestation"] == 1  # protocol 2's key configuration
+    assert router.app.state.requests["/v2/chat/secure_completion"] == 3
 
 
 def test_attestation_endpoint_rejects_bad_nonces(make_router):
