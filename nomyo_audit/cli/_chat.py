@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from ..client import SECURITY_TIERS, SecureChatCompletion
+from ..client._settings import PROTOCOL_ENV, PROTOCOLS
 from ..errors import APIConnectionError, ConfigurationError, SecurityError
 
 #: Connection failures that are the user's to fix (a mistyped host, https:// to a plain-HTTP
@@ -42,6 +43,12 @@ USER_CONNECTION_ERRORS = frozenset({"name_resolution", "tls"})
     envvar="NOMYO_POLICY",
     help="Policy gating the reply (denied: exit 1, no reply).",
 )
+@click.option(
+    "--protocol",
+    type=click.Choice(PROTOCOLS),
+    envvar=PROTOCOL_ENV,
+    help="auto (default): protocol 2 when the router offers it; 1.0; 2 (required). Or NOMYO_PROTOCOL.",
+)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def chat(
     prompt: str | None,
@@ -54,6 +61,7 @@ def chat(
     server_key_fingerprint: str | None,
     timeout: float | None,
     policy_file: str | None,
+    protocol: str | None,
     fmt: str,
 ) -> None:
     """Send PROMPT (or stdin) as an encrypted chat; print the reply.
@@ -81,6 +89,7 @@ def chat(
             server_key_fingerprint=server_key_fingerprint,
             timeout=timeout,
             policy=policy_file,
+            protocol=protocol or "auto",
         ) as client:
             kwargs: dict[str, Any] = {"security_tier": security_tier} if security_tier else {}
             return await client.create(model, messages, **kwargs)
@@ -132,7 +141,10 @@ def _prompt_from_stdin() -> str:
 def describe_metadata(metadata: dict[str, Any]) -> str:
     """A short human summary of a response's ``_metadata`` and its verdict (no secrets in it)."""
     bound = "payload_id bound" if metadata.get("payload_id_verified") else "payload_id NOT echoed by server"
-    lines = [f"payload_id={metadata.get('payload_id')} tier={metadata.get('security_tier')} {bound}"]
+    lines = [
+        f"protocol {metadata.get('protocol')} payload_id={metadata.get('payload_id')} "
+        f"tier={metadata.get('security_tier')} {bound}"
+    ]
     verification = metadata.get("verification")
     if verification:
         lines.append(f"attestation: {verification['result'].upper()}")
