@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -48,7 +49,14 @@ def _tpm2_usable() -> bool:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where to leave the log, keys and report (default: ./nomyo-audit-demo/<time>).",
 )
-def demo(attester: str, workdir: Path | None) -> None:
+@click.option(
+    "--protocol",
+    type=click.Choice(["2", "1.0"]),
+    default="2",
+    show_default=True,
+    help="2: HPKE (X-Wing), nothing to substitute on the wire; 1.0: the NOMYO protocol, key-bound quotes.",
+)
+def demo(attester: str, workdir: Path | None, protocol: str) -> None:
     """Run the whole loop on loopback: TPM, router, policy-gated chats, audit log, signed report.
 
     Everything runs on 127.0.0.1 and stops when the command ends; the audit
@@ -110,24 +118,26 @@ def demo(attester: str, workdir: Path | None) -> None:
         router = stack.enter_context(
             RouterThread(RouterConfig(private_key=generate_key_pair().private_key, attester=tpm_attester))
         )
-        step(f"reference router on {router.url} (RSA-4096 key, echo model, a TPM quote on every reply)")
+        step(
+            f"reference router on {router.url} (protocols 1.0 and 2, echo model, a TPM quote on every reply)"
+        )
         log = stack.enter_context(AuditLog(log_path, key=ed25519_private(key_path), checkpoint_every=4))
 
         step(f"client policy: {policy.name} sha256:{policy.digest[:16]}... (golden PCRs, attest-before-send)")
 
         async def run() -> None:
             async with SecureChatCompletion(
-                router.url, allow_http=True, policy=policy, audit_log=log
+                router.url, allow_http=True, policy=policy, audit_log=log, protocol=protocol
             ) as client:
-                await client.client.attest_server_key(policy)
-                step("router key attested (quote over its public key) before any prompt was encrypted: PASS")
+                step(await _attest_router_key(client.client, policy))
                 for prompt in DEMO_PROMPTS:
                     reply = await client.create(
                         "echo", [{"role": "user", "content": prompt}], security_tier="high"
                     )
                     meta = reply["_metadata"]
                     step(
-                        f"> {prompt}\n     {reply['choices'][0]['message']['content']}\n     verdict "
+                        f"> {prompt}\n     {reply['choices'][0]['message']['content']}\n     "
+                        f"protocol {meta['protocol']}, verdict "
                         f"{meta['verification']['result']}, policy {meta['policy']['outcome']}, "
                         f"payload_id {meta['payload_id']}"
                     )
@@ -179,6 +189,21 @@ Look further:
   {prog} verify-report {report_dir} --key {public_path} --log {log_path}
   {prog} log prove {document["failures"][0]["payload_id"] if document["failures"] else "<payload_id>"} --log {log_path}
 """  # noqa: E501
+    )
+
+
+async def _attest_router_key(client: Any, policy: Any) -> str:
+    """Attest-before-send for the protocol the client uses, now rather than on the first prompt."""
+    from .._protocol2_keys import usable_suites
+
+    config = await client._v2.negotiate(client, policy)  # None: the client uses protocol 1.0
+    if config is None:
+        await client.attest_server_key(policy)
+        return "protocol 1.0: router key attested (quote over its public key) before any prompt: PASS"
+    suite = next(suite for suite in config.suites if suite in usable_suites())
+    return (
+        f"protocol 2 (HPKE {suite.name}): the router's key configuration {config.key_id} attested "
+        "(quote over its digest) before any prompt was sealed; no client key on the wire: PASS"
     )
 
 
