@@ -430,3 +430,14 @@ def test_no_client_key_and_no_plaintext_header_on_the_wire(router, client_keys_d
     (completion,) = [r for r in transport.requests if r.url.path == COMPLETION_V2_PATH]
     assert {"x-public-key", "x-payload-id", "x-security-tier"}.isdisjoint(completion.headers)
     assert b"v2 hello" not in completion.content
+
+
+def test_the_cryptography_floor_has_hpke():
+    """_protocol2_keys imports cryptography.hazmat.primitives.hpke and asymmetric.mlkem (both 47.0.0; the
+    code keeps its own enc lengths, so KEM.enc_length of 49.0.0 is not needed)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "pyproject.toml").read_text()
+    (floor,) = re.findall(r'"cryptography>=(\d+)', text)
+    assert int(floor) >= 47
