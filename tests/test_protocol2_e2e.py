@@ -441,3 +441,15 @@ def test_the_cryptography_floor_has_hpke():
     text = (Path(__file__).parent.parent / "pyproject.toml").read_text()
     (floor,) = re.findall(r'"cryptography>=(\d+)', text)
     assert int(floor) >= 47
+
+
+@pytest.mark.parametrize("window", [(1_000, 2_000), (4_000_000_000, 4_000_000_001)])
+def test_a_configuration_outside_its_validity_is_refused(router, client_keys_dir, window):
+    from nomyo_audit._protocol2 import RouterKeys
+
+    seeds = {0x0020: bytes(range(32))}
+    config = RouterKeys.from_seeds(seeds, not_before=window[0], not_after=window[1]).config
+    with pytest.raises(ProtocolError) as refused:
+        chat(router, client_keys_dir, transport=SwapConfig(config))
+    assert refused.value.code == "v2_bad_key_config"
+    assert router.app.state.requests[COMPLETION_V2_PATH] == 0

@@ -50,6 +50,8 @@ __all__ = ["Protocol2"]
 #: The router's codes that a fresh key configuration mends (retried once).
 _ROTATION_CODES = ("v2_key_rotated", "v2_unknown_key_id")
 _MAX_CONFIG_BYTES = 64 * 1024
+#: How far a configuration's ``not_before`` may be ahead of our clock (the router's clock may lead).
+CLOCK_SKEW_SECONDS = 300
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
 
 
@@ -93,7 +95,7 @@ class Protocol2:
             return None
         if reply.status_code != 200:
             raise reply.error("fetching the router's protocol 2 key configuration")
-        config = KeyConfig.from_json(reply.json_or_none("key configuration"))
+        config = _current(KeyConfig.from_json(reply.json_or_none("key configuration")))
         if client.server_key_fingerprint is not None:
             await _check_signature(client, config, reply)
             self.capable = True
@@ -187,7 +189,7 @@ class Protocol2:
                 raise SecurityError("the router no longer offers protocol 2", code="downgrade")
             config = fetched
         else:
-            config = KeyConfig.from_json(carried)
+            config = _current(KeyConfig.from_json(carried))
             if client.server_key_fingerprint is not None:  # the carried copy is unsigned: fetch it signed
                 fetched = await self._fetch(client)
                 if fetched is None or fetched.digest() != config.digest():
@@ -197,6 +199,17 @@ class Protocol2:
         self.config = config
         await self._approve(client, config, policy)
         return config
+
+
+def _current(config: KeyConfig) -> KeyConfig:
+    """``config`` when it is valid now (``not_before`` may be up to :data:`CLOCK_SKEW_SECONDS` ahead
+    of our clock), else :class:`ProtocolError` ``v2_bad_key_config``: nothing is sealed to it."""
+    now = time.time()
+    if config.not_after <= now or config.not_before > now + CLOCK_SKEW_SECONDS:
+        raise ProtocolError(
+            "the router's protocol 2 key configuration is not valid now", code="v2_bad_key_config"
+        )
+    return config
 
 
 async def _check_signature(client: SecureCompletionClient, config: KeyConfig, reply: Reply) -> None:
