@@ -58,6 +58,8 @@ DEFAULT_VALIDITY_SECONDS = 24 * 3600
 #: Seconds a seen encapsulation is remembered, and how many at most.
 REPLAY_WINDOW_SECONDS = 600.0
 REPLAY_MAX_ENTRIES = 100_000
+#: Requests up to this size are opened on the event loop; larger ones (AES-GCM over megabytes) in a thread.
+_INLINE_BYTES = 64 * 1024
 
 #: What each refusal of the core says, without detail an attacker could use.
 _REFUSALS = {
@@ -158,7 +160,10 @@ def protocol2_routes(
         body = await read_body(request, share)
         current = keys.fresh()
         try:
-            opened = await run_in_threadpool(open_request, current, body)
+            if len(body) <= _INLINE_BYTES:  # ~0.1 ms of HPKE: cheaper on the loop than a thread hop
+                opened = open_request(current, body)
+            else:
+                opened = await run_in_threadpool(open_request, current, body)
         except ProtocolError as exc:
             if exc.code == "v2_unknown_key_id" and keys.was_rotated(body):
                 raise _Rotated(current.config) from None
