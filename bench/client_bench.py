@@ -5,10 +5,14 @@
 The reference router runs in its own process (``nomyo-audit serve --plain-endpoint``,
 built-in echo model). Against it, in this process, one after another:
 
-* (a) nomyo-audit's ``SecureChatCompletion``;
-* (b) nomyo 0.2.9's ``SecureChatCompletion`` (from NOMYO_REFERENCE_PATH or .cache/nomyo-0.2.9);
-* (c) a plain, unencrypted httpx POST of the same JSON to ``/v1/chat/completions``
+* (a) nomyo-audit's ``SecureChatCompletion`` with ``protocol="2"`` (HPKE, X-Wing when ML-KEM is here);
+* (b) the same with ``protocol="1.0"`` (RSA-4096, the NOMYO protocol);
+* (c) nomyo 0.2.9's ``SecureChatCompletion`` (from NOMYO_REFERENCE_PATH or .cache/nomyo-0.2.9);
+* (d) a plain, unencrypted httpx POST of the same JSON to ``/v1/chat/completions``
   on the same router (pooled client): the floor without any cryptography.
+
+For each, the router process's CPU time (user + system, from /proc) per request over the
+throughput runs.
 
 Then the crypto floor of one completion, both sides: RSA-4096 OAEP encrypt + decrypt
 and AES-256-GCM over the request, and the same for the response.
@@ -208,13 +212,26 @@ def print_floors(floors: dict[str, dict[str, float]]) -> None:
         print(f"| {name} | {cells} | {v1 / f['total_ms']:.1f}x |")
 
 
-async def measure(url: str, total: int, latency_n: int) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc; fields 14 and 15 of stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+V2_CLIENT, V1_CLIENT = "nomyo-audit protocol 2", "nomyo-audit protocol 1.0"
+
+
+async def measure(url: str, total: int, latency_n: int, router_pid: int) -> dict[str, Any]:
     from nomyo_audit import SecureChatCompletion
 
     nomyo = load_nomyo()
-    ours = SecureChatCompletion(url, allow_http=True)
+    ours_v2 = SecureChatCompletion(url, allow_http=True, protocol="2")
+    ours = SecureChatCompletion(url, allow_http=True, protocol="1.0")
     theirs = nomyo.SecureChatCompletion(url, allow_http=True)
     plain = httpx.AsyncClient(limits=httpx.Limits(max_connections=100, max_keepalive_connections=32))
+
+    async def call_ours_v2() -> Any:
+        return await ours_v2.create("echo", MESSAGES, temperature=0.2)
 
     async def call_ours() -> Any:
         return await ours.create("echo", MESSAGES, temperature=0.2)
@@ -227,16 +244,24 @@ async def measure(url: str, total: int, latency_n: int) -> dict[str, Any]:
         response.raise_for_status()
         return response.json()
 
-    clients = {"nomyo-audit": call_ours, "nomyo 0.2.9": call_nomyo, "plain httpx (no crypto)": call_plain}
+    clients = {
+        V2_CLIENT: call_ours_v2,
+        V1_CLIENT: call_ours,
+        "nomyo 0.2.9": call_nomyo,
+        "plain httpx (no crypto)": call_plain,
+    }
     results: dict[str, Any] = {}
     for name, call in clients.items():
         for _ in range(3):  # warm up: keys generated, connections opened
             await call()
         results[name] = await latency(call, latency_n)
+        cpu_before = cpu_seconds(router_pid)
         for concurrency in (8, 32):
             results[name][f"rps_{concurrency}"] = await throughput(call, total, concurrency)
+        results[name]["router_cpu_ms"] = (cpu_seconds(router_pid) - cpu_before) * 1000 / (2 * total)
         print(f"  measured {name}", file=sys.stderr)
     await ours.aclose()
+    await ours_v2.aclose()
     await plain.aclose()
     return results
 
@@ -268,13 +293,17 @@ def main() -> None:
     floors = crypto_floors()
     proc, url = start_router()
     try:
-        results = asyncio.run(measure(url, args.requests, args.latency_requests))
+        results = asyncio.run(measure(url, args.requests, args.latency_requests, proc.pid))
     finally:
         proc.terminate()
         proc.wait()
 
-    ours, ref, plain = results["nomyo-audit"], results["nomyo 0.2.9"], results["plain httpx (no crypto)"]
+    ours, ref, plain = results[V1_CLIENT], results["nomyo 0.2.9"], results["plain httpx (no crypto)"]
+    v2 = results[V2_CLIENT]
     added = ours["p50_ms"] - plain["p50_ms"]
+    v2_added = v2["p50_ms"] - plain["p50_ms"]
+    v2_floor_name = next(name for name in floors if name.startswith("v2"))  # the suite the client uses
+    v2_floor = floors[v2_floor_name]["total_ms"]
     summary = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{platform.platform()}",
@@ -283,17 +312,32 @@ def main() -> None:
         "added_latency_over_floor": added / floor,
         "throughput_vs_nomyo_32": ours["rps_32"] / ref["rps_32"],
         "throughput_vs_nomyo_8": ours["rps_8"] / ref["rps_8"],
+        "v2_floor": v2_floor_name,
+        "v2_crypto_floor_ms": v2_floor,
+        "v2_added_latency_ms": v2_added,
+        "v2_added_latency_over_floor": v2_added / v2_floor,
+        "v2_throughput_vs_v1_32": v2["rps_32"] / ours["rps_32"],
+        "v2_throughput_vs_nomyo_32": v2["rps_32"] / ref["rps_32"],
         "results": results,
         "crypto_floors": floors,
     }
     print(f"machine: {summary['machine']}")
     print(f"crypto floor of one completion (both sides): {floor:.2f} ms\n")
-    print("| client | p50 ms | p95 ms | req/s at 8 | req/s at 32 |")
-    print("|---|---:|---:|---:|---:|")
+    print("| client | p50 ms | p95 ms | req/s at 8 | req/s at 32 | router CPU ms/request |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, r in results.items():
-        print(f"| {name} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['rps_8']:.1f} | {r['rps_32']:.1f} |")
+        cells = f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['rps_8']:.1f} | {r['rps_32']:.1f}"
+        print(f"| {name} | {cells} | {r['router_cpu_ms']:.2f} |")
     print(
-        f"\nadded latency over plain HTTP: {added:.2f} ms "
+        f"\nprotocol 2 added latency over plain HTTP: {v2_added:.2f} ms = "
+        f"{v2_added / v2_floor:.2f}x its crypto floor ({v2_floor_name}, {v2_floor:.3f} ms; target <= 1.5x)"
+    )
+    print(
+        f"protocol 2 throughput at 32-way: {summary['v2_throughput_vs_v1_32']:.1f}x our protocol 1.0 "
+        f"(target >= 3x), {summary['v2_throughput_vs_nomyo_32']:.1f}x nomyo 0.2.9 (target >= 15x)"
+    )
+    print(
+        f"protocol 1.0 added latency over plain HTTP: {added:.2f} ms "
         f"= {added / floor:.2f}x the crypto floor (target <= 1.5x)"
     )
     print(
