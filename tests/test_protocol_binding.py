@@ -105,7 +105,9 @@ def own_key_sha256(keys_dir) -> str:
     return key_fingerprint(load_key_pair(str(keys_dir / "private_key.pem")).private_key.public_key())
 
 
-def test_swapped_client_key_is_refused_as_key_substitution(make_router, client_keys_dir, router_keys, tmp_path):
+def test_swapped_client_key_is_refused_as_key_substitution(
+    make_router, client_keys_dir, router_keys, tmp_path
+):
     router = measured_router(make_router)
     proxy = KeySwappingProxy()
     log = tmp_path / "audit.db"

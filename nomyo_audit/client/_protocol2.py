@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,6 @@ from ..wire import COMPLETION_V2_PATH, KEY_CONFIG_ATTESTATION_PATH, KEY_CONFIG_P
 from ._call import CompletionCall
 from ._errors import FINAL_CONNECTION_CODES
 from ._exchange import OpenedReply, read_reply
-from ._gate import judge_key_attestation
 from ._http import Reply
 from ._retry import backoff_delay, is_retryable_status
 from ._settings import check_protocol
@@ -108,20 +106,8 @@ class Protocol2:
         """Attest ``config`` before anything is sealed to it, when the policy asks (cached for its TTL)."""
         if policy is None or not policy.require_key_attestation:
             return
-        label = "v2:" + config.digest().hex()
-        if client._attested.fresh(label):
-            return
-        nonce = os.urandom(32)
-        reply = await client._request(
-            "GET",
-            client.router_url + KEY_CONFIG_ATTESTATION_PATH,
-            limit=_MAX_CONFIG_BYTES,
-            params={"nonce": nonce.hex()},
-        )
-        document = reply.json_or_none("key attestation") if reply.status_code == 200 else None
         digest = config.digest().hex()
-        judge_key_attestation(policy, reply.status_code, document, nonce=nonce, key_sha256=digest)
-        client._attested.passed(label, policy.key_attestation_ttl)
+        await client._attest_key(KEY_CONFIG_ATTESTATION_PATH, digest, policy, label="v2:" + digest)
         self.capable = True
 
     async def send(

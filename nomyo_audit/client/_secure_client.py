@@ -340,19 +340,20 @@ class SecureCompletionClient:
         """
         await self.fetch_server_public_key()
         assert self._server is not None
-        fingerprint = self._server.sha256
-        if self._attested.fresh(fingerprint):
+        await self._attest_key(KEY_ATTESTATION_PATH, self._server.sha256, policy, label=self._server.sha256)
+
+    async def _attest_key(self, path: str, key_sha256: str, policy: Policy, *, label: str) -> None:
+        """GET ``path?nonce=`` and judge its quote over ``key_sha256`` (the 1.0 key's SPKI digest or the
+        protocol 2 configuration's digest); a pass is cached under ``label`` for the policy's TTL."""
+        if self._attested.fresh(label):
             return
         nonce = os.urandom(32)
         reply = await self._request(
-            "GET",
-            self.router_url + KEY_ATTESTATION_PATH,
-            limit=MAX_SMALL_REPLY_BYTES,
-            params={"nonce": nonce.hex()},
+            "GET", self.router_url + path, limit=MAX_SMALL_REPLY_BYTES, params={"nonce": nonce.hex()}
         )
         document = reply.json_or_none("key attestation") if reply.status_code == 200 else None
-        judge_key_attestation(policy, reply.status_code, document, nonce=nonce, key_sha256=fingerprint)
-        self._attested.passed(fingerprint, policy.key_attestation_ttl)
+        judge_key_attestation(policy, reply.status_code, document, nonce=nonce, key_sha256=key_sha256)
+        self._attested.passed(label, policy.key_attestation_ttl)
 
     def _as_policy(self, policy: Policy | str | os.PathLike[str] | None) -> Policy | None:
         """A policy object, loading a file only once per client (not once per request)."""
