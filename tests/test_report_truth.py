@@ -13,6 +13,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from conftest import FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,26 +27,33 @@ from nomyo_audit.audit._render import FORMATS, render_report
 from nomyo_audit.cli import cli, main
 from nomyo_audit.errors import ExitCode
 from nomyo_audit.policy import load_policy
-from nomyo_audit.tpm._binding import response_binding, response_content_digest
+from nomyo_audit.tpm._binding import client_key_binding, response_content_digest
 from nomyo_audit.tpm._measurements import measure_demo_boot
 from nomyo_audit.tpm._verify import verify_attestation
 
 DAY = 1_795_000_000.0  # 2026-11-18T...Z: records of one day, an hour apart
 ALL_FORMATS = ",".join(FORMATS)
+#: production's other rules on the software attester (production itself denies it on aik_trust)
+PRODUCTION_UNANCHORED = str(FIXTURES / "policies" / "production-unanchored.yaml")
+#: SHA-256 of the DER SPKI of the client's protocol 1.0 key, as the router names it in _metadata
+CLIENT_KEY = bytes(range(32))
 
 
 def attested_record(tpm, payload_id, *, moment, stated_tier="high", outcome="ok"):
     """What the client writes for one attested reply (software attester, the client's own verdict)."""
     response = {"id": "c", "model": "echo", "choices": [{"message": {"content": "SECRET-COMPLETION"}}]}
     digest = response_content_digest(response)
-    block = TPMAttester(tpm).evidence(response_binding(payload_id, digest))
+    block = TPMAttester(tpm).evidence(client_key_binding(payload_id, digest, CLIENT_KEY))
     response["_metadata"] = {
         "payload_id": payload_id,
+        "client_key_sha256": CLIENT_KEY.hex(),  # what the client keeps of a reply it accepted
         "processed_at": int(moment),
         "security_tier": stated_tier,
         "memory_protection": {"memory_locking": True, "secure_zeroing": True, "core_dump_prevention": True},
         "tpm_attestation": block,
-        "verification": verify_attestation(block, payload_id, content_digest=digest).to_dict(),
+        "verification": verify_attestation(
+            block, payload_id, content_digest=digest, client_key_sha256=CLIENT_KEY
+        ).to_dict(),
     }
     return lambda seq, salt: build_record(
         seq=seq,
@@ -217,9 +225,9 @@ def test_a_router_sent_policy_result_never_becomes_the_records_result(tmp_path):
 
 def test_reappraisal_judges_freshness_at_the_records_time_or_at(signed_log, tmp_path):
     db, _, _ = signed_log
-    fresh = make_report(db, tmp_path / "a", "--policy", "production")
+    fresh = make_report(db, tmp_path / "a", "--policy", PRODUCTION_UNANCHORED)
     assert fresh["summary"]["passed"] == 6
-    later = make_report(db, tmp_path / "b", "--policy", "production", "--at", "2030-01-01T00:00:00Z")
+    later = make_report(db, tmp_path / "b", "--policy", PRODUCTION_UNANCHORED, "--at", "2030-01-01T00:00:00Z")
     assert later["summary"]["denied"] == 6 and later["policy"]["at"] == "2030-01-01T00:00:00.000Z"
 
 

@@ -28,13 +28,17 @@ from nomyo_audit.audit._render import render_report
 from nomyo_audit.audit._report import MAX_FAILURES
 from nomyo_audit.cli import cli, main
 from nomyo_audit.errors import ExitCode
-from nomyo_audit.tpm._binding import response_binding, response_content_digest
+from nomyo_audit.tpm._binding import client_key_binding, response_content_digest
 from nomyo_audit.tpm._measurements import TAMPER_EVENT, measure_demo_boot
 from nomyo_audit.tpm._verify import verify_attestation
 
 DSSE = json.loads((FIXTURES / "vectors" / "merkle-and-dsse.json").read_text())["dsse"]
 JUNIT = xmlschema.XMLSchema(str(FIXTURES / "junit.xsd"))
 ARTIFACTS = REPO / "test-artifacts"
+#: production's other rules on the software attester (production itself denies it on aik_trust)
+PRODUCTION_UNANCHORED = str(FIXTURES / "policies" / "production-unanchored.yaml")
+#: SHA-256 of the DER SPKI of the client's protocol 1.0 key, as the router names it in _metadata
+CLIENT_KEY = bytes(range(32))
 
 
 # -- DSSE ------------------------------------------------------------------------------------------
@@ -67,10 +71,11 @@ def test_envelopes_with_every_key_kind(tmp_path, algorithm):
 def record_for(tpm, payload_id, outcome="ok", policy=None):
     response = {"id": "c", "model": "echo", "choices": [{"message": {"content": "SECRET-COMPLETION"}}]}
     digest = response_content_digest(response)
-    block = TPMAttester(tpm).evidence(response_binding(payload_id, digest))
-    verdict = verify_attestation(block, payload_id, content_digest=digest)
+    block = TPMAttester(tpm).evidence(client_key_binding(payload_id, digest, CLIENT_KEY))
+    verdict = verify_attestation(block, payload_id, content_digest=digest, client_key_sha256=CLIENT_KEY)
     response["_metadata"] = {
         "payload_id": payload_id,
+        "client_key_sha256": CLIENT_KEY.hex(),  # what the client keeps of a reply it accepted
         "processed_at": int(time.time()),
         "security_tier": "high",
         "memory_protection": {"memory_locking": True, "secure_zeroing": True, "core_dump_prevention": True},
@@ -132,7 +137,7 @@ def make_report(audit_log, out, *extra):
         "--log",
         str(db),
         "--policy",
-        "production",
+        PRODUCTION_UNANCHORED,
         "--format",
         "html,md,json,junit,csv",
         "--generated-at",
@@ -162,7 +167,7 @@ def test_report_content(audit_log, tmp_path):
         "failed": 1,
         "no_hardware": 5,  # the software attester's quotes: no TPM hardware behind them
     }
-    assert report["policy"]["name"] == "production" and len(report["policy"]["digest"]) == 64
+    assert report["policy"]["name"] == "production-unanchored" and len(report["policy"]["digest"]) == 64
     assert report["log"]["checkpoint"]["size"] == 6
     assert report["rules"]["pcrs"] == {"pass": 4, "fail": 1}
     changed = next(f for f in report["failures"] if f["payload_id"] == "changed-0")
@@ -196,10 +201,11 @@ def test_verify_junit_output_validates(audit_log, tmp_path):
     db = str(audit_log[0])
     with_policy, without_policy = tmp_path / "policy.xml", tmp_path / "verifier.xml"
     # the log holds a changed PCR and an error record: both runs find something (exit 1), and still write
-    args = ["verify", "--log", db, "--policy", "production", "--format", "junit", "-o", str(with_policy)]
+    policy = ["--policy", PRODUCTION_UNANCHORED]
+    args = ["verify", "--log", db, *policy, "--format", "junit", "-o", str(with_policy)]
     assert main(args) == ExitCode.FINDING
     assert main(["verify", "--log", db, "--format", "junit", "-o", str(without_policy)]) == ExitCode.FINDING
-    for report, classname in ((with_policy, "production"), (without_policy, "verifier")):
+    for report, classname in ((with_policy, "production-unanchored"), (without_policy, "verifier")):
         JUNIT.validate(str(report))
         text = report.read_text()
         assert text.count("<testsuite ") == 6 and f'classname="{classname}"' in text, report

@@ -14,8 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ..policy import Policy, evaluate
-from ..tpm._verify import verify_attestation
+from ..policy import Policy, Record, evaluate, verify_record
 from ._records import recorded_content_digest
 
 __all__ = [
@@ -132,14 +131,15 @@ def reappraised(
         return Appraisal("deny", [Rule("record", "fail", detail)], None, [], {})
     # the request this record was written for (the client's own id, in the hashed record), never
     # the payload_id the router's _metadata names: a replayed quote names the request it came from
-    payload_id = doc.get("payload_id")
-    if metadata.get("payload_id") != payload_id:
-        metadata = {**metadata, "payload_id": payload_id}
-    verdict = verify_attestation(
-        metadata.get("tpm_attestation"),
-        payload_id if isinstance(payload_id, str) else None,
-        content_digest=recorded_content_digest(doc),
-    )
+    metadata = {**metadata, "payload_id": doc.get("payload_id")}
+    metadata.pop("verification", None)  # only ever the client's own, never a stored claim
+    anchor = as_mapping(doc.get("verdict")).get("anchor")
+    if anchor is not None:  # the client's own anchor evidence, hashed with the record (as verify --log)
+        metadata["verification"] = {"anchor": anchor}
+    # verified as `verify --log` verifies a record: with the client key the record names, so a quote
+    # binding it (nomyo-audit-v2) satisfies require_key_binding, and an older content encoding
+    digest = recorded_content_digest(doc)
+    verdict = verify_record(Record("report", metadata, digest, "recorded" if digest else "none"))
     model = doc.get("model")
     result = evaluate(
         policy, metadata, now=moment, model=model if isinstance(model, str) else None, verdict=verdict
