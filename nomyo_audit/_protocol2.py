@@ -127,7 +127,8 @@ def seal_request(
 
     ``suite`` defaults to the config's first suite this process can use (X-Wing when ML-KEM is
     here). Raises :class:`ProtocolError`: ``v2_unknown_suite`` (not offered or not usable),
-    ``v2_malformed`` (a field out of bounds, a payload over the size cap).
+    ``v2_malformed`` (a field out of bounds, a payload over the size cap), ``v2_bad_key_config`` (a
+    public key no shared secret can be made with, e.g. a low-order X25519 point).
     """
     chosen = _choose_suite(config, suite)
     _check_fields(config.key_id, payload_id, security_tier, model)
@@ -135,7 +136,13 @@ def seal_request(
         raise ProtocolError("payload is too large to seal", code="v2_malformed")
     response_key = os.urandom(RESPONSE_KEY_BYTES)
     info = request_info(config.key_id, chosen, payload_id, security_tier, model)
-    sealed = chosen.hpke().encrypt(response_key + bytes(payload), config.public_key(chosen.kem_id), info=info)
+    public_key = config.public_key(chosen.kem_id)
+    try:
+        sealed = chosen.hpke().encrypt(response_key + bytes(payload), public_key, info=info)
+    except ValueError:  # a low-order X25519 key: no shared secret (RFC 7748 all-zero check)
+        raise ProtocolError(
+            "the key configuration's public key cannot be sealed to", code="v2_bad_key_config"
+        ) from None
     enc, ciphertext = sealed[: chosen.enc_length], sealed[chosen.enc_length :]
     envelope = {
         "version": VERSION,

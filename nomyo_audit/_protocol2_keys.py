@@ -341,7 +341,9 @@ def _parse_public_keys(value: Any) -> dict[int, bytes]:
         raise _bad_config(f"public_keys must be an object of 1-{MAX_SUITES} keys")
     keys: dict[int, bytes] = {}
     for name, encoded in value.items():
-        kem_id = int(name) if name.isascii() and name.isdigit() and str(int(name)) == name else None
+        # at most 5 digits (a u16) before int(): Python refuses over 4300 digits with a ValueError
+        decimal = isinstance(name, str) and name.isascii() and name.isdigit() and len(name) <= 5
+        kem_id = int(name) if decimal and str(int(name)) == name else None
         if kem_id not in _PUBLIC_LENGTH:
             raise _bad_config("public_keys must be keyed by the decimal id of a supported KEM")
         assert kem_id is not None

@@ -1,0 +1,97 @@
+"""Review R2 of issue 13 (protocol 1.0 client-key binding and protocol 2): attacks that found defects.
+
+Every attacker here is a real httpx transport around a real loopback connection to our router: it
+changes bytes on the wire and nothing in the client or the router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from nomyo_audit import SecureChatCompletion
+from nomyo_audit._protocol2 import DHKEM_X25519, XWING, KeyConfig, RouterKeys, seal_request
+from nomyo_audit.errors import ProtocolError
+from nomyo_audit.wire import COMPLETION_V2_PATH, KEY_CONFIG_PATH
+
+HELLO = [{"role": "user", "content": "review secret"}]
+
+
+class RewriteKeyConfig(httpx.AsyncBaseTransport):
+    """On the path: rewrites the JSON of ``GET /pki/v2/key_config`` with ``change``."""
+
+    def __init__(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.change = change
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.url.path != KEY_CONFIG_PATH:
+            return response
+        document = json.loads(await response.aread())
+        return httpx.Response(200, json=self.change(document))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def chat(router, keys_dir, *, transport=None, protocol="auto", policy=None):
+    async def go():
+        async with SecureChatCompletion(
+            router.url, allow_http=True, key_dir=str(keys_dir), transport=transport, protocol=protocol,
+            policy=policy,
+        ) as client:
+            return await client.create("echo", HELLO)
+
+    return asyncio.run(go())
+
+
+def _huge_kem_name(document: dict[str, Any]) -> dict[str, Any]:
+    document["public_keys"]["0" * 5000] = document["public_keys"].pop("32")
+    return document
+
+
+def test_key_config_with_a_5000_digit_kem_id_is_bad_key_config_not_value_error() -> None:
+    """Before: int() of a 5000-digit key name raised ValueError (Python's 4300-digit limit) out of
+    KeyConfig.from_json, the one parser that promises only ProtocolError."""
+    document = RouterKeys.generate(60, now=1_700_000_000).config.to_json()
+    with pytest.raises(ProtocolError) as refused:
+        KeyConfig.from_json(_huge_kem_name(document))
+    assert refused.value.code == "v2_bad_key_config"
+
+
+def test_client_refuses_a_key_config_with_a_5000_digit_kem_id(router, client_keys_dir):
+    with pytest.raises(ProtocolError) as refused:
+        chat(router, client_keys_dir, transport=RewriteKeyConfig(_huge_kem_name))
+    assert refused.value.code == "v2_bad_key_config"
+    assert router.app.state.requests[COMPLETION_V2_PATH] == 0
+
+
+def _zero_x25519(document: dict[str, Any]) -> dict[str, Any]:
+    """Every X25519 public key (DHKEM's, and X-Wing's X25519 half) becomes the all-zero point."""
+    for name, encoded in document["public_keys"].items():
+        raw = base64.b64decode(encoded)
+        document["public_keys"][name] = base64.b64encode(raw[:-32] + bytes(32)).decode()
+    return document
+
+
+@pytest.mark.parametrize("suite", [DHKEM_X25519, XWING], ids=["x25519", "x-wing"])
+def test_sealing_to_a_low_order_x25519_key_is_bad_key_config(suite) -> None:
+    """Before: cryptography's 'Error computing shared key' ValueError escaped seal_request."""
+    config = KeyConfig.from_json(_zero_x25519(RouterKeys.generate(60, now=1_700_000_000).config.to_json()))
+    with pytest.raises(ProtocolError) as refused:
+        seal_request(config, b"{}", payload_id="p", security_tier="standard", model="m", suite=suite)
+    assert refused.value.code == "v2_bad_key_config"
+
+
+def test_client_refuses_a_key_config_with_a_low_order_key(router, client_keys_dir):
+    with pytest.raises(ProtocolError) as refused:
+        chat(router, client_keys_dir, transport=RewriteKeyConfig(_zero_x25519))
+    assert refused.value.code == "v2_bad_key_config"
+    assert router.app.state.requests[COMPLETION_V2_PATH] == 0
