@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -95,3 +96,79 @@ def test_client_refuses_a_key_config_with_a_low_order_key(router, client_keys_di
         chat(router, client_keys_dir, transport=RewriteKeyConfig(_zero_x25519))
     assert refused.value.code == "v2_bad_key_config"
     assert router.app.state.requests[COMPLETION_V2_PATH] == 0
+
+
+# -- protocol 1.0: what the client-key binding does not catch ----------------------------------
+
+
+class DuplicatingProxy(httpx.AsyncBaseTransport):
+    """On the path: sends the client's 1.0 package a second time with ``X-Public-Key`` swapped for
+    its own key, reads that reply, and forwards the client's request and the router's reply untouched."""
+
+    def __init__(self) -> None:
+        from nomyo_audit.client._keys import generate_key_pair
+
+        self.inner = httpx.AsyncHTTPTransport()
+        self.attacker = generate_key_pair(2048)
+        self.seen: list[dict[str, Any]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        import urllib.parse
+
+        from nomyo_audit.wire import COMPLETION_PATH, decrypt_package, parse_package
+
+        if request.url.path == COMPLETION_PATH:
+            body = await request.aread()
+            headers = dict(request.headers)
+            headers["x-public-key"] = urllib.parse.quote(self.attacker.public_key_pem)
+            copy = await self.inner.handle_async_request(
+                httpx.Request(request.method, request.url, headers=headers, content=body)
+            )
+            sealed = await copy.aread()
+            self.seen.append(json.loads(decrypt_package(parse_package(sealed), self.attacker.private_key)))
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def bound_policy() -> Any:
+    """production's checks with require_key_binding, and any AIK (a software TPM here)."""
+    from nomyo_audit import load_policy
+    from nomyo_audit.policy import Policy
+
+    base = load_policy("production")
+    spec = {**base.spec, "require_key_binding": True, "aik_trust": {"mode": "any"}}
+    return Policy(base.name, base.description, spec)  # type: ignore[typeddict-item]
+
+
+def test_protocol_1_0_binding_does_not_detect_a_duplicated_request(make_router, client_keys_dir, router_keys):
+    """Protocol 1.0 has no replay protection: an attacker who sends the client's package again with
+    its own X-Public-Key reads a reply to the same prompt, and the client, which gets the genuine
+    reply bound to its own key, accepts it under production with nothing to detect. The docs said
+    the binding makes the client refuse a read reply ("only after the attacker has read it"); they
+    now say this read is silent, and only protocol 2 (or TLS) prevents it."""
+    from nomyo_audit.attest._attester import TPMAttester
+    from nomyo_audit.attest._software import SoftwareTPM
+    from nomyo_audit.tpm._measurements import measure_demo_boot
+    from nomyo_audit.wire import key_fingerprint
+
+    tpm = SoftwareTPM()
+    measure_demo_boot(tpm)
+    router = make_router(attester=TPMAttester(tpm))
+    proxy = DuplicatingProxy()
+
+    async def go():
+        async with SecureChatCompletion(
+            router.url, allow_http=True, key_dir=str(client_keys_dir), transport=proxy, protocol="1.0",
+            policy=bound_policy(),
+            server_key_fingerprint=key_fingerprint(router_keys.private_key.public_key()),
+        ) as client:
+            return await client.create("echo", HELLO)
+
+    reply = asyncio.run(go())
+    assert reply["_metadata"]["policy"]["outcome"] == "pass"
+    assert reply["_metadata"]["verification"]["facts"]["key_binding"] == "bound"
+    assert proxy.seen[0]["choices"][0]["message"]["content"] == "echo: review secret"
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    assert "without the client ever seeing a substitution" in docs
