@@ -72,7 +72,7 @@ def apply_policy(policy: Policy, response: dict[str, Any], verdict: Verdict, *, 
 
 
 def judge_key_attestation(
-    policy: Policy, status: int, document: Any, *, nonce: bytes, key_sha256: str
+    policy: Policy, status: int, document: Any, *, nonce: bytes, key_sha256: str, anchor: Any = None
 ) -> None:
     """Accept the router key's attestation reply, or raise: nothing may be sent to the key.
 
@@ -81,7 +81,8 @@ def judge_key_attestation(
     the client would encrypt to. A 404 or another error status raises :class:`SecurityError`
     (``key_attestation_unavailable``); a quote that does not verify against
     ``key_binding(nonce, key)`` or does not satisfy ``policy`` raises
-    :class:`PolicyViolationError` naming every failure.
+    :class:`PolicyViolationError` naming every failure. ``anchor`` (a prepared anchor, for
+    ``aik_trust`` ek/ca) anchors the quote's AIK as each reply's is, so an anchored policy can pass.
     """
     if status == 404:
         raise SecurityError(
@@ -95,6 +96,10 @@ def judge_key_attestation(
         )
     block = document.get("tpm_attestation") if isinstance(document, dict) else None
     verdict = verify_attestation(block, None, expected_nonce=key_binding(nonce, bytes.fromhex(key_sha256)))
+    if anchor is not None:
+        from ._activation import anchor_reply
+
+        verdict = anchor_reply({"_metadata": {"tpm_attestation": block}}, verdict, anchor)
     result = evaluate(policy, {"tpm_attestation": block}, verdict=verdict, scope=KEY_SCOPE)
     if not verdict.passed or not result.passed:
         reasons = [f"{f.check}: {f.code}" for f in verdict.failures]

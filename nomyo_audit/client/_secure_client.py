@@ -347,12 +347,15 @@ class SecureCompletionClient:
         protocol 2 configuration's digest); a pass is cached under ``label`` for the policy's TTL."""
         if self._attested.fresh(label):
             return
+        anchor = await prepare_anchor(self, policy) if wants_anchor(policy) else None  # aik_trust ek/ca
         nonce = os.urandom(32)
         reply = await self._request(
             "GET", self.router_url + path, limit=MAX_SMALL_REPLY_BYTES, params={"nonce": nonce.hex()}
         )
         document = reply.json_or_none("key attestation") if reply.status_code == 200 else None
-        judge_key_attestation(policy, reply.status_code, document, nonce=nonce, key_sha256=key_sha256)
+        judge_key_attestation(
+            policy, reply.status_code, document, nonce=nonce, key_sha256=key_sha256, anchor=anchor
+        )
         self._attested.passed(label, policy.key_attestation_ttl)
 
     def _as_policy(self, policy: Policy | str | os.PathLike[str] | None) -> Policy | None:
