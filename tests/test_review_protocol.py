@@ -172,3 +172,24 @@ def test_protocol_1_0_binding_does_not_detect_a_duplicated_request(make_router, 
     assert proxy.seen[0]["choices"][0]["message"]["content"] == "echo: review secret"
     docs = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
     assert "without the client ever seeing a substitution" in docs
+
+
+# -- protocol 2: the replay window ---------------------------------------------------------------
+
+
+def test_a_wall_clock_step_does_not_open_the_replay_window(router, monkeypatch):
+    """The replay window needs a clock that does not jump (ReplayWindow's contract); the router fed
+    it time.time(), so an NTP step forward of ten minutes forgot every encapsulation and a replay
+    within the real window was processed again. It now uses time.monotonic()."""
+    import time as time_module
+
+    config = KeyConfig.from_json(httpx.get(router.url + KEY_CONFIG_PATH).json())
+    payload = json.dumps({"model": "echo", "messages": HELLO}).encode()
+    body, _ = seal_request(config, payload, payload_id="pid-r2", security_tier="standard", model="echo")
+    assert httpx.post(router.url + COMPLETION_V2_PATH, content=body).status_code == 200
+    real = time_module.time
+    monkeypatch.setattr(time_module, "time", lambda: real() + 700)  # the wall clock steps 700 s ahead
+    replayed = httpx.post(router.url + COMPLETION_V2_PATH, content=body)
+    assert replayed.status_code == 409
+    assert replayed.json()["error"]["code"] == "v2_replay"
+    assert len(router.config.backend.payloads) == 1

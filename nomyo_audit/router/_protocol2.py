@@ -169,7 +169,7 @@ def protocol2_routes(
                 raise _Rotated(current.config) from None
             code = exc.code if exc.code in _REFUSALS else "v2_malformed"
             raise _V2Rejected(400, code, _REFUSALS[code]) from None
-        if keys.replays.seen(opened.enc, time.time()):
+        if keys.replays.seen(opened.enc, time.monotonic()):  # a clock that never steps (NTP)
             raise _V2Rejected(409, "v2_replay", "this request was already received")
         payload_id = check_payload_id(opened.payload_id)
         tier = opened.security_tier or "standard"
