@@ -258,7 +258,7 @@ def test_policy_ca_mode_anchors_from_the_evidence_and_any_says_not_anchored(enro
     assert as_ek.status == "fail"  # a CA chain is not an activation
 
 
-def test_policy_ek_mode_reads_the_clients_recorded_activation(endorsement, aik):
+def test_policy_ek_mode_judges_the_activation_the_caller_ran_never_one_metadata_claims(endorsement, aik):
     block = aik.evidence(response_binding(PID, DIGEST))
     verdict = verify_attestation(block, PID)
     evidence = AnchorEvidence(
@@ -266,13 +266,14 @@ def test_policy_ek_mode_reads_the_clients_recorded_activation(endorsement, aik):
     )
     metadata = {"tpm_attestation": block, "payload_id": PID, "verification": {"anchor": evidence.to_dict()}}
     ek = _policy(mode="ek", roots=[endorsement["root_path"]])
-    assert evaluate(ek, metadata, verdict=verdict).rules[0].status == "pass"
-    restricted = _policy(mode="ek", roots=[endorsement["root_path"]], manufacturers=["id:00000000"])
-    assert evaluate(restricted, metadata, verdict=verdict).rules[0].status == "fail"
-    # the client anchors its verdict itself: the rule reads that finding
+    # a reply's (or a file's) metadata is not the caller's: an activation it claims is not believed
+    assert evaluate(ek, metadata, verdict=verdict).rules[0].status == "fail"
+    # the client anchors its verdict itself, from the activation it ran: the rule reads that finding
     anchored = with_anchor(verdict, block, Anchoring(endorsement["store"], evidence=evidence))
     assert anchored.finding("aik_anchor").code == "aik_anchored_ek" and anchored.facts["anchor_kind"] == "ek"
     assert evaluate(ek, {"tpm_attestation": block}, verdict=anchored).rules[0].status == "pass"
+    restricted = _policy(mode="ek", roots=[endorsement["root_path"]], manufacturers=["id:00000000"])
+    assert evaluate(restricted, {"tpm_attestation": block}, verdict=anchored).rules[0].status == "fail"
 
 
 def test_ear_claims_genuine_hardware_only_for_an_anchored_aik(enrollment_ca, endorsement, aik):

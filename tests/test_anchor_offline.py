@@ -79,6 +79,18 @@ def test_verify_log_reanchors_an_activation_with_only_the_manufacturer_root(ek_l
     assert code == 0, result.output
     assert [(a["status"], a["code"]) for a in anchors(verdicts)] == [("pass", "aik_anchored_ek")] * 2
     assert verdicts[0]["facts"]["manufacturer"] == "id:00001014"
+    # offline, the activation cannot be run again: the finding says it rests on the record
+    assert all("not run again" in a["detail"] for a in anchors(verdicts))
+
+
+def test_a_saved_reply_of_an_ek_anchor_is_not_anchored_from_its_own_metadata(ek_log, tmp_path):
+    """A file's _metadata.verification.anchor is anyone's to write: only an audit log's intact
+    record carries an activation an offline re-check believes."""
+    _, roots, replies = ek_log
+    saved = tmp_path / "reply.json"
+    saved.write_text(json.dumps(replies[0]))
+    _, verdicts, result = verify(saved, "--tpm-roots", roots)
+    assert anchors(verdicts)[0]["status"] != "pass", result.output
 
 
 def test_verify_log_without_roots_says_not_anchored(ek_log):

@@ -1,11 +1,12 @@
 """``aik_trust`` modes ``ek`` and ``ca``: the AIK must be anchored to a hardware root of trust.
 
-A verdict whose ``aik_anchor`` the caller already appraised (the client after a credential
-activation, ``--tpm-roots`` on the command line) is judged by that finding. A verdict made without
-an anchor (``aik_not_anchored``) is anchored here, from the evidence itself: the AK certificate
-chain the quote carries (``ca``), or the activation the client recorded in
-``_metadata.verification.anchor`` (``ek``), against the policy's ``roots:`` (or the shipped
-manufacturer roots). Reading the roots is this module's only I/O, done once per policy, when a
+A verdict whose ``aik_anchor`` the caller already appraised (the client after its own credential
+activation, ``verify`` from an audit log's intact record or with ``--tpm-roots``) is judged by that
+finding. A verdict made without an anchor is anchored here only from what authenticates itself: the
+AK certificate chain the quote carries (``ca``), against the policy's ``roots:`` (or the shipped
+manufacturer roots). A credential activation is never read from ``_metadata``: it is interactive, a
+reply's metadata is the router's (or a file's) word, and anyone can write "passed" beside a public
+EK certificate. Reading the roots is this module's only I/O, done once per set of roots, when a
 reply first needs them; appraisals are cached by chain (:class:`nomyo_audit.tpm._anchoring.AnchorCache`).
 """
 
@@ -19,11 +20,11 @@ from typing import Any
 
 from ..errors import EvidenceError, NomyoAuditError
 from ..tpm._aik import aik_material
-from ..tpm._anchor import AnchorEvidence, AnchorResult, not_anchored
+from ..tpm._anchor import AnchorResult, manufacturer_accepted, not_anchored
 from ..tpm._anchoring import SHARED_CACHE, evidence_in_block
 from ..tpm._verdict import CHECKS, Verdict
 
-__all__ = ["anchored_check", "load_roots", "resolve_roots"]
+__all__ = ["anchored_check", "load_roots", "policy_roots", "resolve_roots"]
 
 _ANCHOR = CHECKS.index("aik_anchor")
 _KIND_TEXT = {"ek": "a credential activation against a certified EK", "ca": "an AK certificate chain"}
@@ -75,13 +76,39 @@ class _Store:
         return self._store
 
 
+_STORES: dict[tuple[str, ...], _Store] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def _store_of(value: Mapping[str, Any]) -> _Store:
+    """The (lazily read) trust store of an ``aik_trust`` value's roots, one per set of paths."""
+    paths = tuple(value.get("roots", ()) or value.get("ca_certificates", ()))
+    with _STORES_LOCK:
+        store = _STORES.get(paths)
+        if store is None:
+            store = _STORES[paths] = _Store(paths)
+        return store
+
+
+def policy_roots(spec: Mapping[str, Any]) -> Any:
+    """The trust store a policy spec's ``aik_trust: {mode: ek|ca}`` names (its ``roots:``, else the
+    shipped manufacturer roots), or None for another mode or roots that do not read (the rule then
+    reports why)."""
+    trust = spec.get("aik_trust")
+    if not isinstance(trust, Mapping) or trust.get("mode") not in ("ek", "ca"):
+        return None
+    try:
+        return _store_of(trust).get()
+    except NomyoAuditError:
+        return None
+
+
 def anchored_check(kind: str, value: Mapping[str, Any]) -> Any:
     """The per-reply check of ``aik_trust: {mode: ek|ca}`` (its signature already verified)."""
     from ._rules import RuleOutcome
 
     vendors = tuple(value.get("manufacturers", ()))
-    roots = _Store(tuple(value.get("roots", ()) or value.get("ca_certificates", ())))
-    wanted = {v.lower() for v in vendors}
+    roots = _store_of(value)
 
     def judge(result_code: str, status: str, detail: str, facts: Mapping[str, Any]) -> Any:
         if status == "pass":
@@ -92,7 +119,7 @@ def anchored_check(kind: str, value: Mapping[str, Any]) -> Any:
                     f"the AIK is anchored by {facts.get('anchor_kind')}, not {kind}",
                     (result_code,),
                 )
-            if wanted and str(facts.get("manufacturer", "")).lower() not in wanted:
+            if vendors and not manufacturer_accepted(str(facts.get("manufacturer", "")), vendors):
                 return RuleOutcome(
                     "aik_trust",
                     "fail",
@@ -134,37 +161,27 @@ def _appraise_here(
         material = aik_material(block.get("aik_pubkey_b64"))
         if material.facts.get("aik_name") != verdict.facts.get("aik_name"):
             return not_anchored("the AIK is not the one whose signature verified", "aik_mismatch")
-        evidence = _evidence(kind, metadata, block)
+        evidence = evidence_in_block(block) if kind == "ca" else None  # never _metadata's word
         if evidence is None:
-            what = "an AK certificate chain" if kind == "ca" else "a recorded credential activation"
-            return not_anchored(f"the evidence carries no {what}")
+            if kind == "ek":
+                return not_anchored(
+                    "no credential activation was run for this AIK: the client runs one (or verify "
+                    "re-checks the one an audit log kept); an activation a reply's metadata claims is "
+                    "never believed"
+                )
+            return not_anchored("the evidence carries no AK certificate chain")
         store = roots.get()
     except EvidenceError as exc:
         return AnchorResult(_failed(exc.code, exc.message), {})
     except (NomyoAuditError, TypeError) as exc:
         return AnchorResult(_failed(getattr(exc, "code", "anchor_malformed"), str(exc)[:200]), {})
-    at = _when(evidence, now)
+    at = _when(now)
     return SHARED_CACHE.appraise(material.public, evidence, store, at=at, manufacturers=vendors)
 
 
-def _evidence(kind: str, metadata: Mapping[str, Any], block: Mapping[str, Any]) -> AnchorEvidence | None:
-    if kind == "ca":
-        return evidence_in_block(block)
-    verification = metadata.get("verification")
-    recorded = verification.get("anchor") if isinstance(verification, Mapping) else None
-    if recorded is None:
-        return None
-    evidence = AnchorEvidence.from_dict(recorded)
-    return evidence if evidence.kind == "ek" else None
-
-
-def _when(evidence: AnchorEvidence, now: float | None) -> datetime:
-    """An activation's EK chain is judged when it was validated; an AK chain when the reply is."""
-    if evidence.kind == "ek" and evidence.validated_at is not None:
-        return evidence.validated_at
-    if now is not None:
-        return datetime.fromtimestamp(now, timezone.utc)
-    return datetime.now(timezone.utc)
+def _when(now: float | None) -> datetime:
+    """An AK chain is judged when the reply is (the policy's ``now``), else at present."""
+    return datetime.fromtimestamp(now, timezone.utc) if now is not None else datetime.now(timezone.utc)
 
 
 def _failed(code: str, detail: str) -> Any:

@@ -24,6 +24,7 @@ from ..errors import EvidenceError
 from ..tpm._anchoring import Anchoring, recorded_anchoring
 from ..tpm._binding import legacy_content_digest, recorded_content_digest, response_content_digest
 from ..tpm._verify import Verdict, verify_attestation
+from ._anchor_rule import policy_roots
 from ._evaluate import PolicyResult, evaluate
 from ._model import Policy
 
@@ -60,6 +61,9 @@ class Record:
     response: dict[str, Any] | None = None
     #: an audit record's own time: when the client received the reply (seconds since the epoch)
     received_at: float | None = None
+    #: the anchor evidence the client recorded (an AnchorEvidence dict) in an audit record whose bytes
+    #: matched their leaf; never taken from a file, whose ``_metadata.verification`` anyone can edit
+    anchor: Any = None
 
 
 class Appraisal(NamedTuple):
@@ -173,17 +177,15 @@ def stored_records(rows: Iterable[bytes], origin: str) -> Iterator[Record]:
         metadata.setdefault("security_tier", document.get("security_tier"))
         digest = recorded_content_digest(document.get("verdict"))
         verdict = document.get("verdict")
-        if isinstance(verdict, Mapping) and verdict.get("anchor") is not None:
-            # the client's own anchor evidence (hashed with the record), where a reply keeps it
-            metadata["verification"] = {"anchor": verdict["anchor"]}
-        else:
-            metadata.pop("verification", None)  # only ever the client's own, never a stored claim
+        metadata.pop("verification", None)  # only ever the client's own, never a stored claim
         yield Record(
             f"{origin}#{document['seq']}",
             metadata,
             digest,
             "recorded" if digest else "none",
             received_at=_record_time(document),
+            # the client's own anchor evidence, hashed with the record (this row matched its leaf)
+            anchor=verdict.get("anchor") if isinstance(verdict, Mapping) else None,
         )
 
 
@@ -205,9 +207,9 @@ def verify_record(record: Record, *, roots: Any = None) -> Verdict:
     """The verifier's verdict on one record's TPM evidence, bound to its payload id and content.
 
     With ``roots`` (a :class:`nomyo_audit.tpm.TrustStore`) the AIK's anchor is re-checked against
-    it: the anchor evidence the client recorded, at the time it was validated, else the quote's AK
-    certificate chain at the record's time. Never raises for bad evidence: every problem is a
-    failing finding in the verdict.
+    it: the anchor evidence the client recorded in an audit log (:attr:`Record.anchor`), at the time
+    it was validated, else the quote's AK certificate chain at the record's time (a file's: now).
+    Never raises for bad evidence: every problem is a failing finding in the verdict.
     """
     payload_id = record.metadata.get("payload_id")
     pid = payload_id if isinstance(payload_id, str) else None
@@ -235,10 +237,8 @@ def verify_record(record: Record, *, roots: Any = None) -> Verdict:
 
 
 def _anchoring(record: Record, roots: Any) -> Anchoring:
-    verification = record.metadata.get("verification")
-    recorded = verification.get("anchor") if isinstance(verification, Mapping) else None
     at = _dt.datetime.fromtimestamp(record.received_at, _dt.timezone.utc) if record.received_at else None
-    return recorded_anchoring(roots, recorded, at=at)
+    return recorded_anchoring(roots, record.anchor, at=at)
 
 
 def _recorded_client_key(value: object) -> bytes | None:
@@ -261,6 +261,8 @@ def appraise(
     raises for bad evidence or metadata: they give failing findings and rule outcomes. ``roots``
     re-checks the AIK's anchor (:func:`verify_record`).
     """
+    if roots is None and policy is not None:  # aik_trust ek/ca: the policy's roots (or the shipped ones)
+        roots = policy_roots(policy.spec)
     verdict = verify_record(record, roots=roots)
     if policy is None:
         return Appraisal(record, verdict, None, None)

@@ -28,6 +28,7 @@ from typing import Any, Literal, NamedTuple
 
 from ..errors import CertificateError, EvidenceError
 from ._public import Public, parse_public
+from ._tcg import manufacturer_name, normalize_manufacturer
 from ._verdict import Finding
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "AnchorEvidence",
     "AnchorResult",
     "appraise_anchor",
+    "manufacturer_accepted",
     "not_anchored",
 ]
 
@@ -156,7 +158,8 @@ def appraise_anchor(
     try:
         if evidence.kind == "ca":
             ak = certs.validate_ak_chain(evidence.chain, store, aik, at=at)
-            subjects, root, vendor = ak.subjects, ak.root_sha256, (ak.manufacturer, None)
+            subjects, root = ak.subjects, ak.root_sha256
+            vendor = (ak.manufacturer, manufacturer_name(ak.manufacturer) if ak.manufacturer else None)
             model, version = ak.model, ak.version
         else:
             ek_chain = certs.validate_ek_chain(evidence.chain[0], evidence.chain[1:], store, at=at)
@@ -174,7 +177,7 @@ def appraise_anchor(
         return _fail(exc.code, exc.message)
     except EvidenceError as exc:  # the EK public area of the activation did not parse
         return _fail(exc.code, exc.message)
-    if manufacturers and not _vendor_allowed(vendor, manufacturers):
+    if manufacturers and not manufacturer_accepted(vendor[0] or "", manufacturers):
         return _fail("anchor_manufacturer", f"TPM manufacturer {vendor[0]} is not one the policy accepts")
     valid_from, valid_until = certs.validity_window(evidence.chain)
     how = (
@@ -209,9 +212,19 @@ def _check_activation(aik: Public, evidence: AnchorEvidence, ek: Any, certs: Any
     return None
 
 
-def _vendor_allowed(vendor: tuple[str, str | None], allowed: Collection[str]) -> bool:
-    wanted = {a.lower() for a in allowed}
-    return any(v is not None and v.lower() in wanted for v in vendor)
+def manufacturer_accepted(stated: str, allowed: Collection[str]) -> bool:
+    """Whether the TPM manufacturer a certificate states (its vendor ID ``id:49465800``, or the
+    registered name of that ID, as the ``manufacturer`` fact holds it) is one of ``allowed``, each
+    written as a vendor ID (any case, leading zeros optional) or a registered name (any case)."""
+    if not stated:
+        return False
+    ids = {stated, manufacturer_name(stated) or stated}
+    ids = {i.lower() for i in ids}
+    for entry in allowed:
+        normalized = normalize_manufacturer(entry)
+        if normalized.lower() in ids or (manufacturer_name(normalized) or "").lower() in ids:
+            return True
+    return False
 
 
 def _fail(code: str, detail: str) -> AnchorResult:

@@ -98,7 +98,7 @@ class Anchoring:
     certificate chain the quote carries (``aik_cert_chain_b64``). ``at`` is when chains are judged
     (default: the time of each appraisal; an offline re-check gives the recorded time)."""
 
-    __slots__ = ("_last", "at", "cache", "evidence", "failure", "manufacturers", "store")
+    __slots__ = ("_last", "at", "cache", "evidence", "failure", "manufacturers", "recorded", "store")
 
     def __init__(
         self,
@@ -109,8 +109,12 @@ class Anchoring:
         manufacturers: Collection[str] = (),
         cache: AnchorCache | None = None,
         failure: Finding | None = None,
+        recorded: bool = False,
     ) -> None:
         self.store = store
+        #: the evidence is a record of an activation run earlier (an audit log's), not one run now:
+        #: a pass then says that the activation was recorded and not run again
+        self.recorded = recorded
         #: the finding of every appraisal when the anchor evidence could not be read (a record's)
         self.failure = failure
         self.evidence = evidence
@@ -144,6 +148,8 @@ class Anchoring:
                 return result.finding
         at = self.at if self.at is not None else datetime.now(timezone.utc)
         result = self.cache.appraise(aik, evidence, self.store, at=at, manufacturers=self.manufacturers)
+        if self.recorded and evidence.kind == "ek" and result.finding.status == "pass":
+            result = result._replace(finding=_recorded_activation(result.finding, evidence))
         if result.valid_from is not None and result.valid_until is not None:
             self._last = (
                 evidence,
@@ -158,6 +164,18 @@ class Anchoring:
         return result.finding
 
 
+def _recorded_activation(finding: Finding, evidence: AnchorEvidence) -> Finding:
+    """An offline re-check cannot run a credential activation again (it is interactive, with the TPM):
+    it re-validates the EK chain and checks that the recorded outcome names this AIK and that EK.
+    The finding says so: the activation itself rests on the record, not on a new proof."""
+    outcome = evidence.activation
+    when = outcome.validated_at.isoformat() if outcome is not None else "an unknown time"
+    return finding._replace(
+        detail=f"credential activation recorded at {when} (not run again: the record vouches for it); "
+        f"EK certificate chain re-validated: {finding.detail}"
+    )
+
+
 def recorded_anchoring(store: Any, recorded: object, *, at: datetime | None) -> Anchoring:
     """How to re-check a kept reply's anchor offline against ``store``: with the anchor evidence the
     client recorded (``_metadata.verification.anchor``, an audit record's ``verdict.anchor``), judged
@@ -169,7 +187,7 @@ def recorded_anchoring(store: Any, recorded: object, *, at: datetime | None) -> 
         evidence = AnchorEvidence.from_dict(recorded)
     except EvidenceError as exc:
         return Anchoring(store, failure=Finding("aik_anchor", "fail", exc.code, exc.message))
-    return Anchoring(store, evidence=evidence, at=evidence.validated_at or at)
+    return Anchoring(store, evidence=evidence, at=evidence.validated_at or at, recorded=True)
 
 
 def evidence_in_block(block: Mapping[str, Any]) -> AnchorEvidence | None:

@@ -1,0 +1,181 @@
+"""Review R3 of the anchoring appraisal (issue 12 section 5): "never trust the router's word".
+
+A software AIK (nomyo_audit's SoftwareTPM) with a made-up credential activation "for" a real,
+public EK certificate (Infineon's, which chains to the shipped manufacturer roots) must never be
+anchored: not by a policy reading a reply's ``_metadata.verification``, not by ``verify
+--tpm-roots`` on a saved reply file, not in the EAR hardware claim.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from click.testing import CliRunner
+from tpm_cert_factory import AT, fixture
+
+from nomyo_audit.attest._attester import TPMAttester
+from nomyo_audit.attest._software import SoftwareTPM
+from nomyo_audit.cli import cli
+from nomyo_audit.policy import Policy, evaluate
+from nomyo_audit.tpm import TrustStore, parse_ek_certificate, parse_public
+from nomyo_audit.tpm._anchor import ActivationOutcome, AnchorEvidence, appraise_anchor
+from nomyo_audit.tpm._anchoring import Anchoring
+from nomyo_audit.tpm._binding import response_binding
+from nomyo_audit.tpm._verify import verify_attestation
+
+PID = "review-anchor"
+DIGEST = bytes(32)
+IFX_EK = "ek/Infineon_OPTIGA_RSA_EK__234480e4f236.der"
+IFX_CHAIN = ("ca/Infineon_OPTIGA_TM_RSA_Manufacturing_CA_035__9efd7b3c07f9.der",)
+IFX_ROOT = "ca/Infineon_OPTIGA_TM_RSA_Root_CA__899e35474c98.der"
+
+
+@pytest.fixture(scope="module")
+def software():
+    return TPMAttester(SoftwareTPM("ecc256-ecdsa"), "sha256:0")
+
+
+def forged_ek_anchor(attester: TPMAttester) -> AnchorEvidence:
+    """A 'recorded activation' nobody ran: a public EK certificate and the software AIK's name."""
+    ek_der = fixture(IFX_EK)
+    aik_name = parse_public(attester.source.aik_public).name.hex()
+    outcome = ActivationOutcome(aik_name, parse_ek_certificate(ek_der).sha256, "pass", AT)
+    return AnchorEvidence("ek", (ek_der, *map(fixture, IFX_CHAIN)), outcome, None, AT)
+
+
+def forged_metadata(attester: TPMAttester) -> dict:
+    block = attester.evidence(response_binding(PID, DIGEST))
+    return {
+        "payload_id": PID,
+        "tpm_attestation": block,
+        "verification": {"anchor": forged_ek_anchor(attester).to_dict()},
+    }
+
+
+def ek_policy(**extra) -> Policy:
+    trust = {"mode": "ek", **extra}  # no roots: the shipped manufacturer roots (Infineon's among them)
+    return Policy.from_document({"metadata": {"name": "ek"}, "spec": {"aik_trust": trust}})
+
+
+def test_an_ek_policy_never_believes_an_activation_the_metadata_claims(software):
+    metadata = forged_metadata(software)
+    verdict = verify_attestation(metadata["tpm_attestation"], PID)
+    assert verdict.finding("signature").status == "pass"
+    (rule,) = evaluate(ek_policy(), metadata, verdict=verdict).rules
+    assert rule.status == "fail", rule
+    (rule,) = evaluate(ek_policy(), metadata).rules  # the verifier's own verdict: the same
+    assert rule.status == "fail", rule
+
+
+def test_verify_tpm_roots_never_anchors_a_saved_file_from_its_recorded_activation(software, tmp_path):
+    saved = tmp_path / "metadata.json"
+    saved.write_text(json.dumps(forged_metadata(software)))
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    for name in (IFX_ROOT, *IFX_CHAIN):
+        (roots / name.split("/")[-1]).write_bytes(fixture(name))
+    for fmt in ("json", "ear"):
+        result = CliRunner().invoke(cli, ["verify", "--format", fmt, "--tpm-roots", str(roots), str(saved)])
+        (document,) = json.loads(result.stdout)
+        if fmt == "json":
+            (anchor,) = [f for f in document["findings"] if f["check"] == "aik_anchor"]
+            assert anchor["status"] != "pass", anchor
+        else:
+            vector = document["submods"]["tpm"]["ear.trustworthiness-vector"]
+            assert vector["hardware"] != 2  # never "genuine" for a software key
+    policy = tmp_path / "ek.yaml"
+    policy.write_text(
+        "apiVersion: nomyo-audit/v1\nkind: AttestationPolicy\nmetadata: {name: ek}\n"
+        "spec:\n  aik_trust: {mode: ek}\n"
+    )
+    result = CliRunner().invoke(cli, ["verify", "--format", "json", "--policy", str(policy), str(saved)])
+    (document,) = json.loads(result.stdout)
+    assert document["policy"]["outcome"] == "deny", document["policy"]
+    assert result.exit_code == 1
+
+
+def _anchored(software: TPMAttester, **manufacturers) -> tuple:
+    """The software AIK's verdict anchored by the caller itself (as the client does after the
+    activation it ran) to Infineon's EK certificate: only to exercise how the rule matches vendors."""
+    block = software.evidence(response_binding(PID, DIGEST))
+    store = TrustStore.from_der([fixture(IFX_ROOT)])
+    anchoring = Anchoring(store, evidence=forged_ek_anchor(software), at=AT, **manufacturers)
+    return block, verify_attestation(block, PID, content_digest=DIGEST, anchor=anchoring)
+
+
+@pytest.mark.parametrize(
+    ("accepted", "status"),
+    [(["id:49465800"], "pass"), (["ID:49465800"], "pass"), (["infineon"], "pass"), (["Nuvoton"], "fail"),
+     (["id:4E544300"], "fail")],
+)  # fmt: skip
+def test_manufacturers_match_the_vendor_id_or_its_registered_name(software, tmp_path, accepted, status):
+    root = tmp_path / "root.der"
+    root.write_bytes(fixture(IFX_ROOT))
+    block, verdict = _anchored(software)
+    assert verdict.facts["manufacturer"] == "Infineon"
+    policy = ek_policy(roots=[str(root)], manufacturers=accepted)
+    (rule,) = evaluate(policy, {"tpm_attestation": block}, verdict=verdict).rules
+    assert rule.status == status, rule
+    _, restricted = _anchored(software, manufacturers=accepted)
+    assert restricted.finding("aik_anchor").status == status
+
+
+def test_an_ak_certificate_names_its_vendor_as_an_ek_certificate_does(software):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from nomyo_audit.tpm import build_ak_certificate
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "review CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(AT - timedelta(days=1)).not_valid_after(AT + timedelta(days=9))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(*[False] * 5, True, True, False, False), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    ak = build_ak_certificate(
+        issuer_key=key, issuer_cert=ca, aik=parse_public(software.source.aik_public),
+        ek=parse_ek_certificate(fixture(IFX_EK)), not_before=AT - timedelta(hours=1),
+        not_after=AT + timedelta(days=1),
+    )  # fmt: skip
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    store = TrustStore.from_der([ca.public_bytes(Encoding.DER)])
+    for accepted in (["Infineon"], ["id:49465800"]):
+        result = appraise_anchor(
+            parse_public(software.source.aik_public), AnchorEvidence("ca", (ak,)), store, at=AT,
+            manufacturers=accepted,
+        )  # fmt: skip
+        assert result.finding.status == "pass", result.finding
+        assert result.facts["manufacturer"] == "Infineon"  # the same fact an EK anchor gives
+
+
+@pytest.mark.swtpm
+@pytest.mark.parametrize("protocol", ["1.0", "2"])
+def test_ek_mode_with_key_attestation_passes_on_a_real_tpm(swtpm, make_router, client_keys_dir, protocol):
+    """aik_trust ek with require_key_attestation (as production asks): the key's attestation is
+    quoted by the same AIK the activation anchors, so a genuine TPM router is served."""
+    import asyncio
+
+    from nomyo_audit import SecureChatCompletion
+    from nomyo_audit.router._attestation import make_attester
+
+    router = make_router(attester=make_attester(swtpm.spec), activation_burst=100)
+    trust = {"mode": "ek", "roots": [str(swtpm.ca_root_path)]}
+    spec = {"require_key_attestation": True, "aik_trust": trust}
+    policy = Policy.from_document({"metadata": {"name": "ek-keyatt"}, "spec": spec})
+
+    async def go():
+        async with SecureChatCompletion(
+            router.url, allow_http=True, key_dir=str(client_keys_dir), policy=policy, protocol=protocol
+        ) as client:
+            return await client.create("echo", [{"role": "user", "content": "hi"}], security_tier="high")
+
+    reply = asyncio.run(go())
+    assert reply["_metadata"]["policy"]["outcome"] == "pass"
