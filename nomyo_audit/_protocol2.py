@@ -71,6 +71,9 @@ RESPONSE_KEY_BYTES = 32
 REQUEST_LABEL = b"nomyo-audit/v2 request"
 RESPONSE_LABEL = b"nomyo-audit/v2 response"
 MAX_MODEL_CHARS = 256
+#: The largest payload sealed: protocol 1.0's (client/_exchange.py), so what 1.0 carries 2 carries; in
+#: base64 with the envelope it stays under MAX_PACKAGE_BYTES.
+MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 _PAYLOAD_ID = re.compile(r"[\x21-\x7e]{1,128}")
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ENVELOPE_FIELDS = {"version", "key_id", "suite", "payload_id", "security_tier", "model", "enc", "ciphertext"}
@@ -132,7 +135,7 @@ def seal_request(
     """
     chosen = _choose_suite(config, suite)
     _check_fields(config.key_id, payload_id, security_tier, model)
-    if len(payload) > MAX_PACKAGE_BYTES // 2:
+    if len(payload) > MAX_PAYLOAD_BYTES:
         raise ProtocolError("payload is too large to seal", code="v2_malformed")
     response_key = os.urandom(RESPONSE_KEY_BYTES)
     info = request_info(config.key_id, chosen, payload_id, security_tier, model)

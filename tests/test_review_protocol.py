@@ -193,3 +193,35 @@ def test_a_wall_clock_step_does_not_open_the_replay_window(router, monkeypatch):
     assert replayed.status_code == 409
     assert replayed.json()["error"]["code"] == "v2_replay"
     assert len(router.config.backend.payloads) == 1
+
+
+# -- protocol 2 carries what 1.0 carries ---------------------------------------------------------
+
+
+def _big_chat(router, keys_dir, protocol: str, size: int) -> dict[str, Any]:
+    async def go():
+        async with SecureChatCompletion(
+            router.url, allow_http=True, key_dir=str(keys_dir), protocol=protocol
+        ) as client:
+            return await client.create("echo", [{"role": "user", "content": "x" * size}])
+
+    return asyncio.run(go())
+
+
+def test_protocol_2_carries_a_9_mib_prompt_as_1_0_does(router, client_keys_dir):
+    """Before: seal_request capped the payload at 8 MiB (half the package limit), so with protocol 2,
+    now the default, a 9 MiB prompt that 1.0 carries failed as ProtocolError v2_malformed."""
+    reply = _big_chat(router, client_keys_dir, "2", 9 * 1024 * 1024)
+    assert reply["_metadata"]["protocol"] == "2"
+    assert len(reply["choices"][0]["message"]["content"]) == 9 * 1024 * 1024 + len("echo: ")
+
+
+@pytest.mark.parametrize("protocol", ["1.0", "2"])
+def test_a_payload_over_10_mib_is_the_same_invalid_request_in_both_protocols(
+    router, client_keys_dir, protocol
+):
+    from nomyo_audit import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="over the 10485760-byte limit"):
+        _big_chat(router, client_keys_dir, protocol, 10 * 1024 * 1024 + 1)
+    assert router.app.state.requests[COMPLETION_V2_PATH] == 0

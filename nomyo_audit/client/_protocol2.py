@@ -30,12 +30,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from .._protocol2 import KeyConfig, open_response, seal_request
-from ..errors import APIConnectionError, APIError, ProtocolError, SecurityError
+from ..errors import APIConnectionError, APIError, InvalidRequestError, ProtocolError, SecurityError
 from ..policy import Policy
 from ..wire import COMPLETION_V2_PATH, KEY_CONFIG_ATTESTATION_PATH, KEY_CONFIG_PATH, MAX_PACKAGE_BYTES
 from ._call import CompletionCall
 from ._errors import FINAL_CONNECTION_CODES
-from ._exchange import OpenedReply, read_reply
+from ._exchange import MAX_PAYLOAD_BYTES, OpenedReply, read_reply
 from ._http import Reply
 from ._retry import backoff_delay, is_retryable_status
 from ._settings import check_protocol
@@ -122,6 +122,10 @@ class Protocol2:
         request :class:`SecurityError` ``v2_reply_mismatch``.
         """
         payload = json.dumps(call.payload).encode()
+        if len(payload) > MAX_PAYLOAD_BYTES:  # as protocol 1.0 refuses it (client/_exchange.py)
+            raise InvalidRequestError(
+                f"payload is {len(payload)} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit"
+            )
         headers = {"Content-Type": "application/octet-stream"}
         if call.api_key:
             headers["Authorization"] = f"Bearer {call.api_key}"
