@@ -225,3 +225,49 @@ def test_a_payload_over_10_mib_is_the_same_invalid_request_in_both_protocols(
     with pytest.raises(InvalidRequestError, match="over the 10485760-byte limit"):
         _big_chat(router, client_keys_dir, protocol, 10 * 1024 * 1024 + 1)
     assert router.app.state.requests[COMPLETION_V2_PATH] == 0
+
+
+# -- the router's refusal code is its word: only a plain code is believed -------------------------
+
+
+class RefuseWith(httpx.AsyncBaseTransport):
+    """On the path: answers every protocol 2 completion with a 400 whose code the attacker chose."""
+
+    def __init__(self, code: str) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.code = code
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == COMPLETION_V2_PATH:
+            return httpx.Response(400, json={"error": {"code": self.code, "message": "no"}})
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_a_refusal_code_with_control_characters_is_not_carried_into_errors_or_the_audit_log(
+    router, client_keys_dir, tmp_path
+):
+    """Before: any string of up to 32 characters starting with v2_ became the ProtocolError's code and
+    message and the audit record's outcome, terminal escapes and newlines included."""
+    import sqlite3
+
+    from nomyo_audit.errors import NomyoAuditError
+
+    forged = "v2_\x1b[2J\nFAKE: ok"
+
+    async def go():
+        async with SecureChatCompletion(
+            router.url, allow_http=True, key_dir=str(client_keys_dir), transport=RefuseWith(forged),
+            audit_log=str(tmp_path / "audit.db"),
+        ) as client:
+            return await client.create("echo", HELLO)
+
+    with pytest.raises(NomyoAuditError) as refused:
+        asyncio.run(go())
+    assert "\x1b" not in str(refused.value) and "\n" not in str(refused.value)
+    assert "\x1b" not in str(getattr(refused.value, "code", ""))
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        (outcome,) = [json.loads(row[0])["outcome"] for row in db.execute("SELECT data FROM records")]
+    assert "\x1b" not in outcome and "\n" not in outcome

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,8 @@ __all__ = ["Protocol2"]
 #: The router's codes that a fresh key configuration mends (retried once).
 _ROTATION_CODES = ("v2_key_rotated", "v2_unknown_key_id")
 _MAX_CONFIG_BYTES = 64 * 1024
+#: A protocol 2 refusal code as the router may name it (unauthenticated: it goes into errors and logs).
+_ROUTER_CODE = re.compile(r"v2_[a-z0-9_]{1,29}")
 #: How far a configuration's ``not_before`` may be ahead of our clock (the router's clock may lead).
 CLOCK_SKEW_SECONDS = 300
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
@@ -224,7 +227,7 @@ def _refusal(reply: Reply) -> tuple[str | None, Any]:
     document = reply.json_or_none("error reply")
     error = document.get("error") if isinstance(document, dict) else None
     code = error.get("code") if isinstance(error, dict) else None
-    if isinstance(code, str) and code.startswith("v2_") and len(code) <= 32:
+    if isinstance(code, str) and _ROUTER_CODE.fullmatch(code):  # never control characters into errors
         return code, document
     return None, None
 
