@@ -271,3 +271,23 @@ def test_a_refusal_code_with_control_characters_is_not_carried_into_errors_or_th
     with sqlite3.connect(tmp_path / "audit.db") as db:
         (outcome,) = [json.loads(row[0])["outcome"] for row in db.execute("SELECT data FROM records")]
     assert "\x1b" not in outcome and "\n" not in outcome
+
+
+def test_key_config_signature_is_over_the_digest_as_a_message_as_the_spec_now_says(router, router_keys):
+    """The spec said 'signature over the digest' with SHA-256, which reads as well as a prehashed
+    signature (mHash = digest); the router signs the digest as a message (mHash = SHA-256(digest)).
+    Rebuilt from the spec text: the message form verifies, the prehashed form does not."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, utils
+
+    response = httpx.get(router.url + KEY_CONFIG_PATH)
+    digest = KeyConfig.from_json(response.json()).digest()
+    signature = base64.b64decode(response.headers["x-key-config-signature"])
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+    public = router_keys.private_key.public_key()
+    public.verify(signature, digest, pss, hashes.SHA256())
+    with pytest.raises(InvalidSignature):
+        public.verify(signature, digest, pss, utils.Prehashed(hashes.SHA256()))
+    spec = (Path(__file__).resolve().parent.parent / "docs" / "protocol-v2.md").read_text()
+    assert "`mHash` is\n`SHA-256(digest)`" in spec
