@@ -179,3 +179,100 @@ def test_ek_mode_with_key_attestation_passes_on_a_real_tpm(swtpm, make_router, c
 
     reply = asyncio.run(go())
     assert reply["_metadata"]["policy"]["outcome"] == "pass"
+
+
+def _client_calls(url, keys_dir, calls):
+    """Run ``calls`` (each (policy, between) with between() run before that call) in one client
+    session; each call's outcome is the reply or the exception."""
+    import asyncio
+
+    from nomyo_audit import SecureChatCompletion
+
+    async def go():
+        outcomes = []
+        async with SecureChatCompletion(
+            url, allow_http=True, key_dir=str(keys_dir), protocol="1.0"
+        ) as client:
+            for policy, between in calls:
+                between()
+                try:
+                    outcomes.append(
+                        await client.create("echo", [{"role": "user", "content": "hi"}], policy=policy)
+                    )
+                except Exception as exc:  # the outcome under test
+                    outcomes.append(exc)
+        return outcomes
+
+    return asyncio.run(go())
+
+
+def _ek(roots) -> Policy:
+    return Policy.from_document(
+        {"metadata": {"name": "ek"}, "spec": {"aik_trust": {"mode": "ek", "roots": roots}}}
+    )
+
+
+@pytest.mark.swtpm
+def test_an_aik_rotated_on_the_router_is_activated_again(swtpm, router_keys, client_keys_dir):
+    from conftest import RecordingBackend
+
+    from nomyo_audit.router import RouterConfig
+    from nomyo_audit.router._attestation import make_attester
+    from nomyo_audit.router._server import RouterThread
+
+    def serve(aik_parent, port=0):
+        config = RouterConfig(
+            private_key=router_keys.private_key,
+            backend=RecordingBackend(),
+            attester=make_attester(swtpm.spec, aik_parent=aik_parent),
+            activation_burst=100,
+        )
+        return RouterThread(config, port=port).start()
+
+    first = serve("primary")
+    routers = [first]
+
+    def rotate():
+        first.stop()
+        routers.append(serve("ek", port=int(first.url.rsplit(":", 1)[1])))  # the same URL, a new AIK
+
+    policy = _ek([str(swtpm.ca_root_path)])
+    try:
+        before, during, after = _client_calls(
+            first.url, client_keys_dir, [(policy, lambda: None), (policy, rotate), (policy, lambda: None)]
+        )
+    finally:
+        for router in routers:
+            router.stop()
+    assert isinstance(before, dict) and before["_metadata"]["policy"]["outcome"] == "pass"
+    assert not isinstance(during, dict) or during["_metadata"]["policy"]["outcome"] != "pass"
+    assert isinstance(after, dict), after  # the new AIK was activated, not refused for the TTL
+    assert after["_metadata"]["policy"]["outcome"] == "pass"
+
+
+@pytest.mark.swtpm
+def test_an_activation_validated_against_other_roots_is_not_reused(
+    swtpm, make_router, client_keys_dir, tmp_path
+):
+    """One client, two policies: an activation whose EK chain validated against the first policy's
+    roots is not taken for the second's, whose roots do not anchor that EK: refused before any prompt."""
+    from nomyo_audit import SecurityError
+    from nomyo_audit.ca import init_authority
+    from nomyo_audit.router._attestation import make_attester
+    from nomyo_audit.wire import COMPLETION_PATH
+
+    router = make_router(attester=make_attester(swtpm.spec), activation_burst=100)
+    init_authority(tmp_path / "stranger", "not the TPM maker")
+    sent = []
+    trusted, stranger = _ek([str(swtpm.ca_root_path)]), _ek([str(tmp_path / "stranger" / "ca.pem")])
+    first, second = _client_calls(
+        router.url,
+        client_keys_dir,
+        [
+            (trusted, lambda: None),
+            (stranger, lambda: sent.append(router.app.state.requests[COMPLETION_PATH])),
+        ],
+    )
+    assert isinstance(first, dict) and first["_metadata"]["policy"]["outcome"] == "pass"
+    assert isinstance(second, SecurityError) and second.code == "cert_unchained", second
+    assert router.app.state.requests[COMPLETION_PATH] == sent[0]  # no prompt was sent under the stranger

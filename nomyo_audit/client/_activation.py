@@ -6,9 +6,11 @@ roots, makes a credential (TPM2_MakeCredential, pure Python) for the AIK's name 
 fresh random secret, and posts it to ``POST /pki/activation``. Only the TPM holding both the EK
 and an object of that name can return the secret. The answer is compared in constant time.
 
-The outcome is cached per AIK for the policy's ``key_attestation_ttl``; every reply's quote is then
-anchored from it (:func:`anchor_reply`), and a quote by another AIK than the one activated fails
-``aik_anchor`` (``activation_other_aik``). A replayed or wrong answer cannot match a fresh secret.
+The outcome is cached per router and trust roots for the policy's ``key_attestation_ttl``; every
+reply's quote is then anchored from it (:func:`anchor_reply`). A quote by another AIK than the one
+activated (the router rotated its AIK) fails ``aik_anchor`` (``activation_other_aik``) and drops the
+cached activation, so the next call activates the new AIK before its prompt is sent. A replayed or
+wrong answer cannot match a fresh secret.
 The secret never leaves this module: not in errors, logs or the audit record.
 
 :func:`challenge` and :func:`judge_answer` are pure; :class:`Activations` holds the cache; the
@@ -21,7 +23,7 @@ import base64
 import hmac
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
@@ -75,6 +77,8 @@ class PreparedAnchor(NamedTuple):
     evidence: AnchorEvidence | None
     store: Any
     manufacturers: tuple[str, ...] = ()
+    #: drops the cached activation (called when a quote comes from another AIK than the one activated)
+    forget: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,11 +167,16 @@ def judge_answer(pending: Challenge, status: int, document: Any, *, at: datetime
     return AnchorEvidence(evidence.kind, evidence.chain, outcome, evidence.ek_public, evidence.validated_at)
 
 
+#: what an activation is cached by: the router's URL and the policy's trust roots (the EK chain was
+#: validated against those roots only)
+ActivationKey = tuple[str, tuple[str, ...]]
+
+
 class Activations:
-    """Activated AIKs (by the router they were fetched from), each until the policy's TTL runs out."""
+    """Activated AIKs (by router and trust roots), each until the policy's TTL runs out."""
 
     def __init__(self) -> None:
-        self._until: dict[str, tuple[float, AnchorEvidence]] = {}
+        self._until: dict[ActivationKey, tuple[float, AnchorEvidence]] = {}
         self._stores: dict[tuple[str, ...], Any] = {}
 
     def store(self, paths: tuple[str, ...]) -> Any:
@@ -183,13 +192,17 @@ class Activations:
                 raise SecurityError(f"the policy's trust roots: {exc.message}", code=exc.code) from None
         return store
 
-    def fresh(self, router: str) -> AnchorEvidence | None:
-        """The anchor evidence of the router's last activation, if it has not expired."""
-        held = self._until.get(router)
+    def fresh(self, key: ActivationKey) -> AnchorEvidence | None:
+        """The anchor evidence of the last activation under ``key``, if it has not expired."""
+        held = self._until.get(key)
         return held[1] if held is not None and held[0] > time.monotonic() else None
 
-    def passed(self, router: str, evidence: AnchorEvidence, ttl: float) -> None:
-        self._until[router] = (time.monotonic() + ttl, evidence)
+    def passed(self, key: ActivationKey, evidence: AnchorEvidence, ttl: float) -> None:
+        self._until[key] = (time.monotonic() + ttl, evidence)
+
+    def forget(self, key: ActivationKey) -> None:
+        """Drop the activation under ``key`` (its AIK is no longer the router's)."""
+        self._until.pop(key, None)
 
 
 def anchor_reply(response: dict[str, Any], verdict: Verdict, prepared: PreparedAnchor) -> Verdict:
@@ -209,6 +222,8 @@ def anchor_reply(response: dict[str, Any], verdict: Verdict, prepared: PreparedA
     at = evidence.validated_at if evidence is not None else now_utc()
     anchoring = Anchoring(prepared.store, evidence=evidence, at=at, manufacturers=prepared.manufacturers)
     anchored = with_anchor(verdict, block, anchoring)
+    if prepared.forget is not None and anchored.finding("aik_anchor").code == "activation_other_aik":
+        prepared.forget()  # the router rotated its AIK: the next call activates the new one first
     if isinstance(metadata, dict):
         verification = anchored.to_dict()
         prior = metadata.get("verification")
@@ -248,20 +263,23 @@ async def prepare_anchor(client: Any, policy: Policy | None) -> PreparedAnchor:
     assert policy is not None  # wants_anchor(policy) was true
     trust = policy.spec.get("aik_trust", {})
     held: Activations = client._activations
-    store = held.store(tuple(trust.get("roots", ()) or trust.get("ca_certificates", ())))
+    paths = tuple(trust.get("roots", ()) or trust.get("ca_certificates", ()))
+    store = held.store(paths)
     vendors = tuple(trust.get("manufacturers", ()))
     if anchor_mode(policy) == "ca":
         return PreparedAnchor(None, store, vendors)
-    return PreparedAnchor(await ensure_activation(client, policy, store), store, vendors)
+    key = (client.router_url, paths)
+    evidence = await ensure_activation(client, policy, store, key)
+    return PreparedAnchor(evidence, store, vendors, lambda: held.forget(key))
 
 
-async def ensure_activation(client: Any, policy: Policy, store: Any) -> AnchorEvidence:
-    """The router's AIK activated against ``store``: from the cache within the policy's TTL, else
-    a round trip now. Nothing is sent before it returns."""
+async def ensure_activation(client: Any, policy: Policy, store: Any, key: ActivationKey) -> AnchorEvidence:
+    """The router's AIK activated against ``store``: from the cache (under ``key``) within the
+    policy's TTL, else a round trip now. Nothing is sent before it returns."""
     from ..wire import ACTIVATION_PATH, ENDORSEMENT_PATH
 
     held: Activations = client._activations
-    evidence = held.fresh(client.router_url)
+    evidence = held.fresh(key)
     if evidence is not None:
         return evidence
     url = client.router_url
@@ -275,5 +293,5 @@ async def ensure_activation(client: Any, policy: Policy, store: Any) -> AnchorEv
     pending = challenge(reply.json_or_none("endorsement"), store, at=now_utc())
     answer = await client._request("POST", url + ACTIVATION_PATH, limit=_MAX_REPLY, json=pending.body)
     evidence = judge_answer(pending, answer.status_code, answer.json_or_none("activation"), at=now_utc())
-    held.passed(url, evidence, policy.key_attestation_ttl)
+    held.passed(key, evidence, policy.key_attestation_ttl)
     return evidence
