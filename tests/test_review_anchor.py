@@ -276,3 +276,44 @@ def test_an_activation_validated_against_other_roots_is_not_reused(
     assert isinstance(first, dict) and first["_metadata"]["policy"]["outcome"] == "pass"
     assert isinstance(second, SecurityError) and second.code == "cert_unchained", second
     assert router.app.state.requests[COMPLETION_PATH] == sent[0]  # no prompt was sent under the stranger
+
+
+def test_ear_never_says_genuine_hardware_for_an_aik_whose_identity_failed(software):
+    """An AK certificate certifies a key, not a public area: a router can present the anchored key
+    with attributes it does not have in a TPM (here fixedTPM cleared). aik_anchor passes (the key
+    is certified) but the AIK's identity fails, and EAR must not call it genuine hardware."""
+    import base64
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    from nomyo_audit.tpm import build_ak_certificate, to_ear
+
+    block = software.evidence(response_binding(PID, DIGEST))
+    public = bytearray(base64.b64decode(block["aik_pubkey_b64"]))
+    public[9] &= ~0x02  # TPMA_OBJECT fixedTPM (bit 1) cleared: the key may live outside any TPM
+    block["aik_pubkey_b64"] = base64.b64encode(bytes(public)).decode()
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "review CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(AT - timedelta(days=1)).not_valid_after(AT + timedelta(days=9))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(*[False] * 5, True, True, False, False), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    ak = build_ak_certificate(
+        issuer_key=key, issuer_cert=ca, aik=parse_public(bytes(public)),
+        ek=parse_ek_certificate(fixture(IFX_EK)), not_before=AT - timedelta(hours=1),
+        not_after=AT + timedelta(days=1),
+    )  # fmt: skip
+    block["aik_cert_chain_b64"] = [base64.b64encode(ak).decode()]
+    store = TrustStore.from_der([ca.public_bytes(Encoding.DER)])
+    verdict = verify_attestation(block, PID, content_digest=DIGEST, anchor=Anchoring(store, at=AT))
+    assert verdict.finding("aik_anchor").status == "pass"
+    assert verdict.finding("aik_attributes").status == "fail"
+    vector = to_ear(verdict, issued_at=0)["submods"]["tpm"]["ear.trustworthiness-vector"]
+    assert vector["hardware"] != 2

@@ -11,7 +11,9 @@ The mapping never claims more than the evidence gave:
   the PCR evidence is inconsistent, and 0 ("no claim") everywhere else;
   golden-value appraisal (executables 2 or 33) is the policy's to claim.
   ``hardware`` is 2 ("genuine") only when ``aik_anchor`` passed (an AK certificate chain or a
-  credential activation against a certified EK), 97 when an anchor failed, else 0.
+  credential activation against a certified EK) and the AIK's identity did not fail (an AK
+  certificate certifies a key, not the attributes a router presents with it), 97 when an anchor
+  failed or the anchored AIK's identity did, else 0.
 * The finding codes travel in the ``nomyo-audit.findings`` extension.
 """
 
@@ -47,12 +49,14 @@ def to_ear(
     docstring. Raises nothing.
     """
     failed = {f.check for f in verdict.failures}
+    identity_failed = bool(failed & set(_IDENTITY_CHECKS))
+    hardware = _HARDWARE.get(verdict.finding("aik_anchor").status, 0)
     vector = {
-        "instance-identity": 97 if failed & set(_IDENTITY_CHECKS) else 0,
+        "instance-identity": 97 if identity_failed else 0,
         "configuration": 0,
         "executables": 96 if failed & set(_PCR_CHECKS) else 0,
         "file-system": 0,
-        "hardware": _HARDWARE.get(verdict.finding("aik_anchor").status, 0),
+        "hardware": 97 if hardware == 2 and identity_failed else hardware,
         "runtime-opaque": 0,
         "storage-opaque": 0,
         "sourced-data": 0,
