@@ -220,10 +220,13 @@ def test_verify_anchors_a_quote_carrying_its_ak_chain_and_caches_the_validation(
     first = verify_attestation(block, PID, content_digest=DIGEST, anchor=anchoring)
     assert first.finding("aik_anchor").status == "pass" and first.passed
     assert first.facts["anchor_kind"] == "ca" and first.facts["chain_subjects"]
-    start = time.perf_counter()
     second = verify_attestation(block, PID, content_digest=DIGEST, anchor=anchoring)
-    assert time.perf_counter() - start < 0.005  # no chain validation: a cache hit
-    assert second.finding("aik_anchor") == first.finding("aik_anchor")
+    # no chain validation: the very finding of the first appraisal, from the cache (a timing bound
+    # could not tell: validating this chain takes under a millisecond)
+    assert second.finding("aik_anchor") is first.finding("aik_anchor")
+    fresh = Anchoring(enrollment_ca["store"], cache=cache)  # another hook, the same shared cache
+    third = verify_attestation(block, PID, content_digest=DIGEST, anchor=fresh)
+    assert third.finding("aik_anchor") is first.finding("aik_anchor")
     # another store (or none of the CA's roots): the cache is not used, the chain fails
     wrong = verify_attestation(
         block, PID, content_digest=DIGEST, anchor=Anchoring(endorsement["store"], cache=cache)
