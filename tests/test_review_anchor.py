@@ -59,6 +59,42 @@ def ek_policy(**extra) -> Policy:
     return Policy.from_document({"metadata": {"name": "ek"}, "spec": {"aik_trust": trust}})
 
 
+def _review_ca(days: float = 9):
+    """A CA (key, certificate) valid from a day before AT for ``days`` after it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "review CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(AT - timedelta(days=1)).not_valid_after(AT + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(*[False] * 5, True, True, False, False), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    return key, ca
+
+
+def _ak_under(ca_days: float, aik_public: bytes, ak_days: float = 1) -> tuple[TrustStore, bytes]:
+    """A store holding a review CA, and an AK certificate it issued for ``aik_public`` (TCG profile,
+    with Infineon's EK identity)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from nomyo_audit.tpm import build_ak_certificate
+
+    key, ca = _review_ca(ca_days)
+    ak = build_ak_certificate(
+        issuer_key=key, issuer_cert=ca, aik=parse_public(aik_public),
+        ek=parse_ek_certificate(fixture(IFX_EK)), not_before=AT - timedelta(hours=1),
+        not_after=AT + timedelta(days=ak_days),
+    )  # fmt: skip
+    return TrustStore.from_der([ca.public_bytes(Encoding.DER)]), ak
+
+
 def test_an_ek_policy_never_believes_an_activation_the_metadata_claims(software):
     metadata = forged_metadata(software)
     verdict = verify_attestation(metadata["tpm_attestation"], PID)
@@ -123,30 +159,7 @@ def test_manufacturers_match_the_vendor_id_or_its_registered_name(software, tmp_
 
 
 def test_an_ak_certificate_names_its_vendor_as_an_ek_certificate_does(software):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    from nomyo_audit.tpm import build_ak_certificate
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "review CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(AT - timedelta(days=1)).not_valid_after(AT + timedelta(days=9))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(*[False] * 5, True, True, False, False), critical=True)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    ak = build_ak_certificate(
-        issuer_key=key, issuer_cert=ca, aik=parse_public(software.source.aik_public),
-        ek=parse_ek_certificate(fixture(IFX_EK)), not_before=AT - timedelta(hours=1),
-        not_after=AT + timedelta(days=1),
-    )  # fmt: skip
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    store = TrustStore.from_der([ca.public_bytes(Encoding.DER)])
+    store, ak = _ak_under(9, software.source.aik_public)
     for accepted in (["Infineon"], ["id:49465800"]):
         result = appraise_anchor(
             parse_public(software.source.aik_public), AnchorEvidence("ca", (ak,)), store, at=AT,
@@ -284,36 +297,31 @@ def test_ear_never_says_genuine_hardware_for_an_aik_whose_identity_failed(softwa
     is certified) but the AIK's identity fails, and EAR must not call it genuine hardware."""
     import base64
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.serialization import Encoding
-    from cryptography.x509.oid import NameOID
-
-    from nomyo_audit.tpm import build_ak_certificate, to_ear
+    from nomyo_audit.tpm import to_ear
 
     block = software.evidence(response_binding(PID, DIGEST))
     public = bytearray(base64.b64decode(block["aik_pubkey_b64"]))
     public[9] &= ~0x02  # TPMA_OBJECT fixedTPM (bit 1) cleared: the key may live outside any TPM
     block["aik_pubkey_b64"] = base64.b64encode(bytes(public)).decode()
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "review CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(AT - timedelta(days=1)).not_valid_after(AT + timedelta(days=9))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(*[False] * 5, True, True, False, False), critical=True)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    ak = build_ak_certificate(
-        issuer_key=key, issuer_cert=ca, aik=parse_public(bytes(public)),
-        ek=parse_ek_certificate(fixture(IFX_EK)), not_before=AT - timedelta(hours=1),
-        not_after=AT + timedelta(days=1),
-    )  # fmt: skip
+    store, ak = _ak_under(9, bytes(public))
     block["aik_cert_chain_b64"] = [base64.b64encode(ak).decode()]
-    store = TrustStore.from_der([ca.public_bytes(Encoding.DER)])
     verdict = verify_attestation(block, PID, content_digest=DIGEST, anchor=Anchoring(store, at=AT))
     assert verdict.finding("aik_anchor").status == "pass"
     assert verdict.finding("aik_attributes").status == "fail"
     vector = to_ear(verdict, issued_at=0)["submods"]["tpm"]["ear.trustworthiness-vector"]
     assert vector["hardware"] != 2
+
+
+def test_a_cached_pass_ends_when_a_trust_store_certificate_of_its_path_expires(software):
+    """The chain a quote carries may stop below the root (the store supplies the rest): a cached
+    pass must not outlive the root or a store intermediate of its path."""
+    from nomyo_audit.tpm._anchoring import AnchorCache
+
+    store, ak = _ak_under(2, software.source.aik_public, ak_days=30)
+    evidence = AnchorEvidence("ca", (ak,))
+    aik = parse_public(software.source.aik_public)
+    cache = AnchorCache()
+    assert cache.appraise(aik, evidence, store, at=AT).finding.status == "pass"
+    later = AT + timedelta(days=5)  # the CA root has expired, the AK certificate has not
+    assert appraise_anchor(aik, evidence, store, at=later).finding.code == "cert_expired"
+    assert cache.appraise(aik, evidence, store, at=later).finding.code == "cert_expired"

@@ -179,7 +179,7 @@ def appraise_anchor(
         return _fail(exc.code, exc.message)
     if manufacturers and not manufacturer_accepted(vendor[0] or "", manufacturers):
         return _fail("anchor_manufacturer", f"TPM manufacturer {vendor[0]} is not one the policy accepts")
-    valid_from, valid_until = certs.validity_window(evidence.chain)
+    valid_from, valid_until = certs.validity_window(evidence.chain, store, subjects)
     how = (
         "AK certificate chain"
         if evidence.kind == "ca"

@@ -41,14 +41,20 @@ def ek_matches_public(ek: Any, ek_public: Any) -> bool:
     return bool(_layer("ek_matches_public")(ek, ek_public))
 
 
-def validity_window(chain: Sequence[bytes]) -> tuple[datetime | None, datetime | None]:
-    """The latest notBefore and earliest notAfter of the chain's certificates: while a time lies in
-    between, a chain that validated once validates again (the roots are the store's, checked on the
-    first validation). (None, None) when a certificate cannot be read."""
+def validity_window(
+    chain: Sequence[bytes], store: Any = None, subjects: Sequence[str] = ()
+) -> tuple[datetime | None, datetime | None]:
+    """The latest notBefore and earliest notAfter of the validated path's certificates: while a time
+    lies in between, a chain that validated once validates again. The path is the chain's
+    certificates and those the trust store supplied (the root, and intermediates the chain left
+    out): every store certificate named in ``subjects`` counts (one of the same name that was not
+    on the path only narrows the window). (None, None) when a certificate cannot be read."""
     from ._x509 import read_certificate
 
     try:
         certificates = [read_certificate(der) for der in chain]
     except CertificateError:
         return None, None
+    named = set(subjects)
+    certificates += [c for c in getattr(store, "certificates", ()) if c.subject_text in named]
     return max(c.not_before for c in certificates), min(c.not_after for c in certificates)
