@@ -325,3 +325,26 @@ def test_a_cached_pass_ends_when_a_trust_store_certificate_of_its_path_expires(s
     later = AT + timedelta(days=5)  # the CA root has expired, the AK certificate has not
     assert appraise_anchor(aik, evidence, store, at=later).finding.code == "cert_expired"
     assert cache.appraise(aik, evidence, store, at=later).finding.code == "cert_expired"
+
+
+def test_a_report_never_shows_an_aik_whose_identity_failed_as_anchored(software):
+    """A record's verdict in which aik_anchor passed for a key the router presented with attributes
+    it lacks (the EAR case above): the report must not list that AIK as anchored hardware."""
+    import base64
+
+    from nomyo_audit.audit._records import _compact_verdict
+    from nomyo_audit.audit._report_anchor import anchor_of
+
+    block = software.evidence(response_binding(PID, DIGEST))
+    honest_store, honest_ak = _ak_under(9, software.source.aik_public)
+    block["aik_cert_chain_b64"] = [base64.b64encode(honest_ak).decode()]
+    honest = verify_attestation(block, PID, content_digest=DIGEST, anchor=Anchoring(honest_store, at=AT))
+    assert anchor_of(_compact_verdict(honest.to_dict())) is not None  # the pass case is shown
+    public = bytearray(base64.b64decode(block["aik_pubkey_b64"]))
+    public[9] &= ~0x02  # fixedTPM cleared
+    block["aik_pubkey_b64"] = base64.b64encode(bytes(public)).decode()
+    store, ak = _ak_under(9, bytes(public))
+    block["aik_cert_chain_b64"] = [base64.b64encode(ak).decode()]
+    verdict = verify_attestation(block, PID, content_digest=DIGEST, anchor=Anchoring(store, at=AT))
+    assert verdict.finding("aik_anchor").status == "pass"
+    assert anchor_of(_compact_verdict(verdict.to_dict())) is None

@@ -3,15 +3,18 @@
 Read from the record's own verdict (the client's appraisal, hashed with the record): an AIK is shown
 as anchored only when that verdict's ``aik_anchor`` passed, and then only with what the anchor
 established (its kind, the chain's subjects, and the TPM manufacturer, model and firmware version
-that the EK certificate or AK certificate states). Every other record is "not anchored": a
-software or unanchored AIK is never shown as hardware. ``nomyo-audit verify --log --tpm-roots``
-re-checks the anchor against roots the auditor chooses.
+that the EK certificate or AK certificate states), and none of the AIK's identity checks failed (an
+AK certificate certifies a key, not the attributes a router presents with it). Every other record
+is "not anchored": a software or unanchored AIK is never shown as hardware.
+``nomyo-audit verify --log --tpm-roots`` re-checks the anchor against roots the auditor chooses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from ..tpm._ear import IDENTITY_CHECKS
 
 __all__ = ["Anchor", "anchor_of", "anchor_row"]
 
@@ -26,6 +29,8 @@ def anchor_of(verdict: object) -> Anchor | None:
     findings = verdict.get("findings")
     status = findings.get("aik_anchor") if isinstance(findings, Mapping) else None
     if not isinstance(status, list) or not status or status[0] != "pass":
+        return None
+    if any(_status(findings.get(check)) == "fail" for check in IDENTITY_CHECKS):
         return None
     facts = verdict.get("facts")
     if not isinstance(facts, Mapping) or facts.get("anchor_kind") not in ("ca", "ek"):
@@ -51,6 +56,10 @@ def anchor_row(anchor: Anchor, records: int) -> dict[str, Any]:
         "chain_subjects": list(subjects),
         "records": records,
     }
+
+
+def _status(finding: object) -> object:
+    return finding[0] if isinstance(finding, list) and finding else None
 
 
 def _text(value: object) -> str:

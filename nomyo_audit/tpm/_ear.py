@@ -24,12 +24,13 @@ from typing import Any
 from .._version import __version__
 from ._verify import Verdict
 
-__all__ = ["EAT_PROFILE", "to_ear"]
+__all__ = ["EAT_PROFILE", "IDENTITY_CHECKS", "to_ear"]
 
 #: The ``eat_profile`` claim of every result: the EAR profile this mapping follows
 EAT_PROFILE = "tag:github.com,2023:veraison/ear"
 DEFAULT_POLICY_ID = "nomyo-audit/verify-only"
-_IDENTITY_CHECKS = ("evidence_format", "signature", "quote_structure", "signer_name", "aik_attributes")
+#: the checks that establish the AIK's identity: a hardware anchor is believed only when none failed
+IDENTITY_CHECKS = ("evidence_format", "signature", "quote_structure", "signer_name", "aik_attributes")
 _PCR_CHECKS = ("pcr_selection", "pcr_digest")
 #: AR4SI hardware: 2 (affirming: genuine) only for an AIK anchored to a certified TPM, 97
 #: (unrecognized) for an anchor offered that did not verify, 0 (no claim) for none
@@ -49,7 +50,7 @@ def to_ear(
     docstring. Raises nothing.
     """
     failed = {f.check for f in verdict.failures}
-    identity_failed = bool(failed & set(_IDENTITY_CHECKS))
+    identity_failed = bool(failed & set(IDENTITY_CHECKS))
     hardware = _HARDWARE.get(verdict.finding("aik_anchor").status, 0)
     vector = {
         "instance-identity": 97 if identity_failed else 0,
