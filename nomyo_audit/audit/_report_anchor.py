@@ -27,8 +27,7 @@ def anchor_of(verdict: object) -> Anchor | None:
     if not isinstance(verdict, Mapping):
         return None
     findings = verdict.get("findings")
-    status = findings.get("aik_anchor") if isinstance(findings, Mapping) else None
-    if not isinstance(status, list) or not status or status[0] != "pass":
+    if not isinstance(findings, Mapping) or _status(findings.get("aik_anchor")) != "pass":
         return None
     if any(_status(findings.get(check)) == "fail" for check in IDENTITY_CHECKS):
         return None
