@@ -17,6 +17,8 @@ from nomyo_audit.router import EchoBackend, RouterConfig, RouterThread
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+#: TEST ONLY: production's other rules for the software attester, which production denies on aik_trust
+PRODUCTION_UNANCHORED = str(FIXTURES / "policies" / "production-unanchored.yaml")
 IN_CI = bool(os.environ.get("CI"))
 
 
