@@ -18,7 +18,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from conftest import FIXTURES
+from conftest import FIXTURES, PRODUCTION_UNANCHORED
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nomyo_audit.audit import AuditLog, IntegrityError, VerifiedInclusion, verify_tlog_proof
@@ -544,7 +544,7 @@ def test_client_records_every_outcome(make_router, client_keys_dir, tmp_path):
             key_dir=str(client_keys_dir),
             api_key="k",
             audit_log=str(db),
-            policy="production",
+            policy=PRODUCTION_UNANCHORED,
         ) as client:
             await client.create(
                 "echo", [{"role": "user", "content": "SECRET-PROMPT-1"}], security_tier="high"
@@ -592,7 +592,8 @@ def test_verify_log_reappraises_stored_evidence(make_router, client_keys_dir, tm
                 await client.create("echo", [{"role": "user", "content": "q"}], security_tier="high")
 
     asyncio.run(go())
-    ok = CliRunner().invoke(cli, ["verify", "--log", str(db), "--policy", "production", "--format", "json"])
+    args = ["verify", "--log", str(db), "--policy", PRODUCTION_UNANCHORED, "--format", "json"]
+    ok = CliRunner().invoke(cli, args)
     assert ok.exit_code == 0, ok.output
     assert [d["policy"]["outcome"] for d in json.loads(ok.stdout)] == ["pass"] * 3
     stricter = tmp_path / "new-golden.yaml"

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import PRODUCTION_UNANCHORED
 
 from nomyo_audit import (
     APIConnectionError,
@@ -253,7 +254,7 @@ def test_no_key_attestation_endpoint_sends_nothing(router_keys, client_keys_dir,
     network = Network(router_keys, completion=lambda request: httpx.Response(500))
     log = tmp_path / "audit.db"
     with pytest.raises(SecurityError) as caught:
-        call(network, client_keys_dir, log, policy="production")
+        call(network, client_keys_dir, log, policy=PRODUCTION_UNANCHORED)
     assert caught.value.code == "key_attestation_unavailable"
     assert network.count(COMPLETION_PATH) == 0
     record = only_record(log)
@@ -269,7 +270,7 @@ def test_a_key_attestation_that_does_not_verify_is_a_policy_denial(router_keys, 
     )
     log = tmp_path / "audit.db"
     with pytest.raises(PolicyViolationError) as caught:
-        call(network, client_keys_dir, log, policy="production")
+        call(network, client_keys_dir, log, policy=PRODUCTION_UNANCHORED)
     assert "nothing was sent" in caught.value.message
     assert network.count(COMPLETION_PATH) == 0
     record = only_record(log)
@@ -283,7 +284,7 @@ def test_a_key_attestation_timeout_is_api_timeout_error(router_keys, client_keys
     network = Network(router_keys, attestation=raising(timeout), completion=lambda r: httpx.Response(500))
     log = tmp_path / "audit.db"
     with pytest.raises(APITimeoutError):
-        call(network, client_keys_dir, log, policy="production")
+        call(network, client_keys_dir, log, policy=PRODUCTION_UNANCHORED)
     assert network.count(COMPLETION_PATH) == 0
     record = only_record(log)
     assert record["outcome"] == "http_error:APITimeoutError"
@@ -301,7 +302,7 @@ def test_a_key_attestation_that_hangs_past_the_deadline_is_api_timeout_error(
     network.handlers[KEY_ATTESTATION_PATH] = hang  # type: ignore[assignment]
     log = tmp_path / "audit.db"
     with pytest.raises(APITimeoutError):
-        call(network, client_keys_dir, log, policy="production", timeout=0.3)
+        call(network, client_keys_dir, log, policy=PRODUCTION_UNANCHORED, timeout=0.3)
     assert network.count(COMPLETION_PATH) == 0
     assert only_record(log)["outcome"] == "http_error:APITimeoutError"
 
@@ -310,7 +311,7 @@ def test_a_key_attestation_connection_error_is_api_connection_error(router_keys,
     network = Network(router_keys, attestation=raising(httpx.ConnectError("refused")))
     log = tmp_path / "audit.db"
     with pytest.raises(APIConnectionError) as caught:
-        call(network, client_keys_dir, log, policy="production")
+        call(network, client_keys_dir, log, policy=PRODUCTION_UNANCHORED)
     assert type(caught.value) is APIConnectionError
     assert only_record(log)["outcome"] == "http_error:APIConnectionError"
 

@@ -109,11 +109,12 @@ def only_record(log: Path, payload_id: str = "pid-1") -> dict[str, Any]:
 
 @pytest.fixture
 def strict(tmp_path: Path) -> Path:
-    """The shipped production policy, minus attest-before-send (these routers answer the request)."""
+    """The shipped production policy, minus attest-before-send (these routers answer the request) and
+    its anchored AIK (these routers quote with a software TPM, no EK to anchor to)."""
     path = tmp_path / "strict.yaml"
     path.write_text(
         "apiVersion: nomyo-audit/v1\nkind: AttestationPolicy\nextends: production\n"
-        "metadata: {name: strict}\nspec: {require_key_attestation: false}\n"
+        "metadata: {name: strict}\nspec: {require_key_attestation: false, aik_trust: {mode: any}}\n"
     )
     return path
 

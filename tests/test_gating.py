@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from click.testing import CliRunner
+from conftest import PRODUCTION_UNANCHORED
 
 from nomyo_audit import PolicyViolationError, SecureChatCompletion, SecurityError, load_policy
 from nomyo_audit.attest._attester import TPMAttester
@@ -38,20 +39,21 @@ def measured_router(make_router):
     return make_router(attester=TPMAttester(tpm)), tpm
 
 
-def test_production_policy_passes_on_the_demo_machine(make_router, client_keys_dir):
+def test_production_checks_pass_on_the_demo_machine(make_router, client_keys_dir):
+    # production's rules but aik_trust (a software TPM here; test_production_policy.py covers anchoring)
     router, _ = measured_router(make_router)
-    reply = chat(router, client_keys_dir, policy="production")
+    reply = chat(router, client_keys_dir, policy=PRODUCTION_UNANCHORED)
     assert reply["choices"][0]["message"]["content"] == "echo: gated hello"
     assert reply["_metadata"]["policy"]["outcome"] == "pass"
-    assert reply["_metadata"]["verification"]["policy"]["name"] == "production"
+    assert reply["_metadata"]["verification"]["policy"]["name"] == "production-unanchored"
     assert router.app.state.requests["/pki/v2/attestation"] == 1  # attest-before-send, protocol 2's key
 
 
 def test_changed_pcr_is_denied_and_no_content_is_returned(make_router, client_keys_dir):
     router, tpm = measured_router(make_router)
-    chat(router, client_keys_dir, policy="production")
+    chat(router, client_keys_dir, policy=PRODUCTION_UNANCHORED)
     tpm.extend("sha256", *TAMPER_EVENT)
-    policy = load_policy("production")
+    policy = load_policy(PRODUCTION_UNANCHORED)
     # the key attestation is cached for its TTL, so the response check is what catches it
     with pytest.raises(PolicyViolationError) as denied:
         asyncio.run(_two_calls(router, client_keys_dir, policy))
@@ -72,7 +74,7 @@ def test_changed_pcr_fails_key_attestation_before_sending(make_router, client_ke
     router, tpm = measured_router(make_router)
     tpm.extend("sha256", *TAMPER_EVENT)
     with pytest.raises(PolicyViolationError, match="nothing was sent"):
-        chat(router, client_keys_dir, policy="production")
+        chat(router, client_keys_dir, policy=PRODUCTION_UNANCHORED)
     assert router.app.state.requests["/v1/chat/secure_completion"] == 0
 
 
@@ -81,9 +83,9 @@ def test_warn_policy_returns_the_response_with_the_result(make_router, client_ke
     tpm.extend("sha256", *TAMPER_EVENT)
     warn = Policy.from_document(
         {
-            **load_policy("production").document,
+            **load_policy(PRODUCTION_UNANCHORED).document,
             "spec": {
-                **load_policy("production").spec,
+                **load_policy(PRODUCTION_UNANCHORED).spec,
                 "on_failure": "warn",
                 "require_key_attestation": False,
             },
@@ -121,7 +123,7 @@ def test_per_call_policy_overrides_the_clients(make_router, client_keys_dir):
 def test_key_attestation_fails_closed_without_a_tpm(make_router, client_keys_dir):
     router = make_router(attester=NoAttester())
     with pytest.raises(PolicyViolationError, match="no_attestation"):
-        chat(router, client_keys_dir, policy="production")
+        chat(router, client_keys_dir, policy=PRODUCTION_UNANCHORED)
     assert router.app.state.requests["/v1/chat/secure_completion"] == 0
 
 
@@ -148,7 +150,7 @@ def test_key_attestation_fails_closed_against_a_router_without_the_endpoint(rout
     )
     with ServerThread(app) as server:
         with pytest.raises(SecurityError) as err:
-            chat(server, client_keys_dir, policy="production")
+            chat(server, client_keys_dir, policy=PRODUCTION_UNANCHORED)
     assert err.value.code == "key_attestation_unavailable"
     assert completions == []  # asserted on the router's side: no prompt reached it
 
@@ -158,7 +160,7 @@ def test_key_attestation_is_cached_per_key(make_router, client_keys_dir):
 
     async def go():
         async with SecureChatCompletion(
-            router.url, allow_http=True, key_dir=str(client_keys_dir), policy="production"
+            router.url, allow_http=True, key_dir=str(client_keys_dir), policy=PRODUCTION_UNANCHORED
         ) as client:
             for _ in range(3):
                 await client.create("echo", HELLO, security_tier="high")
@@ -223,7 +225,17 @@ def saved_replies(make_router, client_keys_dir, tmp_path):
 def test_verify_with_policy_and_junit(saved_replies, tmp_path):
     report = tmp_path / "report.xml"
     result = CliRunner().invoke(
-        cli, ["verify", "--policy", "production", "--format", "junit", "-o", str(report), str(saved_replies)]
+        cli,
+        [
+            "verify",
+            "--policy",
+            PRODUCTION_UNANCHORED,
+            "--format",
+            "junit",
+            "-o",
+            str(report),
+            str(saved_replies),
+        ],
     )
     assert result.exit_code == ExitCode.FINDING
     suites = ET.parse(report).getroot()
@@ -275,7 +287,16 @@ def test_chat_with_policy_denied_prints_no_reply(make_router, tmp_path):
     router, tpm = measured_router(make_router)
     tpm.extend("sha256", *TAMPER_EVENT)
     result = CliRunner().invoke(
-        cli, ["chat", "--base-url", router.url, "--allow-http", "--policy", "production", "secret question"]
+        cli,
+        [
+            "chat",
+            "--base-url",
+            router.url,
+            "--allow-http",
+            "--policy",
+            PRODUCTION_UNANCHORED,
+            "secret question",
+        ],
     )
     assert result.exit_code != 0
     assert "echo: secret question" not in result.output

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from conftest import FIXTURES
+from conftest import PRODUCTION_UNANCHORED
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,8 +33,6 @@ from nomyo_audit.tpm._verify import verify_attestation
 
 DAY = 1_795_000_000.0  # 2026-11-18T...Z: records of one day, an hour apart
 ALL_FORMATS = ",".join(FORMATS)
-#: production's other rules on the software attester (production itself denies it on aik_trust)
-PRODUCTION_UNANCHORED = str(FIXTURES / "policies" / "production-unanchored.yaml")
 #: SHA-256 of the DER SPKI of the client's protocol 1.0 key, as the router names it in _metadata
 CLIENT_KEY = bytes(range(32))
 
@@ -288,7 +286,7 @@ DOCUMENT = st.one_of(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(DOCUMENT, max_size=4), st.booleans())
 def test_malformed_records_never_crash_a_report(documents, reappraise):
-    policy = load_policy("production") if reappraise else None
+    policy = load_policy(PRODUCTION_UNANCHORED) if reappraise else None
     report = build_report(
         documents, generated_at="t", log_state={"size": 0, "root": "", "checkpoint": None}, policy=policy
     )
@@ -356,7 +354,11 @@ def test_a_request_denied_before_sending_is_labelled_so(make_router, client_keys
 
     async def go():
         async with SecureChatCompletion(
-            router.url, allow_http=True, key_dir=str(client_keys_dir), audit_log=str(db), policy="production"
+            router.url,
+            allow_http=True,
+            key_dir=str(client_keys_dir),
+            audit_log=str(db),
+            policy=PRODUCTION_UNANCHORED,
         ) as client:
             await client.create("echo", [{"role": "user", "content": "q"}], security_tier="high")
             tpm.extend("sha256", *TAMPER_EVENT)
@@ -365,7 +367,7 @@ def test_a_request_denied_before_sending_is_labelled_so(make_router, client_keys
                 await client.create("echo", [{"role": "user", "content": "q"}], security_tier="high")
 
     asyncio.run(go())
-    for extra in ([], ["--policy", "production"]):
+    for extra in ([], ["--policy", PRODUCTION_UNANCHORED]):
         out = tmp_path / f"r{len(extra)}"
         report = make_report(db, out, *extra)
         assert report["summary"]["denied"] == 1 and report["summary"]["denied_before_sending"] == 1

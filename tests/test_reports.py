@@ -15,7 +15,7 @@ import html5lib
 import pytest
 import xmlschema
 from click.testing import CliRunner
-from conftest import FIXTURES, REPO, require
+from conftest import FIXTURES, PRODUCTION_UNANCHORED, REPO, require
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nomyo_audit.attest._attester import TPMAttester
@@ -35,8 +35,6 @@ from nomyo_audit.tpm._verify import verify_attestation
 DSSE = json.loads((FIXTURES / "vectors" / "merkle-and-dsse.json").read_text())["dsse"]
 JUNIT = xmlschema.XMLSchema(str(FIXTURES / "junit.xsd"))
 ARTIFACTS = REPO / "test-artifacts"
-#: production's other rules on the software attester (production itself denies it on aik_trust)
-PRODUCTION_UNANCHORED = str(FIXTURES / "policies" / "production-unanchored.yaml")
 #: SHA-256 of the DER SPKI of the client's protocol 1.0 key, as the router names it in _metadata
 CLIENT_KEY = bytes(range(32))
 
