@@ -12,7 +12,7 @@ import time
 
 import pytest
 import xmlschema
-from conftest import FIXTURES, REPO
+from conftest import FIXTURES, PRODUCTION_UNANCHORED, REPO
 
 from nomyo_audit import SecureChatCompletion
 from nomyo_audit.attest._attester import TPMAttester
@@ -42,13 +42,19 @@ def workspace(tmp_path, monkeypatch, make_router, client_keys_dir):
     router = make_router(attester=TPMAttester(tpm))
     key, _ = generate_audit_key(tmp_path / "audit.key")
     (tmp_path / "policies").mkdir()
-    shutil.copy(REPO / "policies" / "production.yaml", tmp_path / "policies")
+    # the workspace's production policy for a software-attester router: production's other rules
+    # with any AIK (production itself denies the software attester on aik_trust)
+    shutil.copy(PRODUCTION_UNANCHORED, tmp_path / "policies" / "production.yaml")
     (tmp_path / "evidence").mkdir()
 
     async def chats():
         with AuditLog(tmp_path / "audit.db", key=ed25519_private(key)) as log:
             async with SecureChatCompletion(
-                router.url, allow_http=True, key_dir=str(client_keys_dir), policy="production", audit_log=log
+                router.url,
+                allow_http=True,
+                key_dir=str(client_keys_dir),
+                policy=PRODUCTION_UNANCHORED,
+                audit_log=log,
             ) as client:
                 replies = [
                     await client.create("echo", [{"role": "user", "content": f"q{n}"}], security_tier="high")
@@ -115,7 +121,8 @@ def test_the_documented_config_file_configures_the_gate(workspace, capsys):
     # verify: {policy: ...}: the policy judges, so the JUnit test cases are its rules
     assert main(["verify", "--format", "junit", "-o", "gate.xml", "evidence/replies.jsonl"]) == ExitCode.OK
     junit = (workspace / "gate.xml").read_text()
-    assert 'classname="production"' in junit and 'name="max_age"' in junit and "<failure" not in junit
+    assert 'classname="production-unanchored"' in junit
+    assert 'name="max_age"' in junit and "<failure" not in junit
     assert "3 verified: 3 allowed, 0 failed" in capsys.readouterr().err
     # ... and denies: the same replies judged a day after they came in are stale
     assert main(["verify", "--at", str(time.time() + 86400), "evidence/replies.jsonl"]) == ExitCode.FINDING

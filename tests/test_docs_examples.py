@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import PRODUCTION_UNANCHORED, REPO
 
 from nomyo_audit.attest._attester import TPMAttester
 from nomyo_audit.attest._software import SoftwareTPM
@@ -109,6 +109,11 @@ def workspace(tmp_path, router, request):
 
 
 def for_test(code: str, url: str) -> str:
+    """The example against the test router. That router quotes with the software attester, which
+    production denies on aik_trust (no EK to anchor), so a client example's production policy is
+    production's other rules with any AIK (tests/fixtures/policies/production-unanchored.yaml)."""
+    code = code.replace('policy="production"', f'policy="{PRODUCTION_UNANCHORED}"')
+    code = code.replace('policy="policies/production.yaml"', f'policy="{PRODUCTION_UNANCHORED}"')
     return code.replace(f'"{EXAMPLE_URL}"', f'"{url}", allow_http=True').replace(
         f"--base-url {EXAMPLE_URL}", f"--base-url {url} --allow-http"
     )

@@ -9,7 +9,7 @@ import shutil
 import sqlite3
 
 import pytest
-from conftest import REPO
+from conftest import PRODUCTION_UNANCHORED
 
 from nomyo_audit import SecureChatCompletion
 from nomyo_audit.attest._attester import TPMAttester
@@ -30,12 +30,18 @@ def client_log(tmp_path, make_router, client_keys_dir):
     router = make_router(attester=TPMAttester(tpm))
     key, pub = generate_audit_key(tmp_path / "audit.key")
     (tmp_path / "policies").mkdir()
-    shutil.copy(REPO / "policies" / "production.yaml", tmp_path / "policies")
+    # the workspace's production policy for a software-attester router: production's other rules
+    # with any AIK (production itself denies the software attester on aik_trust)
+    shutil.copy(PRODUCTION_UNANCHORED, tmp_path / "policies" / "production.yaml")
 
     async def chats() -> list[str]:
         with AuditLog(tmp_path / "audit.db", key=ed25519_private(key)) as log:
             async with SecureChatCompletion(
-                router.url, allow_http=True, key_dir=str(client_keys_dir), policy="production", audit_log=log
+                router.url,
+                allow_http=True,
+                key_dir=str(client_keys_dir),
+                policy=PRODUCTION_UNANCHORED,
+                audit_log=log,
             ) as client:
                 ids = []
                 for n in range(3):
