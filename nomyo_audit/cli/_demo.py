@@ -87,8 +87,9 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
     from ..audit._report import build_report
     from ..client import SecureChatCompletion
     from ..client._keys import generate_key_pair
-    from ..policy import PolicyViolationError, load_policy
+    from ..policy import PolicyViolationError
     from ..tpm._measurements import TAMPER_EVENT, measure_demo_boot
+    from ._demo_anchor import anchor_summary, demo_policy, forged_quote_verdict
 
     step = _stepper()
     workdir = workdir or Path("nomyo-audit-demo") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -98,19 +99,20 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
     fallback = attester == "auto" and not _tpm2_usable()
     if attester == "auto":
         attester = "software" if fallback else "swtpm"
-    policy = load_policy("production")
     key_path, public_path = generate_audit_key(workdir / "audit.key")
     log_path = workdir / "audit.db"
 
     with contextlib.ExitStack() as stack:
         if attester == "swtpm":
-            spec = stack.enter_context(SwtpmProcess()).spec
-            step(f"software TPM (swtpm) started at {spec.split(':', 1)[1]}")
+            swtpm = stack.enter_context(SwtpmProcess())
+            spec = swtpm.spec
+            step(f"software TPM (swtpm) started at {spec.split(':', 1)[1]}, EK certificate from its local CA")
         else:
             spec = "software"
             step(
                 "swtpm is not available: using the SOFTWARE attester (an in-process key; not hardware-rooted)"
             )
+        policy, trusted = demo_policy(swtpm.ca_root_path if attester == "swtpm" else None)
         tpm_attester = make_attester(spec)
         source = tpm_attester.source  # type: ignore[attr-defined]
         measure_demo_boot(source)
@@ -124,6 +126,7 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
         log = stack.enter_context(AuditLog(log_path, key=ed25519_private(key_path), checkpoint_every=4))
 
         step(f"client policy: {policy.name} sha256:{policy.digest[:16]}... (golden PCRs, attest-before-send)")
+        step(f"anchoring: {trusted}")
 
         async def run() -> None:
             async with SecureChatCompletion(
@@ -139,7 +142,7 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
                         f"> {prompt}\n     {reply['choices'][0]['message']['content']}\n     "
                         f"protocol {meta['protocol']}, verdict "
                         f"{meta['verification']['result']}, policy {meta['policy']['outcome']}, "
-                        f"payload_id {meta['payload_id']}"
+                        f"payload_id {meta['payload_id']}\n     {anchor_summary(meta)}"
                     )
                 source.extend("sha256", *TAMPER_EVENT)
                 step("PCR 10 extended: an unexpected kernel module was measured on the router's machine")
@@ -155,6 +158,7 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
                     raise ConfigurationError("the changed PCR was not denied")
 
         asyncio.run(run())
+        step(forged_quote_verdict())
         log.checkpoint()
         report_log = log.verify(ed25519_public(public_path))
         if not report_log.ok:  # pragma: no cover - would be a bug

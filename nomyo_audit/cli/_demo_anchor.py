@@ -1,0 +1,77 @@
+"""The demo's anchoring: which policy the chats run under, what each reply's anchor says, and a
+forged software quote judged by the shipped ``production`` policy.
+
+With swtpm, its local CA (``swtpm_setup --create-ek-cert``) plays the TPM manufacturer: the demo's
+policy is production with that CA as the only root, which no real deployment should trust. Without
+swtpm nothing can be anchored, so the chats run production's other rules with any AIK, and say so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..policy import Policy, Record, appraise, load_policy
+
+__all__ = ["anchor_summary", "demo_policy", "forged_quote_verdict"]
+
+
+def demo_policy(ca_root: Path | None) -> tuple[Policy, str]:
+    """The chats' policy and a line that says what it trusts."""
+    base = load_policy("production")
+    if ca_root is not None:
+        trust = {"mode": "ek", "roots": [str(ca_root)]}
+        why = "swtpm's local CA plays the TPM manufacturer (test only: never trust it in production)"
+        name = "production+swtpm-ca"
+    else:
+        trust = {"mode": "any"}
+        why = "anchoring unavailable without swtpm: production's other rules, AIK NOT anchored"
+        name = "production-unanchored"
+    policy = Policy(name, base.description, {**base.spec, "aik_trust": trust})  # type: ignore[typeddict-item]
+    return policy, why
+
+
+def anchor_summary(metadata: Mapping[str, Any]) -> str:
+    """What the client's own verdict says of the AIK's anchor (never the router's word)."""
+    verification = metadata.get("verification")
+    facts = verification.get("facts", {}) if isinstance(verification, Mapping) else {}
+    kind = facts.get("anchor_kind") if isinstance(facts, Mapping) else None
+    if not kind:
+        return "AIK not anchored"
+    return (
+        f"AIK anchored ({kind}): manufacturer {facts.get('manufacturer')}, "
+        f"model {facts.get('tpm_model')}, firmware {facts.get('tpm_firmware_version')}"
+    )
+
+
+def forged_quote_verdict() -> str:
+    """A software key's quote, right in every other way, judged by the shipped production policy."""
+    from ..attest._attester import TPMAttester
+    from ..attest._software import SoftwareTPM
+    from ..tpm._binding import client_key_binding, response_content_digest
+    from ..tpm._measurements import measure_demo_boot
+
+    tpm = SoftwareTPM()
+    measure_demo_boot(tpm)
+    client_key = bytes(32)
+    response: dict[str, Any] = {"id": "forged", "model": "echo", "choices": [{"message": {"content": "-"}}]}
+    digest = response_content_digest(response)
+    response["_metadata"] = {
+        "payload_id": "forged",
+        "processed_at": int(time.time()),
+        "security_tier": "high",
+        "client_key_sha256": client_key.hex(),
+        "memory_protection": {"memory_locking": True, "secure_zeroing": True, "core_dump_prevention": True},
+        "tpm_attestation": TPMAttester(tpm).evidence(client_key_binding("forged", digest, client_key)),
+    }
+    record = Record("forged", response["_metadata"], digest, "content", response)
+    appraisal = appraise(record, load_policy("production"), at=time.time())
+    result = appraisal.result
+    assert result is not None
+    failed = "; ".join(f"{r.rule}: {r.detail}" for r in result.failures)
+    return (
+        f"a forged software quote (golden PCRs, bound, fresh; verifier {appraisal.verdict.result}) "
+        f"under the shipped production policy: {result.outcome.upper()} ({failed})"
+    )
