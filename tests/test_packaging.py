@@ -59,9 +59,8 @@ def test_demo_verify_and_report_from_the_wheel(installed, tmp_path):
     assert demo.returncode == 0, demo.stderr
     assert "DENIED by policy production" in demo.stdout
     log = tmp_path / "demo" / "audit.db"
-    verified = run(
-        installed, tmp_path, "verify", "--log", str(log), "--policy", "production", "--format", "json"
-    )
+    policy = str(log.parent / "policy.yaml")  # the demo's own policy (its chats' AIK is unanchored)
+    verified = run(installed, tmp_path, "verify", "--log", str(log), "--policy", policy, "--format", "json")
     assert verified.returncode == 1  # the record after the PCR change is denied
     outcomes = [d["policy"]["outcome"] for d in json.loads(verified.stdout)]
     assert outcomes == ["pass", "pass", "pass", "deny"]
@@ -72,7 +71,7 @@ def test_demo_verify_and_report_from_the_wheel(installed, tmp_path):
         "--log",
         str(log),
         "--policy",
-        "production",
+        policy,
         "--format",
         "html,md,json,junit,csv",
         "--sign",

@@ -112,7 +112,7 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
             step(
                 "swtpm is not available: using the SOFTWARE attester (an in-process key; not hardware-rooted)"
             )
-        policy, trusted = demo_policy(swtpm.ca_root_path if attester == "swtpm" else None)
+        policy, trusted = demo_policy(swtpm.ca_root_path if attester == "swtpm" else None, workdir)
         tpm_attester = make_attester(spec)
         source = tpm_attester.source  # type: ignore[attr-defined]
         measure_demo_boot(source)
@@ -189,7 +189,7 @@ Done: the router and TPM are stopped; nothing is left running. Everything is in 
 Look further:
   {prog} log show --log {log_path}
   {prog} log verify --log {log_path} --key {public_path}
-  {prog} verify --log {log_path} --policy production
+  {prog} verify --log {log_path} --policy {workdir / "policy.yaml"}
   {prog} verify-report {report_dir} --key {public_path} --log {log_path}
   {prog} log prove {document["failures"][0]["payload_id"] if document["failures"] else "<payload_id>"} --log {log_path}
 """  # noqa: E501

@@ -18,19 +18,26 @@ from ..policy import Policy, Record, appraise, load_policy
 __all__ = ["anchor_summary", "demo_policy", "forged_quote_verdict"]
 
 
-def demo_policy(ca_root: Path | None) -> tuple[Policy, str]:
-    """The chats' policy and a line that says what it trusts."""
-    base = load_policy("production")
+def demo_policy(ca_root: Path | None, workdir: Path) -> tuple[Policy, str]:
+    """The chats' policy, written to ``workdir/policy.yaml`` (so ``verify --log`` can re-check the
+    demo's log with it later, swtpm's root copied beside it), and a line that says what it trusts."""
+    from .._files import write_file
+
     if ca_root is not None:
-        trust = {"mode": "ek", "roots": [str(ca_root)]}
+        write_file(workdir / "swtpm-ca.pem", ca_root.read_bytes(), mode=0o644)
+        trust = "{mode: ek, roots: [swtpm-ca.pem]}"
         why = "swtpm's local CA plays the TPM manufacturer (test only: never trust it in production)"
-        name = "production+swtpm-ca"
+        name = "production-swtpm-ca"
     else:
-        trust = {"mode": "any"}
+        trust = "{mode: any}"
         why = "anchoring unavailable without swtpm: production's other rules, AIK NOT anchored"
         name = "production-unanchored"
-    policy = Policy(name, base.description, {**base.spec, "aik_trust": trust})  # type: ignore[typeddict-item]
-    return policy, why
+    text = (
+        f"# The demo's policy: {why}.\napiVersion: nomyo-audit/v1\nkind: AttestationPolicy\n"
+        f"extends: production\nmetadata: {{name: {name}}}\nspec:\n  aik_trust: {trust}\n"
+    )
+    write_file(workdir / "policy.yaml", text.encode(), mode=0o644)
+    return load_policy(workdir / "policy.yaml"), why
 
 
 def anchor_summary(metadata: Mapping[str, Any]) -> str:
