@@ -264,7 +264,8 @@ def test_policy_lint_show_and_errors(tmp_path):
     failed = runner.invoke(cli, ["policy", "lint", str(bad)])
     assert failed.exit_code == ExitCode.USAGE and f"{bad}:4 spec: unknown key(s) 'colour'" in failed.output
     shown = runner.invoke(cli, ["policy", "show", "maximum"])
-    assert shown.exit_code == 0 and "sha256:" in shown.output and "mode: pinned" in shown.output
+    assert shown.exit_code == 0 and "sha256:" in shown.output and "mode: ek" in shown.output
+    assert "pinned:" in shown.output  # maximum: anchored (ek) AND pinned
 
 
 def test_from_evidence_skips_unverified_records(saved_replies, tmp_path):

@@ -31,7 +31,7 @@ UNANCHORED = FIXTURES / "policies" / "production-unanchored.yaml"
 
 def test_production_requires_an_ek_anchor_with_the_shipped_roots():
     assert load_policy("production").spec["aik_trust"] == {"mode": "ek"}  # no roots: the bundled ones
-    assert load_policy("maximum").spec["aik_trust"]["mode"] == "pinned"  # maximum still pins
+    assert load_policy("maximum").spec["aik_trust"]["mode"] == "ek"  # maximum keeps the anchor and adds a pin
 
 
 def forged_software_reply() -> dict:

@@ -77,7 +77,8 @@ class AikTrustSpec(TypedDict, total=False):
     #: ``any`` (any key whose signature verifies: not anchored), ``pinned`` (listed keys), ``ek``
     #: (a credential activation against a certified EK) or ``ca`` (an AK certificate chain)
     mode: Literal["any", "pinned", "ek", "ca"]
-    #: AIK fingerprints (SHA-256 of the DER public key) or TPM names, hex
+    #: AIK fingerprints (SHA-256 of the DER public key) or TPM names, hex. ``pinned`` trusts only
+    #: these; with another mode they are an added restriction (``ek``/``ca``: anchored AND pinned)
     pinned: list[str]
     #: trust roots (``ek``: TPM manufacturer roots, ``ca``: enrollment CA roots): PEM/DER files or
     #: directories, relative to the policy file; without it, the shipped manufacturer roots

@@ -236,6 +236,8 @@ def _require_key_binding(value: bool, spec: PolicySpec) -> Check:
 
 
 def _aik_trust(value: Mapping[str, Any], spec: PolicySpec) -> Check:
+    """``mode`` says how an AIK is trusted; ``pinned`` restricts every mode to the listed keys, so
+    ``ek``/``ca`` with pins means anchored AND pinned (a pin never drops an anchor)."""
     mode = value["mode"]
     pins = frozenset(value.get("pinned", ()))
     any_aik = RuleOutcome(
@@ -244,21 +246,30 @@ def _aik_trust(value: Mapping[str, Any], spec: PolicySpec) -> Check:
         "any signature-valid AIK (not anchored to a hardware root of trust)",
         ("signature_valid", "aik_not_anchored"),
     )
+    pinned_aik = RuleOutcome("aik_trust", "pass", "the AIK is pinned", ("signature_valid",))
+    if mode == "any" and pins:
+        pinned_aik = pinned_aik._replace(
+            detail="the AIK is pinned (not anchored to a hardware root of trust)",
+            findings=("signature_valid", "aik_not_anchored"),
+        )
 
     def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> RuleOutcome:
         signature = verdict.findings[_SIGNATURE]
         if signature.status != "pass":
             return RuleOutcome("aik_trust", "fail", "the quote's signature did not verify", (signature.code,))
-        if mode == "any":
-            return any_aik
-        if mode == "pinned":
+        if pins or mode == "pinned":
             fingerprint: str | None = verdict.facts.get("aik_fingerprint")
-            if fingerprint in pins or _aik_name(verdict) in pins:
-                return RuleOutcome("aik_trust", "pass", "the AIK is pinned", ("signature_valid",))
-            return RuleOutcome(
-                "aik_trust", "fail", f"AIK {str(fingerprint)[:16]}... is not pinned", ("signature_valid",)
-            )
+            if fingerprint not in pins and _aik_name(verdict) not in pins:
+                return RuleOutcome(
+                    "aik_trust", "fail", f"AIK {str(fingerprint)[:16]}... is not pinned", ("signature_valid",)
+                )
+            if mode in ("any", "pinned"):
+                return pinned_aik
+        elif mode == "any":
+            return any_aik
         outcome: RuleOutcome = anchored(metadata, verdict, now)
+        if pins and outcome.status == "pass":
+            return outcome._replace(detail=f"{outcome.detail}, and pinned")
         return outcome
 
     # ek and ca: the AIK must be anchored (the roots are read when a reply first needs them)
