@@ -126,3 +126,27 @@ def test_a_pin_never_weakens_mode_any(tmp_path):
     path.write_text(f"{HEADER}metadata: {{name: any-pinned}}\nspec:\n  aik_trust: {trust}\n")
     outcome = _aik_trust(appraise(record, load_policy(path), at=time.time()))
     assert outcome.status == "fail" and "is not pinned" in outcome.detail
+
+
+@pytest.mark.parametrize("pin", [True, False])
+def test_from_evidence_output_is_valid_and_extends_maximum_anchored(tmp_path, pin):
+    import json
+
+    from click.testing import CliRunner
+
+    from nomyo_audit.cli import cli
+
+    (tmp_path / "replies.jsonl").write_text(json.dumps(forged_software_reply()) + "\n")
+    flags = ["--pin-aik" if pin else "--no-pin-aik", "--allow-software-attester"]
+    out = tmp_path / "pins.yaml"
+    made = CliRunner().invoke(
+        cli, ["policy", "from-evidence", *flags, str(tmp_path / "replies.jsonl"), "-o", str(out)]
+    )
+    assert made.exit_code == 0, made.output
+    written = load_policy(out).spec["aik_trust"]
+    assert written["mode"] == ("pinned" if pin else "any") and len(written.get("pinned", ())) == pin
+    # listed before maximum, the generated pins are added to maximum's anchored mode
+    combined = tmp_path / "ours.yaml"
+    combined.write_text(f"{HEADER}extends: [pins.yaml, maximum]\nmetadata: {{name: ours}}\nspec: {{}}\n")
+    trust = load_policy(combined).spec["aik_trust"]
+    assert trust == {"mode": "ek", "pinned": [*written.get("pinned", ()), PLACEHOLDER]}
