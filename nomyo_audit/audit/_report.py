@@ -117,10 +117,7 @@ class _Tally:
             status, label, reason = "denied", BEFORE_SENDING, not_sent
             evidence = as_mapping(key_evidence.get("tpm_attestation"))
         else:
-            if policy is not None and metadata:
-                appraisal = reappraised(doc, metadata, policy, at)
-            else:
-                appraisal = as_recorded(doc)
+            appraisal = reappraised(doc, policy, at) if policy is not None and metadata else as_recorded(doc)
             status, reason = status_of(outcome, appraisal, error_code)
             label = status
             evidence = as_mapping(metadata.get("tpm_attestation"))

@@ -9,13 +9,12 @@ test is the fast path (records are decoded JSON), the isinstance one the careful
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ..policy import Policy, Record, evaluate, verify_record
-from ._records import recorded_content_digest
+from ..policy import Policy, appraise
+from ..policy._appraise import stored_record
 
 __all__ = [
     "BEFORE_SENDING",
@@ -108,42 +107,18 @@ def as_recorded(doc: Mapping[str, Any]) -> Appraisal:
     )
 
 
-def _record_time(doc: Mapping[str, Any]) -> float | None:
-    text = doc.get("time")
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=_dt.timezone.utc)
-    return moment.timestamp()
-
-
-def reappraised(
-    doc: Mapping[str, Any], metadata: Mapping[str, Any], policy: Policy, at: float | None
-) -> Appraisal:
-    """Verify the stored evidence again and evaluate ``policy``, at the record's time unless ``at``."""
-    moment = at if at is not None else _record_time(doc)
+def reappraised(doc: Mapping[str, Any], policy: Policy, at: float | None) -> Appraisal:
+    """Verify the stored evidence again and evaluate ``policy``, at the record's time unless ``at``:
+    the record read and appraised as ``verify --log`` does (:func:`nomyo_audit.policy.stored_record`),
+    so the anchor the client kept is re-checked against the policy's roots."""
+    record = stored_record(doc, "report")
+    moment = at if at is not None else record.received_at
     if moment is None or not math.isfinite(moment):
         detail = "the record's time is unreadable, so freshness cannot be judged"
         return Appraisal("deny", [Rule("record", "fail", detail)], None, [], {})
-    # the request this record was written for (the client's own id, in the hashed record), never
-    # the payload_id the router's _metadata names: a replayed quote names the request it came from
-    metadata = {**metadata, "payload_id": doc.get("payload_id")}
-    metadata.pop("verification", None)  # only ever the client's own, never a stored claim
-    anchor = as_mapping(doc.get("verdict")).get("anchor")
-    if anchor is not None:  # the client's own anchor evidence, hashed with the record (as verify --log)
-        metadata["verification"] = {"anchor": anchor}
-    # verified as `verify --log` verifies a record: with the client key the record names, so a quote
-    # binding it (nomyo-audit-v2) satisfies require_key_binding, and an older content encoding
-    digest = recorded_content_digest(doc)
-    verdict = verify_record(Record("report", metadata, digest, "recorded" if digest else "none"))
-    model = doc.get("model")
-    result = evaluate(
-        policy, metadata, now=moment, model=model if isinstance(model, str) else None, verdict=verdict
-    )
+    appraisal = appraise(record, policy, at=moment)
+    verdict, result = appraisal.verdict, appraisal.result
+    assert result is not None  # a policy was given
     return Appraisal(
         result.outcome,
         [Rule(r.rule, r.status, r.detail) for r in result.rules],

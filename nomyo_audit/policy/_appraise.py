@@ -35,6 +35,7 @@ __all__ = [
     "appraise_all",
     "parse_records",
     "read_records",
+    "stored_record",
     "stored_records",
     "verify_record",
 ]
@@ -64,6 +65,8 @@ class Record:
     #: the anchor evidence the client recorded (an AnchorEvidence dict) in an audit record whose bytes
     #: matched their leaf; never taken from a file, whose ``_metadata.verification`` anyone can edit
     anchor: Any = None
+    #: the model the client asked for, as an audit record keeps it (a policy's ``models`` rule reads it)
+    model: str | None = None
 
 
 class Appraisal(NamedTuple):
@@ -169,24 +172,31 @@ def stored_records(rows: Iterable[bytes], origin: str) -> Iterator[Record]:
     :class:`ValueError`.
     """
     for data in rows:
-        document = json.loads(data)
-        metadata = document.get("metadata")
-        metadata = metadata if isinstance(metadata, dict) else {}
-        # the quote is checked against the request the record was written for, never the router's word
-        metadata["payload_id"] = document.get("payload_id")
-        metadata.setdefault("security_tier", document.get("security_tier"))
-        digest = recorded_content_digest(document.get("verdict"))
-        verdict = document.get("verdict")
-        metadata.pop("verification", None)  # only ever the client's own, never a stored claim
-        yield Record(
-            f"{origin}#{document['seq']}",
-            metadata,
-            digest,
-            "recorded" if digest else "none",
-            received_at=_record_time(document),
-            # the client's own anchor evidence, hashed with the record (this row matched its leaf)
-            anchor=verdict.get("anchor") if isinstance(verdict, Mapping) else None,
-        )
+        yield stored_record(json.loads(data), origin)
+
+
+def stored_record(document: Mapping[str, Any], origin: str) -> Record:
+    """One audit-log record (its decoded stored document) as a verification input, as
+    :func:`stored_records` and a report's re-appraisal read it. The document is not changed."""
+    metadata = document.get("metadata")
+    metadata = dict(metadata) if isinstance(metadata, Mapping) else {}
+    # the quote is checked against the request the record was written for, never the router's word
+    metadata["payload_id"] = document.get("payload_id")
+    metadata.setdefault("security_tier", document.get("security_tier"))
+    metadata.pop("verification", None)  # only ever the client's own, never a stored claim
+    verdict = document.get("verdict")
+    digest = recorded_content_digest(verdict)
+    model = document.get("model")
+    return Record(
+        f"{origin}#{document.get('seq')}",
+        metadata,
+        digest,
+        "recorded" if digest else "none",
+        received_at=_record_time(document),
+        # the client's own anchor evidence, hashed with the record (this row matched its leaf)
+        anchor=verdict.get("anchor") if isinstance(verdict, Mapping) else None,
+        model=model if isinstance(model, str) else None,
+    )
 
 
 def _record_time(document: Mapping[str, Any]) -> float | None:
@@ -195,9 +205,12 @@ def _record_time(document: Mapping[str, Any]) -> float | None:
     if not isinstance(value, str):
         return None
     try:
-        return _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        moment = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+    if moment.tzinfo is None:  # a time without a zone is UTC, never this machine's local time
+        moment = moment.replace(tzinfo=_dt.timezone.utc)
+    return moment.timestamp()
 
 
 # -- appraising (pure) -----------------------------------------------------------------------------------
@@ -267,7 +280,8 @@ def appraise(
     if policy is None:
         return Appraisal(record, verdict, None, None)
     target = record.response if record.response is not None else record.metadata
-    return Appraisal(record, verdict, evaluate(policy, target, now=at, verdict=verdict), at)
+    result = evaluate(policy, target, now=at, model=record.model, verdict=verdict)
+    return Appraisal(record, verdict, result, at)
 
 
 def appraise_all(
