@@ -23,7 +23,7 @@ from ..errors import ConfigurationError, CredentialError
 from ..tpm._public import parse_public
 from ..tpm._structures import HASH_NAMES, HIERARCHIES, PCRSelection, marshal_pcr_selection_list
 from ._attester import Quote
-from ._endorsement import Endorsement, activate, create_child, create_ek
+from ._endorsement import Endorsement, activate, check_ek_choice, create_child, create_ek
 
 __all__ = ["AIK_PARENTS", "AIK_TEMPLATES", "Tpm2QuoteSource", "parse_tpm_spec"]
 
@@ -51,13 +51,16 @@ def parse_tpm_spec(spec: str) -> tuple[str, str]:
 class Tpm2QuoteSource:
     """A :class:`QuoteSource` on a real TPM (``device:/dev/tpmrm0``) or swtpm
     (``swtpm:host=H,port=P``) through tpm2-pytss, with an ephemeral AIK of kind ``aik``, made as
-    a primary key or (``aik_parent="ek"``) as a child of the EK.
+    a primary key or (``aik_parent="ek"``) as a child of the EK, which ``ek`` chooses (an
+    ``EK_CHOICES`` key of :mod:`._endorsement`; ``auto`` by default).
 
     Raises :class:`nomyo_audit.errors.ConfigurationError` when tpm2-pytss is not installed (the
     ``tpm`` extra), the AIK kind or parent is unknown, or the TPM cannot be opened.
     """
 
-    def __init__(self, spec: str, aik: str = "rsa2048-rsassa", aik_parent: str = "primary") -> None:
+    def __init__(
+        self, spec: str, aik: str = "rsa2048-rsassa", aik_parent: str = "primary", ek: str = "auto"
+    ) -> None:
         try:
             from tpm2_pytss import ESAPI, TCTILdr
             from tpm2_pytss.constants import ESYS_TR
@@ -70,6 +73,8 @@ class Tpm2QuoteSource:
             raise ConfigurationError(f"unknown AIK kind {aik!r}: one of {', '.join(AIK_TEMPLATES)}")
         if aik_parent not in AIK_PARENTS:
             raise ConfigurationError(f"unknown AIK parent {aik_parent!r}: one of {', '.join(AIK_PARENTS)}")
+        check_ek_choice(ek)
+        self.ek_choice = ek
         self.aik_kind = aik
         self.spec = spec
         tcti_name, tcti_config = parse_tpm_spec(spec)
@@ -81,9 +86,9 @@ class Tpm2QuoteSource:
             self._esys = ESAPI(TCTILdr(tcti_name, tcti_config))
             template = TPM2B_PUBLIC.parse(AIK_TEMPLATES[aik], objectAttributes=_ATTRIBUTES)
             if aik_parent == "ek":
-                ek = self._endorsement()
-                self._aik, self.aik_public = create_child(self._esys, ek.handle, template)
-                ek_public = parse_public(ek.public)
+                parent = self._endorsement()
+                self._aik, self.aik_public = create_child(self._esys, parent, template)
+                ek_public = parse_public(parent.public)
                 self.aik_parent_qualified_name = ek_public.qualified_name(HIERARCHIES["endorsement"])
             else:
                 self._aik, public, _, _, _ = self._esys.create_primary(
@@ -97,7 +102,7 @@ class Tpm2QuoteSource:
 
     def _endorsement(self) -> Endorsement:
         if self._ek is None:
-            self._ek = create_ek(self._esys)
+            self._ek = create_ek(self._esys, self.ek_choice)
         return self._ek
 
     def endorsement(self) -> Endorsement:
@@ -117,7 +122,7 @@ class Tpm2QuoteSource:
         :class:`nomyo_audit.errors.CredentialError` (``activation_failed``) when the TPM refuses."""
         ek = self.endorsement()
         try:
-            return activate(self._esys, self._aik, ek.handle, id_object, encrypted_secret)
+            return activate(self._esys, self._aik, ek, id_object, encrypted_secret)
         except Exception as exc:  # TSS2_Exception: the TPM's response code says why, no secret in it
             raise CredentialError(
                 f"the TPM refused the credential ({_tpm_reason(exc)}): it is for another EK or AIK, "

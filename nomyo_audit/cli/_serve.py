@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ..attest._endorsement import EK_CHOICES
 from ..errors import ConfigurationError
 
 
@@ -118,6 +119,13 @@ def _bind_failure(exc: OSError) -> str:
     type=click.Choice(["primary", "ek"]),
     help="Make the AIK a primary key, or a child of the EK (as tpm2_createak does).",
 )
+@click.option(
+    "--ek",
+    default="auto",
+    show_default=True,
+    type=click.Choice(list(EK_CHOICES)),
+    help="The EK served and used for activation (auto: the first with a certificate, low range first).",
+)
 @click.option("--pcrs", default="sha256:0,7,10", show_default=True, help="PCR selection to quote.")
 @click.option(
     "--admin-key",
@@ -173,6 +181,7 @@ def serve(
     tpm_spec: str,
     aik: str,
     aik_parent: str,
+    ek: str,
     pcrs: str,
     admin_keys: tuple[str, ...],
     enroll: str | None,
@@ -205,7 +214,7 @@ def serve(
             api_keys=api_keys,
             model_tiers=tiers,
             plain_endpoint=plain_endpoint,
-            attester=make_attester(tpm_spec, aik, pcrs, aik_parent),
+            attester=make_attester(tpm_spec, aik, pcrs, aik_parent, ek),
             max_connections=max_connections,
             header_timeout=header_timeout,
             body_timeout=body_timeout,

@@ -10,10 +10,16 @@ __all__ = ["make_attester"]
 
 
 def make_attester(
-    spec: str, aik: str = "rsa2048-rsassa", pcr_banks: str = DEFAULT_PCR_BANKS, aik_parent: str = "primary"
+    spec: str,
+    aik: str = "rsa2048-rsassa",
+    pcr_banks: str = DEFAULT_PCR_BANKS,
+    aik_parent: str = "primary",
+    ek: str = "auto",
 ) -> Attester:
     """``none``, ``software``, ``swtpm:host=H,port=P`` or ``device:/dev/tpmrm0``; ``aik_parent`` (``primary``
-    or ``ek``) says where a real TPM makes its AIK (a software attester has no EK: only ``primary``)."""
+    or ``ek``) says where a real TPM makes its AIK, ``ek`` which EK it uses (``auto``, ``rsa``, ``ecc``,
+    ``p384``...: attest._endorsement.EK_CHOICES); a software attester has no EK (``primary`` and
+    ``auto`` only)."""
     if spec == "none":
         return NoAttester()
     if spec == "software":
@@ -23,9 +29,11 @@ def make_attester(
             raise ConfigurationError(f"unknown AIK kind {aik!r}: one of {', '.join(AIK_KINDS)}")
         if aik_parent != "primary":
             raise ConfigurationError(f"--aik-parent {aik_parent}: the software attester has no EK")
+        if ek != "auto":
+            raise ConfigurationError(f"--ek {ek}: the software attester has no EK")
         return TPMAttester(SoftwareTPM(aik), pcr_banks)
     if spec.startswith(("swtpm", "device")):
         from ..attest._tpm2 import Tpm2QuoteSource
 
-        return TPMAttester(Tpm2QuoteSource(spec, aik, aik_parent), pcr_banks)
+        return TPMAttester(Tpm2QuoteSource(spec, aik, aik_parent, ek), pcr_banks)
     raise ConfigurationError(f"--tpm {spec!r}: use none, software, swtpm:host=H,port=P or device:/dev/tpmrm0")
