@@ -84,7 +84,8 @@ def test_maximum_extends_production():
     maximum = load_policy(REPO / "policies" / "maximum.yaml")
     assert maximum.spec["security_tiers"] == ["maximum"]  # overridden
     assert maximum.spec["pcrs"] == load_policy("production").spec["pcrs"]  # inherited
-    assert maximum.spec["aik_trust"]["mode"] == "ek" and maximum.spec["aik_trust"]["pinned"]  # anchored AND pinned
+    # anchored AND pinned
+    assert maximum.spec["aik_trust"]["mode"] == "ek" and maximum.spec["aik_trust"]["pinned"]
     assert maximum.on_failure == "deny"
 
 
