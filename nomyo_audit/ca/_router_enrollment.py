@@ -39,6 +39,11 @@ class EnrollmentResult(NamedTuple):
     installed: bool
 
 
+# NamedTuple's generated __new__ lives outside this module, so its postponed annotation resolves
+# nowhere (the API reference): give it the type itself.
+EnrollmentResult.__new__.__annotations__["facts"] = dict[str, Any]
+
+
 def enroll_router(
     url: str,
     authority: CertificateAuthority,

@@ -127,6 +127,11 @@ class ChainValidation(NamedTuple):
     ek: EkCertificate
 
 
+# NamedTuple's generated __new__ lives outside this module, so its postponed annotation "EkCertificate"
+# resolves nowhere (typing.get_type_hints, the API reference): give it the class itself.
+ChainValidation.__new__.__annotations__["ek"] = EkCertificate
+
+
 def validate_ek_chain(
     ek_der: bytes, chain: Sequence[bytes], store: TrustStore, *, at: datetime
 ) -> ChainValidation:
