@@ -114,6 +114,20 @@ def test_ca_init_writes_the_key_0600_and_a_ca_certificate(tmp_path, capsys):
     assert "error[file_exists]" in capsys.readouterr().err
 
 
+
+def test_a_ca_key_others_can_read_is_refused_as_ssh_refuses_such_a_key(tmp_path):
+    """The CA key signs every AK certificate: loading one that group or others can read is a usage
+    error that says how to fix it, never a silent use of a key that may have leaked."""
+    from nomyo_audit.ca import load_authority
+    from nomyo_audit.errors import ConfigurationError
+
+    assert CliRunner().invoke(cli, ["ca", "init", str(tmp_path / "ca")]).exit_code == 0
+    load_authority(tmp_path / "ca")  # as written: 0600
+    (tmp_path / "ca" / "ca.key").chmod(0o640)
+    with pytest.raises(ConfigurationError) as refused:
+        load_authority(tmp_path / "ca")
+    assert "0640" in refused.value.message and "chmod 600" in refused.value.message
+
 # -- ca enroll: the success path ---------------------------------------------------------------------
 
 

@@ -231,3 +231,41 @@ def test_a_child_signer_match_does_not_claim_to_prove_the_parent_or_the_attribut
     detail = child_signer(aik_b64, base64.b64encode(bytes.fromhex("4000000b")).decode()).matches.detail
     assert "only as far as the signer is a TPM" in detail and "aik_anchor" in detail
     assert "as no particular key" in detail
+
+
+@pytest.mark.parametrize(
+    ("change", "code_detail"),
+    [
+        ({"scheme": "NULL"}, "names no signing scheme"),
+        ({"drop": "RESTRICTED"}, "restricted"),
+        ({"add": "DECRYPT"}, "decryption"),
+    ],
+)
+def test_the_ca_refuses_an_aik_the_verifier_would_refuse(change, code_detail):
+    """The CA certifies only what the verifier accepts as an attestation key: an AIK with no signing
+    scheme (TPM_ALG_NULL, aik_no_scheme in a verdict), an unrestricted one, or one that also
+    decrypts gets no certificate, before anything else about the endorsement is looked at."""
+    import dataclasses
+
+    from nomyo_audit._anchoring_wire import Endorsement
+    from nomyo_audit.attest import SoftwareTPM
+    from nomyo_audit.ca._enrollment import Enrollment
+    from nomyo_audit.errors import EnrollmentError
+    from nomyo_audit.tpm import TrustStore
+    from nomyo_audit.tpm._marshal import ALG
+    from nomyo_audit.tpm._public import ObjectAttributes
+
+    public = SoftwareTPM().public
+    if change.get("scheme") == "NULL":
+        public = dataclasses.replace(public, scheme=ALG.NULL, scheme_hash=ALG.NULL)
+    if "drop" in change:
+        flag = getattr(ObjectAttributes, change["drop"])
+        public = dataclasses.replace(public, object_attributes=public.object_attributes & ~flag)
+    if "add" in change:
+        flag = getattr(ObjectAttributes, change["add"])
+        public = dataclasses.replace(public, object_attributes=public.object_attributes | flag)
+    endorsement = Endorsement(b"junk", None, (), public.marshal(), None)
+    with pytest.raises(EnrollmentError) as refused:
+        Enrollment.start(endorsement, TrustStore(), at=__import__("datetime").datetime.now())
+    assert refused.value.code == "aik_attributes"
+    assert code_detail in refused.value.message

@@ -16,6 +16,7 @@ whose home was not proven. The certificate itself follows the TCG AK profile
 from __future__ import annotations
 
 import hashlib
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -151,6 +152,7 @@ def load_authority(directory: Path) -> CertificateAuthority:
     """The CA of ``directory`` (made by :func:`init_authority`). Raises :class:`ConfigurationError`
     when a file is missing, unreadable, or the key does not match the certificate."""
     key_pem, cert_pem = _read(directory / CA_KEY_FILE), _read(directory / CA_CERTIFICATE_FILE)
+    _check_private(directory / CA_KEY_FILE)
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
         certificate = x509.load_pem_x509_certificate(cert_pem)
@@ -162,6 +164,14 @@ def load_authority(directory: Path) -> CertificateAuthority:
     if key.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(*spki):
         raise ConfigurationError(f"{directory}: the CA key does not match the CA certificate")
     return CertificateAuthority(key, certificate)
+
+
+def _check_private(path: Path) -> None:
+    """Refuse a CA key that group or others may read, as ssh refuses such a private key: it may have
+    leaked, and whoever holds it can certify any key as a TPM's AIK."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigurationError(f"{path} is readable by others (mode {mode:04o}): chmod 600 {path}")
 
 
 def _read(path: Path) -> bytes:

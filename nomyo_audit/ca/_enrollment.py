@@ -32,7 +32,6 @@ from ..errors import EnrollmentError
 from ..tpm import (
     Credential,
     EkCertificate,
-    ObjectAttributes,
     Public,
     TPMStructureError,
     TrustStore,
@@ -41,6 +40,7 @@ from ..tpm import (
     parse_public,
     validate_ek_chain,
 )
+from ..tpm._aik import attestation_key_finding
 from ._authority import _PROOF_TOKEN, ActivationProof
 
 __all__ = ["Enrollment", "SpentSecrets"]
@@ -85,12 +85,10 @@ class Enrollment:
         (``aik_malformed``, ``aik_attributes``, ``ek_malformed``, ``no_ek_certificate``, ``ek_mismatch``)
         or the certificate layer's ``CertificateError`` (``cert_unknown_root``, ``cert_expired``...)."""
         aik = _public(endorsement.aik_public, "AIK", "aik_malformed")
-        missing = ObjectAttributes.ATTESTATION_KEY & ~aik.object_attributes
-        if missing or aik.object_attributes & ObjectAttributes.DECRYPT:
+        attributes = attestation_key_finding(aik)  # what a verdict's aik_attributes requires
+        if attributes.status != "pass":
             raise EnrollmentError(
-                "the AIK is not a restricted signing key made in and bound to its TPM "
-                f"(lacks: {', '.join(ObjectAttributes.names(missing)) or 'none'}; must not decrypt)",
-                code="aik_attributes",
+                f"the AIK is not an attestation key: {attributes.detail}", code="aik_attributes"
             )
         ek_public = _public(endorsement.ek_public, "EK", "ek_malformed")
         if endorsement.ek_certificate is None:

@@ -25,6 +25,7 @@ __all__ = [
     "ChildSigner",
     "SignatureDescription",
     "aik_material",
+    "attestation_key_finding",
     "child_signer",
     "describe_signature",
     "quote_facts",
@@ -116,7 +117,7 @@ def aik_material(aik_b64: str) -> AikMaterial:
         key,
         MappingProxyType(facts),
         MappingProxyType(signers),
-        _aik_attributes(aik),
+        attestation_key_finding(aik),
         MappingProxyType(parsed),
         schemes,
         MappingProxyType(by_shape),
@@ -201,7 +202,9 @@ def _facts(
     )
 
 
-def _aik_attributes(aik: Public) -> Finding:
+def attestation_key_finding(aik: Public) -> Finding:
+    """The ``aik_attributes`` finding: whether ``aik`` is a key only a TPM could have made and that
+    signs only what a TPM attests. The one definition, which the enrollment CA applies too."""
     missing = ObjectAttributes.ATTESTATION_KEY & ~aik.object_attributes
     if missing:
         return Finding(
