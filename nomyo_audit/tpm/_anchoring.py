@@ -26,7 +26,7 @@ from ._verdict import Finding, Verdict, VerdictFacts
 
 __all__ = ["AnchorCache", "Anchoring", "evidence_in_block", "recorded_anchoring", "with_anchor"]
 
-#: the aik_anchor finding of evidence that offers no anchor (the same text verify_attestation uses)
+#: the aik_anchor finding of evidence that offers no anchor (verify_attestation's too, without an anchor)
 NO_ANCHOR = Finding(
     "aik_anchor",
     "skip",

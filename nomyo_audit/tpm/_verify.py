@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, cast
 
 from ..errors import EvidenceError
 from ._aik import AikMaterial, ChildSigner, aik_material, child_signer, describe_signature, quote_facts
-from ._anchoring import Anchoring
+from ._anchoring import NO_ANCHOR, Anchoring
 from ._attest import TPMSAttest, parse_attest
 from ._binding import DERIVATIONS, match_derivation
 from ._evidence import b64_field, b64_text, parse_pcr_banks, read_pcr_values
@@ -145,7 +145,7 @@ def verify_attestation(
             facts["key_binding"] = "bound" if facts["nonce_derivation"] == "nomyo-audit-v2" else "absent"
         checks.put(_CLOCK_SAFE if clock.safe else _CLOCK_NOT_SAFE)
     # aik_anchor: an anchor is appraised only when the caller gives one (its roots, its activation)
-    checks.put(_NOT_ANCHORED if anchor is None else anchor(material.public, tpm_attestation, facts))
+    checks.put(NO_ANCHOR if anchor is None else anchor(material.public, tpm_attestation, facts))
     attester = tpm_attestation.get("attester")
     if attester == "software":
         checks.put(_SOFTWARE_ATTESTER)
@@ -163,13 +163,6 @@ _EXACT_NONCE = Finding("nonce_binding", "pass", "nonce_matches", "extraData equa
 _CLOCK_SAFE = Finding("clock_safe", "pass", "clock_safe", "clockInfo.safe is set")
 _CLOCK_NOT_SAFE = Finding(
     "clock_safe", "skip", "clock_not_safe", "clockInfo.safe is clear: the clock may have gone back"
-)
-_NOT_ANCHORED = Finding(
-    "aik_anchor",
-    "skip",
-    "aik_not_anchored",
-    "AIK not anchored to a hardware root of trust: no certificate chain, so the quote proves "
-    "consistency, not genuine hardware",
 )
 _SOFTWARE_ATTESTER = Finding(
     "attester", "skip", "software_attester", "the router says this quote came from a software attester"
