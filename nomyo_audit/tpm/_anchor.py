@@ -27,9 +27,12 @@ from datetime import datetime, timezone
 from typing import Any, Literal, NamedTuple
 
 from ..errors import CertificateError, EvidenceError
+from ._ak_certificate import validate_ak_chain
+from ._ek_certificate import EkCertificate, ek_matches_public, validate_ek_chain
 from ._public import Public, parse_public
 from ._tcg import manufacturer_name, normalize_manufacturer
 from ._verdict import Finding
+from ._x509 import read_certificate
 
 __all__ = [
     "ANCHOR_EVIDENCE_VERSION",
@@ -151,19 +154,17 @@ def appraise_anchor(
     one of ``activation_missing``, ``activation_failed``, ``activation_other_aik``,
     ``activation_other_ek``, ``ek_public_mismatch``, ``anchor_manufacturer``, ``anchor_empty``.
     """
-    from . import _anchor_certs as certs  # the certificate layer, imported where it is used
-
     if not evidence.chain:
         return _fail("anchor_empty", "the anchor carries no certificate")
     try:
         if evidence.kind == "ca":
-            ak = certs.validate_ak_chain(evidence.chain, store, aik, at=at)
+            ak = validate_ak_chain(evidence.chain, store, aik, at=at)
             subjects, root = ak.subjects, ak.root_sha256
             vendor = (ak.manufacturer, manufacturer_name(ak.manufacturer) if ak.manufacturer else None)
             model, version = ak.model, ak.version
         else:
-            ek_chain = certs.validate_ek_chain(evidence.chain[0], evidence.chain[1:], store, at=at)
-            failure = _check_activation(aik, evidence, ek_chain.ek, certs)
+            ek_chain = validate_ek_chain(evidence.chain[0], evidence.chain[1:], store, at=at)
+            failure = _check_activation(aik, evidence, ek_chain.ek)
             if failure is not None:
                 return failure
             ek = ek_chain.ek
@@ -179,7 +180,7 @@ def appraise_anchor(
         return _fail(exc.code, exc.message)
     if manufacturers and not manufacturer_accepted(vendor[0] or "", manufacturers):
         return _fail("anchor_manufacturer", f"TPM manufacturer {vendor[0]} is not one the policy accepts")
-    valid_from, valid_until = certs.validity_window(evidence.chain, store, subjects)
+    valid_from, valid_until = _validity_window(evidence.chain, store, subjects)
     how = (
         "AK certificate chain"
         if evidence.kind == "ca"
@@ -197,7 +198,7 @@ def appraise_anchor(
     return AnchorResult(finding, facts, valid_from, valid_until)
 
 
-def _check_activation(aik: Public, evidence: AnchorEvidence, ek: Any, certs: Any) -> AnchorResult | None:
+def _check_activation(aik: Public, evidence: AnchorEvidence, ek: EkCertificate) -> AnchorResult | None:
     outcome = evidence.activation
     if outcome is None:
         return _fail("activation_missing", "no credential activation of this AIK was recorded")
@@ -205,11 +206,28 @@ def _check_activation(aik: Public, evidence: AnchorEvidence, ek: Any, certs: Any
         return _fail("activation_failed", f"the credential activation failed ({outcome.result[:40]})")
     if not hmac.compare_digest(outcome.aik_name, aik.name.hex()):
         return _fail("activation_other_aik", "the credential activation was for another AIK")
-    if not hmac.compare_digest(outcome.ek_certificate_sha256, str(ek.sha256)):
+    if not hmac.compare_digest(outcome.ek_certificate_sha256, ek.sha256):
         return _fail("activation_other_ek", "the credential activation was made to another EK certificate")
-    if evidence.ek_public is not None and not certs.ek_matches_public(ek, parse_public(evidence.ek_public)):
+    if evidence.ek_public is not None and not ek_matches_public(ek, parse_public(evidence.ek_public)):
         return _fail("ek_public_mismatch", "the EK the credential was made to is not the certified EK")
     return None
+
+
+def _validity_window(
+    chain: Sequence[bytes], store: Any, subjects: Sequence[str]
+) -> tuple[datetime | None, datetime | None]:
+    """The latest notBefore and earliest notAfter of the validated path's certificates: while a time
+    lies in between, a chain that validated once validates again. The path is the chain's
+    certificates and those the trust store supplied (the root, and intermediates the chain left
+    out): every store certificate named in ``subjects`` counts (one of the same name that was not
+    on the path only narrows the window). (None, None) when a certificate cannot be read."""
+    try:
+        certificates = [read_certificate(der) for der in chain]
+    except CertificateError:
+        return None, None
+    named = set(subjects)
+    certificates += [c for c in getattr(store, "certificates", ()) if c.subject_text in named]
+    return max(c.not_before for c in certificates), min(c.not_after for c in certificates)
 
 
 def manufacturer_accepted(stated: str, allowed: Collection[str]) -> bool:
