@@ -293,8 +293,3 @@ def _iso(moment: datetime) -> str:
 
 def _malformed(message: str) -> EvidenceError:
     return EvidenceError(message, code="anchor_malformed")
-
-
-def chain_sequence(chain: Sequence[bytes]) -> tuple[bytes, ...]:
-    """``chain`` as an immutable tuple of bytes (a cache key)."""
-    return tuple(bytes(c) for c in chain)
