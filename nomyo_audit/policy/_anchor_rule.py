@@ -109,6 +109,10 @@ def anchored_check(kind: str, value: Mapping[str, Any]) -> Any:
 
     vendors = tuple(value.get("manufacturers", ()))
     roots = _store_of(value)
+    anchored = f"the AIK is anchored by {_KIND_TEXT[kind]}"
+    # The pass outcome by the anchor finding's code (aik_anchored_<kind>): made once, not per reply.
+    # Immutable, so threads racing on a miss only store equal values.
+    passed: dict[str, Any] = {}
 
     def judge(result_code: str, status: str, detail: str, facts: Mapping[str, Any]) -> Any:
         if status == "pass":
@@ -126,9 +130,12 @@ def anchored_check(kind: str, value: Mapping[str, Any]) -> Any:
                     f"TPM manufacturer {facts.get('manufacturer')} is not accepted",
                     (result_code,),
                 )
-            return RuleOutcome(
-                "aik_trust", "pass", f"the AIK is anchored by {_KIND_TEXT[kind]}", (result_code,)
-            )
+            outcome = passed.get(result_code)
+            if outcome is None:
+                outcome = RuleOutcome("aik_trust", "pass", anchored, (result_code,))
+                if len(passed) < 8:
+                    passed[result_code] = outcome
+            return outcome
         return RuleOutcome(
             "aik_trust", "fail", f"the AIK is not anchored by {_KIND_TEXT[kind]}: {detail}", (result_code,)
         )
