@@ -14,7 +14,6 @@ import asyncio
 import json
 import socket
 import ssl
-import sys
 import urllib.parse
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from .._deadline import run_within
 from ..errors import (
     APIConnectionError,
     APIError,
@@ -70,17 +70,11 @@ def map_httpx_exceptions(url: httpx.URL | str, server: str) -> Iterator[None]:
 
 
 async def within(deadline: float, work: Awaitable[T], what: str) -> T:
-    """``work``, or :class:`APITimeoutError` once ``deadline`` seconds have passed, however busy it is.
-
-    On Python 3.11+ the work runs in the caller's task under ``asyncio.timeout`` (what 3.12's
-    ``wait_for`` does too); 3.11's ``wait_for`` would give it a task of its own, about 35 us of
-    CPU per deadline, and a completion passes two.
+    """``work``, or :class:`APITimeoutError` once ``deadline`` seconds have passed, however busy it is
+    (:func:`nomyo_audit._deadline.run_within`: in the caller's task on 3.11+; a completion passes two).
     """
     try:
-        if sys.version_info >= (3, 11):
-            async with asyncio.timeout(deadline):
-                return await work
-        return await asyncio.wait_for(work, deadline)
+        return await run_within(deadline, work)
     except asyncio.TimeoutError:
         raise APITimeoutError(f"{what} did not complete within {deadline:g} s (timeout=)") from None
 
