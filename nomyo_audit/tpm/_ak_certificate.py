@@ -23,7 +23,7 @@ from cryptography.x509.oid import ObjectIdentifier
 from ..errors import CertificateError
 from ._chain import build_path, read_chain
 from ._ek_certificate import EkCertificate
-from ._keys import to_crypto_key
+from ._keys import spki_der, to_crypto_key
 from ._marshal import TPMStructureError
 from ._public import Public
 from ._tcg import (
@@ -185,4 +185,4 @@ def _spki(aik: Public) -> bytes:
         raise CertificateError(
             "the quoting AIK is not a usable public key", code="cert_key_mismatch"
         ) from None
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return spki_der(key)

@@ -19,12 +19,11 @@ from datetime import datetime
 from typing import NamedTuple
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..errors import CertificateError
 from ._chain import build_path, read_chain
-from ._keys import to_crypto_key
+from ._keys import spki_der, to_crypto_key
 from ._marshal import TPMStructureError
 from ._public import Public
 from ._tcg import EKU_EK_CERTIFICATE, basic_constraints, extended_key_usage, manufacturer_name, tpm_identity
@@ -151,9 +150,7 @@ def ek_matches_public(ek: EkCertificate, ek_public: Public) -> bool:
         key = to_crypto_key(ek_public)
     except TPMStructureError:
         return False
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    encoding = serialization.Encoding.DER
-    return key.public_bytes(encoding, spki) == ek.public_key.public_bytes(encoding, spki)
+    return spki_der(key) == spki_der(ek.public_key)
 
 
 def _check_key(key: CertificateKey) -> None:

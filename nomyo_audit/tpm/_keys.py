@@ -12,7 +12,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ._structures import ALG, ECC_CURVES, Public, Signature, TPMStructureError
 
-__all__ = ["HASH_ALGORITHMS", "PublicKey", "public_key_fingerprint", "to_crypto_key", "verify_signature"]
+__all__ = [
+    "HASH_ALGORITHMS",
+    "PublicKey",
+    "public_key_fingerprint",
+    "spki_der",
+    "to_crypto_key",
+    "verify_signature",
+]
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
@@ -51,10 +58,14 @@ def to_crypto_key(public: Public) -> PublicKey:
         ) from None
 
 
+def spki_der(key: PublicKey) -> bytes:
+    """The DER SubjectPublicKeyInfo: what a certificate's key and a TPM public area are compared by."""
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def public_key_fingerprint(key: PublicKey) -> str:
     """SHA-256 of the DER SubjectPublicKeyInfo, hex: how policies pin an AIK."""
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()
+    return hashlib.sha256(spki_der(key)).hexdigest()
 
 
 def verify_signature(key: PublicKey, signature: Signature, message: bytes) -> bool:
