@@ -147,27 +147,13 @@ def test_a_secret_salt_stored_as_text_is_named_damaged_without_printing_it(clien
 
 def test_a_log_from_before_the_exact_time_column_still_verifies_when_its_clock_went_back(tmp_path):
     """Such a log's column was the append clock, max(clock, previous column): checked, not refused."""
-    from nomyo_audit.audit._records import build_record
-
     moments = [1.8e9 + 0.0004, 1.8e9 + 0.5007, 1.8e9 + 0.2, 1.8e9 + 0.9]
     db = tmp_path / "old.db"
     with AuditLog(db) as log:
         for n, moment in enumerate(moments):
             log.append(
                 f"p{n}",
-                lambda seq, salt, moment=moment, n=n: build_record(
-                    seq=seq,
-                    timestamp=moment,
-                    salt=salt,
-                    payload_id=f"p{n}",
-                    router="r",
-                    server_key=None,
-                    model="m",
-                    security_tier=None,
-                    outcome="ok",
-                    request={},
-                    response=None,
-                ),
+                lambda seq, salt, moment=moment, n=n: _plain_record(seq, salt, f"p{n}", moment),
                 timestamp=moment,
             )
     with sqlite3.connect(db) as con:
@@ -198,24 +184,10 @@ def test_verify_report_checks_every_record_the_report_counted_not_only_the_check
     """A report signs the log's size and root as well as the checkpoint it cites: records written
     after that checkpoint and counted in the report are checked against the signed root too."""
     db, key, pub, _ = client_log
-    from nomyo_audit.audit._records import build_record
-
     with AuditLog(db) as log:  # one more record, after the last checkpoint
         log.append(
             "late",
-            lambda seq, salt: build_record(
-                seq=seq,
-                timestamp=2.0e9,
-                salt=salt,
-                payload_id="late",
-                router="r",
-                server_key=None,
-                model="m",
-                security_tier=None,
-                outcome="http_error:ServerError",
-                request={},
-                response=None,
-            ),
+            lambda seq, salt: _plain_record(seq, salt, "late", 2.0e9, outcome="http_error:ServerError"),
             timestamp=2.0e9,
         )
     out = tmp_path / "r"
@@ -245,23 +217,21 @@ def test_a_report_says_which_records_no_signed_checkpoint_covers(client_log, tmp
     assert "no signed checkpoint covers" not in (full / "report.md").read_text()
 
 
-def _plain_record(seq, salt, payload_id, moment, **extra):
+def _plain_record(seq, salt, payload_id, moment, **fields):
+    """A record of an "ok" request to router "r", model "m", nothing else stated; ``fields`` are
+    further build_record arguments or replace these."""
     from nomyo_audit.audit._records import build_record
 
-    return build_record(
-        **extra,
-        seq=seq,
-        timestamp=moment,
-        salt=salt,
-        payload_id=payload_id,
-        router="r",
-        server_key=None,
-        model="m",
-        security_tier=None,
-        outcome="ok",
-        request={},
-        response=None,
-    )
+    plain = {
+        "router": "r",
+        "server_key": None,
+        "model": "m",
+        "security_tier": None,
+        "outcome": "ok",
+        "request": {},
+        "response": None,
+    }
+    return build_record(seq=seq, timestamp=moment, salt=salt, payload_id=payload_id, **{**plain, **fields})
 
 
 # -- the demo, as a new user runs it ------------------------------------------------------------------------
@@ -346,7 +316,6 @@ def test_reappraisal_binds_the_quote_to_the_records_own_payload_id_not_the_route
     """A record whose stored metadata names another request (a replayed quote, written through the
     Python API with the router's _metadata as it came) re-appraises as a nonce failure: the quote is
     checked against the payload_id the record itself was written for, never the router's."""
-    from nomyo_audit.audit._records import build_record
     from nomyo_audit.tpm._binding import response_binding, response_content_digest
     from nomyo_audit.tpm._verify import verify_attestation
 
@@ -367,16 +336,13 @@ def test_reappraisal_binds_the_quote_to_the_records_own_payload_id_not_the_route
     with AuditLog(db) as log:
         log.append(
             "this-request",
-            lambda seq, salt: build_record(
-                seq=seq,
-                timestamp=moment,
-                salt=salt,
-                payload_id="this-request",
-                router="r",
-                server_key=None,
+            lambda seq, salt: _plain_record(
+                seq,
+                salt,
+                "this-request",
+                moment,
                 model="echo",
                 security_tier="high",
-                outcome="ok",
                 request={"messages": []},
                 response=response,
             ),
