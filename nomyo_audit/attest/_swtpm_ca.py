@@ -20,11 +20,9 @@ from cryptography.hazmat.primitives import serialization
 
 from .._files import write_file
 from ..errors import ConfigurationError
+from ._endorsement import CHAIN_INDICES
 
 __all__ = ["LocalCa", "manufacture", "store_chain", "tools_available"]
-
-#: the first EK certificate chain index of the TCG EK Credential Profile
-CHAIN_INDEX = 0x01C00100
 
 
 class LocalCa(NamedTuple):
@@ -93,7 +91,7 @@ def store_chain(spec: str, intermediate: Path) -> None:
     )
     public = TPM2B_NV_PUBLIC(
         nvPublic=TPMS_NV_PUBLIC(
-            nvIndex=CHAIN_INDEX, nameAlg=TPM2_ALG.SHA256, attributes=attributes, dataSize=len(der)
+            nvIndex=CHAIN_INDICES.start, nameAlg=TPM2_ALG.SHA256, attributes=attributes, dataSize=len(der)
         )
     )
     esys = ESAPI(TCTILdr(*parse_tpm_spec(spec)))
