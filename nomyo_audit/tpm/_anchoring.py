@@ -142,10 +142,7 @@ class Anchoring:
         if last is not None and last[0] is evidence and last[1] is aik:
             moment = self.at.timestamp() if self.at is not None else time.time()
             if last[3] <= moment <= last[4]:
-                result = last[2]
-                facts.update(result.facts)
-                facts["chain_subjects"] = list(result.facts["chain_subjects"])
-                return result.finding
+                return _report(last[2], facts)
         at = self.at if self.at is not None else datetime.now(timezone.utc)
         result = self.cache.appraise(aik, evidence, self.store, at=at, manufacturers=self.manufacturers)
         if self.recorded and evidence.kind == "ek" and result.finding.status == "pass":
@@ -158,10 +155,15 @@ class Anchoring:
                 result.valid_from.timestamp(),
                 result.valid_until.timestamp(),
             )
-        if result.facts:
-            facts.update(result.facts)
-            facts["chain_subjects"] = list(result.facts["chain_subjects"])
-        return result.finding
+        return _report(result, facts)
+
+
+def _report(result: AnchorResult, facts: Any) -> Finding:
+    """``result``'s finding, its facts added to ``facts`` (the subjects as a list of their own)."""
+    if result.facts:
+        facts.update(result.facts)
+        facts["chain_subjects"] = list(result.facts["chain_subjects"])
+    return result.finding
 
 
 def _recorded_activation(finding: Finding, evidence: AnchorEvidence) -> Finding:
