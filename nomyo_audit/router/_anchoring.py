@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -46,6 +46,7 @@ from .._anchoring_wire import (
 from ..errors import ConfigurationError, CredentialError, EvidenceError, ProtocolError
 from ..tpm._public import parse_public
 from ..wire import ACTIVATION_PATH, AIK_CERTIFICATE_PATH, ENDORSEMENT_PATH
+from ._requests import read_bounded
 
 if TYPE_CHECKING:
     from ._app import RouterConfig
@@ -232,30 +233,17 @@ def _check_admin(request: Request, admin_keys: tuple[bytes, ...]) -> None:
 
 async def _read(request: Request, timeout: float) -> bytes:
     """The body, at most :data:`MAX_MESSAGE_BYTES` (413 ``body_too_large``) within ``timeout`` (408)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_MESSAGE_BYTES:
-        raise _too_large()
 
-    async def read() -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_MESSAGE_BYTES:
-                raise _too_large()
-            chunks.append(chunk)
-        return b"".join(chunks)
+    def refuse(why: str) -> AnchoringRejected:
+        if why == "body_too_large":
+            return _too_large()
+        if why == "body_timeout":
+            return AnchoringRejected(
+                408, why, f"the body did not arrive within {timeout:g} s", {"Connection": "close"}
+            )
+        return AnchoringRejected(400, why, "the connection closed before the body arrived")
 
-    try:
-        return await asyncio.wait_for(read(), timeout)
-    except asyncio.TimeoutError:
-        raise AnchoringRejected(
-            408, "body_timeout", f"the body did not arrive within {timeout:g} s", {"Connection": "close"}
-        ) from None
-    except ClientDisconnect:
-        raise AnchoringRejected(
-            400, "body_incomplete", "the connection closed before the body arrived"
-        ) from None
+    return await read_bounded(request, MAX_MESSAGE_BYTES, timeout, refuse)
 
 
 def _no_endorsement() -> AnchoringRejected:

@@ -19,7 +19,6 @@ error body, and no request can crash the server: unexpected failures become a
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import hmac
 import json
@@ -35,7 +34,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -59,6 +58,7 @@ from ._backends import Backend, BackendError, EchoBackend
 from ._environment import cuda_device_info, memory_protection_metadata
 from ._key_binding import attest_reply
 from ._protocol2 import V2Keys, protocol2_routes
+from ._requests import read_bounded
 from ._validation import RequestRejected, check_chat_request, check_client_key, check_payload_id, load_json
 
 __all__ = ["Attester", "NoAttester", "RouterConfig", "create_app"]
@@ -342,27 +342,17 @@ class _BodyBudget:
 async def _read_body(request: Request, timeout: float, budget: _BodyBudget, share: list[int]) -> bytes:
     """The whole body within ``timeout`` seconds (else 408), :data:`MAX_PACKAGE_BYTES` (else 413)
     and the router's budget of bodies held at once (else 503)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_PACKAGE_BYTES:
-        raise RequestRejected(413, f"package over the {MAX_PACKAGE_BYTES}-byte limit")
 
-    async def read() -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_PACKAGE_BYTES:
-                raise RequestRejected(413, f"package over the {MAX_PACKAGE_BYTES}-byte limit")
-            budget.take(share, len(chunk))
-            chunks.append(chunk)
-        return b"".join(chunks)
+    def refuse(why: str) -> RequestRejected:
+        if why == "body_too_large":
+            return RequestRejected(413, f"package over the {MAX_PACKAGE_BYTES}-byte limit")
+        if why == "body_timeout":
+            return RequestRejected(408, f"the request body did not arrive within {timeout:g} s")
+        return RequestRejected(400, "the connection closed before the body arrived")
 
-    try:
-        return await asyncio.wait_for(read(), timeout)
-    except asyncio.TimeoutError:
-        raise RequestRejected(408, f"the request body did not arrive within {timeout:g} s") from None
-    except ClientDisconnect:  # nobody to answer; not worth a log line either
-        raise RequestRejected(400, "the connection closed before the body arrived") from None
+    return await read_bounded(
+        request, MAX_PACKAGE_BYTES, timeout, refuse, take=lambda size: budget.take(share, size)
+    )
 
 
 def _parse_package(body: bytes) -> EncryptedPackage:

@@ -1,0 +1,50 @@
+"""What the router's endpoint modules (:mod:`._app`, :mod:`._anchoring`) read from a request the same
+way: its body, bounded in size and time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from starlette.requests import ClientDisconnect, Request
+
+from .._deadline import run_within
+
+__all__ = ["read_bounded"]
+
+
+async def read_bounded(
+    request: Request,
+    limit: int,
+    timeout: float,
+    refuse: Callable[[str], Exception],
+    take: Callable[[int], None] | None = None,
+) -> bytes:
+    """The whole body, at most ``limit`` bytes within ``timeout`` seconds.
+
+    Raises ``refuse(why)`` for ``why`` one of ``"body_too_large"`` (declared or streamed over
+    ``limit``), ``"body_timeout"`` and ``"body_incomplete"`` (the connection closed first).
+    ``take`` is called with each chunk's size before it is kept (the router's budget of bodies).
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise refuse("body_too_large")
+
+    async def read() -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise refuse("body_too_large")
+            if take is not None:
+                take(len(chunk))
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await run_within(timeout, read())
+    except asyncio.TimeoutError:
+        raise refuse("body_timeout") from None
+    except ClientDisconnect:  # nobody to answer; not worth a log line either
+        raise refuse("body_incomplete") from None
