@@ -96,8 +96,28 @@ def render_report(
             files[name] = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
             continue
         template = _environment().get_template(f"{name}.j2" if fmt != "junit" else "report.junit.xml.j2")
-        files[name] = template.render(report=report, signer=signer, timeline=timeline_svg(report)).encode()
+        uncheckpointed = _uncheckpointed(report)
+        files[name] = template.render(
+            report=report, signer=signer, timeline=timeline_svg(report), uncheckpointed=uncheckpointed
+        ).encode()
     return files
+
+
+def _uncheckpointed(report: Mapping[str, Any]) -> str | None:
+    """The records of the report's log that no signed checkpoint covers, in words (HTML and Markdown)."""
+    log = report["log"]
+    checkpoint = log.get("checkpoint")
+    if not checkpoint or checkpoint["size"] >= log["size"]:
+        return None
+    first, last = checkpoint["size"], log["size"] - 1
+    if first == last:
+        which, them = f"record {first} was", "it"
+    else:
+        which, them = f"records {first} to {last} were", "them"
+    return (
+        f"{which} written after this checkpoint: no signed checkpoint covers {them} yet, "
+        f"so whoever can write the log could have changed {them}"
+    )
 
 
 def write_report(
