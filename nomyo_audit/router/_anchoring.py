@@ -46,7 +46,7 @@ from .._anchoring_wire import (
 from ..errors import ConfigurationError, CredentialError, EvidenceError, ProtocolError
 from ..tpm._public import parse_public
 from ..wire import ACTIVATION_PATH, AIK_CERTIFICATE_PATH, ENDORSEMENT_PATH
-from ._requests import read_bounded
+from ._requests import bearer_matches, read_bounded
 
 if TYPE_CHECKING:
     from ._app import RouterConfig
@@ -218,15 +218,11 @@ def _check_admin(request: Request, admin_keys: tuple[bytes, ...]) -> None:
         raise AnchoringRejected(
             403, "enrollment_disabled", "this router accepts no AK certificate: it has no admin key"
         )
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    matched = bearer_matches(request, admin_keys)
+    if matched is None:
         raise AnchoringRejected(
             401, "unauthorized", "send the router's admin key: Authorization: Bearer <key>"
         )
-    presented = token.strip().encode()
-    matched = False
-    for key in admin_keys:  # every key, so timing does not tell which one is close
-        matched |= hmac.compare_digest(presented, key)
     if not matched:
         raise AnchoringRejected(401, "unauthorized", "invalid admin key")
 

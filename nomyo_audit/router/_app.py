@@ -20,7 +20,6 @@ error body, and no request can crash the server: unexpected failures become a
 from __future__ import annotations
 
 import fnmatch
-import hmac
 import json
 import logging
 import time
@@ -58,7 +57,7 @@ from ._backends import Backend, BackendError, EchoBackend
 from ._environment import cuda_device_info, memory_protection_metadata
 from ._key_binding import attest_reply
 from ._protocol2 import V2Keys, protocol2_routes
-from ._requests import read_bounded
+from ._requests import bearer_matches, read_bounded
 from ._validation import RequestRejected, check_chat_request, check_client_key, check_payload_id, load_json
 
 __all__ = ["Attester", "NoAttester", "RouterConfig", "create_app"]
@@ -299,15 +298,9 @@ def _rejection(reject: RequestRejected) -> JSONResponse:
 def _check_auth(request: Request, api_keys: tuple[bytes, ...]) -> None:
     if not api_keys:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    matched = bearer_matches(request, api_keys)
+    if matched is None:
         raise RequestRejected(401, "missing API key: send Authorization: Bearer <key>")
-    presented = token.strip().encode()
-    # Compare against every key so timing does not reveal which one is close.
-    matched = False
-    for key in api_keys:
-        matched |= hmac.compare_digest(presented, key)
     if not matched:
         raise RequestRejected(401, "invalid API key")
 

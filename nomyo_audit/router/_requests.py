@@ -1,16 +1,17 @@
 """What the router's endpoint modules (:mod:`._app`, :mod:`._anchoring`) read from a request the same
-way: its body, bounded in size and time."""
+way: its body, bounded in size and time; its bearer key."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import Callable
 
 from starlette.requests import ClientDisconnect, Request
 
 from .._deadline import run_within
 
-__all__ = ["read_bounded"]
+__all__ = ["bearer_matches", "read_bounded"]
 
 
 async def read_bounded(
@@ -48,3 +49,16 @@ async def read_bounded(
         raise refuse("body_timeout") from None
     except ClientDisconnect:  # nobody to answer; not worth a log line either
         raise refuse("body_incomplete") from None
+
+
+def bearer_matches(request: Request, keys: tuple[bytes, ...]) -> bool | None:
+    """None when the request carries no ``Authorization: Bearer <key>``, else whether its key is one
+    of ``keys`` (compared against every key, so timing does not reveal which one is close)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    presented = token.strip().encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented, key)
+    return matched
