@@ -57,7 +57,7 @@ from ._backends import Backend, BackendError, EchoBackend
 from ._environment import cuda_device_info, memory_protection_metadata
 from ._key_binding import attest_reply
 from ._protocol2 import V2Keys, protocol2_routes
-from ._requests import bearer_matches, read_bounded
+from ._requests import bearer_matches, query_nonce, read_bounded
 from ._validation import RequestRejected, check_chat_request, check_client_key, check_payload_id, load_json
 
 __all__ = ["Attester", "NoAttester", "RouterConfig", "create_app"]
@@ -163,11 +163,8 @@ def create_app(config: RouterConfig) -> Starlette:
     async def key_attestation(request: Request) -> Response:
         """GET /pki/attestation?nonce=<hex>: a quote binding the caller's nonce and this router's key."""
         _count(request)
-        try:
-            nonce = bytes.fromhex(request.query_params.get("nonce", ""))
-        except ValueError:
-            nonce = b""
-        if not 16 <= len(nonce) <= 64:
+        nonce = query_nonce(request)
+        if nonce is None:
             return JSONResponse({"detail": "nonce must be 16-64 bytes of hex"}, status_code=400)
         try:
             block = await run_in_threadpool(config.attester.attest_key, nonce, spki_sha256)

@@ -45,6 +45,7 @@ from ..wire import (
     parse_json,
 )
 from ._backends import BackendError
+from ._requests import query_nonce
 from ._validation import RequestRejected, check_chat_request, check_payload_id, load_json
 
 __all__ = ["KEY_CONFIG_SIGNATURE_HEADER", "V2Keys", "protocol2_routes", "sign_key_config"]
@@ -138,11 +139,8 @@ def protocol2_routes(
 
     async def key_config_attestation(request: Request) -> Response:
         count(request)
-        try:
-            nonce = bytes.fromhex(request.query_params.get("nonce", ""))
-        except ValueError:
-            nonce = b""
-        if not 16 <= len(nonce) <= 64:
+        nonce = query_nonce(request)
+        if nonce is None:
             return _refusal(400, "v2_malformed", "nonce must be 16-64 bytes of hex")
         current = keys.fresh().config
         digest = current.digest()

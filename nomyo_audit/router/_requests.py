@@ -1,5 +1,5 @@
-"""What the router's endpoint modules (:mod:`._app`, :mod:`._anchoring`) read from a request the same
-way: its body, bounded in size and time; its bearer key."""
+"""What the router's endpoint modules (:mod:`._app`, :mod:`._protocol2`, :mod:`._anchoring`) read from a
+request the same way: its body, bounded in size and time; its bearer key; a ``?nonce=`` query."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from .._deadline import run_within
 
-__all__ = ["bearer_matches", "read_bounded"]
+__all__ = ["bearer_matches", "query_nonce", "read_bounded"]
 
 
 async def read_bounded(
@@ -62,3 +62,12 @@ def bearer_matches(request: Request, keys: tuple[bytes, ...]) -> bool | None:
     for key in keys:
         matched |= hmac.compare_digest(presented, key)
     return matched
+
+
+def query_nonce(request: Request) -> bytes | None:
+    """The ``?nonce=`` query as bytes when it is 16-64 bytes of hex, else None."""
+    try:
+        nonce = bytes.fromhex(request.query_params.get("nonce", ""))
+    except ValueError:
+        return None
+    return nonce if 16 <= len(nonce) <= 64 else None
