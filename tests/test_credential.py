@@ -177,6 +177,27 @@ def test_endorsement_serves_the_ek_certificate_for_this_ek(attester, swtpm):
     intermediate.verify_directly_issued_by(root)
 
 
+
+def test_reading_the_endorsement_probes_no_nv_index_the_tpm_does_not_define(capfd):
+    """The EK profile's template and nonce indices are optional and swtpm defines none: they are
+    looked up among the defined indices first, so the router's start prints no tss2 error lines
+    (NV_ReadPublic 0x18b) that an operator would read as a fault. (A TPM of its own: the module's
+    swtpm has its three object slots taken by the `attester` fixture.)"""
+    from conftest import require
+
+    from nomyo_audit.attest._swtpm import SwtpmProcess, swtpm_available
+
+    require(swtpm_available(), "swtpm is not installed")
+    with SwtpmProcess() as process:
+        capfd.readouterr()
+        source = Tpm2QuoteSource(process.spec)
+        try:
+            assert TPMAttester(source).endorsement()["ek_certificate_b64"]
+        finally:
+            source.close()
+    err = capfd.readouterr().err
+    assert "NV_ReadPublic" not in err and "FromTPMPublic" not in err, err
+
 def test_swtpm_activates_our_credential(attester):
     ek, aik = _ek_and_aik(attester)
     secret = os.urandom(32)

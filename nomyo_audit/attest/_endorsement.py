@@ -57,6 +57,8 @@ EK_CHOICES: dict[str, str | None] = {
 }
 #: TCG EK Credential Profile 2.2.1.5: the EK certificate chain (intermediates, DER, one or more each)
 CHAIN_INDICES = range(0x01C00100, 0x01C00200)
+#: The EK profile's certificate, nonce and template indices, low and high range (2.2.1.4, 2.2.1.5)
+PROFILE_INDICES = range(0x01C00002, 0x01C00020)
 _MAX_NV = 8192  # no certificate index a TPM ships is larger
 
 
@@ -84,8 +86,9 @@ def create_ek(esys: Any, choice: str = "auto") -> Endorsement:
     from tpm2_pytss.utils import create_ek_template
 
     check_ek_choice(choice)
-    read = _nv_reader(esys)
-    ek_type = EK_CHOICES[choice] or _first_certified(esys) or LOW_RANGE[0][0]
+    defined = frozenset(_defined_nv(esys, PROFILE_INDICES.start, len(PROFILE_INDICES)))
+    read = _nv_reader(esys, defined)
+    ek_type = EK_CHOICES[choice] or _first_certified(defined) or LOW_RANGE[0][0]
     try:
         certificate, template = create_ek_template(ek_type, read)
     except ValueError:
@@ -114,9 +117,7 @@ def check_ek_choice(choice: str) -> None:
         raise ConfigurationError(f"--ek {choice}: one of {', '.join(EK_CHOICES)}")
 
 
-def _first_certified(esys: Any) -> str | None:
-    first = EK_TYPES[0][1]
-    defined = set(_defined_nv(esys, first, max(index for _, index in EK_TYPES) - first + 1))
+def _first_certified(defined: frozenset[int]) -> str | None:
     return next((ek_type for ek_type, index in EK_TYPES if index in defined), None)
 
 
@@ -174,12 +175,16 @@ def activate(esys: Any, aik: Any, ek: Endorsement, id_object: bytes, encrypted_s
     return bytes(digest)
 
 
-def _nv_reader(esys: Any) -> Callable[[int], bytes]:
-    from tpm2_pytss.utils import NVReadEK
+def _nv_reader(esys: Any, defined: frozenset[int]) -> Callable[[int], bytes]:
+    """tpm2-pytss's EK NV reader, told first which profile indices exist: the template and nonce
+    indices are optional, and asking the TPM for an undefined one makes tss2 print error lines."""
+    from tpm2_pytss.utils import NoSuchIndex, NVReadEK
 
     reader = NVReadEK(esys)
 
     def read(index: int) -> bytes:
+        if index in PROFILE_INDICES and index not in defined:
+            raise NoSuchIndex(index)
         data = bytes(reader(index))
         if len(data) > _MAX_NV:
             raise ConfigurationError(f"NV index 0x{index:08x} holds {len(data)} bytes: not a certificate")
