@@ -31,6 +31,7 @@ __all__ = [
     "CredentialError",
     "EnrollmentError",
     "EvidenceError",
+    "EventLogError",
     "ExitCode",
     "ForbiddenError",
     "IntegrityError",
@@ -205,6 +206,19 @@ class CredentialError(EvidenceError):
     """
 
     code = "credential_malformed"
+
+
+class EventLogError(EvidenceError):
+    """A TCG event log or a Linux IMA measurement list cannot be read (``nomyo_audit.eventlog``).
+
+    ``code`` is one of ``eventlog_truncated``, ``eventlog_too_large``, ``eventlog_too_many_events``,
+    ``eventlog_bad_header``, ``eventlog_bad_digest``, ``eventlog_unknown_algorithm``,
+    ``eventlog_malformed``, ``ima_truncated``, ``ima_too_large``, ``ima_malformed``,
+    ``ima_unknown_template``, ``ima_policy_invalid``. A log that parses but does not replay to
+    the quoted PCRs is not an error: it is a failing ``event_log``/``ima_log`` finding.
+    """
+
+    code = "eventlog_malformed"
 
 
 class EnrollmentError(SecurityError):
