@@ -38,6 +38,7 @@ from jsonschema.exceptions import ValidationError
 
 from ._anchor_rule import resolve_roots
 from ._model import Policy, PolicyError, parse_duration
+from ._runtime_policy import apply_runtime_policies, pattern_errors, read_runtime_policy
 
 __all__ = [
     "MAX_ALIASES",
@@ -106,9 +107,11 @@ def load_policy(path: str | Path) -> Policy:
     each with file:line and field path) or part of an ``extends`` cycle.
     """
     resolved = _locate(str(path))
-    document = _resolve(resolved, (), [MAX_EXTENDS])
+    runtime: dict[str, Any] = {}  # the runtime policies read, by SHA-256
+    document = _resolve(resolved, (), [MAX_EXTENDS], runtime)
     policy = Policy.from_document(document, source=str(path))
     resolve_roots(policy.spec, resolved.parent)  # type: ignore[arg-type]  # aik_trust roots: relative to the file
+    apply_runtime_policies(policy.spec, runtime)  # type: ignore[arg-type]  # ima: merged into the spec
     return policy
 
 
@@ -156,7 +159,9 @@ def _locate_parent(reference: str, child: Path) -> Path:
     return target
 
 
-def _resolve(path: Path, chain: tuple[Path, ...], budget: list[int]) -> dict[str, Any]:
+def _resolve(
+    path: Path, chain: tuple[Path, ...], budget: list[int], runtime: dict[str, Any]
+) -> dict[str, Any]:
     if path in chain:
         cycle = " -> ".join(p.name for p in (*chain, path))
         raise PolicyError(f"{path}: extends cycle: {cycle}", code="policy_cycle")
@@ -167,12 +172,13 @@ def _resolve(path: Path, chain: tuple[Path, ...], budget: list[int]) -> dict[str
             code="policy_extends_refused",
         )
     document = _read(path, nofollow=bool(chain))
+    read_runtime_policy(document, path, _read_file, runtime)  # relative to this file, not the child's
     parents = document.get("extends")
     if not parents:
         return document
     merged: dict[str, Any] = {}
     for parent in [parents] if isinstance(parents, str) else parents:
-        merged = _merge(merged, _resolve(_locate_parent(parent, path), (*chain, path), budget))
+        merged = _merge(merged, _resolve(_locate_parent(parent, path), (*chain, path), budget, runtime))
     child = {k: v for k, v in document.items() if k != "extends"}
     return _merge(merged, child)
 
@@ -223,6 +229,9 @@ def _read(path: Path, *, nofollow: bool = False) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise PolicyError(f"{path}:1: a policy is a mapping with apiVersion, kind, metadata and spec")
     validate_document(document, path, node)
+    patterns = pattern_errors(document.get("spec"))
+    if patterns:
+        raise PolicyError("\n".join(f"{path}:{_line(node, where)} {message}" for where, message in patterns))
     _check_durations(document, path, node)
     _check_text(document, path)
     return document
@@ -250,8 +259,8 @@ def _check_text(document: Mapping[str, Any], path: Path) -> None:
         ) from None
 
 
-def _read_text(path: Path, nofollow: bool) -> str:
-    """At most MAX_POLICY_BYTES of UTF-8 text from a regular file; never blocks on a FIFO or device."""
+def _read_file(path: Path, limit: int, nofollow: bool = False) -> bytes:
+    """At most ``limit`` bytes from a regular file; never blocks on a FIFO or device."""
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     if nofollow:
         flags |= getattr(os, "O_NOFOLLOW", 0)
@@ -264,16 +273,19 @@ def _read_text(path: Path, nofollow: bool) -> str:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise PolicyError(f"{path}: not a regular file", code="policy_not_a_file")
-        raw = _read_at_most(fd, MAX_POLICY_BYTES + 1)
+        raw = _read_at_most(fd, limit + 1)
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
-    if len(raw) > MAX_POLICY_BYTES:
-        raise PolicyError(
-            f"{path}: larger than {MAX_POLICY_BYTES} bytes, the most a policy file may be",
-            code="policy_too_large",
-        )
+    if len(raw) > limit:
+        raise PolicyError(f"{path}: larger than {limit} bytes, the most it may be", code="policy_too_large")
+    return raw
+
+
+def _read_text(path: Path, nofollow: bool) -> str:
+    """At most MAX_POLICY_BYTES of UTF-8 text from a regular file; never blocks on a FIFO or device."""
+    raw = _read_file(path, MAX_POLICY_BYTES, nofollow)
     if b"\x00" in raw:
         raise PolicyError(f"{path}: contains NUL bytes: a policy is YAML text", code="policy_not_text")
     try:
@@ -462,6 +474,9 @@ def _describe(error: ValidationError) -> tuple[list[Any], str]:
         digits, name = _DIGEST_BITS[str(path[2])]
         pcr = ".".join(str(p) for p in path[:4])
         return path, f"{pcr}: {error.instance!r} is not a {digits}-hex-digit {name} digest"
+    hexes = _HEX.get(error.schema.get("pattern")) if isinstance(error.schema, Mapping) else None
+    if error.validator == "pattern" and hexes:
+        return path, f"{field}: {error.instance!r} is not a {hexes} digest"
     if error.validator == "additionalProperties":
         schema = error.schema if isinstance(error.schema, Mapping) else {}
         instance = error.instance if isinstance(error.instance, Mapping) else {}
@@ -475,6 +490,10 @@ def _describe(error: ValidationError) -> tuple[list[Any], str]:
 
 
 _DURATIONS = ("max_age", "clock_skew", "key_attestation_ttl")
+_HEX = {
+    "^[0-9a-f]{64}$": "64-hex-digit SHA-256",
+    "^([0-9a-f]{40}|[0-9a-f]{64}|[0-9a-f]{96}|[0-9a-f]{128})$": "hex SHA-1, SHA-256, SHA-384 or SHA-512",
+}
 
 
 def _line(node: yaml.Node | None, path: list[Any], on_key: bool = False) -> int:

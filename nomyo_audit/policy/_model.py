@@ -15,11 +15,15 @@ from ..errors import NomyoAuditError, SecurityError
 __all__ = [
     "MAX_DURATION",
     "AikTrustSpec",
+    "BootEventsSpec",
     "CudaDeviceSpec",
+    "ImaSpec",
+    "KernelCmdlineSpec",
     "Policy",
     "PolicyError",
     "PolicySpec",
     "PolicyViolationError",
+    "ServingStackSpec",
     "parse_duration",
 ]
 
@@ -97,6 +101,52 @@ class CudaDeviceSpec(TypedDict, total=False):
     device_hashes: list[str]
 
 
+class BootEventsSpec(TypedDict, total=False):
+    """``spec.boot_events``: allow- and deny-lists of the digests of proven boot events (hex)."""
+
+    #: every proven PCR 0 firmware blob / POST code is one of these
+    firmware: list[str]
+    #: every proven PCR 4 boot application (boot loader, shim, kernel as an EFI image) is one of these
+    boot_applications: list[str]
+    #: no proven event in any PCR has one of these digests (like a dbx)
+    deny: list[str]
+
+
+class KernelCmdlineSpec(TypedDict, total=False):
+    """``spec.kernel_cmdline``: regular expressions (``re.search``) on the proven kernel command lines."""
+
+    #: each matches some proven command line
+    require: list[str]
+    #: none matches any proven command line
+    forbid: list[str]
+
+
+class ImaSpec(TypedDict, total=False):
+    """``spec.ima``: what the proven IMA measurement list may hold (Keylime runtime policy semantics)."""
+
+    #: a Keylime runtime policy (JSON), relative to the policy file; the loader reads it and merges
+    #: its digests and excludes into ``digests``/``excludes`` of the spec (not of the document)
+    runtime_policy: str
+    #: SHA-256 (hex) of the runtime policy's bytes: written by the loader into the resolved document,
+    #: so the policy's digest changes with the runtime policy; stated in a file, it pins the content
+    runtime_policy_sha256: str
+    #: path -> allowed file digests (hex)
+    digests: dict[str, list[str]]
+    #: regular expressions of paths that are not appraised
+    excludes: list[str]
+
+
+class ServingStackSpec(TypedDict, total=False):
+    """``spec.serving_stack``: the measured router build and models (PCR 23 events, proven)."""
+
+    #: ``fnmatch`` patterns of the measured router version
+    router_versions: list[str]
+    #: measured router code digests (hex SHA-256)
+    router_code: list[str]
+    #: model name -> allowed weights digests, or ``any`` (measured, any digest)
+    models: dict[str, list[str] | Literal["any"]]
+
+
 class PolicySpec(TypedDict, total=False):
     """A policy's rules (its ``spec``) as policy files state them (docs/policies.md), so mypy
     checks the keys rules read. :func:`load_policy` validates a file against the schema
@@ -123,6 +173,12 @@ class PolicySpec(TypedDict, total=False):
     require_key_attestation: bool
     key_attestation_ttl: int | str
     on_failure: Literal["deny", "warn"]
+    #: the proven SecureBoot variable (PCR 7)
+    secure_boot: Literal["enabled", "disabled"]
+    boot_events: BootEventsSpec
+    kernel_cmdline: KernelCmdlineSpec
+    ima: ImaSpec
+    serving_stack: ServingStackSpec
 
 
 @dataclass(frozen=True)
