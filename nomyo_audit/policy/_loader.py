@@ -474,7 +474,7 @@ def _describe(error: ValidationError) -> tuple[list[Any], str]:
         digits, name = _DIGEST_BITS[str(path[2])]
         pcr = ".".join(str(p) for p in path[:4])
         return path, f"{pcr}: {error.instance!r} is not a {digits}-hex-digit {name} digest"
-    hexes = _HEX.get(error.schema.get("pattern")) if isinstance(error.schema, Mapping) else None
+    hexes = _HEX.get(str(error.schema.get("pattern"))) if isinstance(error.schema, Mapping) else None
     if error.validator == "pattern" and hexes:
         return path, f"{field}: {error.instance!r} is not a {hexes} digest"
     if error.validator == "additionalProperties":
