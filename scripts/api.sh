@@ -9,5 +9,5 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 rm -rf build/api
 "$PYTHON" -W error -m pdoc --docformat restructuredtext --template-directory docs/pdoc --output-directory build/api \
-  nomyo_audit nomyo_audit.client nomyo_audit.wire nomyo_audit.errors nomyo_audit.tpm nomyo_audit.attest \
+  nomyo_audit nomyo_audit.client nomyo_audit.wire nomyo_audit.errors nomyo_audit.tpm nomyo_audit.eventlog nomyo_audit.attest \
   nomyo_audit.policy nomyo_audit.audit nomyo_audit.router nomyo_audit.ca nomyo_audit.cli

@@ -83,6 +83,7 @@ PUBLIC_MODULES = [
     "nomyo_audit.wire",
     "nomyo_audit.errors",
     "nomyo_audit.tpm",
+    "nomyo_audit.eventlog",
     "nomyo_audit.attest",
     "nomyo_audit.policy",
     "nomyo_audit.audit",

@@ -1,0 +1,157 @@
+"""TCG event logs and Linux IMA measurement lists: parse, replay, match a quote, decode (pure, no I/O).
+
+A quote proves PCR values; the logs say what was measured into them. This package reads the
+TCG PC Client Platform Firmware Profile event log (SHA-1 format and crypto-agile,
+:func:`parse_event_log`, :func:`iter_event_log` for streams of any size), replays it per bank
+(:func:`replay_event_log`), and says which of its events a verified quote proves
+(:func:`match_event_log`: :class:`LogMatch`, one :class:`PcrMatch` per quoted PCR). Decoded
+events (:func:`decode_event`) and summaries (:func:`summarize_boot`,
+:func:`summarize_serving_stack`) read only what the quote proves. :class:`EventLogWriter`
+writes the router's own crypto-agile log; :func:`serving_stack_event` is the data of one
+serving-stack measurement (PCR 23, EV_EVENT_TAG). The IMA half (:func:`parse_ima_log`,
+:func:`match_ima_log`, :class:`ImaPolicy`, :func:`check_ima`) reads a Linux IMA measurement list.
+
+Everything here is bounded: bad input is an :class:`~nomyo_audit.errors.EventLogError` with a
+stable code, never a crash, a hang or unbounded memory. docs/event-logs.md and docs/ima.md
+describe the formats, the quirks handled and the CLI (``nomyo-audit eventlog``).
+"""
+
+from ._boot import BootSummary, summarize_boot
+from ._constants import (
+    EV_ACTION,
+    EV_COMPACT_HASH,
+    EV_CPU_MICROCODE,
+    EV_EFI_ACTION,
+    EV_EFI_BOOT_SERVICES_APPLICATION,
+    EV_EFI_BOOT_SERVICES_DRIVER,
+    EV_EFI_EVENT_BASE,
+    EV_EFI_GPT_EVENT,
+    EV_EFI_GPT_EVENT2,
+    EV_EFI_HANDOFF_TABLES,
+    EV_EFI_HANDOFF_TABLES2,
+    EV_EFI_HCRTM_EVENT,
+    EV_EFI_PLATFORM_FIRMWARE_BLOB,
+    EV_EFI_PLATFORM_FIRMWARE_BLOB2,
+    EV_EFI_RUNTIME_SERVICES_DRIVER,
+    EV_EFI_SPDM_FIRMWARE_BLOB,
+    EV_EFI_SPDM_FIRMWARE_CONFIG,
+    EV_EFI_VARIABLE_AUTHORITY,
+    EV_EFI_VARIABLE_BOOT,
+    EV_EFI_VARIABLE_BOOT2,
+    EV_EFI_VARIABLE_DRIVER_CONFIG,
+    EV_EVENT_TAG,
+    EV_IPL,
+    EV_IPL_PARTITION_DATA,
+    EV_NO_ACTION,
+    EV_NONHOST_CODE,
+    EV_NONHOST_CONFIG,
+    EV_NONHOST_INFO,
+    EV_OMIT_BOOT_DEVICE_EVENTS,
+    EV_PLATFORM_CONFIG_FLAGS,
+    EV_POST_CODE,
+    EV_POST_CODE2,
+    EV_PREBOOT_CERT,
+    EV_S_CRTM_CONTENTS,
+    EV_S_CRTM_VERSION,
+    EV_SEPARATOR,
+    EV_TABLE_OF_DEVICES,
+    EV_UNUSED,
+    MAX_EVENT_DATA,
+    MAX_EVENT_LOG_BYTES,
+    MAX_EVENTS,
+    MAX_IMA_LOG_BYTES,
+    SERVING_STACK_PCR,
+    SERVING_STACK_TAG,
+)
+from ._events import EventInfo, decode_event
+from ._ima import (
+    ImaEntry,
+    ImaLog,
+    ImaSummary,
+    iter_ima_log,
+    match_ima_log,
+    parse_ima_log,
+    replay_ima_log,
+    summarize_ima,
+)
+from ._ima_policy import ImaPolicy, ImaViolation, check_ima
+from ._ima_writer import ImaLogWriter
+from ._parse import Event, EventLog, iter_event_log, parse_event_log
+from ._replay import LogMatch, PcrMatch, match_event_log, replay_event_log
+from ._serving import ServingStack, serving_stack_event, summarize_serving_stack
+from ._writer import EventLogWriter
+
+__all__ = [
+    "EV_ACTION",
+    "EV_COMPACT_HASH",
+    "EV_CPU_MICROCODE",
+    "EV_EFI_ACTION",
+    "EV_EFI_BOOT_SERVICES_APPLICATION",
+    "EV_EFI_BOOT_SERVICES_DRIVER",
+    "EV_EFI_EVENT_BASE",
+    "EV_EFI_GPT_EVENT",
+    "EV_EFI_GPT_EVENT2",
+    "EV_EFI_HANDOFF_TABLES",
+    "EV_EFI_HANDOFF_TABLES2",
+    "EV_EFI_HCRTM_EVENT",
+    "EV_EFI_PLATFORM_FIRMWARE_BLOB",
+    "EV_EFI_PLATFORM_FIRMWARE_BLOB2",
+    "EV_EFI_RUNTIME_SERVICES_DRIVER",
+    "EV_EFI_SPDM_FIRMWARE_BLOB",
+    "EV_EFI_SPDM_FIRMWARE_CONFIG",
+    "EV_EFI_VARIABLE_AUTHORITY",
+    "EV_EFI_VARIABLE_BOOT",
+    "EV_EFI_VARIABLE_BOOT2",
+    "EV_EFI_VARIABLE_DRIVER_CONFIG",
+    "EV_EVENT_TAG",
+    "EV_IPL",
+    "EV_IPL_PARTITION_DATA",
+    "EV_NONHOST_CODE",
+    "EV_NONHOST_CONFIG",
+    "EV_NONHOST_INFO",
+    "EV_NO_ACTION",
+    "EV_OMIT_BOOT_DEVICE_EVENTS",
+    "EV_PLATFORM_CONFIG_FLAGS",
+    "EV_POST_CODE",
+    "EV_POST_CODE2",
+    "EV_PREBOOT_CERT",
+    "EV_SEPARATOR",
+    "EV_S_CRTM_CONTENTS",
+    "EV_S_CRTM_VERSION",
+    "EV_TABLE_OF_DEVICES",
+    "EV_UNUSED",
+    "MAX_EVENTS",
+    "MAX_EVENT_DATA",
+    "MAX_EVENT_LOG_BYTES",
+    "MAX_IMA_LOG_BYTES",
+    "SERVING_STACK_PCR",
+    "SERVING_STACK_TAG",
+    "BootSummary",
+    "Event",
+    "EventInfo",
+    "EventLog",
+    "EventLogWriter",
+    "ImaEntry",
+    "ImaLog",
+    "ImaLogWriter",
+    "ImaPolicy",
+    "ImaSummary",
+    "ImaViolation",
+    "LogMatch",
+    "PcrMatch",
+    "ServingStack",
+    "check_ima",
+    "decode_event",
+    "iter_event_log",
+    "iter_ima_log",
+    "match_event_log",
+    "match_ima_log",
+    "parse_event_log",
+    "parse_ima_log",
+    "replay_event_log",
+    "replay_ima_log",
+    "serving_stack_event",
+    "summarize_boot",
+    "summarize_ima",
+    "summarize_serving_stack",
+]
