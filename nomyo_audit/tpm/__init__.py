@@ -3,7 +3,8 @@
 :func:`verify_attestation` appraises a response's ``_metadata.tpm_attestation``
 block (a TPM 2.0 quote, its signature and the AIK that made it) and returns a
 :class:`Verdict`: one :class:`Finding` per check, and the facts the evidence
-showed (:class:`VerdictFacts`). It never raises for bad evidence: malformed or
+showed (:class:`VerdictFacts`), and the event logs it replayed against the quote
+(:class:`Measurements`, :mod:`nomyo_audit.eventlog`). It never raises for bad evidence: malformed or
 forged evidence is a failing finding with a stable code.
 
 The parsers it is built on are public too, for tools that read TPM structures
@@ -42,7 +43,7 @@ from ._pcr_selection import PCRSelection, parse_pcr_selection_list, selection_te
 from ._public import EccPoint, ObjectAttributes, Public, parse_public
 from ._signature import Signature, parse_signature
 from ._trust_store import TrustStore
-from ._verdict import CHECKS, Finding, Status, Verdict, VerdictFacts
+from ._verdict import CHECKS, Finding, Measurements, Status, Verdict, VerdictFacts
 from ._verify import verify_attestation
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "EccPoint",
     "EkCertificate",
     "Finding",
+    "Measurements",
     "ObjectAttributes",
     "PCRSelection",
     "Public",

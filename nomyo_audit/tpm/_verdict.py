@@ -7,9 +7,12 @@ Pure, no I/O. :func:`nomyo_audit.tpm.verify_attestation` is the only producer of
 # No ``from __future__ import annotations``: the named tuples' fields stay real types, which
 # documentation tools (pdoc) resolve: as strings they fail to resolve from NamedTuple's generated __new__.
 
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, TypedDict
 
-__all__ = ["CHECKS", "Checks", "Finding", "Status", "Verdict", "VerdictFacts"]
+from ..eventlog import BootSummary, Event, EventLog, ImaEntry, ImaLog, ImaSummary, LogMatch, ServingStack
+
+__all__ = ["CHECKS", "Checks", "Finding", "Measurements", "Status", "Verdict", "VerdictFacts"]
 
 #: What a check found: ``skip`` is neither a pass nor a failure (not reached, or only recorded).
 Status = Literal["pass", "fail", "skip"]
@@ -24,6 +27,8 @@ CHECKS = (
     "aik_attributes",
     "pcr_selection",
     "pcr_digest",
+    "event_log",
+    "ima_log",
     "nonce_binding",
     "clock_safe",
     "aik_anchor",
@@ -89,6 +94,49 @@ class VerdictFacts(TypedDict, total=False):
     #: ``"bound"`` when the quote binds the client key the caller holds (``nomyo-audit-v2``),
     #: ``"absent"`` when it binds the request without it; only when the caller gave its key
     key_binding: str
+    #: what the TCG event log proves (secure boot, firmware, boot loader, kernel, command lines):
+    #: only events whose replay reaches a quoted PCR value; present only when ``event_log`` passed
+    measured_boot: BootSummary
+    #: the router build, configuration and models measured into PCR 23, from proven events only;
+    #: present only when ``event_log`` passed and the quote proves PCR 23's events
+    serving_stack: ServingStack
+    #: the IMA measurement list's size and how much of it the quote proves; only when ``ima_log`` passed
+    ima: ImaSummary
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """The logs a reply carried, parsed, and how each replayed against the quoted PCRs.
+
+    In :attr:`Verdict.measurements` once the quote's PCR values were proved and the reply carried a
+    log. The logs are the router's unauthenticated word: an event counts only when it is in
+    :meth:`proven_events` or :meth:`proven_ima_entries`, that is when the replay of its PCR up to
+    it reaches a value the quote proved. A log that parsed but did not match is kept, to explain
+    the failure. Policy rules read these, never the raw fields.
+    """
+
+    #: the TCG event log, when the reply carried one that parsed
+    event_log: EventLog | None
+    #: how its replay compares with the quoted PCRs
+    event_log_match: LogMatch | None
+    #: the IMA measurement list, when the reply carried one that parsed
+    ima_log: ImaLog | None
+    #: how its replay compares with the quoted PCRs
+    ima_match: LogMatch | None
+
+    def proven_events(self) -> tuple[Event, ...]:
+        """The TCG events the quote proves, in log order."""
+        if self.event_log is None or self.event_log_match is None:
+            return ()
+        proven = self.event_log_match.proven_numbers()
+        return tuple(e for e in self.event_log.events if e.number in proven)
+
+    def proven_ima_entries(self) -> tuple[ImaEntry, ...]:
+        """The IMA entries the quote proves, in list order (those appended after the quote are not)."""
+        if self.ima_log is None or self.ima_match is None:
+            return ()
+        proven = self.ima_match.proven_numbers()
+        return tuple(e for e in self.ima_log.entries if e.number in proven)
 
 
 class Verdict(NamedTuple):
@@ -108,6 +156,9 @@ class Verdict(NamedTuple):
     content_digest: bytes | None
     #: the findings whose status is "fail", in check order
     failures: tuple[Finding, ...]
+    #: the parsed logs and their replay, when the reply carried any (not in :meth:`to_dict`: the
+    #: audit log keeps the logs themselves, and their facts are in ``facts``)
+    measurements: Measurements | None = None
 
     @property
     def result(self) -> Literal["pass", "fail"]:
@@ -163,6 +214,7 @@ class Checks:
         facts: VerdictFacts,
         reason: str = "",
         content_digest: bytes | None = None,
+        measurements: Measurements | None = None,
     ) -> Verdict:
         found = self.findings
         if len(found) != len(CHECKS):
@@ -171,4 +223,4 @@ class Checks:
                     found[check] = Finding(check, "skip", "not_reached", reason or "not checked")
         findings = tuple(map(found.__getitem__, CHECKS))
         failures = tuple([f for f in findings if f.status == "fail"]) if self.failed else ()
-        return Verdict(findings, payload_id, facts, content_digest, failures)
+        return Verdict(findings, payload_id, facts, content_digest, failures, measurements)

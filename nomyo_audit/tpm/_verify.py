@@ -15,8 +15,10 @@ Rules, in the order they are applied:
 5. The quoted PCR selection must equal ``pcr_banks``, and the digest of
    ``pcr_values`` (selection order: banks as listed, indices ascending),
    computed with the *signature's* hash, must equal pcrDigest.
-6. extraData must match an accepted nonce derivation (:mod:`._binding`).
-7. Recorded, never passed: whether the clock is ``safe``, that an AIK
+6. The logs the reply carries (``event_log_b64``, ``ima_log_b64``) must replay to the PCR values
+   just proved (:mod:`._measured`); a log is the router's word until it does.
+7. extraData must match an accepted nonce derivation (:mod:`._binding`).
+8. Recorded, never passed: whether the clock is ``safe``, that an AIK
    without a certificate chain is not anchored to a hardware root of trust,
    and a software attester's own label.
 
@@ -42,10 +44,11 @@ from ._binding import DERIVATIONS, match_derivation
 from ._evidence import b64_field, b64_text, parse_pcr_banks, read_pcr_values
 from ._keys import verify_signature
 from ._marshal import ALG, TPM_ST_ATTEST_QUOTE
+from ._measured import appraise_logs, skip_logs
 from ._pcr_selection import PCRSelection, selection_text
 from ._public import Public
 from ._signature import Signature, parse_signature
-from ._verdict import CHECKS, Checks, Finding, Status, Verdict, VerdictFacts
+from ._verdict import CHECKS, Checks, Finding, Measurements, Status, Verdict, VerdictFacts
 
 # CHECKS, Finding, Status, Verdict, VerdictFacts and parse_pcr_banks are defined elsewhere and
 # named here too, for modules that import them with verify_attestation.
@@ -135,8 +138,13 @@ def verify_attestation(
     facts["reset_count"] = clock.reset_count
     facts["restart_count"] = clock.restart_count
     facts["firmware_version"] = attest.firmware_version
+    measurements: Measurements | None = None
     if attest.type == TPM_ST_ATTEST_QUOTE:
         _check_pcrs(tpm_attestation, attest, signature, claimed, checks, facts)
+        if "pcr_values" in facts:
+            measurements = appraise_logs(tpm_attestation, facts, checks)
+        else:
+            skip_logs(tpm_attestation, checks)
         _check_nonce(
             attest, payload_id, content_digest, accept_derivations, expected_nonce, checks, facts,
             client_key_sha256,
@@ -153,7 +161,7 @@ def verify_attestation(
         checks.put(_declared_attester(attester[:32]))
     else:
         checks.put(_UNLABELLED_ATTESTER)
-    return checks.done(payload_id, facts, "the signed structure is not a quote", content_digest)
+    return checks.done(payload_id, facts, "the signed structure is not a quote", content_digest, measurements)
 
 
 # The findings that never vary, built once.
