@@ -12,7 +12,8 @@ import base64
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigurationError
 from ..tpm import (
@@ -25,6 +26,9 @@ from ..tpm import (
 )
 from ..tpm._binding import client_key_binding
 from ..tpm._structures import HASH_NAMES, pcr_value_map
+
+if TYPE_CHECKING:
+    from ._measured import MeasurementLog
 
 __all__ = ["DEFAULT_PCR_BANKS", "Quote", "QuoteSource", "TPMAttester"]
 
@@ -65,14 +69,26 @@ class QuoteSource(Protocol):
 class TPMAttester:
     """The router's attester: one quote per response over the configured PCRs.
 
-    Thread-safe: quotes are serialised, because a TPM session is not shared between threads.
+    Thread-safe: quotes (and the extends of :attr:`measurements`) are serialised, because a TPM
+    session is not shared between threads and a quote must not cover an extend its log lacks.
+    ``firmware_log`` (a device TPM's TCG log, to which the router's events are appended) and
+    ``kernel_ima`` (the kernel's IMA list, read after each quote) make every quote carry them.
     Raises :class:`nomyo_audit.errors.ConfigurationError` when ``pcr_banks`` names a PCR or a bank
     the TPM does not have, and :class:`nomyo_audit.errors.EvidenceError` when it is not like
     ``"sha256:0,7,10"``.
     """
 
-    def __init__(self, source: QuoteSource, pcr_banks: str = DEFAULT_PCR_BANKS) -> None:
+    def __init__(
+        self,
+        source: QuoteSource,
+        pcr_banks: str = DEFAULT_PCR_BANKS,
+        *,
+        firmware_log: bytes | None = None,
+        kernel_ima: Path | None = None,
+    ) -> None:
         self.source = source
+        self._log_sources = (firmware_log, kernel_ima)
+        self._measurements: MeasurementLog | None = None
         self.pcr_banks = pcr_banks
         self.selections = parse_pcr_banks(pcr_banks)
         highest = max((i for s in self.selections for i in s.indices), default=0)
@@ -87,12 +103,19 @@ class TPMAttester:
                 raise ConfigurationError(f"--pcrs {pcr_banks}: this TPM has no {name} bank")
         self._lock = threading.Lock()  # TPM sessions are not shared between threads
         self._aik_chain_b64: tuple[str, ...] = ()
+        if firmware_log is not None or kernel_ima is not None:
+            self.measurements  # noqa: B018 - made now: every quote carries the machine's logs
 
     def evidence(self, extra_data: bytes) -> dict[str, Any]:
         """A ``tpm_attestation`` block whose quote carries ``extra_data``: the source's errors pass
         through (a :class:`Tpm2QuoteSource` raises ConfigurationError)."""
+        measured: dict[str, str] = {}
         with self._lock:
             quote = self.source.quote(self.selections, extra_data)
+            if self._measurements is not None:  # the logs as they were when the quote was made
+                measured = self._measurements.evidence_fields()
+        if self._measurements is not None:
+            measured.update(self._measurements.kernel_ima_field())
         block = {
             "is_available": True,
             "pcr_banks": self.pcr_banks,
@@ -109,7 +132,21 @@ class TPMAttester:
             block["aik_parent_qualified_name_b64"] = parent
         if self._aik_chain_b64:
             block["aik_cert_chain_b64"] = list(self._aik_chain_b64)
+        block.update(measured)
         return block
+
+    @property
+    def measurements(self) -> MeasurementLog:
+        """The measuring API: extend events (and IMA entries) into this TPM and log them, so every
+        later quote carries the logs (``event_log_b64``, ``ima_log_b64``). Made on first use."""
+        if self._measurements is None:
+            from ._measured import MeasurementLog
+
+            firmware_log, kernel_ima = self._log_sources
+            self._measurements = MeasurementLog(
+                self.source, self._lock, firmware_log=firmware_log, kernel_ima=kernel_ima
+            )
+        return self._measurements
 
     def _parent_qualified_name(self) -> str | None:
         parent: bytes | None = getattr(self.source, "aik_parent_qualified_name", None)

@@ -32,7 +32,7 @@ from ..tpm._structures import (
 )
 from ._attester import Quote
 
-__all__ = ["AIK_KINDS", "SoftwareTPM"]
+__all__ = ["AIK_KINDS", "RESETTABLE_PCRS", "SoftwareTPM"]
 
 #: AIK kinds: (key type, signature scheme)
 AIK_KINDS = {
@@ -40,6 +40,8 @@ AIK_KINDS = {
     "rsa2048-rsapss": (ALG.RSA, ALG.RSAPSS),
     "ecc256-ecdsa": (ALG.ECC, ALG.ECDSA),
 }
+#: PCRs TPM2_PCR_Reset may reset at locality 0 (TCG PC Client Platform TPM Profile, table of PCR attributes)
+RESETTABLE_PCRS = (16, 23)
 DEFAULT_ATTRIBUTES = ObjectAttributes.ATTESTATION_KEY | ObjectAttributes.USER_WITH_AUTH
 
 
@@ -103,9 +105,25 @@ class SoftwareTPM:
 
     def extend(self, bank: str, index: int, data: bytes) -> None:
         """PCR[index] = H(PCR[index] || H(data)), as TPM2_PCR_Event does for one bank."""
-        alg = next(a for a, name in HASH_NAMES.items() if name == bank)
-        digest = hashlib.new(bank, data).digest()
+        self.extend_digest(bank, index, hashlib.new(bank, data).digest())
+
+    def extend_digest(self, bank: str, index: int, digest: bytes) -> None:
+        """PCR[index] = H(PCR[index] || digest), as TPM2_PCR_Extend does for one bank.
+
+        Raises ValueError for a bank this TPM lacks, a PCR out of range or a digest of the wrong size.
+        """
+        alg = _bank_alg(bank, self.banks)
+        if not 0 <= index < len(self.pcrs[alg]) or len(digest) != HASH_SIZES[alg]:
+            raise ValueError(f"cannot extend {bank} PCR {index} with a {len(digest)}-byte digest")
         self.pcrs[alg][index] = hashlib.new(bank, self.pcrs[alg][index] + digest).digest()
+
+    def reset(self, index: int) -> None:
+        """TPM2_PCR_Reset at locality 0: only PCRs 16 and 23 (the debug and application PCRs of the
+        PC Client profile) may be reset; every bank goes back to zeros. ValueError for another PCR."""
+        if index not in RESETTABLE_PCRS:
+            raise ValueError(f"PCR {index} cannot be reset at locality 0 (only {RESETTABLE_PCRS})")
+        for alg in self.banks:
+            self.pcrs[alg][index] = bytes(HASH_SIZES[alg])
 
     def read(self, selections: tuple[PCRSelection, ...]) -> tuple[bytes, ...]:
         """The values of the selected PCRs, in selection order."""
@@ -149,6 +167,13 @@ class SoftwareTPM:
     def close(self) -> None:
         """Nothing to release."""
         return None
+
+
+def _bank_alg(bank: str, banks: tuple[int, ...]) -> int:
+    alg = next((a for a in banks if HASH_NAMES.get(a) == bank), None)
+    if alg is None:
+        raise ValueError(f"this TPM has no {bank} bank")
+    return alg
 
 
 def _minimal(value: int) -> bytes:

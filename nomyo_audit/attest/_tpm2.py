@@ -21,7 +21,14 @@ from typing import Any
 
 from ..errors import ConfigurationError, CredentialError
 from ..tpm._public import parse_public
-from ..tpm._structures import HASH_NAMES, HIERARCHIES, PCRSelection, marshal_pcr_selection_list
+from ..tpm._structures import (
+    HASH_BY_NAME,
+    HASH_NAMES,
+    HASH_SIZES,
+    HIERARCHIES,
+    PCRSelection,
+    marshal_pcr_selection_list,
+)
 from ._attester import Quote
 from ._endorsement import Endorsement, activate, check_ek_choice, create_child, create_ek
 
@@ -80,6 +87,7 @@ class Tpm2QuoteSource:
         tcti_name, tcti_config = parse_tpm_spec(spec)
         self.kind = "swtpm" if tcti_name == "swtpm" else "tpm-device"
         self._ek: Endorsement | None = None
+        self._banks: tuple[int, ...] | None = None
         #: The AIK's parent's qualified name, when the AIK is a child key (None: a primary key)
         self.aik_parent_qualified_name: bytes | None = None
         try:
@@ -169,13 +177,49 @@ class Tpm2QuoteSource:
 
     def extend(self, bank: str, index: int, data: bytes) -> None:
         """Extend one PCR with the digest of ``data`` (demos and tests change the measured state)."""
-        from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
+        self.extend_digest(bank, index, hashlib.new(bank, data).digest())
+
+    def extend_digest(self, bank: str, index: int, digest: bytes) -> None:
+        """TPM2_PCR_Extend of one PCR in one bank with ``digest``; ConfigurationError if the TPM refuses."""
+        from tpm2_pytss.constants import ESYS_TR
         from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA, TPMU_HA
 
-        alg = {"sha1": TPM2_ALG.SHA1, "sha256": TPM2_ALG.SHA256, "sha384": TPM2_ALG.SHA384}[bank]
-        digest: Any = TPMU_HA(**{bank: hashlib.new(bank, data).digest()})
-        handle = getattr(ESYS_TR, f"PCR{index}")
-        self._esys.pcr_extend(handle, TPML_DIGEST_VALUES([TPMT_HA(hashAlg=alg, digest=digest)]))
+        if bank not in HASH_BY_NAME or len(digest) != HASH_SIZES[HASH_BY_NAME[bank]]:
+            raise ConfigurationError(f"cannot extend {bank} PCR {index} with a {len(digest)}-byte digest")
+        value: Any = TPMU_HA(**{bank: digest})
+        extend = TPML_DIGEST_VALUES([TPMT_HA(hashAlg=HASH_BY_NAME[bank], digest=value)])
+        try:
+            self._esys.pcr_extend(getattr(ESYS_TR, f"PCR{index}"), extend)
+        except Exception as exc:  # TSS2_Exception: a bank or PCR this TPM does not have
+            reason = _tpm_reason(exc)
+            raise ConfigurationError(f"the TPM refused to extend {bank} PCR {index} ({reason})") from None
+
+    def reset(self, index: int) -> None:
+        """TPM2_PCR_Reset: every bank of PCR ``index`` back to zeros. A TPM resets only PCRs whose
+        attributes allow it at locality 0 (16 and 23 on a PC Client TPM): ConfigurationError otherwise."""
+        from tpm2_pytss.constants import ESYS_TR
+
+        try:
+            self._esys.pcr_reset(getattr(ESYS_TR, f"PCR{index}"))
+        except Exception as exc:
+            raise ConfigurationError(f"the TPM refused to reset PCR {index} ({_tpm_reason(exc)})") from None
+
+    @property
+    def banks(self) -> tuple[int, ...]:
+        """The hash algorithms of the PCR banks this TPM has allocated (at least one PCR selected),
+        asked once (TPM2_GetCapability of TPM_CAP_PCRS)."""
+        if self._banks is None:
+            from tpm2_pytss.constants import TPM2_CAP
+
+            _, data = self._esys.get_capability(TPM2_CAP.PCRS, 0)
+            self._banks = tuple(
+                int(s.hash) for s in data.data.assignedPCR if any(bytes(s.pcrSelect)[: s.sizeofSelect])
+            )
+        return self._banks
+
+    def read(self, selections: tuple[PCRSelection, ...]) -> tuple[bytes, ...]:
+        """The values of the selected PCRs, in selection order."""
+        return self._read(selections)[1]
 
     def close(self) -> None:
         """Flush the AIK (and the EK) and close the connection to the TPM."""

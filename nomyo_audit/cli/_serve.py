@@ -126,7 +126,25 @@ def _bind_failure(exc: OSError) -> str:
     type=click.Choice(list(EK_CHOICES)),
     help="The EK served and used for activation (auto: the first with a certificate, low range first).",
 )
-@click.option("--pcrs", default="sha256:0,7,10", show_default=True, help="PCR selection to quote.")
+@click.option(
+    "--pcrs",
+    metavar="BANK:PCRS",
+    help="PCR selection to quote.  [default: sha256:0,7,10 and the --serving-pcr]",
+)
+@click.option(
+    "--serving-pcr",
+    default="23",
+    show_default=True,
+    type=click.Choice(["23", "none"]),
+    help="Reset this PCR at start and measure the serving stack into it (docs/serving-stack.md).",
+)
+@click.option(
+    "--measure-model",
+    "measure_models",
+    multiple=True,
+    metavar="NAME[=PATH]",
+    help="Measure a served model: its weights (file or directory) at PATH, or by name (--upstream).",
+)
 @click.option(
     "--admin-key",
     "admin_keys",
@@ -182,7 +200,9 @@ def serve(
     aik: str,
     aik_parent: str,
     ek: str,
-    pcrs: str,
+    pcrs: str | None,
+    serving_pcr: str,
+    measure_models: tuple[str, ...],
     admin_keys: tuple[str, ...],
     enroll: str | None,
     plain_endpoint: bool,
@@ -204,7 +224,11 @@ def serve(
         raise ConfigurationError(
             f"the router needs the 'router' extra: pip install 'nomyo-audit[router]' ({exc})"
         ) from None
+    from ._serving import measure_at_start, parse_measure_models, quoted_pcrs
+
     tiers = _parse_model_tiers(model_tiers)
+    measured = parse_measure_models(measure_models)
+    pcrs = quoted_pcrs(pcrs, serving_pcr)
     sock = listen_on(host, port)
     try:
         backend = UpstreamBackend(upstream, upstream_api_key) if upstream else EchoBackend()
@@ -220,6 +244,7 @@ def serve(
             body_timeout=body_timeout,
             admin_keys=admin_keys,
         )
+        measure_at_start(config.attester, serving_pcr, upstream, tiers, measured, pcrs)
         if enroll is not None:  # docs/anchoring.md: the chain for this process's AIK
             from ..ca import enroll_with_ca
 

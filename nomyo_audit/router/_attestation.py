@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..attest._attester import DEFAULT_PCR_BANKS, TPMAttester
+from pathlib import Path
+
+from ..attest._attester import DEFAULT_PCR_BANKS, QuoteSource, TPMAttester
 from ..errors import ConfigurationError
 from ._app import Attester, NoAttester
 
@@ -35,5 +37,29 @@ def make_attester(
     if spec.startswith(("swtpm", "device")):
         from ..attest._tpm2 import Tpm2QuoteSource
 
-        return TPMAttester(Tpm2QuoteSource(spec, aik, aik_parent, ek), pcr_banks)
+        source = Tpm2QuoteSource(spec, aik, aik_parent, ek)
+        if source.kind != "tpm-device":
+            return TPMAttester(source, pcr_banks)
+        return device_attester(source, pcr_banks)
     raise ConfigurationError(f"--tpm {spec!r}: use none, software, swtpm:host=H,port=P or device:/dev/tpmrm0")
+
+
+def device_attester(
+    source: QuoteSource,
+    pcr_banks: str,
+    firmware_log_path: Path | None = None,
+    ima_list_path: Path | None = None,
+) -> TPMAttester:
+    """A device TPM's attester: its quotes carry the firmware's event log (read once, now, with the
+    router's own events appended) and the kernel's IMA list (read after each quote), when present;
+    the paths default to the kernel's (securityfs)."""
+    from ..attest._measured import FIRMWARE_LOG_PATH, IMA_LIST_PATH, firmware_log
+
+    firmware_log_path = firmware_log_path or FIRMWARE_LOG_PATH
+    ima_list_path = ima_list_path or IMA_LIST_PATH
+    return TPMAttester(
+        source,
+        pcr_banks,
+        firmware_log=firmware_log(firmware_log_path),
+        kernel_ima=ima_list_path if ima_list_path.exists() else None,
+    )
