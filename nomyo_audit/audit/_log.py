@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..errors import IntegrityError
+from ._blobs import blob_problems
 from ._dsse import key_fingerprint
 from ._fields import TIME_COLUMN_EXACT
 from ._merkle import Frontier, inclusion_proof, leaf_hash, root_of
@@ -170,12 +171,19 @@ class AuditLog:
     # -- writing ---------------------------------------------------------------------------
 
     def append(
-        self, payload_id: str, build: Callable[[int, bytes], bytes], timestamp: float | None = None
+        self,
+        payload_id: str,
+        build: Callable[[int, bytes], bytes],
+        timestamp: float | None = None,
+        *,
+        blobs: Mapping[str, bytes] | None = None,
     ) -> int:
         """Append the record ``build(seq, salt)`` returns; durable when this returns. Returns its seq.
 
         ``build`` gets the record's position and the log's digest salt and returns the
-        record's canonical bytes (:func:`nomyo_audit.audit.build_record`). Raises
+        record's canonical bytes (:func:`nomyo_audit.audit.build_record`). ``blobs`` are the
+        event logs the record references by digest (SHA-256 hex -> bytes, from
+        ``_blobs.detach_logs``), kept once per digest in the record's transaction. Raises
         :class:`LogError` on a log opened read-only, and
         :class:`nomyo_audit.errors.IntegrityError` when the log is shorter than its
         saved state or has a gap (nothing is appended then).
@@ -187,6 +195,7 @@ class AuditLog:
             now,
             lambda seq: build(seq, salt),
             self._auto_checkpoint if self.key is not None else None,
+            blobs,
         )
 
     def _note(self, size: int, root: bytes, key: Ed25519PrivateKey) -> str:
@@ -302,7 +311,13 @@ class AuditLog:
         Problems name the first bad record or checkpoint.
         """
         key = public_key or self.public_key()
-        return verify_store(self.store, key, public_key is not None, progress, list(checkpoints))
+        report = verify_store(self.store, key, public_key is not None, progress, list(checkpoints))
+        try:  # the kept event logs: each hashes to its key, every one a record references is there
+            rows = ((row[0], row[3]) for row in self.store.scan())
+            report.problems.extend(blob_problems(rows, self.store.blobs()))
+        except IntegrityError as exc:
+            report.problems.append(str(exc))
+        return report
 
     def verified_state(
         self, public_key: Ed25519PublicKey | None = None, progress: Callable[[int], None] | None = None

@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from .._files import FileExistsRefused, write_file
 from ..errors import ConfigurationError, IntegrityError
 from ._fields import TIME_COLUMN_EXACT, ColumnCheck, record_fields
 from ._merkle import Frontier, leaf_hash
+from ._sqlite_blobs import BLOBS_SCHEMA, blob_rows, get_blob, put_blobs
 from ._store import (
     CheckpointMaker,
     CheckpointRow,
@@ -57,7 +58,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     note TEXT NOT NULL,
     created REAL NOT NULL
 );
-"""
+""" + BLOBS_SCHEMA + ";\n"
 
 #: The columns each table must have for a file to be a nomyo-audit log.
 TABLES = {
@@ -233,8 +234,10 @@ class SQLiteStore:
         timestamp: float,
         build: Callable[[int], bytes],
         checkpoint: CheckpointMaker | None,
+        blobs: Mapping[str, bytes] | None = None,
     ) -> int:
-        """Append ``build(seq)`` as record ``seq`` in one transaction, with ``checkpoint``'s if it makes one.
+        """Append ``build(seq)`` as record ``seq`` in one transaction, with ``checkpoint``'s if it makes one
+        and the ``blobs`` (SHA-256 hex -> bytes) it references not kept yet.
 
         The payload_id and time columns are taken from the record's own bytes when they
         carry them. Returns the record's seq; :class:`LogError` when opened read-only,
@@ -243,7 +246,7 @@ class SQLiteStore:
         if self.readonly:
             raise LogError(f"{self.path}: opened read-only")
         with self._lock:
-            return self._append_locked(payload_id, timestamp, build, checkpoint)
+            return self._append_locked(payload_id, timestamp, build, checkpoint, blobs)
 
     def _append_locked(
         self,
@@ -251,10 +254,13 @@ class SQLiteStore:
         timestamp: float,
         build: Callable[[int], bytes],
         checkpoint: CheckpointMaker | None,
+        blobs: Mapping[str, bytes] | None,
     ) -> int:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            if blobs:
+                put_blobs(db, blobs)
             last = db.execute("SELECT seq, time FROM records ORDER BY seq DESC LIMIT 1").fetchone()
             frontier = self._frontier_at(last[0] + 1 if last else 0)
             seq = frontier.size
@@ -428,6 +434,16 @@ class SQLiteStore:
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         with self._lock:
             self._db.execute(f"{verb} INTO meta VALUES (?, ?)", (key, value))
+
+    def blob(self, sha256_hex: str) -> bytes | None:
+        """The blob kept under ``sha256_hex`` as stored, or None (unchecked: ``_blobs.BlobReader`` checks)."""
+        with _damage_is_integrity(self.path):
+            return get_blob(self._db, sha256_hex)
+
+    def blobs(self) -> Iterator[tuple[Any, Any]]:
+        """(key, bytes) of every kept blob as stored, unchecked: what verify reads."""
+        with _damage_is_integrity(self.path):
+            yield from blob_rows(self._db)
 
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check``: ``ok``, or the first problems it names."""

@@ -7,7 +7,7 @@ store without touching the Merkle, checkpoint or report code: the store keeps ro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -78,7 +78,10 @@ CheckpointMaker = Callable[[Frontier, "float | None"], "StoredCheckpoint | None"
 class LogStore(Protocol):
     """What the log needs from storage; :class:`._sqlite.SQLiteStore` is the one implementation.
 
-    ``append`` runs ``build(seq)`` and the checkpoint maker inside one transaction;
+    ``append`` runs ``build(seq)`` and the checkpoint maker inside one transaction, and keeps in
+    it the ``blobs`` the record references (event logs, by SHA-256 hex: :mod:`._blobs`) that
+    are not kept yet, so a record is never committed without them; ``blob`` reads one back
+    (unchecked: the reader hashes it) and ``blobs`` yields every (key, bytes) row for verify;
     ``records`` yields records checked against their own bytes, ``scan`` the raw rows
     verification reads; ``frontier`` is the tree's right edge at the current size and
     ``saved_frontier`` the one last saved. Reads of a damaged store raise
@@ -91,6 +94,7 @@ class LogStore(Protocol):
         timestamp: float,
         build: Callable[[int], bytes],
         checkpoint: CheckpointMaker | None,
+        blobs: Mapping[str, bytes] | None = None,
     ) -> int: ...
     def records(self, since: float | None = None, until: float | None = None) -> Iterator[StoredRecord]: ...
     def scan(self) -> Iterator[tuple[Any, ...]]: ...
@@ -103,6 +107,8 @@ class LogStore(Protocol):
     def checkpoint_rows(self) -> list[CheckpointRow]: ...
     def meta(self, key: str) -> bytes | None: ...
     def set_meta(self, key: str, value: bytes, *, replace: bool = False) -> None: ...
+    def blob(self, sha256_hex: str) -> bytes | None: ...
+    def blobs(self) -> Iterator[tuple[Any, Any]]: ...
     def integrity_check(self) -> str: ...
     def exclusive(self) -> AbstractContextManager[None]: ...
 

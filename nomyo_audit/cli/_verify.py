@@ -16,7 +16,7 @@ import os
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -224,7 +224,7 @@ def verify(
 
     Exit status: 0 all verified (or allowed by the policy), 1 a verification
     failed or the policy denied, 2 unreadable or invalid input. A summary goes
-    to stderr.
+    to stderr; 3 when a record or an event log it keeps by digest is missing or was altered.
 
     \b
     Example:
@@ -247,7 +247,9 @@ def verify(
         if log_path is not None:
             log = stack.enter_context(AuditLog.open(log_path))  # read-only: never creates a file
             total = log.size if not files and lo is None and hi is None else None
-            sources.append(stored_records(_intact(log.store.records(lo, hi)), str(log.path)))
+            rows = _intact(log.store.records(lo, hi))
+            stack.callback(rows.close)  # the cursor closes before the log, even when a record fails
+            sources.append(stored_records(rows, str(log.path), log.store.blob))
         # on a terminal showing the text report itself, the records scrolling past are the progress
         shown = output is not None or fmt != "text" or not sys.stdout.isatty()
         progress = stack.enter_context(Progress("verifying", total))
@@ -264,7 +266,7 @@ def verify(
         raise click.exceptions.Exit(ExitCode.FINDING)
 
 
-def _intact(rows: Iterator[StoredRecord]) -> Iterator[bytes]:
+def _intact(rows: Iterator[StoredRecord]) -> Generator[bytes, None, None]:
     """Each record's bytes, once they match their Merkle leaf hash: a record edited in place (its
     anchor evidence, its verdict) is an integrity failure, never re-appraised as if it were kept.
     ``nomyo-audit log verify --key`` checks the whole tree against the signed checkpoints."""

@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+from ..audit._blobs import detach_logs
 from ..audit._log import AuditLog
 from ..audit._records import build_record
 from ..errors import APIError, NomyoAuditError, SecurityError
@@ -30,29 +31,35 @@ async def record_call(
 
     ``request`` is the payload to digest, None when no canonical JSON can hold it; ``response``
     is kept as a digest and its ``_metadata``, except for a policy denial, whose content is not
-    kept at all (its metadata comes in ``response`` and is stored alone).
+    kept at all (its metadata comes in ``response`` and is stored alone). The event logs its
+    evidence carries are kept once per digest beside the record (:mod:`nomyo_audit.audit._blobs`).
     """
     summary = error_summary(error)
 
-    def build(seq: int, salt: bytes) -> bytes:
-        return build_record(
-            seq=seq,
-            timestamp=time.time(),
-            salt=salt,
-            payload_id=call.payload_id,
-            router=router,
-            server_key=server_key,
-            model=call.model if request is not None else None,
-            security_tier=call.security_tier,
-            outcome=outcome,
-            request=request,
-            response=response if outcome != "policy_denied" else None,
-            error=summary,
-            policy=policy,
-            metadata=(response or {}).get("_metadata"),
-        )
+    def write() -> None:  # decoding and hashing logs of MBs: off the event loop, like the write
+        metadata, blobs = detach_logs((response or {}).get("_metadata"))
 
-    await asyncio.to_thread(log.append, call.payload_id, build)
+        def build(seq: int, salt: bytes) -> bytes:
+            return build_record(
+                seq=seq,
+                timestamp=time.time(),
+                salt=salt,
+                payload_id=call.payload_id,
+                router=router,
+                server_key=server_key,
+                model=call.model if request is not None else None,
+                security_tier=call.security_tier,
+                outcome=outcome,
+                request=request,
+                response=response if outcome != "policy_denied" else None,
+                error=summary,
+                policy=policy,
+                metadata=metadata,
+            )
+
+        log.append(call.payload_id, build, blobs=blobs)
+
+    await asyncio.to_thread(write)
 
 
 def error_summary(error: BaseException | None) -> dict[str, Any] | None:

@@ -15,11 +15,12 @@ time, so a log of millions of records is appraised in flat memory.
 
 import datetime as _dt
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..audit._blobs import BlobReader, attach_logs
 from ..errors import EvidenceError
 from ..tpm._anchoring import Anchoring, recorded_anchoring
 from ..tpm._binding import legacy_content_digest, recorded_content_digest, response_content_digest
@@ -160,7 +161,9 @@ def _record(source: str, value: object) -> Record:
     )
 
 
-def stored_records(rows: Iterable[bytes], origin: str) -> Iterator[Record]:
+def stored_records(
+    rows: Iterable[bytes], origin: str, blob: Callable[[str], bytes | None] | None = None
+) -> Iterator[Record]:
     """Audit-log records (each one record's stored bytes) as verification inputs, one at a time.
 
     The quote is checked against the ``payload_id`` the record was written for,
@@ -169,17 +172,31 @@ def stored_records(rows: Iterable[bytes], origin: str) -> Iterator[Record]:
     freshness as of then. ``origin`` names the log in each record's source
     (``origin#seq``). The rows are records the log has already checked against
     their own bytes (``AuditLog.store.records``); a row that is not JSON raises
-    :class:`ValueError`.
+    :class:`ValueError`. ``blob`` reads the event logs the records reference by digest
+    (``AuditLog.store.blob``): see :func:`stored_record`.
     """
+    reader = BlobReader(blob)
     for data in rows:
-        yield stored_record(json.loads(data), origin)
+        yield stored_record(json.loads(data), origin, reader)
 
 
-def stored_record(document: Mapping[str, Any], origin: str) -> Record:
+def stored_record(
+    document: Mapping[str, Any],
+    origin: str,
+    blob: "BlobReader | Callable[[str], bytes | None] | None" = None,
+) -> Record:
     """One audit-log record (its decoded stored document) as a verification input, as
-    :func:`stored_records` and a report's re-appraisal read it. The document is not changed."""
+    :func:`stored_records` and a report's re-appraisal read it. The document is not changed.
+
+    The event logs a record keeps by digest (``event_log_sha256``, ``ima_log_sha256``) are put
+    back as the reply carried them, read through ``blob`` (``AuditLog.store.blob``), so stored
+    logs are appraised again against new rules. Raises :class:`nomyo_audit.errors.IntegrityError`
+    (exit 3) when a referenced log is missing (or no ``blob`` is given) or does not hash to its
+    digest: never a verdict without the evidence the record names."""
     metadata = document.get("metadata")
     metadata = dict(metadata) if isinstance(metadata, Mapping) else {}
+    reader = blob if isinstance(blob, BlobReader) else BlobReader(blob)
+    metadata = dict(attach_logs(metadata, reader, f"{origin}#{document.get('seq')}"))
     # the quote is checked against the request the record was written for, never the router's word
     metadata["payload_id"] = document.get("payload_id")
     metadata.setdefault("security_tier", document.get("security_tier"))

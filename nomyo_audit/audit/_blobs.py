@@ -1,0 +1,214 @@
+"""Event logs kept once, by digest: what a record stores instead of the logs a reply carries. Pure.
+
+A reply's ``tpm_attestation`` may carry a TCG event log (``event_log_b64``, tens of KB) and an
+IMA measurement list (``ima_log_b64``, up to MBs), mostly the same ones reply after reply.
+Kept in every record they would swell the log a thousandfold, so a record keeps
+``event_log_sha256`` / ``ima_log_sha256`` (hex SHA-256 of the decoded bytes) instead, and the
+bytes go once per digest into the store's blobs table, in the record's own transaction
+(:func:`detach_logs`). Re-appraisal puts them back (:class:`BlobReader`, :func:`attach_logs`):
+a missing blob or one that does not hash to its digest is an :class:`IntegrityError`, never a
+silent pass. :func:`blob_problems` is what ``log verify`` checks.
+
+A field that is not canonical base64 is kept as it came (the verdict already failed on it):
+only a value that decodes and re-encodes to the very same text is replaced, so putting it back
+gives the verifier exactly what the reply carried. A reply's own ``*_sha256`` field of that name
+(no part of the protocol, the router's word) is not kept: in a record the name always means a blob.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from ..errors import IntegrityError
+
+__all__ = [
+    "EVIDENCE_PATHS",
+    "LOG_FIELDS",
+    "BlobReader",
+    "attach_logs",
+    "blob_problems",
+    "detach_logs",
+    "is_digest",
+    "references",
+]
+
+#: (field a reply carries, field a record keeps instead, what it is called in messages)
+LOG_FIELDS = (
+    ("event_log_b64", "event_log_sha256", "event log"),
+    ("ima_log_b64", "ima_log_sha256", "IMA log"),
+)
+#: Where in a record's ``metadata`` evidence with logs sits: the reply's, and the router key's.
+EVIDENCE_PATHS = (("tpm_attestation",), ("key_attestation", "tpm_attestation"))
+
+#: The bytes a record with a blob reference holds (canonical JSON and Python's json alike).
+_MARKER = b'_log_sha256":"'
+
+
+def is_digest(value: Any) -> bool:
+    """A blob key: 64 lowercase hex characters."""
+    return (
+        isinstance(value, str)
+        and len(value) == 64
+        and value.isascii()
+        and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+def _decoded(value: Any) -> bytes | None:
+    """The bytes of canonical base64 text (decodes and re-encodes to the same text), else None."""
+    if not isinstance(value, str) or not value.isascii():
+        return None
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if base64.b64encode(raw).decode("ascii") == value else None
+
+
+def _evidence(metadata: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any] | None:
+    node: Any = metadata
+    for key in path:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node if isinstance(node, Mapping) else None
+
+
+def _replace(metadata: Mapping[str, Any], path: tuple[str, ...], evidence: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``metadata`` with the dict at ``path`` replaced (the dicts on its way copied)."""
+    top = dict(metadata)
+    node = top
+    for key in path[:-1]:
+        node[key] = dict(node[key])
+        node = node[key]
+    node[path[-1]] = evidence
+    return top
+
+
+def detach_logs(metadata: Mapping[str, Any] | None) -> tuple[Mapping[str, Any] | None, dict[str, bytes]]:
+    """``metadata`` as a record keeps it (logs replaced by their digests) and the blobs to store with it.
+
+    ``metadata`` itself is never changed; it is returned as is when it carries no log.
+    """
+    blobs: dict[str, bytes] = {}
+    if not isinstance(metadata, Mapping):
+        return metadata, blobs
+    result: Mapping[str, Any] = metadata
+    for path in EVIDENCE_PATHS:
+        evidence = _evidence(result, path)
+        if evidence is None or not any(f in evidence for fields in LOG_FIELDS for f in fields[:2]):
+            continue
+        kept = dict(evidence)
+        for carried, reference, _ in LOG_FIELDS:
+            kept.pop(reference, None)  # the router's word; in a record the name means a blob
+            raw = _decoded(kept.get(carried))
+            if raw is not None:
+                digest = hashlib.sha256(raw).hexdigest()
+                blobs[digest] = raw
+                del kept[carried]
+                kept[reference] = digest
+        result = _replace(result, path, kept)
+    return result, blobs
+
+
+def references(metadata: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
+    """(what, digest as stored) of every blob reference in a record's ``metadata``."""
+    for path in EVIDENCE_PATHS:
+        evidence = _evidence(metadata, path)
+        if evidence is not None:
+            for _, reference, what in LOG_FIELDS:
+                if reference in evidence:
+                    yield what, evidence[reference]
+
+
+class BlobReader:
+    """Blobs by digest from a store's lookup, checked against their digest, the last few kept encoded.
+
+    A record after record re-appraisal reads the same log again and again: it is fetched,
+    hashed and base64-encoded once while it stays among the last ``keep`` read.
+    """
+
+    def __init__(self, lookup: Callable[[str], bytes | None] | None, keep: int = 4) -> None:
+        self._lookup = lookup
+        self._keep = keep
+        self._encoded: OrderedDict[str, str] = OrderedDict()
+
+    def encoded(self, digest: Any, where: str, what: str) -> str:
+        """The blob ``digest`` names as base64; :class:`IntegrityError` when it is missing or altered."""
+        if not is_digest(digest):
+            raise IntegrityError(f"{where}: its {what} reference is not a SHA-256 digest (altered)")
+        cached = self._encoded.get(digest)
+        if cached is not None:
+            self._encoded.move_to_end(digest)
+            return cached
+        data = self._lookup(digest) if self._lookup is not None else None
+        if data is None:
+            raise IntegrityError(
+                f"{where}: the {what} it references (sha256 {digest[:16]}...) is missing from the log's blobs"
+            )
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise IntegrityError(
+                f"{where}: the stored {what} (sha256 {digest[:16]}...) does not hash to its digest (altered)"
+            )
+        text = base64.b64encode(data).decode("ascii")
+        self._encoded[digest] = text
+        while len(self._encoded) > self._keep:
+            self._encoded.popitem(last=False)
+        return text
+
+
+def attach_logs(metadata: Mapping[str, Any], reader: BlobReader, where: str) -> Mapping[str, Any]:
+    """``metadata`` with every blob reference replaced by the log's base64, as the reply carried it.
+
+    ``metadata`` itself is never changed. Raises :class:`IntegrityError` (exit 3) for a reference
+    whose blob is missing or does not hash to it.
+    """
+    result = metadata
+    for path in EVIDENCE_PATHS:
+        evidence = _evidence(result, path)
+        if evidence is None or not any(fields[1] in evidence for fields in LOG_FIELDS):
+            continue
+        kept = dict(evidence)
+        for carried, reference, what in LOG_FIELDS:
+            if reference in kept:
+                kept[carried] = reader.encoded(kept.pop(reference), where, what)
+        result = _replace(result, path, kept)
+    return result
+
+
+def blob_problems(
+    records: Iterable[tuple[Any, Any]], blobs: Iterable[tuple[Any, Any]], limit: int = 20
+) -> list[str]:
+    """What ``log verify`` finds wrong with the blobs: each must hash to its key, each reference be kept.
+
+    ``records`` are (seq, bytes) rows, ``blobs`` (key, bytes) rows, both as stored (unchecked).
+    Only records whose bytes hold a reference are parsed, so a log without logs costs one scan.
+    At most ``limit`` problems are named.
+    """
+    problems: list[str] = []
+    present: set[str] = set()
+    for key, data in blobs:
+        if not is_digest(key) or type(data) is not bytes:
+            problems.append(f"blob {str(key)[:70]!r}: not a SHA-256 key with bytes (altered)")
+        elif hashlib.sha256(data).hexdigest() != key:
+            problems.append(f"blob {key[:16]}...: its bytes do not hash to its key (altered)")
+        else:
+            present.add(key)
+    for seq, data in records:
+        if type(data) is not bytes or _MARKER not in data:
+            continue
+        try:
+            document = json.loads(data)
+        except (ValueError, RecursionError):
+            continue  # the record pass names bytes that are not a record
+        metadata = document.get("metadata") if isinstance(document, dict) else None
+        for what, digest in references(metadata) if isinstance(metadata, Mapping) else ():
+            if not is_digest(digest):
+                problems.append(f"record {seq}: its {what} reference is not a SHA-256 digest (altered)")
+            elif digest not in present:
+                problems.append(f"record {seq}: the {what} it references ({digest[:16]}...) is missing")
+    return problems[:limit]
