@@ -65,7 +65,8 @@ def windows() -> tuple[dict, bytes]:
     at += 2 + int.from_bytes(creation[at : at + 2], "big") + 1 + 2
     at += 2 + int.from_bytes(creation[at : at + 2], "big")
     parent = creation[at + 2 : at + 2 + int.from_bytes(creation[at : at + 2], "big")]
-    assert all(p["DigestAlg"] == 3 for p in doc["Log"]["PCRs"])  # Go's crypto.SHA1
+    pcrs = doc["Log"]["PCRs"]
+    assert all(p["DigestAlg"] == 3 for p in pcrs)  # Go's crypto.SHA1
     block = {
         "is_available": True,
         "quote_b64": doc["Quote"]["Quote"],
@@ -73,10 +74,14 @@ def windows() -> tuple[dict, bytes]:
         "aik_pubkey_b64": b64(tpm2b(base64.b64decode(doc["AK"]["Public"]))),
         "aik_parent_qualified_name_b64": b64(parent),
         "pcr_banks": f"sha1:{ALL_PCRS}",
-        "pcr_values": {"sha1": {str(p["Index"]): base64.b64decode(p["Digest"]).hex() for p in doc["Log"]["PCRs"]}},
+        "pcr_values": {"sha1": {str(p["Index"]): base64.b64decode(p["Digest"]).hex() for p in pcrs}},
         "event_log_b64": doc["Log"]["Raw"],
     }
     return block, base64.b64decode(doc["Log"]["Raw"])
+
+
+def no_nonce(log: bytes):
+    return verify_attestation(cos_block("gce-cos-85-no-nonce", "sha256", log), None, expected_nonce=b"")
 
 
 def problems(verdict) -> dict[str, str]:
@@ -107,7 +112,8 @@ def test_real_gce_log_replays_to_the_real_quote_in_each_bank(name, bank):
 
 def test_real_gce_log_needs_the_real_nonce_too():
     """The log replays, but a quote for another nonce still fails: the log adds no trust of its own."""
-    verdict = verify_attestation(cos_block("gce-cos-85-nonce9009", "sha256"), None, expected_nonce=b"\x90\x08")
+    block = cos_block("gce-cos-85-nonce9009", "sha256")
+    verdict = verify_attestation(block, None, expected_nonce=b"\x90\x08")
     assert problems(verdict) == {"nonce_binding": "nonce_mismatch"}
 
 
@@ -140,7 +146,7 @@ def _sha256_digest_offset(log: bytes, pcr: int) -> int:
 def test_one_flipped_byte_in_a_real_digest_fails(pcr):
     log = bytearray((FIXTURES / "gce-cos-85-no-nonce" / "event_log.bin").read_bytes())
     log[_sha256_digest_offset(bytes(log), pcr)] ^= 0x01
-    verdict = verify_attestation(cos_block("gce-cos-85-no-nonce", "sha256", bytes(log)), None, expected_nonce=b"")
+    verdict = no_nonce(bytes(log))
     finding = verdict.finding("event_log")
     assert (finding.status, finding.code) == ("fail", "event_log_mismatch")
     assert f"sha256 PCR {pcr}:" in finding.detail and "first divergent: event" in finding.detail
@@ -155,7 +161,7 @@ def test_one_flipped_byte_in_the_secure_boot_variable_loses_the_fact():
     at = log.index(name) + len(name)  # the variable's one data byte, 0x01, follows its name
     assert log[at] == 1
     log[at] = 0
-    verdict = verify_attestation(cos_block("gce-cos-85-no-nonce", "sha256", bytes(log)), None, expected_nonce=b"")
+    verdict = no_nonce(bytes(log))
     assert verdict.finding("event_log").status == "pass"  # every digest still replays
     assert verdict.facts["measured_boot"].get("secure_boot") is None  # not "disabled": unproven
 
@@ -193,7 +199,8 @@ def _serialized_pcrs(bank: str, values: dict[str, str]) -> bytes:
     out = selection + struct.pack("<I", len(chunks))
     for chunk in chunks:
         out += struct.pack("<I", len(chunk))
-        out += b"".join(struct.pack("<H", len(d)) + d.ljust(64, b"\0") for d in chunk + [b""] * (8 - len(chunk)))
+        padded = chunk + [b""] * (8 - len(chunk))
+        out += b"".join(struct.pack("<H", len(d)) + d.ljust(64, b"\0") for d in padded)
     return out
 
 
@@ -239,8 +246,8 @@ def test_tpm2_checkquote_agrees_on_the_real_quote_and_log(tools, name, bank, tmp
     assert ours.passed
     result = _checkquote(tmp_path, name, bank, log=True)
     assert result.returncode != 0 and "Eventlog and quote PCR mismatch" in result.stderr
-    theirs = {int(line.split("PCR")[1].split()[0]) for line in result.stderr.splitlines() if "mismatch" in line
-              and line.startswith("WARN: PCR")}  # fmt: skip
+    warned = [line for line in result.stderr.splitlines() if line.startswith("WARN: PCR")]
+    theirs = {int(line.removeprefix("WARN: PCR").split()[0]) for line in warned if "mismatch" in line}
     extended = {m.pcr for m in ours.measurements.event_log_match.pcrs}
     values = ours.facts["pcr_values"][bank]
     # every PCR tpm2_checkquote calls a mismatch is one the log never extends and is not zero
