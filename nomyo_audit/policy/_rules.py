@@ -392,6 +392,8 @@ def _unusable_time(processed: object) -> RuleOutcome:
     return RuleOutcome("max_age", "fail", detail)
 
 
+from ._measured_rules import MEASURED_RULES  # noqa: E402  # it builds RuleOutcome, defined above
+
 #: Each rule's name in ``spec`` and its compiler, in the order outcomes are reported.
 RULES: tuple[tuple[str, Callable[[Any, PolicySpec], Check]], ...] = (
     ("require_attestation", _require_attestation),
@@ -405,4 +407,5 @@ RULES: tuple[tuple[str, Callable[[Any, PolicySpec], Check]], ...] = (
     ("memory_protection", _memory_protection),
     ("cuda_device", _cuda_device),
     ("max_age", _max_age),
+    *MEASURED_RULES,  # secure_boot, boot_events, kernel_cmdline, ima, serving_stack
 )
