@@ -14,6 +14,7 @@ import yaml
 from .._files import write_file
 from ..errors import EvidenceError, ExitCode
 from ..policy import PolicyError, load_policy, verify_record
+from ..policy._learn import EventReferences
 from ..tpm._verify import Verdict
 from ._verify import records_from
 
@@ -82,6 +83,13 @@ def show(file: str) -> None:
     is_flag=True,
     help="Make all-zero PCR values golden (nothing was measured into them).",
 )
+@click.option(
+    "--golden-pcrs/--no-golden-pcrs",
+    default=True,
+    show_default=True,
+    help="Golden values also for the PCRs an event log proves (--no-golden-pcrs: the event rules "
+    "judge those PCRs' events, so an update is accepted by adding its digest).",
+)
 def from_evidence(
     files: tuple[str, ...],
     output: Path,
@@ -90,14 +98,17 @@ def from_evidence(
     force: bool,
     allow_software_attester: bool,
     allow_zero_pcrs: bool,
+    golden_pcrs: bool,
 ) -> None:
-    """Bootstrap golden PCR values (and AIK pins) from observed evidence.
+    """Bootstrap golden PCR values, AIK pins and event references from observed evidence.
 
     Only evidence that verifies contributes: values from a quote that does not
     verify are never made golden. Evidence from a software attester, and PCRs
     that hold all zeros, are refused unless allowed explicitly: golden values
-    made from them would accept machines that prove nothing. Review the result
-    before you rely on it.
+    made from them would accept machines that prove nothing. From the events a
+    quote proves (event_log_b64, ima_log_b64), it learns secure_boot,
+    boot_events (firmware, boot applications), kernel_cmdline, ima digests and
+    serving_stack. Review the result before you rely on it.
 
     \b
     Example:
@@ -108,6 +119,7 @@ def from_evidence(
     golden: dict[str, dict[str, list[str]]] = {}
     selection: dict[str, set[int]] = {}
     pins: list[str] = []
+    events = EventReferences()
     used = skipped = 0
     for file in files:
         for record in records_from(file):
@@ -132,18 +144,28 @@ def from_evidence(
                     selection.setdefault(bank, set()).add(int(index))
             if verdict.facts["aik_fingerprint"] not in pins:
                 pins.append(verdict.facts["aik_fingerprint"])
+            events.add(verdict)
     if not used:
         raise EvidenceError(f"no verified evidence in {', '.join(files)}", code="no_evidence")
+    judged_by_events = set() if golden_pcrs else events.proven_pcrs
+    pcrs = {
+        bank: {
+            int(i): v
+            for i, v in sorted(golden[bank].items(), key=lambda kv: int(kv[0]))
+            if int(i) not in judged_by_events
+        }
+        for bank in golden
+    }
     spec: dict[str, Any] = {
         "require_attestation": True,
         "pcr_selection": {bank: sorted(indices) for bank, indices in selection.items()},
-        "pcrs": {
-            bank: {int(i): v for i, v in sorted(golden[bank].items(), key=lambda kv: int(kv[0]))}
-            for bank in golden
-        },
+        "pcrs": {bank: values for bank, values in pcrs.items() if values},
         "aik_trust": {"mode": "pinned", "pinned": pins} if pin_aik else {"mode": "any"},
+        **events.spec(),
         "on_failure": "deny",
     }
+    if not spec["pcrs"]:
+        del spec["pcrs"]
     document = {
         "apiVersion": "nomyo-audit/v1",
         "kind": "AttestationPolicy",
@@ -155,7 +177,8 @@ def from_evidence(
     write_file(output, text.encode(), mode=0o644, overwrite=force)  # never through a symlink
     load_policy(output)  # what we write must lint
     click.echo(
-        f"wrote {output}: {sum(len(v) for v in golden.values())} PCR(s), {len(pins)} AIK(s); "
+        f"wrote {output}: {sum(len(v) for v in pcrs.values())} PCR(s), {len(pins)} AIK(s), "
+        f"event references from {events.logs} event log(s) and {events.ima_lists} IMA list(s); "
         f"{skipped} record(s) skipped",
         err=True,
     )
