@@ -26,6 +26,7 @@ from ..errors import ConfigurationError, ExitCode, NomyoAuditError
 from ._ca import ca_group
 from ._chat import chat
 from ._demo import demo
+from ._eventlog import eventlog_group
 from ._log import keys_group, log_group
 from ._policy import policy_group
 from ._report import report, verify_report
@@ -302,6 +303,7 @@ cli.add_command(keys_group)
 cli.add_command(report)
 cli.add_command(ca_group)
 cli.add_command(verify_report)
+cli.add_command(eventlog_group)
 
 
 def main(argv: list[str] | None = None) -> int:
