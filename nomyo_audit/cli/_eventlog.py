@@ -65,7 +65,7 @@ def _records(stream: BinaryIO, ima: bool, bank: str) -> Iterator[tuple[dict[str,
             shown = record["path"] if record["path"] is not None else "(buffer)"
             yield (
                 record,
-                f"{entry.number:6d}  PCR {entry.pcr:2d}  {entry.template_name:8s} {record['digest']}  {shown}",
+                f"{entry.number:6d}  PCR {entry.pcr:2d}  {entry.template_name} {record['digest']}  {shown}",
             )
     else:
         for event in iter_event_log(stream):

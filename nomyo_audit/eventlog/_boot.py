@@ -136,7 +136,10 @@ def summarize_boot(log: EventLog, match: LogMatch, bank: str = "sha256") -> Boot
         elif event.pcr == 0 and event.type == EV_S_CRTM_VERSION and info.data_verified:
             summary["crtm_version"] = str(info.fields["version"])[:_MAX_TEXT]
         elif event.pcr == 4 and event.type == EV_EFI_BOOT_SERVICES_APPLICATION:
-            _add(summary["boot_applications"], {"digest": digest, "path": str(info.fields["device_path"])})
+            _add(
+                summary["boot_applications"],
+                {"digest": digest, "path": str(info.fields.get("device_path", ""))},
+            )
         elif event.pcr in (8, 9) and event.type == EV_IPL:
             if info.kind == "kernel_cmdline" and info.data_verified:
                 if len(summary["kernel_cmdlines"]) < _MAX_ITEMS:
