@@ -279,8 +279,9 @@ def kernel_cmdline(value: Mapping[str, list[str]], spec: PolicySpec) -> Check:
             return _unproven("kernel_cmdline", "the kernel command line", finding)
         boot = verdict.facts.get("measured_boot")
         stated = boot.get("kernel_cmdlines") if isinstance(boot, Mapping) else None
-        lines = tuple(x for x in stated if isinstance(x, str)) if isinstance(stated, list) else ()
-        return _cached(outcomes, lines, lambda: outcome(lines, finding.code))
+        lines = tuple(stated) if isinstance(stated, list) else ()  # the verifier's: strings, <= 64
+        found = outcomes.get(lines)
+        return found if found is not None else _cached(outcomes, lines, lambda: outcome(lines, finding.code))
 
     return check
 
@@ -331,15 +332,39 @@ def serving_stack(value: Mapping[str, Any], spec: PolicySpec) -> Check:
     from ._rules import RuleOutcome
 
     versions = tuple(value.get("router_versions", ()))
+    matches_version = re.compile("|".join(map(fnmatch.translate, versions or ("*",)))).match
     code = frozenset(value.get("router_code", ()))
     models: Mapping[str, frozenset[str] | None] = {
         name: None if allowed == "any" else frozenset(allowed)
         for name, allowed in value.get("models", {}).items()
     }
     findings = ("event_log_matches",)
+    # by (version, code digest, model, whether it is measured, its weights): a router repeats them
+    outcomes: dict[tuple[Any, ...], Any] = {}
 
     def failed(detail: str) -> Any:
         return RuleOutcome("serving_stack", "fail", detail, findings)
+
+    def outcome(version: Any, digest: Any, model: Any, measured: bool, weights: Any) -> Any:
+        shown: list[str] = []
+        if versions or code:
+            if not isinstance(version, str) or not matches_version(version):
+                return failed(f"router version {version!r} matches none of {', '.join(versions)}")
+            if code and digest not in code:
+                return failed(f"router code {digest!r} is not in serving_stack.router_code")
+            shown.append(f"router {version}")
+        if models:
+            if not isinstance(model, str):
+                return failed("the reply's model is not known, so its measurement cannot be checked")
+            if model not in models:
+                return failed(f"model {model[:120]!r} is not listed in serving_stack.models")
+            if not measured:
+                return failed(f"model {model[:120]!r} is not measured in the proven serving stack")
+            allowed = models[model]
+            if allowed is not None and weights not in allowed:
+                return failed(f"model {model[:120]!r} weights {weights!r} are not an allowed digest")
+            shown.append(f"model {model[:120]!r} ({'measured' if allowed is None else 'allowed weights'})")
+        return RuleOutcome("serving_stack", "pass", f"proven: {', '.join(shown)}", findings)
 
     def check(metadata: Any, verdict: Verdict, model: str | None, now: Any) -> Any:
         finding = _log_finding(verdict, _EVENT_LOG)
@@ -353,32 +378,15 @@ def serving_stack(value: Mapping[str, Any], spec: PolicySpec) -> Check:
                 else "no PCR 23 event is proven"
             )
             return failed(f"the serving stack is unproven: {why}")
-        measured_router: object = stack.get("router")
-        router = measured_router if isinstance(measured_router, Mapping) else {}
-        shown: list[str] = []
-        if versions or code:
-            version, digest = router.get("version"), router.get("code_sha256")
-            if not isinstance(version, str) or not any(
-                fnmatch.fnmatchcase(version, p) for p in versions or ("*",)
-            ):
-                return failed(f"router version {version!r} matches none of {', '.join(versions)}")
-            if code and digest not in code:
-                return failed(f"router code {digest!r} is not in serving_stack.router_code")
-            shown.append(f"router {version}")
-        if models:
-            if not isinstance(model, str):
-                return failed("the reply's model is not known, so its measurement cannot be checked")
-            if model not in models:
-                return failed(f"model {model[:120]!r} is not listed in serving_stack.models")
-            measured_models = stack.get("models")
-            measured = measured_models.get(model) if isinstance(measured_models, Mapping) else None
-            if not isinstance(measured, Mapping):
-                return failed(f"model {model[:120]!r} is not measured in the proven serving stack")
-            allowed, weights = models[model], measured.get("weights_sha256")
-            if allowed is not None and weights not in allowed:
-                return failed(f"model {model[:120]!r} weights {weights!r} are not an allowed digest")
-            shown.append(f"model {model[:120]!r} ({'measured' if allowed is None else 'allowed weights'})")
-        return RuleOutcome("serving_stack", "pass", f"proven: {', '.join(shown)}", findings)
+        router: Any = stack.get("router")
+        router = router if isinstance(router, Mapping) else {}
+        measured_models: Any = stack.get("models")
+        identity = measured_models.get(model) if isinstance(measured_models, Mapping) and model else None
+        measured = isinstance(identity, Mapping)
+        weights = identity.get("weights_sha256") if measured else None  # type: ignore[union-attr]
+        key = (router.get("version"), router.get("code_sha256"), model, measured, weights)
+        found = outcomes.get(key)
+        return found if found is not None else _cached(outcomes, key, lambda: outcome(*key))
 
     return check
 
