@@ -174,3 +174,17 @@ def test_cli_bad_log_is_exit_2_with_the_code(tmp_path, capsys):
     for command in ("show", "replay"):
         assert main(["eventlog", command, str(path)]) == 2
         assert "error[eventlog_truncated]" in capsys.readouterr().err
+
+
+def test_the_cli_example_of_docs_event_logs_md_is_true(capsys):
+    """Every output line shown in docs/event-logs.md's CLI example is a line the command prints."""
+    doc = (Path(__file__).parent.parent / "docs" / "event-logs.md").read_text()
+    example = doc.split("## CLI", 1)[1].split("```", 2)[1]
+    commands = [line[2:] for line in example.splitlines() if line.startswith("$ ")]
+    lines = example.splitlines()[1:]
+    shown = [line for line in lines if line and not line.startswith("$ ") and line != "..."]
+    printed = []
+    for command in commands:
+        assert main(command.split()[1:]) == 0
+        printed += capsys.readouterr().out.splitlines()
+    assert len(commands) == 2 and shown and all(line in printed for line in shown), shown
