@@ -3,7 +3,11 @@
     .venv/bin/python bench/audit_bench.py [--verify-records 1000000] [--report-records 100000]
 
 Records are realistic: a full record as the client writes it, with a TPM quote from the
-software attester in its _metadata (about 3.4 KB each). Each phase runs in its own process,
+software attester in its _metadata (about 3.4 KB each). The reply also carries a TCG event
+log (40 KB) and an IMA list (1 MB), the same ones reply after reply as from one machine; the
+record keeps them by digest and the log's blobs table keeps their bytes once (_blobs.detach_logs,
+as the client does); --no-logs leaves them out (the records of before issue 14).
+Each phase runs in its own process,
 pinned to one core; its wall time and peak RSS (from wait4) are reported.
 
 * append: AuditLog.append, one BEGIN IMMEDIATE transaction per record, WAL, synchronous=FULL;
@@ -14,6 +18,7 @@ pinned to one core; its wall time and peak RSS (from wait4) are reported.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import platform
@@ -29,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nomyo_audit.attest._attester import TPMAttester
 from nomyo_audit.attest._software import SoftwareTPM
 from nomyo_audit.audit import AuditLog
+from nomyo_audit.audit._blobs import detach_logs
 from nomyo_audit.audit._fields import record_fields
 from nomyo_audit.audit._merkle import Frontier, leaf_hash
 from nomyo_audit.audit._note import Checkpoint, sign_checkpoint
@@ -38,6 +44,10 @@ from nomyo_audit.tpm._measurements import measure_demo_boot
 from nomyo_audit.tpm._verify import verify_attestation
 
 CLI = [sys.executable, "-m", "nomyo_audit.cli._main"]
+
+
+EVENT_LOG_BYTES, IMA_LOG_BYTES = 40_000, 1_000_000
+WITH_LOGS = "--no-logs" not in sys.argv
 
 
 def template_record() -> tuple[dict, dict]:
@@ -70,10 +80,13 @@ def template_record() -> tuple[dict, dict]:
         "tpm_attestation": block,
         "verification": verdict.to_dict(),
     }
+    if WITH_LOGS:
+        block["event_log_b64"] = base64.b64encode(os.urandom(EVENT_LOG_BYTES)).decode()
+        block["ima_log_b64"] = base64.b64encode(os.urandom(IMA_LOG_BYTES)).decode()
     return {"model": "qwen3-8b", "messages": [{"role": "user", "content": "q" * 300}]}, response
 
 
-def record_builder(request: dict, response: dict, n: int):
+def record_builder(request: dict, response: dict, n: int, metadata: dict | None = None):
     def build(seq: int, salt: bytes) -> bytes:
         return build_record(
             seq=seq,
@@ -87,9 +100,19 @@ def record_builder(request: dict, response: dict, n: int):
             outcome="ok",
             request=request,
             response=response,
+            metadata=metadata,
         )
 
     return build
+
+
+def fresh_copy(response: dict) -> dict:
+    """The reply as a new parse would give it: the same logs, in new string objects."""
+    block = dict(response["_metadata"]["tpm_attestation"])
+    for name in ("event_log_b64", "ima_log_b64"):
+        if name in block:
+            block[name] = (block[name] + " ")[:-1]
+    return {**response, "_metadata": {**response["_metadata"], "tpm_attestation": block}}
 
 
 def phase_append(path: Path, count: int) -> None:
@@ -98,7 +121,9 @@ def phase_append(path: Path, count: int) -> None:
     with AuditLog(path) as log:
         start = time.perf_counter()
         for n in range(count):
-            log.append(f"pid-{n}", record_builder(request, response, n))
+            reply = fresh_copy(response)
+            metadata, blobs = detach_logs(reply["_metadata"])  # what the client's record_call does
+            log.append(f"pid-{n}", record_builder(request, reply, n, metadata), blobs=blobs)
         elapsed = time.perf_counter() - start
     print(
         json.dumps(
@@ -106,7 +131,9 @@ def phase_append(path: Path, count: int) -> None:
                 "appends": count,
                 "seconds": elapsed,
                 "per_second": count / elapsed,
-                "record_bytes": len(record_builder(request, response, 0)(0, bytes(32))),
+                "record_bytes": len(
+                    record_builder(request, response, 0, detach_logs(response["_metadata"])[0])(0, bytes(32))
+                ),
             }
         )
     )
@@ -115,9 +142,10 @@ def phase_append(path: Path, count: int) -> None:
 def build_large_log(path: Path, count: int, key: Ed25519PrivateKey) -> None:
     """Write ``count`` realistic records quickly (one transaction), with checkpoints every 100k."""
     request, response = template_record()
-    with AuditLog(path, key=key):
-        pass  # creates the schema, salt and origin
-    sample = record_builder(request, response, 0)(0, bytes(32))
+    metadata, blobs = detach_logs(response["_metadata"])
+    with AuditLog(path, key=key) as log:  # creates the schema, salt and origin, and keeps the blobs
+        log.append("pid-0", record_builder(request, response, 0, metadata), blobs=blobs)
+    sample = record_builder(request, response, 0, metadata)(0, bytes(32))
     moment = record_fields(sample)[1]  # type: ignore[index]
     db = sqlite3.connect(path)
     db.execute("PRAGMA journal_mode=WAL")
@@ -125,6 +153,9 @@ def build_large_log(path: Path, count: int, key: Ed25519PrivateKey) -> None:
     now = time.time()
     origin = db.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone()[0].decode()
     db.execute("BEGIN")
+    db.execute("DELETE FROM records")
+    db.execute("DELETE FROM checkpoints")
+    db.execute("DELETE FROM meta WHERE key = 'frontier'")
     rows = []
     for seq in range(count):
         data = sample.replace(b'"seq":0,', b'"seq":%d,' % seq).replace(b"pid-0", b"pid-%d" % seq)
@@ -186,7 +217,8 @@ def main() -> None:
     runs = []
     for run in range(args.append_runs):  # a fresh log each time; the disk's flush time varies
         append = subprocess.run(
-            [sys.executable, __file__, "append-child", str(work / f"append-{run}.db"), str(args.appends)],
+            [sys.executable, __file__, "append-child", str(work / f"append-{run}.db"), str(args.appends)]
+            + ([] if WITH_LOGS else ["--no-logs"]),
             capture_output=True,
             text=True,
             check=True,
@@ -237,6 +269,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if "--no-logs" in sys.argv:
+        sys.argv.remove("--no-logs")
     if len(sys.argv) == 4 and sys.argv[1] == "append-child":
         phase_append(Path(sys.argv[2]), int(sys.argv[3]))
     else:

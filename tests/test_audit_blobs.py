@@ -62,7 +62,9 @@ def reply(payload_id: str, **fields: object) -> dict:
     block.update(fields)
     verdict = verify_attestation(block, payload_id, content_digest=digest)  # as the client keeps it
     response["_metadata"] = {
-        "payload_id": payload_id, "tpm_attestation": block, "verification": verdict.to_dict()
+        "payload_id": payload_id,
+        "tpm_attestation": block,
+        "verification": verdict.to_dict(),
     }
     return response
 
@@ -71,8 +73,13 @@ def record(log: AuditLog, payload_id: str, response: dict, outcome: str = "ok") 
     call = CompletionCall(payload={"model": "echo", "messages": []}, payload_id=payload_id)
     asyncio.run(
         record_call(
-            log, call, router="https://r", server_key=None, outcome=outcome,
-            request=call.payload, response=response,
+            log,
+            call,
+            router="https://r",
+            server_key=None,
+            outcome=outcome,
+            request=call.payload,
+            response=response,
         )
     )
 

@@ -21,7 +21,9 @@ import base64
 import binascii
 import hashlib
 import json
-from collections import OrderedDict
+import re
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -46,8 +48,8 @@ LOG_FIELDS = (
 #: Where in a record's ``metadata`` evidence with logs sits: the reply's, and the router key's.
 EVIDENCE_PATHS = (("tpm_attestation",), ("key_attestation", "tpm_attestation"))
 
-#: The bytes a record with a blob reference holds (canonical JSON and Python's json alike).
-_MARKER = b'_log_sha256":"'
+#: A blob reference's bytes in a record (canonical JSON and Python's json alike), wherever it sits.
+_CANDIDATE = re.compile(rb'"(?:event|ima)_log_sha256":(?:"([0-9a-f]{64})")?')
 
 
 def is_digest(value: Any) -> bool:
@@ -60,15 +62,41 @@ def is_digest(value: Any) -> bool:
     )
 
 
-def _decoded(value: Any) -> bytes | None:
-    """The bytes of canonical base64 text (decodes and re-encodes to the same text), else None."""
-    if not isinstance(value, str) or not value.isascii():
-        return None
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return raw if base64.b64encode(raw).decode("ascii") == value else None
+class _Recent:
+    """The last few logs detached, (text, digest, bytes), so the same log reply after reply costs one
+    comparison of its text instead of a decode, a hash and an encode (milliseconds per MB).
+
+    Replies carry the same logs until the machine's state changes; the few kept are bounded
+    (``keep`` logs of at most the payload limit each) and compared exactly, never by a hash.
+    """
+
+    def __init__(self, keep: int = 4) -> None:
+        self._entries: deque[tuple[str, str, bytes]] = deque(maxlen=keep)
+        self._lock = threading.Lock()
+
+    def decoded(self, value: Any) -> tuple[str, bytes] | None:
+        """(SHA-256 hex, bytes) of canonical base64 text (decodes and re-encodes to it), else None."""
+        if not isinstance(value, str):
+            return None
+        with self._lock:
+            for text, digest, raw in self._entries:
+                if len(text) == len(value) and text == value:
+                    return digest, raw
+        if not value.isascii():
+            return None
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        if base64.b64encode(raw).decode("ascii") != value:
+            return None
+        digest = hashlib.sha256(raw).hexdigest()
+        with self._lock:
+            self._entries.append((value, digest, raw))
+        return digest, raw
+
+
+_RECENT = _Recent()
 
 
 def _evidence(metadata: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any] | None:
@@ -105,9 +133,9 @@ def detach_logs(metadata: Mapping[str, Any] | None) -> tuple[Mapping[str, Any] |
         kept = dict(evidence)
         for carried, reference, _ in LOG_FIELDS:
             kept.pop(reference, None)  # the router's word; in a record the name means a blob
-            raw = _decoded(kept.get(carried))
-            if raw is not None:
-                digest = hashlib.sha256(raw).hexdigest()
+            decoded = _RECENT.decoded(kept.get(carried))
+            if decoded is not None:
+                digest, raw = decoded
                 blobs[digest] = raw
                 del kept[carried]
                 kept[reference] = digest
@@ -186,8 +214,10 @@ def blob_problems(
     """What ``log verify`` finds wrong with the blobs: each must hash to its key, each reference be kept.
 
     ``records`` are (seq, bytes) rows, ``blobs`` (key, bytes) rows, both as stored (unchecked).
-    Only records whose bytes hold a reference are parsed, so a log without logs costs one scan.
-    At most ``limit`` problems are named.
+    The fast path searches each record's bytes for anything shaped like a reference: when every
+    one found names a kept blob there is nothing to report wherever it sits; only a record with
+    one that does not is parsed, to tell a reference the client wrote (a problem) from a field of
+    that name elsewhere in the router's metadata (none). At most ``limit`` problems are named.
     """
     problems: list[str] = []
     present: set[str] = set()
@@ -199,7 +229,9 @@ def blob_problems(
         else:
             present.add(key)
     for seq, data in records:
-        if type(data) is not bytes or _MARKER not in data:
+        if type(data) is not bytes or all(
+            m[1] is not None and m[1].decode() in present for m in _CANDIDATE.finditer(data)
+        ):
             continue
         try:
             document = json.loads(data)

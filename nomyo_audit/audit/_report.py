@@ -13,19 +13,22 @@ field the router sent. The attester kind is the router's own declaration,
 unauthenticated, and is reported as such: software-attested evidence is
 flagged "no hardware" (so is swtpm, a TPM in software), and nothing here claims a genuine TPM. An AIK
 is shown as anchored (:mod:`._report_anchor`) only where the record's own verdict anchored it, with
-what the anchor's certificates state; every other AIK is "not anchored".
+what the anchor's certificates state; every other AIK is "not anchored". What booted and what served
+(:mod:`._report_measured`) comes from the verdict facts of proven event logs only.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .._version import __version__
 from ..policy import Policy
+from ._blobs import BlobReader
 from ._records import rfc3339
 from ._report_anchor import Anchor, anchor_of, anchor_row
+from ._report_measured import MeasuredTally
 from ._report_record import (
     BEFORE_SENDING,
     Appraisal,
@@ -102,6 +105,8 @@ class _Tally:
         self.last_time: str | None = None
         self.first_seq: int | None = None
         self.last_seq: int | None = None
+        self.measured = MeasuredTally()
+        self.blob: Any = None  # reads the event logs records keep by digest, for re-appraisal
 
     def add(self, doc: Mapping[str, Any], policy: Policy | None, at: float | None) -> None:
         metadata = as_mapping(doc.get("metadata"))
@@ -117,11 +122,15 @@ class _Tally:
             status, label, reason = "denied", BEFORE_SENDING, not_sent
             evidence = as_mapping(key_evidence.get("tpm_attestation"))
         else:
-            appraisal = reappraised(doc, policy, at) if policy is not None and metadata else as_recorded(doc)
+            if policy is not None and metadata:
+                appraisal = reappraised(doc, policy, at, self.blob)
+            else:
+                appraisal = as_recorded(doc)
             status, reason = status_of(outcome, appraisal, error_code)
             label = status
             evidence = as_mapping(metadata.get("tpm_attestation"))
         self._count(doc, metadata, status, label, appraisal, evidence)
+        self.measured.add(as_label(doc.get("router")), as_text(doc.get("time")) or "", appraisal.facts)
         if status != "passed":
             self._sample(doc, outcome, label, reason, error_code, appraisal)
 
@@ -246,6 +255,7 @@ def build_report(
     policy: Policy | None = None,
     period: tuple[str | None, str | None] = (None, None),
     at: float | None = None,
+    blob: Callable[[str], bytes | None] | None = None,
 ) -> dict[str, Any]:
     """Aggregate record documents (as stored in the log) into the report document.
 
@@ -258,9 +268,15 @@ def build_report(
 
     ``log_state`` is the verified log the report stands on
     (:meth:`AuditLog.verified_state <nomyo_audit.audit.AuditLog.verified_state>`), or its
-    ``to_dict()`` form. Never raises for a malformed record: it is counted as failed.
+    ``to_dict()`` form. Never raises for a malformed record: it is counted as failed. ``blob``
+    (``AuditLog.store.blob``) reads the event logs records keep by digest, to re-appraise them;
+    a missing or altered one raises :class:`nomyo_audit.errors.IntegrityError`.
+
+    ``measured`` lists per router what booted and what served (the verdict facts of proven event
+    logs), each distinct state with when it was first and last seen and what changed.
     """
     tally = _Tally()
+    tally.blob = BlobReader(blob)
     for doc in records:
         tally.add(as_mapping(doc), policy, at)
     tally.finish()
@@ -327,6 +343,7 @@ def build_report(
                 tally.pcr_values.items(), key=lambda item: _pcr_order(*item[0])
             )[:MAX_DISTINCT]
         ],
+        "measured": tally.measured.section(),
         "failures": tally.failures,
         "failures_omitted": max(0, totals["failure_records"] - len(tally.failures)),
     }

@@ -107,11 +107,12 @@ def as_recorded(doc: Mapping[str, Any]) -> Appraisal:
     )
 
 
-def reappraised(doc: Mapping[str, Any], policy: Policy, at: float | None) -> Appraisal:
+def reappraised(doc: Mapping[str, Any], policy: Policy, at: float | None, blob: Any = None) -> Appraisal:
     """Verify the stored evidence again and evaluate ``policy``, at the record's time unless ``at``:
     the record read and appraised as ``verify --log`` does (:func:`nomyo_audit.policy.stored_record`),
-    so the anchor the client kept is re-checked against the policy's roots."""
-    record = stored_record(doc, "report")
+    so the anchor the client kept is re-checked against the policy's roots and the event logs it keeps
+    by digest are read back through ``blob`` (a ``_blobs.BlobReader`` or ``AuditLog.store.blob``)."""
+    record = stored_record(doc, "report", blob)
     moment = at if at is not None else record.received_at
     if moment is None or not math.isfinite(moment):
         detail = "the record's time is unreadable, so freshness cannot be judged"

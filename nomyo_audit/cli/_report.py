@@ -150,6 +150,7 @@ def report(
             policy=policy,
             period=(rfc3339(lo) if lo is not None else None, rfc3339(hi) if hi is not None else None),
             at=at,
+            blob=log.store.blob,
         )
     written = write_report(document, chosen, output, key, overwrite=force)
     click.echo(

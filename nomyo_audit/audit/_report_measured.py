@@ -1,0 +1,229 @@
+"""A report's measured-state section: per router, what booted and what served, and when it changed. Pure.
+
+It reads the verdict facts a record carries (or its re-appraisal gives): ``measured_boot``
+(secure boot, firmware, boot applications, kernels, command lines), ``serving_stack`` (router
+version and code digest, configuration, models and weights digests) and ``ima`` (entries, how
+many the quote proved). The verifier puts them there only for events the quote proved, so
+nothing here is the router's word.
+
+A router's *state* is its boot chain and serving stack; each distinct state is listed with the
+first and last time it was seen and what changed from the one before. Both summaries are
+functions of the event log the quote proved, so records are grouped by the log's digest and a
+state is built once per log, not once per record (a report over 100k records stays cheap). The
+IMA list grows as files are opened, so it is not part of the state: its entries are shown as a
+range.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from ._report_record import as_label, as_mapping, as_text
+
+__all__ = ["STATE_FIELDS", "MeasuredTally"]
+
+#: The parts of a state, in the order a report shows what changed.
+STATE_FIELDS = (
+    "secure_boot",
+    "crtm_version",
+    "firmware",
+    "boot_applications",
+    "kernels",
+    "kernel_cmdlines",
+    "router",
+    "config_sha256",
+    "upstream",
+    "models",
+)
+_MAX_ROUTERS = 50
+_MAX_STATES = 50
+_MAX_ITEMS = 64
+_MAX_TEXT = 1024
+
+
+def _text(value: Any) -> str | None:
+    return value[:_MAX_TEXT] if isinstance(value, str) else None
+
+
+def _rows(value: Any, keys: tuple[str, ...]) -> list[dict[str, str | None]]:
+    rows = value[:_MAX_ITEMS] if isinstance(value, list) else []
+    return [{k: _text(row.get(k)) for k in keys} for row in rows if isinstance(row, Mapping)]
+
+
+def _texts(value: Any) -> list[str]:
+    return [t for v in value[:_MAX_ITEMS] if (t := _text(v)) is not None] if isinstance(value, list) else []
+
+
+def _models(value: Any) -> dict[str, dict[str, str | None]]:
+    models = as_mapping(value)
+    return {
+        str(name)[:_MAX_TEXT]: {
+            k: _text(as_mapping(entry).get(k)) for k in ("source", "weights_sha256", "upstream_identity")
+        }
+        for name, entry in list(models.items())[:_MAX_ITEMS]
+    }
+
+
+def _state(boot: Mapping[str, Any], stack: Mapping[str, Any]) -> dict[str, Any]:
+    """What one record's facts say booted and served, bounded and JSON-ready."""
+    router = as_mapping(stack.get("router"))
+    secure_boot = boot.get("secure_boot")
+    return {
+        "measured_boot": bool(boot),
+        "secure_boot": secure_boot if secure_boot in ("enabled", "disabled") else None,
+        "crtm_version": _text(boot.get("crtm_version")),
+        "firmware": _rows(boot.get("firmware"), ("type", "digest", "description")),
+        "boot_applications": _rows(boot.get("boot_applications"), ("digest", "path")),
+        "kernels": _rows(boot.get("kernels"), ("digest", "path")),
+        "kernel_cmdlines": _texts(boot.get("kernel_cmdlines")),
+        "serving_stack": bool(stack),
+        "router": {k: _text(router.get(k)) for k in ("name", "version", "code_sha256")} if router else None,
+        "config_sha256": _text(stack.get("config_sha256")),
+        "upstream": _text(stack.get("upstream")),
+        "models": _models(stack.get("models")),
+        "log_sha256": _text(boot.get("log_sha256")) or _text(stack.get("log_sha256")),
+        "pcrs": [p for p in boot.get("pcrs") or [] if type(p) is int][:_MAX_ITEMS]
+        if isinstance(boot.get("pcrs"), list)
+        else [],
+    }
+
+
+def _log_key(summary: Mapping[str, Any], *fields: str) -> Any:
+    """What a summary is a function of: its log's digest and what the quote covered."""
+    key = tuple(summary.get(f) for f in fields)
+    try:
+        hash(key)
+    except TypeError:
+        return repr(key)
+    return key
+
+
+class _Seen:
+    """One grouping key's records: how many, first and last seen, and its state (built once)."""
+
+    __slots__ = ("first", "last", "records", "state")
+
+    def __init__(self, state: dict[str, Any], when: str) -> None:
+        self.state, self.first, self.last, self.records = state, when, when, 0
+
+
+class _Ima:
+    __slots__ = ("entries", "first", "last", "latest", "proven", "records", "violations")
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.entries: list[int] = []
+        self.proven = 0
+        self.violations = 0
+        self.first = self.last = ""
+        self.latest: dict[str, int] = {}
+
+
+def _count(value: Any) -> int | None:
+    return value if type(value) is int and value >= 0 else None
+
+
+class MeasuredTally:
+    """Per router: its distinct measured states with first/last seen, its unmeasured records, its IMA."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, Any, Any], _Seen] = {}
+        self._unmeasured: Counter[str] = Counter()
+        self._ima: dict[str, _Ima] = {}
+
+    def add(self, router: str, when: str, facts: Mapping[str, Any]) -> None:
+        """Count one record of ``router`` at ``when`` (its RFC 3339 time) with its verdict ``facts``."""
+        boot = as_mapping(facts.get("measured_boot"))
+        stack = as_mapping(facts.get("serving_stack"))
+        ima = facts.get("ima")
+        if ima is not None:
+            self._add_ima(router, when, as_mapping(ima))
+        if not boot and not stack:
+            self._unmeasured[router] += 1
+            return
+        key = (router, _log_key(boot, "log_sha256", "bank", "pcrs"), _log_key(stack, "log_sha256", "pcr"))
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = self._seen[key] = _Seen(_state(boot, stack), when)
+        seen.records += 1
+        if when:
+            seen.first = min(seen.first, when) if seen.first else when
+            seen.last = max(seen.last, when)
+
+    def _add_ima(self, router: str, when: str, ima: Mapping[str, Any]) -> None:
+        tally = self._ima.get(router)
+        if tally is None:
+            tally = self._ima[router] = _Ima()
+        tally.records += 1
+        entries, proven = _count(ima.get("entries")), _count(ima.get("proven"))
+        if entries is not None:
+            tally.entries = (
+                [min(tally.entries[0], entries), max(tally.entries[1], entries)]
+                if tally.entries
+                else [
+                    entries,
+                    entries,
+                ]
+            )
+        tally.proven = max(tally.proven, proven or 0)
+        tally.violations = max(tally.violations, _count(ima.get("violations")) or 0)
+        if when and when >= tally.last:
+            tally.last = when
+            tally.latest = {"entries": entries or 0, "proven": proven or 0}
+        if when and (not tally.first or when < tally.first):
+            tally.first = when
+
+    def section(self) -> list[dict[str, Any]]:
+        """The report's ``measured`` list: one entry per router, routers with most records first."""
+        by_router: dict[str, dict[str, dict[str, Any]]] = {}
+        for (router, _, _), seen in self._seen.items():
+            states = by_router.setdefault(router, {})
+            identity = json.dumps({k: v for k, v in seen.state.items() if k not in ("log_sha256", "pcrs")})
+            merged = states.get(identity)
+            if merged is None:
+                states[identity] = {
+                    **seen.state,
+                    "first_seen": seen.first,
+                    "last_seen": seen.last,
+                    "records": seen.records,
+                }
+            else:
+                merged["records"] += seen.records
+                merged["first_seen"] = min(merged["first_seen"], seen.first)
+                merged["last_seen"] = max(merged["last_seen"], seen.last)
+        routers = set(by_router) | set(self._unmeasured) | set(self._ima)
+        entries = [self._router(r, list(by_router.get(r, {}).values())) for r in routers]
+        entries.sort(key=lambda e: (-(e["records"] + e["unmeasured"]), e["router"]))
+        return entries[:_MAX_ROUTERS]
+
+    def _router(self, router: str, states: list[dict[str, Any]]) -> dict[str, Any]:
+        states.sort(key=lambda s: (s["first_seen"], s["last_seen"]))
+        previous: dict[str, Any] | None = None
+        for state in states:
+            state["changed"] = (
+                [] if previous is None else [f for f in STATE_FIELDS if state[f] != previous[f]]
+            )
+            previous = state
+        ima = self._ima.get(router)
+        return {
+            "router": as_label(router),
+            "records": sum(s["records"] for s in states),
+            "unmeasured": self._unmeasured[router],
+            "changed": len(states) > 1,
+            "states": states[-_MAX_STATES:],
+            "states_omitted": max(0, len(states) - _MAX_STATES),
+            "ima": None
+            if ima is None
+            else {
+                "records": ima.records,
+                "entries": ima.entries or None,
+                "proven_max": ima.proven,
+                "violations_max": ima.violations,
+                "latest": ima.latest or None,
+                "first_seen": as_text(ima.first) or None,
+                "last_seen": as_text(ima.last) or None,
+            },
+        }
