@@ -109,6 +109,11 @@ def without_log(block: dict) -> None:
     block.pop("ima_log_b64", None)
 
 
+def forged_values(block: dict) -> None:
+    """A PCR value the signed digest does not cover: no value is proved, so no log proves anything."""
+    block["pcr_values"]["sha256"]["0"] = "00" * 32
+
+
 def tampered_log(block: dict) -> None:
     """Drop the log's last event: the replay no longer reaches the quoted PCR 23."""
     log = ev.parse_event_log(base64.b64decode(block["event_log_b64"]))
@@ -140,6 +145,7 @@ def test_secure_boot_fails_when_proven_disabled():
     [
         (machine, without_log, "the reply carries no event log"),
         (machine, tampered_log, "the log did not match the quote"),
+        (machine, forged_values, "no PCR values were proved by a verified quote"),
         (lambda: machine("sha256:0,4,8,23"), None, "the log extends PCR 7 but the quote does not cover it"),
         (lambda: machine(secure_boot=None), None, "no proven PCR 7 event holds the SecureBoot variable"),
     ],
@@ -205,6 +211,7 @@ def test_boot_events_compare_only_digests_of_quoted_banks():
     [
         (ALL_PCRS, {}, without_log, "the boot events is unproven: the reply carries no event log"),
         (ALL_PCRS, {}, tampered_log, "the log did not match the quote"),
+        (ALL_PCRS, {}, forged_values, "no PCR values were proved by a verified quote"),
         (
             "sha256:4,7,8,23",
             {},
@@ -249,6 +256,7 @@ def test_kernel_cmdline_patterns(proven, rule, status):
     [
         (ALL_PCRS, {}, without_log, "the reply carries no event log"),
         (ALL_PCRS, {}, tampered_log, "the log did not match the quote"),
+        (ALL_PCRS, {}, forged_values, "no PCR values were proved by a verified quote"),
         ("sha256:0,4,7,23", {}, None, "the quote proves no command line"),
         (ALL_PCRS, {"cmdline": None}, None, "the quote proves no command line"),
     ],
@@ -320,6 +328,7 @@ def test_serving_stack_upstream_model_has_no_weights_digest():
     [
         (ALL_PCRS, without_log, "the serving stack is unproven: the reply carries no event log"),
         (ALL_PCRS, tampered_log, "the log did not match the quote"),
+        (ALL_PCRS, forged_values, "the serving stack is unproven: no PCR values were proved"),
         ("sha256:0,4,7,8", None, "the log extends PCR 23 but the quote does not cover it"),
     ],
 )
