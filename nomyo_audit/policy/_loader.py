@@ -38,7 +38,13 @@ from jsonschema.exceptions import ValidationError
 
 from ._anchor_rule import resolve_roots
 from ._model import Policy, PolicyError, parse_duration
-from ._runtime_policy import apply_runtime_policies, pattern_errors, read_runtime_policy
+from ._runtime_policy import (
+    apply_runtime_policies,
+    lexically_inside,
+    pattern_errors,
+    read_runtime_policy,
+    resolved_inside,
+)
 
 __all__ = [
     "MAX_ALIASES",
@@ -144,19 +150,10 @@ def _locate_parent(reference: str, child: Path) -> Path:
     def refused(why: str) -> PolicyError:
         return PolicyError(f"{child}: extends {shown}: {why}", code="policy_extends_refused")
 
-    if any(ord(c) < 0x20 for c in reference):
-        raise refused("control characters are not part of a policy file name")
-    if os.path.isabs(reference):
-        raise refused(f"an absolute path; name a shipped policy or a file in {base}")
-    if ".." in Path(reference).parts:
-        raise refused(f"'..' leaves {base}; name a shipped policy or a file in it")
-    candidate = base / reference
+    candidate = lexically_inside(reference, base, refused, "a shipped policy or a file")
     if not os.path.lexists(candidate):
         return _shipped(reference)
-    target = candidate.resolve()
-    if not target.is_relative_to(base):
-        raise refused(f"leads to {target}, outside {base} (through a symlink)")
-    return target
+    return resolved_inside(candidate, base, refused)
 
 
 def _resolve(

@@ -146,6 +146,12 @@ def _describe(event: Event, digests: frozenset[str]) -> str:
     return f"event {event.number} ({event.type_name} {summary!r}) {digest}"
 
 
+def _boot_fact(verdict: Verdict, key: str) -> Any:
+    """One value of the ``measured_boot`` fact (made from proven events only), or None."""
+    boot = verdict.facts.get("measured_boot")
+    return boot.get(key) if isinstance(boot, Mapping) else None
+
+
 def _unquoted(verdict: Verdict, pcr: int) -> bool:
     """Whether the log extends ``pcr`` and the quote does not cover it (to explain a failure)."""
     match = getattr(verdict.measurements, "event_log_match", None)
@@ -173,8 +179,7 @@ def secure_boot(value: str, spec: PolicySpec) -> Check:
         finding = _log_finding(verdict, _EVENT_LOG)
         if finding is None or finding.status != "pass":
             return _unproven("secure_boot", "the secure boot state", finding)
-        boot = verdict.facts.get("measured_boot")
-        state = boot.get("secure_boot") if isinstance(boot, Mapping) else None
+        state = _boot_fact(verdict, "secure_boot")
         if state == value:
             return passed
         if state is not None:
@@ -277,8 +282,7 @@ def kernel_cmdline(value: Mapping[str, list[str]], spec: PolicySpec) -> Check:
         finding = _log_finding(verdict, _EVENT_LOG)
         if finding is None or finding.status != "pass":
             return _unproven("kernel_cmdline", "the kernel command line", finding)
-        boot = verdict.facts.get("measured_boot")
-        stated = boot.get("kernel_cmdlines") if isinstance(boot, Mapping) else None
+        stated = _boot_fact(verdict, "kernel_cmdlines")
         lines = tuple(stated) if isinstance(stated, list) else ()  # the verifier's: strings, <= 64
         found = outcomes.get(lines)
         return found if found is not None else _cached(outcomes, lines, lambda: outcome(lines, finding.code))

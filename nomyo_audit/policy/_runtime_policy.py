@@ -28,8 +28,10 @@ __all__ = [
     "MAX_RUNTIME_POLICY_BYTES",
     "PATTERN_FIELDS",
     "apply_runtime_policies",
+    "lexically_inside",
     "pattern_errors",
     "read_runtime_policy",
+    "resolved_inside",
 ]
 
 #: The largest Keylime runtime policy read (16 MiB: about 100,000 files with a SHA-256 each).
@@ -85,13 +87,24 @@ def _inside(reference: str, base: Path, where: str) -> Path:
     def refused(why: str) -> PolicyError:
         return PolicyError(f"{where}: {why}", code="runtime_policy_refused")
 
+    return resolved_inside(lexically_inside(reference, base, refused, "a file"), base, refused)
+
+
+def lexically_inside(reference: str, base: Path, refused: Callable[[str], PolicyError], hint: str) -> Path:
+    """``base / reference``, refused for control characters, an absolute path or any ``..`` (``hint``
+    says what to name instead, e.g. "a shipped policy or a file"). Shared with ``extends``."""
     if any(ord(c) < 0x20 for c in reference):
         raise refused("control characters are not part of a file name")
     if os.path.isabs(reference):
-        raise refused(f"an absolute path; name a file in {base}")
+        raise refused(f"an absolute path; name {hint} in {base}")
     if ".." in Path(reference).parts:
-        raise refused(f"'..' leaves {base}; name a file in it")
-    target = (base / reference).resolve()
+        raise refused(f"'..' leaves {base}; name {hint} in it")
+    return base / reference
+
+
+def resolved_inside(candidate: Path, base: Path, refused: Callable[[str], PolicyError]) -> Path:
+    """``candidate`` with symlinks followed, refused when that leads out of ``base``."""
+    target = candidate.resolve()
     if not target.is_relative_to(base):
         raise refused(f"leads to {target}, outside {base} (through a symlink)")
     return target
@@ -132,7 +145,9 @@ def pattern_errors(spec: object) -> list[tuple[list[Any], str]]:
                 why = getattr(exc, "msg", None) or type(exc).__name__
                 shown = pattern[:80] if isinstance(pattern, str) else pattern
                 errors.append(
-                    (["spec", rule, key, index], f"spec.{rule}.{key}.{index}: {shown!r} is not a regular "
-                     f"expression ({why})")
+                    (
+                        ["spec", rule, key, index],
+                        f"spec.{rule}.{key}.{index}: {shown!r} is not a regular expression ({why})",
+                    )
                 )
     return errors
