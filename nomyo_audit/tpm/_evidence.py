@@ -21,7 +21,15 @@ from ..errors import EvidenceError
 from ._marshal import HASH_BY_NAME, HASH_NAMES, HASH_SIZES
 from ._pcr_selection import PCRSelection, pcr_value_map
 
-__all__ = ["MAX_B64", "b64_field", "b64_text", "decode_b64", "parse_pcr_banks", "read_pcr_values"]
+__all__ = [
+    "MAX_B64",
+    "b64_field",
+    "b64_text",
+    "decode_b64",
+    "parse_pcr_banks",
+    "read_pcr_values",
+    "strict_b64decode",
+]
 
 #: The longest base64 field read (a TPM structure is at most a few hundred bytes)
 MAX_B64 = 8192
@@ -66,12 +74,12 @@ def _parse_pcr_banks(text: str) -> tuple[PCRSelection, ...]:
 
 if sys.version_info >= (3, 11):
 
-    def _strict_b64decode(value: str) -> bytes:
+    def strict_b64decode(value: str | bytes) -> bytes:
         return binascii.a2b_base64(value, strict_mode=True)
 
 else:  # pragma: no cover - Python 3.10
 
-    def _strict_b64decode(value: str) -> bytes:
+    def strict_b64decode(value: str | bytes) -> bytes:
         return base64.b64decode(value, validate=True)
 
 
@@ -79,7 +87,7 @@ def b64_field(block: Mapping[str, Any], name: str) -> bytes:
     value = block.get(name)
     if type(value) is str and len(value) <= MAX_B64:
         try:
-            return _strict_b64decode(value)
+            return strict_b64decode(value)
         except (binascii.Error, ValueError):
             pass
     return decode_b64(b64_text(block, name), name)  # raises the precise error
@@ -96,7 +104,7 @@ def b64_text(block: Mapping[str, Any], name: str) -> str:
 
 def decode_b64(value: str, name: str) -> bytes:
     try:
-        return _strict_b64decode(value)
+        return strict_b64decode(value)
     except (binascii.Error, ValueError):
         raise EvidenceError(f"{name} is not valid base64", code="bad_base64") from None
 

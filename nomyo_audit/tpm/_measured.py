@@ -14,6 +14,7 @@ log with every reply.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import threading
 from collections import OrderedDict
@@ -34,7 +35,7 @@ from ..eventlog import (
     summarize_ima,
     summarize_serving_stack,
 )
-from ._evidence import decode_b64
+from ._evidence import strict_b64decode
 from ._verdict import Checks, Finding, Measurements, VerdictFacts
 
 __all__ = ["appraise_logs", "skip_logs"]
@@ -42,6 +43,7 @@ __all__ = ["appraise_logs", "skip_logs"]
 
 #: ``{bank: {pcr: value}}`` as a hashable key, from ``facts["pcr_values"]``
 QuotedKey = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+_Key = tuple[str, bytes, QuotedKey]
 
 
 class _Outcome(NamedTuple):
@@ -122,19 +124,21 @@ def _appraise(
         checks.put(kind.skip_absent)
         return _NO_LOG
     try:
-        data = _decode(kind, field)
+        text = _bounded(kind, field)
+        # keyed by the field as sent, which fixes the log's bytes: a hit skips the base64 decode
+        key = (kind.check, hashlib.sha256(text).digest(), quoted)
+        outcome = _CACHE.get_or_make(key, len(text), lambda: appraise(_decode(kind, text), quoted))
     except EventLogError as exc:
         checks.fail(kind.check, exc.code, exc.message)
         return _NO_LOG
-    outcome = _CACHE.get_or_make(kind.check, data, quoted, appraise)
     checks.put(outcome.finding)
     for name, value in outcome.facts:
         facts[name] = _copy(value)  # type: ignore[literal-required]
     return outcome
 
 
-def _decode(kind: _Kind, field: object) -> bytes:
-    """The field's bytes, its length checked before it is decoded."""
+def _bounded(kind: _Kind, field: object) -> bytes:
+    """The field's base64 text as ASCII bytes, its length checked against the cap before anything."""
     if not isinstance(field, str):
         raise EventLogError(f"{kind.field} is not a base64 string", code="bad_base64")
     if len(field) > _b64_length(kind.cap):
@@ -143,8 +147,15 @@ def _decode(kind: _Kind, field: object) -> bytes:
             code=f"{kind.prefix}_too_large",
         )
     try:
-        data = decode_b64(field, kind.field)
-    except Exception:  # EvidenceError bad_base64: said as this check's error
+        return field.encode("ascii")
+    except UnicodeEncodeError:
+        raise EventLogError(f"{kind.field} is not valid base64", code="bad_base64") from None
+
+
+def _decode(kind: _Kind, text: bytes) -> bytes:
+    try:
+        data = strict_b64decode(text)
+    except (binascii.Error, ValueError):
         raise EventLogError(f"{kind.field} is not valid base64", code="bad_base64") from None
     if len(data) > kind.cap:
         raise EventLogError(
@@ -261,26 +272,25 @@ def _copy(value: Any) -> Any:
 
 
 class _LogCache:
-    """LRU of appraisals by (check, SHA-256 of the log, quoted values); bounded by entries and log bytes."""
+    """LRU of appraisals by (check, SHA-256 of the field, quoted values); bounded by entries and by
+    the size of the logs held (what a parsed log costs in memory grows with it)."""
 
-    def __init__(self, entries: int = 64, budget: int = 12 << 20) -> None:
+    def __init__(self, entries: int = 64, budget: int = 16 << 20) -> None:
         self._entries = entries
         self._budget = budget
         self._size = 0
-        self._items: OrderedDict[tuple[str, bytes, QuotedKey], tuple[_Outcome, int]] = OrderedDict()
+        self._items: OrderedDict[_Key, tuple[_Outcome, int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get_or_make(
-        self, check: str, data: bytes, quoted: QuotedKey, make: Callable[[bytes, QuotedKey], _Outcome]
-    ) -> _Outcome:
-        key = (check, hashlib.sha256(data).digest(), quoted)
+    def get_or_make(self, key: _Key, size: int, make: Callable[[], _Outcome]) -> _Outcome:
+        """The cached outcome for ``key``, or ``make()``'s, kept unless ``size`` alone is over budget.
+        An EventLogError from ``make`` passes through and nothing is kept."""
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
                 return hit[0]
-        outcome = make(data, quoted)  # outside the lock: two threads may both parse, both get equal results
-        size = len(data)
+        outcome = make()  # outside the lock: two threads may both parse, both get equal results
         if size > self._budget:
             return outcome
         with self._lock:
