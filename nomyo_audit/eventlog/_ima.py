@@ -99,6 +99,8 @@ class ImaEntry:
 
 @dataclass(frozen=True)
 class ImaLog:
+    """A parsed measurement list: its entries in list order, and what identifies its bytes."""
+
     entries: tuple[ImaEntry, ...]
     sha256: bytes
     """SHA-256 of the list's bytes (caches and audit blobs key on it)."""

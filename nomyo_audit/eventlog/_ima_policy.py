@@ -149,6 +149,8 @@ class ImaPolicy:
 
 
 class ImaViolation(NamedTuple):
+    """An entry the policy does not allow: its number, path, file digest (hex) and why."""
+
     number: int
     path: str
     digest: str
