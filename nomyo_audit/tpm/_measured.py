@@ -38,7 +38,7 @@ from ..eventlog import (
 from ._evidence import strict_b64decode
 from ._verdict import Checks, Finding, Measurements, VerdictFacts
 
-__all__ = ["appraise_logs", "skip_logs"]
+__all__ = ["appraise_logs"]
 
 
 #: ``{bank: {pcr: value}}`` as a hashable key, from ``facts["pcr_values"]``
@@ -85,27 +85,28 @@ _IMA = _Kind(
 )
 
 
-def skip_logs(block: Mapping[str, Any], checks: Checks) -> None:
-    """The findings when the quoted PCR values were not proved: no log is read."""
-    for kind in (_TCG, _IMA):
-        checks.put(kind.skip_absent if block.get(kind.field) is None else kind.skip_unreached)
-
-
 def appraise_logs(block: Mapping[str, Any], facts: VerdictFacts, checks: Checks) -> Measurements | None:
-    """Put the ``event_log`` and ``ima_log`` findings, add their facts; the parsed logs, if any.
+    """Put the ``event_log`` and ``ima_log`` findings of a quote, add their facts; the parsed logs.
 
-    ``facts["pcr_values"]`` must be set: the caller calls this only once the digest is proved.
+    A log is read only once ``facts["pcr_values"]`` is set, that is once the values are proved.
     """
     tcg_field = block.get("event_log_b64")
     ima_field = block.get("ima_log_b64")
     if tcg_field is None and ima_field is None:  # the common case: nothing to parse
-        checks.put(_TCG.skip_absent)
-        checks.put(_IMA.skip_absent)
+        checks.findings.update(_NO_LOGS)
         return None
-    quoted = _quoted_key(facts["pcr_values"])
+    pcr_values = facts.get("pcr_values")
+    if pcr_values is None:
+        for kind, field in ((_TCG, tcg_field), (_IMA, ima_field)):
+            checks.put(kind.skip_absent if field is None else kind.skip_unreached)
+        return None
+    quoted = _quoted_key(pcr_values)
     tcg = _appraise(_TCG, tcg_field, quoted, _parse_tcg, checks, facts)
     ima = _appraise(_IMA, ima_field, quoted, _parse_ima, checks, facts)
     return Measurements(tcg.log, tcg.match, ima.log, ima.match)
+
+
+_NO_LOGS = {"event_log": _TCG.skip_absent, "ima_log": _IMA.skip_absent}
 
 
 #: no log to keep (absent, or refused before parsing)

@@ -44,7 +44,7 @@ from ._binding import DERIVATIONS, match_derivation
 from ._evidence import b64_field, b64_text, parse_pcr_banks, read_pcr_values
 from ._keys import verify_signature
 from ._marshal import ALG, TPM_ST_ATTEST_QUOTE
-from ._measured import appraise_logs, skip_logs
+from ._measured import appraise_logs
 from ._pcr_selection import PCRSelection, selection_text
 from ._public import Public
 from ._signature import Signature, parse_signature
@@ -141,10 +141,7 @@ def verify_attestation(
     measurements: Measurements | None = None
     if attest.type == TPM_ST_ATTEST_QUOTE:
         _check_pcrs(tpm_attestation, attest, signature, claimed, checks, facts)
-        if "pcr_values" in facts:
-            measurements = appraise_logs(tpm_attestation, facts, checks)
-        else:
-            skip_logs(tpm_attestation, checks)
+        measurements = appraise_logs(tpm_attestation, facts, checks)
         _check_nonce(
             attest, payload_id, content_digest, accept_derivations, expected_nonce, checks, facts,
             client_key_sha256,
