@@ -567,7 +567,7 @@ def test_client_records_every_outcome(make_router, client_keys_dir, tmp_path):
     assert docs[0]["policy"]["outcome"] == "pass" and docs[2]["policy"]["outcome"] == "deny"
     # denied at key attestation, before sending: the record keeps the evidence the denial rests on
     denial = docs[2]["metadata"]["key_attestation"]
-    assert denial["verification"]["result"] == "pass"  # the quote verified; PCR 10 is not golden
+    assert denial["verification"]["result"] == "pass"  # the quote verified; PCR 0 is not golden
     assert any(r["rule"] == "pcrs" and r["status"] == "fail" for r in docs[2]["policy"]["rules"])
     assert docs[2]["response_digest"] is None
     assert b"SECRET-PROMPT-1" not in db.read_bytes()

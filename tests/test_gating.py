@@ -57,7 +57,7 @@ def test_changed_pcr_is_denied_and_no_content_is_returned(make_router, client_ke
     # the key attestation is cached for its TTL, so the response check is what catches it
     with pytest.raises(PolicyViolationError) as denied:
         asyncio.run(_two_calls(router, client_keys_dir, policy))
-    assert "sha256 PCR 10" in str(denied.value)
+    assert "sha256 PCR 0" in str(denied.value)
     assert denied.value.result.outcome == "deny"
     assert isinstance(denied.value, SecurityError)
 
@@ -245,7 +245,7 @@ def test_verify_with_policy_and_junit(saved_replies, tmp_path):
     assert "pcrs" in rules and "require_attestation" in rules
     assert first.get("failures") == "0" and second.get("failures") == "1"
     failure = next(case for case in second if case.find("failure") is not None)
-    assert failure.get("name") == "pcrs" and "sha256 PCR 10" in failure.find("failure").get("message")
+    assert failure.get("name") == "pcrs" and "sha256 PCR 0" in failure.find("failure").get("message")
 
 
 def test_verify_with_a_warn_policy_exits_0(saved_replies):

@@ -177,7 +177,7 @@ def test_a_device_attaches_the_kernels_ima_list_as_it_grows_and_never_one_over_t
     with caplog.at_level(logging.WARNING, logger="nomyo_audit.router"):
         assert "ima_log_b64" not in attester.evidence(b"n" * 32)
         assert "ima_log_b64" not in attester.evidence(b"n" * 32)
-    assert [r.getMessage() for r in caplog.records] == [
+    assert [r.getMessage() for r in caplog.records if "IMA" in r.getMessage()] == [
         f"the kernel's IMA list {ima} not attached: larger than {MAX_IMA_LOG_BYTES} bytes"
     ]  # once, not on every reply
 

@@ -73,6 +73,8 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
         raise ConfigurationError(
             f"the demo needs the 'router' extra: pip install 'nomyo-audit[router]' ({exc})"
         ) from None
+    from .._version import __version__
+    from ..attest import TPMAttester
     from ..attest._swtpm import SwtpmProcess
     from ..audit._keys import (
         ed25519_private,
@@ -88,7 +90,8 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
     from ..client import SecureChatCompletion
     from ..client._keys import generate_key_pair
     from ..policy import PolicyViolationError
-    from ..tpm._measurements import TAMPER_EVENT, measure_demo_boot
+    from ..router._serving_stack import measure_serving_stack
+    from ..tpm._measurements import DEMO_PCRS, TAMPER_MODULE, measure_demo_boot
     from ._demo_anchor import anchor_summary, demo_policy, forged_quote_verdict
 
     step = _stepper()
@@ -113,10 +116,15 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
                 "swtpm is not available: using the SOFTWARE attester (an in-process key; not hardware-rooted)"
             )
         policy, trusted = demo_policy(swtpm.ca_root_path if attester == "swtpm" else None, workdir)
-        tpm_attester = make_attester(spec)
-        source = tpm_attester.source  # type: ignore[attr-defined]
-        measure_demo_boot(source)
-        step("measured boot: firmware, secure boot policy and IMA aggregate extended into PCRs 0, 7, 10")
+        tpm_attester = make_attester(spec, pcr_banks=DEMO_PCRS)
+        assert isinstance(tpm_attester, TPMAttester)
+        measure_demo_boot(tpm_attester.measurements)
+        step(
+            "measured boot, logged as a real machine logs it: firmware (PCR 0), secure boot on with PK, KEK, "
+            "db, dbx (PCR 7), shim and grub (PCR 4), kernel and command line (PCRs 8, 9), IMA (PCR 10)"
+        )
+        measure_serving_stack(tpm_attester)
+        step(f"serving stack measured into PCR 23: nomyo-audit {__version__} (code digest), the echo model")
         router = stack.enter_context(
             RouterThread(RouterConfig(private_key=generate_key_pair().private_key, attester=tpm_attester))
         )
@@ -125,7 +133,10 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
         )
         log = stack.enter_context(AuditLog(log_path, key=ed25519_private(key_path), checkpoint_every=4))
 
-        step(f"client policy: {policy.name} sha256:{policy.digest[:16]}... (golden PCRs, attest-before-send)")
+        step(
+            f"client policy: {policy.name} sha256:{policy.digest[:16]}... (golden PCRs, secure boot, "
+            "IMA allow-list, serving stack, attest-before-send)"
+        )
         step(f"anchoring: {trusted}")
 
         async def run() -> None:
@@ -144,8 +155,8 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
                         f"{meta['verification']['result']}, policy {meta['policy']['outcome']}, "
                         f"payload_id {meta['payload_id']}\n     {anchor_summary(meta)}"
                     )
-                source.extend("sha256", *TAMPER_EVENT)
-                step("PCR 10 extended: an unexpected kernel module was measured on the router's machine")
+                tpm_attester.measurements.extend_ima_file(*TAMPER_MODULE)
+                step(f"IMA measured a kernel module on the router's machine: {TAMPER_MODULE[0]}")
                 prompt = "One more question, after the change."
                 try:
                     await client.create("echo", [{"role": "user", "content": prompt}], security_tier="high")
@@ -155,7 +166,7 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
                         f"> {prompt}\n     DENIED by policy {policy.name}: {failed}\n     no content returned"
                     )
                 else:  # pragma: no cover - would be a bug
-                    raise ConfigurationError("the changed PCR was not denied")
+                    raise ConfigurationError("the unexpected kernel module was not denied")
 
         asyncio.run(run())
         step(forged_quote_verdict())
@@ -170,6 +181,7 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
             generated_at=rfc3339(time.time()),
             log_state=log.verified_state(),
             policy=policy,
+            blob=log.store.blob,  # the event logs the records keep by digest
         )
     report_dir = workdir / "report"
     write_report(document, ["html", "md", "json", "junit", "csv"], report_dir, load_private_key(key_path))

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..policy import Policy, Record, appraise, load_policy
 
-__all__ = ["anchor_summary", "demo_policy", "forged_quote_verdict"]
+__all__ = ["anchor_summary", "demo_policy", "forged_quote_verdict", "measured_rules"]
 
 
 def demo_policy(ca_root: Path | None, workdir: Path) -> tuple[Policy, str]:
@@ -34,10 +34,27 @@ def demo_policy(ca_root: Path | None, workdir: Path) -> tuple[Policy, str]:
         name = "production-unanchored"
     text = (
         f"# The demo's policy: {why}.\napiVersion: nomyo-audit/v1\nkind: AttestationPolicy\n"
-        f"extends: production\nmetadata: {{name: {name}}}\nspec:\n  aik_trust: {trust}\n"
+        f"extends: production\nmetadata: {{name: {name}}}\nspec:\n  aik_trust: {trust}\n{measured_rules()}"
     )
     write_file(workdir / "policy.yaml", text.encode(), mode=0o644)
     return load_policy(workdir / "policy.yaml"), why
+
+
+def measured_rules() -> str:
+    """The demo policy's rules on what its logs prove: secure boot on, every IMA entry one of the
+    demo machine's files, and this router version serving the echo model (PCR 23)."""
+    import json
+
+    from .._version import __version__
+    from ..tpm._measurements import demo_ima_allow_list
+
+    allowed = json.dumps(demo_ima_allow_list())  # JSON is YAML: paths quoted, digests listed
+    return (
+        "  pcr_selection: {sha256: [0, 7, 10, 23]}\n"
+        "  secure_boot: enabled\n"
+        f"  ima: {{digests: {allowed}}}\n"
+        f"  serving_stack: {{router_versions: [{json.dumps(__version__)}], models: {{echo: any}}}}\n"
+    )
 
 
 def anchor_summary(metadata: Mapping[str, Any]) -> str:
