@@ -71,7 +71,7 @@ def test_a_stated_sha256_pins_the_content(tmp_path):
     )
     with pytest.raises(PolicyError) as raised:
         load_policy(
-            policy_file(tmp_path, f"{{runtime_policy: runtime.json, runtime_policy_sha256: {'00' * 32}}}")
+            policy_file(tmp_path, f"{{runtime_policy: runtime.json, runtime_policy_sha256: '{'00' * 32}'}}")
         )
     assert raised.value.code == "runtime_policy_mismatch"
     assert "spec.ima.runtime_policy 'runtime.json'" in str(raised.value)
