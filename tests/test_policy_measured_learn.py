@@ -77,3 +77,18 @@ def test_kernel_command_lines_are_learned_exactly(tmp_path):
     assert spec["kernel_cmdline"] == {"require": [r"^(?:root=/dev/sda1\ ro|root=/dev/sdb1\ ro\ quiet)$"]}
     other = evaluate(policy, reply(machine(PCRS, cmdline="root=/dev/sda1 ro init=/bin/sh")), now=NOW)
     assert "kernel_cmdline" in [r.rule for r in other.failures]
+
+
+def test_ima_digests_are_learned_from_proven_entries(tmp_path):
+    files = (("/usr/bin/python3", b"python"), ("/usr/lib/libc.so.6", b"libc"))
+    pcrs = "sha256:0,4,7,8,10,23"
+    policy, spec = learn(tmp_path, [reply(machine(pcrs, ima_files=files))], "--no-golden-pcrs")
+    assert "pcrs" not in spec  # PCR 10 too: its entries are judged by the ima rule
+    assert spec["ima"]["digests"]["/usr/bin/python3"] == [sha256(b"python")]
+    assert spec["ima"]["digests"]["/usr/lib/libc.so.6"] == [sha256(b"libc")]
+    same = evaluate(policy, reply(machine(pcrs, ima_files=files)), now=NOW)
+    assert same.passed, same.summary()
+    extra = machine(pcrs, ima_files=(*files, ("/tmp/rootkit.ko", b"evil")))
+    denied = evaluate(policy, reply(extra), now=NOW)
+    assert [r.rule for r in denied.failures] == ["ima"]
+    assert f"'/tmp/rootkit.ko' {sha256(b'evil')}" in denied.failures[0].detail

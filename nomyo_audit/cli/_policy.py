@@ -87,8 +87,8 @@ def show(file: str) -> None:
     "--golden-pcrs/--no-golden-pcrs",
     default=True,
     show_default=True,
-    help="Golden values also for the PCRs an event log proves (--no-golden-pcrs: the event rules "
-    "judge those PCRs' events, so an update is accepted by adding its digest).",
+    help="Golden values also for the PCRs an event log or IMA list proves (--no-golden-pcrs: the "
+    "event rules judge those PCRs' events, so an update is accepted by adding its digest).",
 )
 def from_evidence(
     files: tuple[str, ...],

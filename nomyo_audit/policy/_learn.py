@@ -36,7 +36,8 @@ class EventReferences:
         self.router_versions: dict[str, None] = {}
         self.router_code: dict[str, None] = {}
         self.models: dict[str, dict[str, None] | None] = {}  # None: a model measured without weights
-        #: PCRs whose events some reply's log proved (their golden values may give way to the rules)
+        #: PCRs whose events some reply's log or IMA list proved (their golden values may give way to
+        #: the rules)
         self.proven_pcrs: set[int] = set()
         #: how many replies' event logs / IMA lists were proven
         self.logs = self.ima_lists = 0
@@ -50,6 +51,7 @@ class EventReferences:
         if verdict.finding("ima_log").status == "pass" and measurements is not None:
             self.ima_lists += 1
             for entry in measurements.proven_ima_entries():
+                self.proven_pcrs.add(entry.pcr)
                 if entry.path is not None and entry.file_digest is not None and not entry.violation:
                     self.ima.setdefault(entry.path, {})[entry.file_digest.hex()] = None
 
