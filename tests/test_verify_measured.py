@@ -325,3 +325,30 @@ def test_verification_is_thread_safe(block, attester):
         thread.join()
     assert sorted(set(results)) == [("pass", "disabled"), ("pass", "enabled")]
     assert len(results) == 80
+
+
+def test_mutated_logs_never_raise_and_never_prove_other_events(block):
+    """A seeded fuzz loop through verify_attestation: flipped bytes, cuts and splices of the log.
+    Nothing raises; a log that still passes proves exactly the original's (pcr, digest) sequence."""
+    import random
+
+    original = log_of(block)
+    good = [(e.pcr, e.digests["sha256"]) for e in verify(block).measurements.proven_events()]
+    rng = random.Random(14)
+    for _ in range(300):
+        data = bytearray(original)
+        action = rng.randrange(3)
+        if action == 0:
+            for _ in range(rng.randrange(1, 4)):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        elif action == 1:
+            del data[rng.randrange(len(data)) :]
+        else:
+            at = rng.randrange(len(data))
+            data[at:at] = data[rng.randrange(len(data)) :][: rng.randrange(1, 64)]
+        verdict = verify(with_log(block, bytes(data)))
+        status, code = finding(verdict)
+        if status == "pass":
+            assert [(e.pcr, e.digests["sha256"]) for e in verdict.measurements.proven_events()] == good
+        else:
+            assert code != "event_log_matches" and "measured_boot" not in verdict.facts

@@ -128,3 +128,24 @@ def test_a_truncated_list_fails_with_the_parser_code(block):
 def test_garbage_base64_fails(block):
     verdict = verify(dict(block, ima_log_b64="not*base64"))
     assert finding(verdict) == ("fail", "bad_base64")
+
+
+def test_mutated_lists_never_raise_and_never_prove_other_entries(block):
+    """A seeded fuzz loop through verify_attestation: flipped bytes and cuts of the IMA list."""
+    import random
+
+    original = ima_bytes(block)
+    good = [e.template_data for e in verify(block).measurements.proven_ima_entries()]
+    rng = random.Random(10)
+    for _ in range(200):
+        data = bytearray(original)
+        if rng.randrange(2):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        else:
+            del data[rng.randrange(len(data)) :]
+        verdict = verify(with_ima(block, bytes(data)))
+        status, code = finding(verdict)
+        if status == "pass":  # a flip in the SHA-1 template hash, which the sha256 bank does not read
+            assert [e.template_data for e in verdict.measurements.proven_ima_entries()] == good
+        else:
+            assert code != "ima_log_matches" and "ima" not in verdict.facts
