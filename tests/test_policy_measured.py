@@ -386,3 +386,30 @@ def test_ima_runtime_policy_not_read_fails_rather_than_guess(proven):
 def test_the_event_rules_are_registered_after_the_pcr_rules():
     names = [name for name, _ in RULES]
     assert names[-5:] == ["secure_boot", "boot_events", "kernel_cmdline", "ima", "serving_stack"]
+
+
+def test_the_boot_rules_judge_a_router_key_attestation_before_any_prompt():
+    """require_key_attestation: the machine's boot (not a reply's model) is judged before a prompt is sent."""
+    from nomyo_audit.policy import KEY_SCOPE
+    from nomyo_audit.tpm import verify_attestation
+    from nomyo_audit.tpm._binding import key_binding
+
+    attester = machine(firmware=(b"firmware 2.0 (unknown)",))
+    block = attester.attest_key(b"n" * 32, b"k" * 32)
+    verdict = verify_attestation(block, None, expected_nonce=key_binding(b"n" * 32, b"k" * 32))
+    spec = {
+        "secure_boot": "enabled",
+        "boot_events": {"firmware": ["00" * 32]},
+        "serving_stack": {"models": {"x": "any"}},
+    }
+    document = {
+        "apiVersion": "nomyo-audit/v1",
+        "kind": "AttestationPolicy",
+        "metadata": {"name": "m"},
+        "spec": spec,
+    }
+    result = evaluate(
+        Policy.from_document(document), {"tpm_attestation": block}, verdict=verdict, scope=KEY_SCOPE
+    )
+    assert {r.rule: r.status for r in result.rules} == {"secure_boot": "pass", "boot_events": "fail"}
+    assert sha256(b"firmware 2.0 (unknown)") in result.failures[0].detail

@@ -33,8 +33,18 @@ from ._rules import RULES, Check, RuleOutcome
 __all__ = ["KEY_SCOPE", "PolicyResult", "evaluate"]
 
 Outcome = Literal["pass", "warn", "deny"]
-#: Rules that apply to the attestation of a router key before any prompt is sent.
-KEY_SCOPE = ("require_attestation", "pcrs", "pcr_selection", "aik_trust")
+#: Rules that apply to the attestation of a router key before any prompt is sent: the machine's state
+#: (its PCRs and the events behind them), not a reply's (``serving_stack`` judges the reply's model).
+KEY_SCOPE = (
+    "require_attestation",
+    "pcrs",
+    "pcr_selection",
+    "aik_trust",
+    "secure_boot",
+    "boot_events",
+    "kernel_cmdline",
+    "ima",
+)
 
 
 class PolicyResult(NamedTuple):
