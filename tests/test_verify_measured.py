@@ -352,3 +352,53 @@ def test_mutated_logs_never_raise_and_never_prove_other_events(block):
             assert [(e.pcr, e.digests["sha256"]) for e in verdict.measurements.proven_events()] == good
         else:
             assert code != "event_log_matches" and "measured_boot" not in verdict.facts
+
+
+# -- a real TPM (swtpm) extends, tpm2-pytss quotes ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_swtpm():
+    """A swtpm of this module's own: the boot below extends PCRs 0, 4 and 7, which the session's
+    shared swtpm must keep as the demo's golden values."""
+    import shutil
+
+    from conftest import require
+
+    from nomyo_audit.attest._swtpm import SwtpmProcess, swtpm_available
+
+    try:
+        import tpm2_pytss  # noqa: F401
+
+        pytss = True
+    except ImportError:
+        pytss = False
+    require(swtpm_available() and shutil.which("swtpm_setup") is not None, "swtpm is not installed")
+    require(pytss, "tpm2-pytss (the 'tpm' extra) is not installed")
+    with SwtpmProcess() as process:
+        yield process
+
+
+@pytest.mark.parametrize("aik", ["rsa2048-rsassa", "ecc256-ecdsa"])
+def test_swtpm_extends_and_quotes_what_the_log_says(own_swtpm, aik):
+    from nomyo_audit.attest._tpm2 import Tpm2QuoteSource
+
+    source = Tpm2QuoteSource(own_swtpm.spec, aik)
+    try:
+        attester = TPMAttester(source, "sha1:0,4,7,23+sha256:0,4,7,23")
+        if aik == "rsa2048-rsassa":
+            boot(attester)
+        else:  # the same TPM: PCRs 0, 4, 7 may hold the other case's boot, which this log does not
+            # extend (not a failure: a PCR the log leaves alone proves nothing either way)
+            attester.measurements.reset(23)
+            attester.measurements.extend_event(23, EV_EVENT_TAG, serving_stack_event("router", ROUTER))
+        block = attester.evidence(NONCE)
+    finally:
+        source.close()
+    verdict = verify(block)
+    assert verdict.passed, verdict.failures
+    assert finding(verdict) == ("pass", "event_log_matches")
+    assert {m.bank for m in verdict.measurements.event_log_match.pcrs} == {"sha1", "sha256"}
+    assert verdict.facts["serving_stack"]["router"] == ROUTER
+    tampered = verify(with_log(block, rewrite(log_of(block), _append)))
+    assert finding(tampered) == ("fail", "event_log_mismatch")
