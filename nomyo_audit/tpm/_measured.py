@@ -7,9 +7,10 @@ to the signed pcrDigest), never from anything else in the block, and the facts a
 (:func:`nomyo_audit.eventlog.summarize_boot` and the others) come from proven events only.
 
 Each field is bounded before it is decoded (its base64 length against the decoded cap), then
-parsed and matched; the result is cached by (SHA-256 of the log bytes, the quoted values) in a
-small thread-safe LRU bounded by entries and by log bytes, since a router sends the same firmware
-log with every reply.
+parsed and matched; the result is cached by (SHA-256 of the field as sent, which fixes the log's
+bytes, and the quoted values) in a small thread-safe LRU bounded by entries and by field size,
+since a router sends the same logs with every reply (a hit skips the decode, the parse and the
+replay: docs/benchmarks.md).
 """
 
 from __future__ import annotations
