@@ -157,6 +157,10 @@ class ImaViolation(NamedTuple):
     reason: Literal["not_allowed", "digest_mismatch", "violation"]
 
 
+# pdoc resolves NamedTuple fields from the generated __new__, where postponed annotations are strings
+# it cannot evaluate: give it the real type.
+ImaViolation.__new__.__annotations__["reason"] = Literal["not_allowed", "digest_mismatch", "violation"]
+
 def _verdict(entry: ImaEntry, policy: ImaPolicy) -> ImaViolation | None:
     digest = entry.file_digest.hex() if entry.file_digest is not None else ""
     if entry.path is None:
