@@ -96,6 +96,7 @@ def workspace(tmp_path, router, request):
     (tmp_path / "replies.jsonl").write_text("".join(json.dumps(r) + "\n" for r in replies))
     (tmp_path / "evidence").mkdir()
     shutil.copy(tmp_path / "replies.jsonl", tmp_path / "evidence" / "replies.jsonl")
+    shutil.copy(REPO / "tests" / "fixtures" / "eventlogs" / "sb_cert_eventlog", tmp_path / "eventlog.bin")
     (tmp_path / "policies").mkdir()
     shutil.copy(REPO / "policies" / "production.yaml", tmp_path / "policies")
     (tmp_path / "request.json").write_text(
