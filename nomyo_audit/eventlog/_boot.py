@@ -91,15 +91,34 @@ def _add(items: list[dict[str, str]], item: dict[str, str]) -> None:
         items.append({key: value[:_MAX_TEXT] for key, value in item.items()})
 
 
+def _proven_in(log: EventLog, match: LogMatch, bank: str) -> frozenset[int]:
+    """The events the quote proves in ``bank`` itself: the first ``proven`` of each PCR matched in it.
+
+    Not :meth:`LogMatch.proven_numbers` (every bank's): an event proven only through another bank
+    (a quote of sha1:7 and sha256:0) has an unproven ``bank`` digest, which must not verify its data.
+    """
+    counts = {m.pcr: m.proven for m in match.pcrs if m.bank == bank}
+    seen: dict[int, int] = {}
+    numbers: set[int] = set()
+    for event in log.events:
+        if event.type == EV_NO_ACTION or event.pcr not in counts:
+            continue
+        position = seen.get(event.pcr, 0)
+        if position < counts[event.pcr]:
+            numbers.add(event.number)
+        seen[event.pcr] = position + 1
+    return frozenset(numbers) & match.proven_numbers()
+
+
 def summarize_boot(log: EventLog, match: LogMatch, bank: str = "sha256") -> BootSummary:
-    """Summarize the events of ``log`` that ``match`` proves, reading digests of ``bank``.
+    """Summarize the events of ``log`` that ``match`` proves in ``bank``, reading digests of ``bank``.
 
     A log without ``bank`` digests (a SHA-1 format log) is read in its first bank; ``bank`` in
     the result says which.
     """
     if bank not in log.banks:
         bank = log.banks[0]
-    proven = match.proven_numbers()
+    proven = _proven_in(log, match, bank)
     events = [e for e in log.events if e.number in proven and e.type != EV_NO_ACTION]
     secure_boot = _SecureBoot()
     summary: BootSummary = {

@@ -217,9 +217,12 @@ def _parse_ima(data: bytes, key: QuotedKey) -> _Outcome:
 
 
 def _summary_bank(match: LogMatch) -> str:
-    """sha256 when the quote and the log share it, else the first bank both have."""
-    banks = [m.bank for m in match.pcrs]
-    return "sha256" if "sha256" in banks else banks[0]
+    """The bank that proves the most PCRs (sha256 first among equals): the summary reads only
+    events proven in its bank (an event proven through another bank has an unproven digest here)."""
+    counts: dict[str, int] = {}
+    for m in match.pcrs:
+        counts[m.bank] = counts.get(m.bank, 0) + 1
+    return max(counts, key=lambda bank: (counts[bank], bank == "sha256"))
 
 
 def _matches(kind: _Kind, match: LogMatch) -> Finding:
