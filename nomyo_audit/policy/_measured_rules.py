@@ -28,6 +28,7 @@ from ..eventlog import (
     EV_EFI_BOOT_SERVICES_APPLICATION,
     EV_EFI_PLATFORM_FIRMWARE_BLOB,
     EV_EFI_PLATFORM_FIRMWARE_BLOB2,
+    EV_IPL,
     EV_POST_CODE,
     EV_POST_CODE2,
     EV_S_CRTM_CONTENTS,
@@ -105,13 +106,19 @@ class _Proven(NamedTuple):
     unquoted: frozenset[int]
 
 
-def proven_digests(measurements: Any) -> _Proven:
-    """The proven events of ``measurements``' TCG log with their digests in proven banks only."""
-    match = measurements.event_log_match
+def _proven_banks(match: Any) -> dict[int, set[str]]:
+    """PCR -> the banks in which the quote proves its replay (a log's other digests are its word)."""
     proven_banks: dict[int, set[str]] = {}
     for pcr_match in match.pcrs:
         if pcr_match.status == "match":
             proven_banks.setdefault(pcr_match.pcr, set()).add(pcr_match.bank)
+    return proven_banks
+
+
+def proven_digests(measurements: Any) -> _Proven:
+    """The proven events of ``measurements``' TCG log with their digests in proven banks only."""
+    match = measurements.event_log_match
+    proven_banks = _proven_banks(match)
     events = tuple(
         (
             event,
@@ -180,6 +187,16 @@ def secure_boot(value: str, spec: PolicySpec) -> Check:
         if finding is None or finding.status != "pass":
             return _unproven("secure_boot", "the secure boot state", finding)
         state = _boot_fact(verdict, "secure_boot")
+        bank = _boot_fact(verdict, "bank")
+        match = getattr(verdict.measurements, "event_log_match", None)
+        if state is not None and (match is None or bank not in _proven_banks(match).get(7, ())):
+            # the fact reads one bank for every PCR: a PCR 7 digest in a bank the quote does not
+            # cover for PCR 7 "verifies" whatever data the router put beside it
+            detail = (
+                f"the secure boot state is unproven: it was read in the {str(bank)[:16]} bank, "
+                "which the quote does not prove for PCR 7"
+            )
+            return RuleOutcome("secure_boot", "fail", detail, (finding.code,))
         if state == value:
             return passed
         if state is not None:
@@ -252,20 +269,54 @@ def _more(items: list[str]) -> str:
     return f" (and {len(items) - _NAMED} more)" if len(items) > _NAMED else ""
 
 
+#: The longest kernel command line judged (Linux's COMMAND_LINE_SIZE is at most 4096 on any
+#: architecture): a longer proven line fails the rule, so no pattern ever scans more than this.
+MAX_CMDLINE = 4096
+_CMDLINE_PCRS = (8, 9)
+#: GRUB's EV_IPL data prefix of a kernel command line (decode_event's "kernel_cmdline" kind)
+_GRUB_CMDLINE = b"kernel_cmdline: "
+
+
+def proven_cmdlines(measurements: Any) -> tuple[str, ...] | str:
+    """The kernel command lines of proven PCR 8/9 EV_IPL events, each data-verified in a bank the
+    quote proves for its PCR (the ``measured_boot`` fact reads one bank for every PCR, and keeps 64
+    lines of 1024 characters: a ``forbid`` pattern must see every line whole), or why not."""
+    proven_banks = _proven_banks(measurements.event_log_match)
+    lines: list[str] = []
+    for event in measurements.proven_events():
+        if event.pcr not in _CMDLINE_PCRS or event.type != EV_IPL:
+            continue
+        for bank in sorted(proven_banks.get(event.pcr, ())):
+            info = decode_event(event, bank)
+            if info.kind == "kernel_cmdline" and info.data_verified:
+                # the line itself, not the decoder's display text (escaped, cut at 1024 characters)
+                measured = bytes(event.data)[len(_GRUB_CMDLINE) :].rstrip(b"\x00")
+                if len(measured) > MAX_CMDLINE:
+                    return f"event {event.number}'s command line has {len(measured)} bytes (> {MAX_CMDLINE})"
+                lines.append(measured.decode("utf-8", errors="replace"))
+                break
+    return tuple(lines)
+
+
 def kernel_cmdline(value: Mapping[str, list[str]], spec: PolicySpec) -> Check:
     """Each ``require`` pattern matches some proven kernel command line; no ``forbid`` pattern any."""
     from ._rules import RuleOutcome
 
     require = tuple((p, re.compile(p)) for p in value.get("require", ()))
     forbid = tuple((p, re.compile(p)) for p in value.get("forbid", ()))
-    outcomes: dict[tuple[str, ...], Any] = {}
+    outcomes: dict[Any, Any] = {}
+    findings = ("event_log_matches",)
 
-    def outcome(lines: tuple[str, ...], code: str) -> Any:
+    def outcome(lines: tuple[str, ...] | str) -> Any:
+        if isinstance(lines, str):
+            detail = f"the kernel command line is refused: {lines}"
+            return RuleOutcome("kernel_cmdline", "fail", detail, findings)
         if not lines:
             detail = (
-                "the kernel command line is unproven: the quote proves no command line (PCR 8/9 not quoted?)"
+                "the kernel command line is unproven: the quote proves no command line (PCR 8/9 not quoted, "
+                "or quoted only in banks whose digests do not cover its data?)"
             )
-            return RuleOutcome("kernel_cmdline", "fail", detail, (code,))
+            return RuleOutcome("kernel_cmdline", "fail", detail, findings)
         problems = [
             f"no command line matches {p!r}" for p, r in require if not any(r.search(x) for x in lines)
         ]
@@ -273,19 +324,17 @@ def kernel_cmdline(value: Mapping[str, list[str]], spec: PolicySpec) -> Check:
             f"{line[:200]!r} matches forbidden {p!r}" for p, r in forbid for line in lines if r.search(line)
         ]
         if problems:
-            return RuleOutcome("kernel_cmdline", "fail", "; ".join(problems[:_NAMED]), (code,))
+            return RuleOutcome("kernel_cmdline", "fail", "; ".join(problems[:_NAMED]), findings)
         return RuleOutcome(
-            "kernel_cmdline", "pass", f"{len(lines)} proven command line(s) are as required", (code,)
+            "kernel_cmdline", "pass", f"{len(lines)} proven command line(s) are as required", findings
         )
 
     def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> Any:
         finding = _log_finding(verdict, _EVENT_LOG)
-        if finding is None or finding.status != "pass":
+        key = _log_key(verdict.measurements)
+        if finding is None or finding.status != "pass" or key is None:
             return _unproven("kernel_cmdline", "the kernel command line", finding)
-        stated = _boot_fact(verdict, "kernel_cmdlines")
-        lines = tuple(stated) if isinstance(stated, list) else ()  # the verifier's: strings, <= 64
-        found = outcomes.get(lines)
-        return found if found is not None else _cached(outcomes, lines, lambda: outcome(lines, finding.code))
+        return _cached(outcomes, key, lambda: outcome(proven_cmdlines(verdict.measurements)))
 
     return check
 
