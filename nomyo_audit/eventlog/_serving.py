@@ -71,18 +71,26 @@ def decode_serving_stack(data: bytes) -> dict[str, Any] | None:
     tag, size = struct.unpack_from("<II", data)
     if tag != SERVING_STACK_TAG or size != len(data) - 8:
         return None
+    body = bytes(data[8:])
     try:
-        value = json.loads(data[8:].decode("utf-8"))
+        value = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
-    if not isinstance(value, dict) or value.get("v") != 1:
+    if not isinstance(value, dict) or type(value.get("v")) is not int or value["v"] != 1:
         return None
-    spec = _KINDS.get(value.get("kind"))  # type: ignore[arg-type]
+    kind = value.get("kind")
+    spec = _KINDS.get(kind) if isinstance(kind, str) else None
     if spec is None or set(value) != {"v", "kind", *spec}:
         return None
     if not all(isinstance(value[name], types) for name, types in spec.items()):
         return None
-    return value
+    # only the bytes serving_stack_event writes: a duplicated key or another spelling of the same
+    # JSON would read one way here and another way in an auditor's parser
+    try:
+        canonical = canonical_json(value)
+    except (ValueError, RecursionError):
+        return None
+    return value if canonical == body else None
 
 
 def _text(value: object) -> str | None:
