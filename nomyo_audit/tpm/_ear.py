@@ -8,7 +8,8 @@ The mapping never claims more than the evidence gave:
 * In the AR4SI trustworthiness vector only what was appraised is claimed:
   ``instance-identity`` 97 ("not recognized") when the quote's signature,
   signer or AIK attributes fail, ``executables`` 96 ("contraindicated") when
-  the PCR evidence is inconsistent, and 0 ("no claim") everywhere else;
+  the PCR evidence is inconsistent (the PCR checks, or an event log or IMA list that does not
+  replay to the quote), and 0 ("no claim") everywhere else;
   golden-value appraisal (executables 2 or 33) is the policy's to claim.
   ``hardware`` is 2 ("genuine") only when ``aik_anchor`` passed (an AK certificate chain or a
   credential activation against a certified EK) and the AIK's identity did not fail (an AK
@@ -31,7 +32,8 @@ EAT_PROFILE = "tag:github.com,2023:veraison/ear"
 DEFAULT_POLICY_ID = "nomyo-audit/verify-only"
 #: the checks that establish the AIK's identity: a hardware anchor is believed only when none failed
 IDENTITY_CHECKS = ("evidence_format", "signature", "quote_structure", "signer_name", "aik_attributes")
-_PCR_CHECKS = ("pcr_selection", "pcr_digest")
+#: the checks whose failure makes the measured state contraindicated (executables 96)
+_PCR_CHECKS = ("pcr_selection", "pcr_digest", "event_log", "ima_log")
 #: AR4SI hardware: 2 (affirming: genuine) only for an AIK anchored to a certified TPM, 97
 #: (unrecognized) for an anchor offered that did not verify, 0 (no claim) for none
 _HARDWARE = {"pass": 2, "fail": 97}
