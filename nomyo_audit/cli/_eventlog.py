@@ -16,6 +16,7 @@ import click
 
 from ..eventlog import EV_NO_ACTION, Event, ImaEntry, decode_event, iter_event_log, iter_ima_log
 from ..eventlog._constants import DIGEST_SIZES, digest, hasher
+from ..eventlog._efi import printable
 from ..eventlog._parse import startup_locality
 
 _IMA_BANKS = ("sha1", "sha256", "sha384")
@@ -62,7 +63,7 @@ def _records(stream: BinaryIO, ima: bool, bank: str) -> Iterator[tuple[dict[str,
     if ima:
         for entry in iter_ima_log(stream):
             record = _ima_json(entry)
-            shown = record["path"] if record["path"] is not None else "(buffer)"
+            shown = printable(record["path"]) if record["path"] is not None else "(buffer)"
             yield (
                 record,
                 f"{entry.number:6d}  PCR {entry.pcr:2d}  {entry.template_name} {record['digest']}  {shown}",

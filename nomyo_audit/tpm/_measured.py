@@ -36,6 +36,7 @@ from ..eventlog import (
     summarize_ima,
     summarize_serving_stack,
 )
+from ..eventlog._efi import printable
 from ._evidence import strict_b64decode
 from ._verdict import Checks, Finding, Measurements, VerdictFacts
 
@@ -210,7 +211,7 @@ def _parse_ima(data: bytes, key: QuotedKey) -> _Outcome:
         return _Outcome(_unquoted(_IMA, (), match, key), log, match, ())
     bad = [m for m in match.pcrs if m.status == "mismatch"]
     if bad:
-        paths = {e.number: (e.path or e.template_name)[:120] for e in log.entries}
+        paths = {e.number: printable(e.path or e.template_name, 120) for e in log.entries}
         detail = _mismatch(bad, lambda n: f"entry {n} ({paths.get(n, '?')})")
         return _Outcome(Finding("ima_log", "fail", "ima_log_mismatch", detail), log, match, ())
     return _Outcome(_matches(_IMA, match), log, match, (("ima", summarize_ima(log, match)),))
