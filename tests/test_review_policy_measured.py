@@ -6,8 +6,9 @@ from __future__ import annotations
 import base64
 import hashlib
 
+from test_policy_measured import efi_variable, judge, machine, reply
+
 from nomyo_audit import eventlog as ev
-from tests.test_policy_measured import efi_variable, judge, machine, reply
 
 
 def _forge_in_unquoted_bank(block: dict, pcr: int, event_type: int, data: bytes) -> None:
@@ -114,3 +115,117 @@ def test_rules_fail_closed_on_a_verdict_with_facts_but_no_measurements():
         assert evaluate(policy, response, now=0, verdict=verdict).rules[0].status == "pass"
         (outcome,) = evaluate(policy, response, now=0, verdict=bare).rules
         assert outcome.status == "fail", outcome
+
+
+def _relabel(block: dict, measured: bytes, new_type: int) -> None:
+    """Change the type of the event of ``measured`` in the log: the type is not covered by any
+    digest, so the replay still matches the quote."""
+    log = ev.parse_event_log(base64.b64decode(block["event_log_b64"]))
+    writer = ev.EventLogWriter(log.banks)
+    target = hashlib.sha256(measured).digest()
+    for event in log.events[1:]:
+        kind = new_type if event.digests.get("sha256") == target else event.type
+        writer.add(event.pcr, kind, event.data, event.digests)
+    block["event_log_b64"] = base64.b64encode(writer.to_bytes()).decode()
+
+
+def test_boot_events_firmware_allow_list_is_not_bypassed_by_relabelling_a_blob():
+    """An unlisted firmware blob, logged as an EV_S_CRTM_VERSION (or an unknown type): its digest is
+    not the hash of its data, so the type is only the router's word, and the allow-list judges it."""
+    evil = machine(firmware=(b"firmware volume 1.0", b"implant"))
+    for new_type in (ev.EV_S_CRTM_VERSION, 0x7777):
+        response = reply(evil, mutate=lambda b, t=new_type: _relabel(b, b"implant", t))
+        spec = {"boot_events": {"firmware": [hashlib.sha256(b"firmware volume 1.0").hexdigest()]}}
+        outcome = judge(spec, response)
+        assert outcome.status == "fail", outcome
+        assert hashlib.sha256(b"implant").hexdigest() in outcome.detail
+
+
+def test_boot_events_boot_application_allow_list_is_not_bypassed_by_relabelling():
+    evil = machine(applications=(b"shimx64.efi 15.8", b"bootkit.efi"))
+    response = reply(evil, mutate=lambda b: _relabel(b, b"bootkit.efi", ev.EV_EFI_ACTION))
+    spec = {"boot_events": {"boot_applications": [hashlib.sha256(b"shimx64.efi 15.8").hexdigest()]}}
+    outcome = judge(spec, response)
+    assert outcome.status == "fail", outcome
+    assert hashlib.sha256(b"bootkit.efi").hexdigest() in outcome.detail
+
+
+# -- policy from-evidence -------------------------------------------------------------------------
+
+PCRS = "sha256:0,4,7,8,23"
+
+
+def _learn(tmp_path, replies, *options):
+    from test_policy_measured_learn import learn
+
+    return learn(tmp_path, replies, *options)
+
+
+def test_learned_cmdline_refuses_a_second_unseen_command_line(tmp_path):
+    """GRUB measures the line of every `linux` command and the kernel boots the last: a learned
+    require alone passed a machine that measured the seen line and then another."""
+    from nomyo_audit.policy import evaluate
+
+    line = "root=/dev/sda1 ro"
+    policy, _ = _learn(tmp_path, [reply(machine(PCRS, cmdline=line))])
+    assert evaluate(policy, reply(machine(PCRS, cmdline=line)), now=0).rules  # lints and evaluates
+    same = [r for r in evaluate(policy, reply(machine(PCRS, cmdline=line)), now=0).rules
+            if r.rule == "kernel_cmdline"]
+    assert same[0].status == "pass", same
+    two = machine(PCRS, cmdline=line)
+    two.measurements.extend_event(8, ev.EV_IPL, b"kernel_cmdline: root=/dev/sda1 init=/bin/sh\x00")
+    (outcome,) = [r for r in evaluate(policy, reply(two), now=0).rules if r.rule == "kernel_cmdline"]
+    assert outcome.status == "fail", outcome
+    assert "init=/bin/sh" in outcome.detail
+
+
+def test_learned_cmdline_does_not_match_the_line_with_a_final_newline(tmp_path):
+    from nomyo_audit.policy import evaluate
+
+    policy, _ = _learn(tmp_path, [reply(machine(PCRS, cmdline="root=/dev/sda1 ro"))])
+    (outcome,) = [
+        r
+        for r in evaluate(policy, reply(machine(PCRS, cmdline="root=/dev/sda1 ro\n")), now=0).rules
+        if r.rule == "kernel_cmdline"
+    ]
+    assert outcome.status == "fail", outcome
+
+
+def test_no_golden_pcrs_keeps_the_golden_values_of_pcrs_no_learned_rule_judges(tmp_path):
+    """--no-golden-pcrs dropped the golden value of every proven PCR. PCR 9 holds the kernel and
+    initrd GRUB loaded, which no learned rule judges: another kernel was accepted."""
+    from nomyo_audit.policy import evaluate
+
+    def booted(kernel: bytes):
+        attester = machine("sha256:0,4,7,8,9,23")
+        attester.measurements.extend_event(9, ev.EV_IPL, b"/vmlinuz-6.8\x00", {
+            bank: hashlib.new(bank, kernel).digest() for bank in ("sha1", "sha256", "sha384")
+        })
+        return attester
+
+    policy, spec = _learn(tmp_path, [reply(booted(b"kernel 6.8"))], "--no-golden-pcrs")
+    assert 9 in spec["pcrs"]["sha256"] and 0 not in spec["pcrs"]["sha256"]
+    assert evaluate(policy, reply(booted(b"kernel 6.8")), now=0).passed
+    other = evaluate(policy, reply(booted(b"backdoored kernel")), now=0)
+    assert [r.rule for r in other.failures] == ["pcrs"], other.summary()
+
+
+def test_learned_firmware_list_accepts_its_own_evidence_with_an_unverifiable_pcr_0_event(tmp_path):
+    """The allow-list now judges every PCR 0 event whose data its digest does not cover (an
+    EV_EFI_HANDOFF_TABLES2 here): from-evidence learns it too, so the learned policy passes the
+    machine it was learned from, and a relabelled implant is still refused."""
+    from nomyo_audit.policy import evaluate
+
+    def tables(attester):
+        attester.measurements.extend_event(0, 0x8000000B, b"\x01tables", {
+            bank: hashlib.new(bank, b"ACPI tables").digest() for bank in ("sha1", "sha256", "sha384")
+        })
+        return attester
+
+    policy, spec = _learn(tmp_path, [reply(tables(machine(PCRS)))], "--no-golden-pcrs")
+    assert hashlib.sha256(b"ACPI tables").hexdigest() in spec["boot_events"]["firmware"]
+    assert evaluate(policy, reply(tables(machine(PCRS))), now=0).passed
+    evil = tables(machine(PCRS, firmware=(b"firmware volume 1.0", b"implant")))
+    relabelled = reply(evil, mutate=lambda b: _relabel(b, b"implant", ev.EV_S_CRTM_VERSION))
+    result = evaluate(policy, relabelled, now=0)
+    assert [r.rule for r in result.failures] == ["boot_events"], result.summary()

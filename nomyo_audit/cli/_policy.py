@@ -147,7 +147,7 @@ def from_evidence(
             events.add(verdict)
     if not used:
         raise EvidenceError(f"no verified evidence in {', '.join(files)}", code="no_evidence")
-    judged_by_events = set() if golden_pcrs else events.proven_pcrs
+    judged_by_events = set() if golden_pcrs else events.judged_pcrs()
     pcrs = {
         bank: {
             int(i): v

@@ -14,9 +14,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..eventlog import EV_EFI_BOOT_SERVICES_APPLICATION
 from ..tpm._verdict import Verdict
-from ._measured_rules import FIRMWARE_TYPES, proven_digests
+from ._measured_rules import ALLOW_LISTS, allow_listed, proven_cmdlines, proven_digests
 
 __all__ = ["EventReferences"]
 
@@ -36,8 +35,7 @@ class EventReferences:
         self.router_versions: dict[str, None] = {}
         self.router_code: dict[str, None] = {}
         self.models: dict[str, dict[str, None] | None] = {}  # None: a model measured without weights
-        #: PCRs whose events some reply's log or IMA list proved (their golden values may give way to
-        #: the rules)
+        #: PCRs whose events some reply's log or IMA list proved
         self.proven_pcrs: set[int] = set()
         #: how many replies' event logs / IMA lists were proven
         self.logs = self.ima_lists = 0
@@ -58,17 +56,17 @@ class EventReferences:
     def _add_boot(self, verdict: Verdict, measurements: Any) -> None:
         proven = proven_digests(measurements)
         self.proven_pcrs |= proven.pcrs
+        lists = {pcr: (self.firmware if name == "firmware" else self.boot_applications, kinds)
+                 for pcr, name, kinds in ALLOW_LISTS}  # fmt: skip
         for event, digests in proven.events:
-            if not digests:
-                continue
-            digest = _one(digests)
-            if event.pcr == 0 and event.type in FIRMWARE_TYPES:
-                self.firmware[digest] = None
-            elif event.pcr == 4 and event.type == EV_EFI_BOOT_SERVICES_APPLICATION:
-                self.boot_applications[digest] = None
+            learned = lists.get(event.pcr)
+            # exactly the events the rule judges (also an unverifiable event of another type)
+            if digests and learned is not None and allow_listed(event, learned[1], proven.banks):
+                learned[0][_one(digests)] = None
         boot: Mapping[str, Any] = verdict.facts.get("measured_boot") or {}
         self.secure_boot.add(boot.get("secure_boot"))
-        for line in boot.get("kernel_cmdlines") or ():
+        lines = proven_cmdlines(measurements)  # whole, from proven banks: what the rule reads
+        for line in lines if isinstance(lines, tuple) else ():
             self.cmdlines[line] = None
         stack: Mapping[str, Any] = verdict.facts.get("serving_stack") or {}
         router = stack.get("router") or {}
@@ -84,6 +82,17 @@ class EventReferences:
             else:
                 known[weights] = None
 
+    def judged_pcrs(self) -> set[int]:
+        """The proven PCRs whose every unverifiable event a learned rule judges, so their golden
+        values may give way to it: PCR 0 and 4 with a learned allow-list, PCR 10 with IMA digests.
+        Not PCR 7 (secure_boot reads one variable of it, not db or dbx), 8 (grub commands) or 9
+        (the kernel and initrd files), nor 23 (its configuration event), nor any other: a PCR whose
+        golden value is dropped with no rule on its events would accept whatever it measures."""
+        judged = {0} if self.firmware else set()
+        judged |= {4} if self.boot_applications else set()
+        judged |= {10} if self.ima else set()
+        return judged & self.proven_pcrs
+
     def spec(self) -> dict[str, Any]:
         """The event rules learned, as ``spec`` keys (only rules something proven supports)."""
         spec: dict[str, Any] = {}
@@ -94,7 +103,9 @@ class EventReferences:
             spec["boot_events"] = {key: value for key, value in events.items() if value}
         pattern = _cmdline_pattern(list(self.cmdlines))
         if pattern is not None:
-            spec["kernel_cmdline"] = {"require": [pattern]}
+            # require: a seen line was booted; forbid: no other line was (a second GRUB `linux`
+            # command's line is measured too, and the last one is what the kernel runs)
+            spec["kernel_cmdline"] = {"require": [pattern], "forbid": ["^(?!" + pattern[1:] + ")"]}
         if self.ima:
             spec["ima"] = {"digests": {path: list(digests) for path, digests in self.ima.items()}}
         stack: dict[str, Any] = {}
@@ -116,13 +127,14 @@ def _one(digests: frozenset[str]) -> str:
 
 
 def _cmdline_pattern(lines: list[str]) -> str | None:
-    """``^(?:line|line)$`` matching exactly the command lines seen, or None (none, or over the bound)."""
+    """``^(?:line|line)\\Z`` matching exactly the command lines seen, or None (none, or over the bound).
+
+    ``\\Z``, not ``$``: ``$`` also matches before a final newline, a line that was never seen.
+    """
     if not lines:
         return None
-    pattern = (
-        "^" + re.escape(lines[0]) + "$" if len(lines) == 1 else f"^(?:{'|'.join(map(re.escape, lines))})$"
-    )
-    return pattern if len(pattern) <= _MAX_PATTERN else None
+    pattern = f"^(?:{'|'.join(map(re.escape, lines))})\\Z"
+    return pattern if len(pattern) <= _MAX_PATTERN - len("(?!)") else None  # forbid wraps it
 
 
 def _literal(version: str) -> str:

@@ -41,7 +41,14 @@ from ..eventlog import (
 from ..tpm._verdict import CHECKS, Finding, Verdict
 from ._model import PolicySpec
 
-__all__ = ["FIRMWARE_TYPES", "MEASURED_RULES", "proven_digests"]
+__all__ = [
+    "ALLOW_LISTS",
+    "FIRMWARE_TYPES",
+    "MEASURED_RULES",
+    "allow_listed",
+    "proven_cmdlines",
+    "proven_digests",
+]
 
 #: The PCR 0 event types ``boot_events.firmware`` allow-lists (and ``policy from-evidence`` learns).
 FIRMWARE_TYPES = frozenset(
@@ -104,6 +111,8 @@ class _Proven(NamedTuple):
     pcrs: frozenset[int]
     #: PCRs the log extends that the quote does not cover
     unquoted: frozenset[int]
+    #: PCR -> the banks whose replay the quote proves
+    banks: Mapping[int, set[str]]
 
 
 def _proven_banks(match: Any) -> dict[int, set[str]]:
@@ -113,6 +122,24 @@ def _proven_banks(match: Any) -> dict[int, set[str]]:
         if pcr_match.status == "match":
             proven_banks.setdefault(pcr_match.pcr, set()).add(pcr_match.bank)
     return proven_banks
+
+
+#: The events each ``boot_events`` allow-list names, by PCR: (the allow-list's key, its event types).
+ALLOW_LISTS = (
+    (_FIRMWARE_PCR, "firmware", FIRMWARE_TYPES),
+    (_BOOT_APPLICATION_PCR, "boot_applications", frozenset((EV_EFI_BOOT_SERVICES_APPLICATION,))),
+)
+
+
+def allow_listed(event: Event, kinds: frozenset[int], proven_banks: Mapping[int, set[str]]) -> bool:
+    """Whether an allow-list of ``kinds`` judges ``event``: one of those types, or an event whose data
+    its digest does not verify in a proven bank. An event's type is covered by no digest: an
+    unlisted firmware blob or boot application logged as another type (an EV_S_CRTM_VERSION, an
+    EV_EFI_ACTION, an unknown type) would otherwise escape the list. An event whose digest is the
+    hash of its data shows what it measured, and is left to the other rules."""
+    if event.type in kinds:
+        return True
+    return not any(decode_event(event, bank).data_verified for bank in proven_banks.get(event.pcr, ()))
 
 
 def proven_digests(measurements: Any) -> _Proven:
@@ -128,7 +155,8 @@ def proven_digests(measurements: Any) -> _Proven:
         )
         for event in measurements.proven_events()
     )
-    return _Proven(events, frozenset(event.pcr for event, _ in events), frozenset(match.unquoted))
+    pcrs = frozenset(event.pcr for event, _ in events)
+    return _Proven(events, pcrs, frozenset(match.unquoted), proven_banks)
 
 
 def _log_key(measurements: Any) -> tuple[Any, ...] | None:
@@ -224,19 +252,14 @@ def boot_events(value: Mapping[str, list[str]], spec: PolicySpec) -> Check:
     def outcome(proven: _Proven) -> Any:
         problems: list[str] = []
         counts: list[str] = []
-        for pcr, allowed, kinds, name in (
-            (_FIRMWARE_PCR, firmware, FIRMWARE_TYPES, "firmware"),
-            (
-                _BOOT_APPLICATION_PCR,
-                applications,
-                frozenset((EV_EFI_BOOT_SERVICES_APPLICATION,)),
-                "boot_applications",
-            ),
-        ):
+        for pcr, name, kinds in ALLOW_LISTS:
+            allowed = firmware if name == "firmware" else applications
             if allowed is None:
                 continue
             unproven = _pcr_unproven(pcr, proven, name.replace("_", " "))
-            events = [(e, d) for e, d in proven.events if e.pcr == pcr and e.type in kinds]
+            events = [
+                (e, d) for e, d in proven.events if e.pcr == pcr and allow_listed(e, kinds, proven.banks)
+            ]
             if unproven is None and not events:
                 unproven = f"{name.replace('_', ' ')} is unproven: no proven PCR {pcr} event is of that kind"
             if unproven is not None:
