@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 
+import pytest
 from test_verify_measured import NONCE, machine, verify
 
 from nomyo_audit.cli._main import main
@@ -38,3 +39,10 @@ def test_eventlog_show_ima_prints_paths_escaped(tmp_path, capsys):
     assert "owned" in output
     assert "\x1b" not in output and "\x07" not in output
     assert not any(line.startswith("PASS") for line in output.splitlines())
+
+
+@pytest.mark.parametrize("command", ["show", "replay"])
+def test_eventlog_refuses_a_file_that_never_ends(command, capsys):
+    # /dev/zero reads as an endless SHA-1 format log of empty events: it must be refused, not replayed forever
+    assert main(["eventlog", command, "/dev/zero"]) == 2
+    assert "not a regular file" in capsys.readouterr().err

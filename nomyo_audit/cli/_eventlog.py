@@ -20,6 +20,14 @@ from ..eventlog._efi import printable
 from ..eventlog._parse import startup_locality
 
 _IMA_BANKS = ("sha1", "sha256", "sha384")
+def _regular_file(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    """Only a regular file: a device or a pipe (/dev/zero, a FIFO) may never end, and the reader
+    streams without a count cap so that real logs of any size read."""
+    if not value.is_file():
+        raise click.BadParameter(f"{str(value)[:200]!r} is not a regular file", ctx, param)
+    return value
+
+
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 _FORMAT = click.option(
     "--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True
@@ -75,7 +83,7 @@ def _records(stream: BinaryIO, ima: bool, bank: str) -> Iterator[tuple[dict[str,
 
 
 @eventlog_group.command("show")
-@click.argument("file", type=_FILE)
+@click.argument("file", type=_FILE, callback=_regular_file)
 @_FORMAT
 @_IMA
 @click.option(
@@ -127,7 +135,7 @@ def _replay_ima(stream: BinaryIO) -> dict[str, dict[int, bytes]]:
 
 
 @eventlog_group.command("replay")
-@click.argument("file", type=_FILE)
+@click.argument("file", type=_FILE, callback=_regular_file)
 @_FORMAT
 @_IMA
 def replay(file: Path, output: str, ima: bool) -> None:
