@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,16 +51,26 @@ class ModelIdentity:
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
+    """SHA-256 of a regular file. Opened without blocking and checked once open, so a FIFO, a socket
+    or a device (``/dev/zero``) is refused (OSError) instead of hanging or reading forever."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    with os.fdopen(fd, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        digest = hashlib.sha256()
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
 
 
+def _walk_error(exc: OSError) -> None:
+    raise exc  # a directory that cannot be listed would leave its files out of the manifest
+
+
 def _manifest_files(root: Path) -> Iterable[tuple[str, Path]]:
     seen: set[tuple[int, int]] = set()
-    for directory, subdirs, files in os.walk(root, followlinks=True):  # a wheel has the linked files
+    walk = os.walk(root, onerror=_walk_error, followlinks=True)  # a wheel has the linked files
+    for directory, subdirs, files in walk:
         info = os.stat(directory)
         if (info.st_dev, info.st_ino) in seen:  # a symbolic link loop
             subdirs.clear()
@@ -79,16 +90,16 @@ def manifest_digest(root: Path) -> str:
     Raises ConfigurationError when a file cannot be read or there are more than MAX_MANIFEST_FILES.
     """
     entries: list[tuple[str, Path]] = []
-    for entry in _manifest_files(root):
-        entries.append(entry)
-        if len(entries) > MAX_MANIFEST_FILES:
-            raise ConfigurationError(f"{root}: more than {MAX_MANIFEST_FILES} files to measure")
     digest = hashlib.sha256()
     try:
+        for entry in _manifest_files(root):
+            entries.append(entry)
+            if len(entries) > MAX_MANIFEST_FILES:
+                raise ConfigurationError(f"{root}: more than {MAX_MANIFEST_FILES} files to measure")
         for relative, path in sorted(entries):
             digest.update(f"{relative}\0{_file_sha256(path)}\n".encode())
     except OSError as exc:
-        raise ConfigurationError(f"cannot measure {root}: {exc.strerror or type(exc).__name__}") from None
+        raise ConfigurationError(f"cannot measure {root}: {_reason(exc)}") from None
     return digest.hexdigest()
 
 
@@ -108,7 +119,13 @@ def weights_digest(path: Path) -> str:
     try:
         return _file_sha256(path)
     except OSError as exc:
-        raise ConfigurationError(f"--measure-model {path}: {exc.strerror or type(exc).__name__}") from None
+        raise ConfigurationError(f"--measure-model {path}: {_reason(exc)}") from None
+
+
+def _reason(exc: OSError) -> str:
+    if exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc) if exc.args else type(exc).__name__
 
 
 def serving_models(upstream: str | None, measured: Mapping[str, Path | None]) -> list[ModelIdentity]:
