@@ -14,7 +14,18 @@ import pytest
 from test_verify_measured import MODEL, NONCE, machine, verify
 
 from nomyo_audit._canonical import canonical_json
-from nomyo_audit.eventlog import EV_EVENT_TAG, SERVING_STACK_TAG, decode_event, serving_stack_event
+from nomyo_audit.eventlog import (
+    EV_EVENT_TAG,
+    SERVING_STACK_TAG,
+    EventLogWriter,
+    _constants,
+    decode_event,
+    match_event_log,
+    parse_event_log,
+    replay_event_log,
+    serving_stack_event,
+    summarize_serving_stack,
+)
 from nomyo_audit.eventlog._parse import Event
 
 _MODEL_DUPLICATE_NAME = (
@@ -57,3 +68,15 @@ def test_verify_attestation_neither_raises_nor_reads_a_non_canonical_model(name)
     assert verdict.finding("event_log").status == "pass"
     models = verdict.facts["serving_stack"]["models"]
     assert set(models) == {"echo"}
+
+
+def test_a_bank_this_python_cannot_hash_does_not_crash_the_serving_stack(monkeypatch):
+    # a log with an sm3_256 bank, read where OpenSSL has no SM3: PCR 23 is proven in sha256
+    writer = EventLogWriter(("sha256", "sm3_256"))
+    writer.add(23, EV_EVENT_TAG, serving_stack_event("model", MODEL))
+    log = parse_event_log(writer.to_bytes())
+    monkeypatch.setitem(_constants._HASHLIB_NAMES, "sm3_256", "no-such-hash")
+    match = match_event_log(log, {"sha256": replay_event_log(log, "sha256")})
+    assert match.ok
+    stack = summarize_serving_stack(log, match)
+    assert stack is not None and set(stack["models"]) == {"echo"}
