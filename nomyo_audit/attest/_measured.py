@@ -14,7 +14,6 @@ as the kernel keeps it, read after each quote.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import threading
 from collections.abc import Mapping
@@ -23,6 +22,8 @@ from typing import Any
 
 from ..errors import ConfigurationError, EventLogError
 from ..eventlog import MAX_EVENT_LOG_BYTES, MAX_IMA_LOG_BYTES, EventLogWriter, ImaLogWriter
+from ..eventlog._constants import DIGEST_SIZES
+from ..eventlog._constants import digest as bank_digest
 from ..tpm._evidence import parse_pcr_banks
 from ..tpm._structures import HASH_NAMES
 
@@ -121,7 +122,10 @@ class MeasurementLog:
         with self._lock:
             writer = self._writer()
             given = dict(digests or {})
-            values = {bank: given.get(bank) or hashlib.new(bank, data).digest() for bank in writer.banks}
+            values = {bank: given.get(bank) or bank_digest(bank, data) for bank in writer.banks}
+            for bank, value in values.items():  # checked before any bank is extended: a PCR half
+                if len(value) != DIGEST_SIZES[bank]:  # extended is one no log explains
+                    raise ConfigurationError(f"a {bank} digest of {len(value)} bytes cannot be extended")
             self._extend(pcr, values)
             logged = writer.add(pcr, event_type, data, values)
             self._event_count += 1
