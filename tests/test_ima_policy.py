@@ -106,3 +106,19 @@ def test_invalid_policies_are_ima_policy_invalid(data: bytes) -> None:
     with pytest.raises(EventLogError) as caught:
         ImaPolicy.from_keylime(data)
     assert caught.value.code == "ima_policy_invalid"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"meta": {"version": 1}, "digests": {"/bin/a": ["' + b"aa" * 32 + b'"]}, "digests": {}}',
+        b'{"meta": {"version": 1}, "excludes": [], "excludes": ["/.*"]}',
+        b'{"meta": {"version": 1}, "digests": {"/bin/a": ["' + b"aa" * 32 + b'"], "/bin/a": []}}',
+    ],
+)
+def test_duplicate_keys_are_refused_not_resolved_by_the_last(data: bytes) -> None:
+    """A second "digests" or "excludes" would silently replace the first (json keeps the last): what a
+    reviewer read in the file is not what is enforced. Another reader may keep the first."""
+    with pytest.raises(EventLogError) as caught:
+        ImaPolicy.from_keylime(data)
+    assert caught.value.code == "ima_policy_invalid" and "duplicate" in caught.value.message

@@ -33,6 +33,21 @@ _HEX_DIGEST = re.compile(r"(?:[0-9a-z_-]+:)?([0-9a-fA-F]{32,128})")
 _MAX_EXCLUDE = 4096
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are distinct: ``json`` would keep the last of two, so what a reviewer
+    read first in the file would not be what is enforced (and another reader may keep the first)."""
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise _DuplicateKey(f"duplicate key {key[:80]!r}")
+        document[key] = value
+    return document
+
+
 def _invalid(message: str) -> EventLogError:
     return EventLogError(f"IMA runtime policy: {message}", code="ima_policy_invalid")
 
@@ -102,9 +117,9 @@ class ImaPolicy:
         if not text.lstrip().startswith("{"):
             return cls._from_allowlist(text)
         try:
-            document = json.loads(text)
+            document = json.loads(text, object_pairs_hook=_unique_keys)
         except ValueError as exc:
-            raise _invalid(f"not JSON: {exc}") from None
+            raise _invalid(str(exc) if isinstance(exc, _DuplicateKey) else f"not JSON: {exc}") from None
         if not isinstance(document, dict):
             raise _invalid("not a JSON object")
         if "payload" in document:
