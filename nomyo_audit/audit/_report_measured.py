@@ -16,8 +16,9 @@ range.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +41,8 @@ STATE_FIELDS = (
 )
 _MAX_ROUTERS = 50
 _MAX_STATES = 50
+#: Proven logs whose state is remembered (a miss only builds the state again)
+_MAX_LOGS = 128
 _MAX_ITEMS = 64
 _MAX_TEXT = 1024
 
@@ -101,13 +104,40 @@ def _log_key(summary: Mapping[str, Any], *fields: str) -> Any:
     return key
 
 
-class _Seen:
-    """One grouping key's records: how many, first and last seen, and its state (built once)."""
+class _States:
+    """One router's distinct states, merged by what they say; memory bounded however many there are.
 
-    __slots__ = ("first", "last", "records", "state")
+    At most ``2 * _MAX_STATES`` states are kept whole. Past that the ones first seen earliest are
+    reduced to (first seen, last seen, records) under a 16-byte digest of what they say, so a
+    state seen again later keeps its true first sighting and a report counts what it omits.
+    """
 
-    def __init__(self, state: dict[str, Any], when: str) -> None:
-        self.state, self.first, self.last, self.records = state, when, when, 0
+    __slots__ = ("evicted", "kept", "records")
+
+    def __init__(self) -> None:
+        self.kept: dict[bytes, dict[str, Any]] = {}
+        self.evicted: dict[bytes, tuple[str, str, int]] = {}
+        self.records = 0
+
+    def add(self, identity: bytes, state: dict[str, Any], when: str) -> None:
+        self.records += 1
+        entry = self.kept.get(identity)
+        if entry is None:
+            first, last, records = self.evicted.pop(identity, (when, when, 0))
+            entry = {**state, "first_seen": first, "last_seen": last, "records": records}
+            self.kept[identity] = entry
+            if len(self.kept) > 2 * _MAX_STATES:
+                self._evict()
+        entry["records"] += 1
+        if when:
+            entry["first_seen"] = min(entry["first_seen"], when) if entry["first_seen"] else when
+            entry["last_seen"] = max(entry["last_seen"], when)
+
+    def _evict(self) -> None:
+        order = sorted(self.kept, key=lambda k: (self.kept[k]["first_seen"], self.kept[k]["last_seen"]))
+        for identity in order[: len(order) - _MAX_STATES - 1]:  # one more kept: what the first shown changed
+            entry = self.kept.pop(identity)
+            self.evicted[identity] = (entry["first_seen"], entry["last_seen"], entry["records"])
 
 
 class _Ima:
@@ -130,7 +160,9 @@ class MeasuredTally:
     """Per router: its distinct measured states with first/last seen, its unmeasured records, its IMA."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[str, Any, Any], _Seen] = {}
+        # a state is a function of its proven log: built once per log key while that key is recent
+        self._by_log: OrderedDict[tuple[str, Any, Any], tuple[bytes, dict[str, Any]]] = OrderedDict()
+        self._states: dict[str, _States] = {}
         self._unmeasured: Counter[str] = Counter()
         self._ima: dict[str, _Ima] = {}
 
@@ -145,13 +177,19 @@ class MeasuredTally:
             self._unmeasured[router] += 1
             return
         key = (router, _log_key(boot, "log_sha256", "bank", "pcrs"), _log_key(stack, "log_sha256", "pcr"))
-        seen = self._seen.get(key)
-        if seen is None:
-            seen = self._seen[key] = _Seen(_state(boot, stack), when)
-        seen.records += 1
-        if when:
-            seen.first = min(seen.first, when) if seen.first else when
-            seen.last = max(seen.last, when)
+        known = self._by_log.get(key)
+        if known is None:
+            state = _state(boot, stack)
+            said = json.dumps({k: v for k, v in state.items() if k not in ("log_sha256", "pcrs")})
+            known = self._by_log[key] = (hashlib.sha256(said.encode()).digest()[:16], state)
+            if len(self._by_log) > _MAX_LOGS:
+                self._by_log.popitem(last=False)
+        else:
+            self._by_log.move_to_end(key)
+        states = self._states.get(router)
+        if states is None:
+            states = self._states[router] = _States()
+        states.add(known[0], known[1], when)
 
     def _add_ima(self, router: str, when: str, ima: Mapping[str, Any]) -> None:
         tally = self._ima.get(router)
@@ -178,29 +216,13 @@ class MeasuredTally:
 
     def section(self) -> list[dict[str, Any]]:
         """The report's ``measured`` list: one entry per router, routers with most records first."""
-        by_router: dict[str, dict[str, dict[str, Any]]] = {}
-        for (router, _, _), seen in self._seen.items():
-            states = by_router.setdefault(router, {})
-            identity = json.dumps({k: v for k, v in seen.state.items() if k not in ("log_sha256", "pcrs")})
-            merged = states.get(identity)
-            if merged is None:
-                states[identity] = {
-                    **seen.state,
-                    "first_seen": seen.first,
-                    "last_seen": seen.last,
-                    "records": seen.records,
-                }
-            else:
-                merged["records"] += seen.records
-                merged["first_seen"] = min(merged["first_seen"], seen.first)
-                merged["last_seen"] = max(merged["last_seen"], seen.last)
-        routers = set(by_router) | set(self._unmeasured) | set(self._ima)
-        entries = [self._router(r, list(by_router.get(r, {}).values())) for r in routers]
+        routers = set(self._states) | set(self._unmeasured) | set(self._ima)
+        entries = [self._router(r, self._states.get(r) or _States()) for r in routers]
         entries.sort(key=lambda e: (-(e["records"] + e["unmeasured"]), e["router"]))
         return entries[:_MAX_ROUTERS]
 
-    def _router(self, router: str, states: list[dict[str, Any]]) -> dict[str, Any]:
-        states.sort(key=lambda s: (s["first_seen"], s["last_seen"]))
+    def _router(self, router: str, kept: _States) -> dict[str, Any]:
+        states = sorted(kept.kept.values(), key=lambda s: (s["first_seen"], s["last_seen"]))
         previous: dict[str, Any] | None = None
         for state in states:
             state["changed"] = (
@@ -210,11 +232,11 @@ class MeasuredTally:
         ima = self._ima.get(router)
         return {
             "router": as_label(router),
-            "records": sum(s["records"] for s in states),
+            "records": kept.records,
             "unmeasured": self._unmeasured[router],
-            "changed": len(states) > 1,
-            "states": states[-_MAX_STATES:],
-            "states_omitted": max(0, len(states) - _MAX_STATES),
+            "changed": len(states) + len(kept.evicted) > 1,
+            "states": [dict(s) for s in states[-_MAX_STATES:]],
+            "states_omitted": max(0, len(states) - _MAX_STATES) + len(kept.evicted),
             "ima": None
             if ima is None
             else {
