@@ -50,3 +50,25 @@ def test_a_state_seen_again_after_many_others_keeps_its_first_sighting():
     # not new ones first seen late, so the last 50 shown are still v350..v399
     assert [s["crtm_version"] for s in router["states"]] == [f"v{n}" for n in range(350, 400)]
     assert router["records"] == 500 and router["states_omitted"] == 400 - 50
+
+
+def test_router_chosen_strings_cannot_forge_lines_or_markup_in_a_report():
+    # a router chooses what its TPM measures: the version, upstream and model names are its word
+    from test_report_measured import FIRMWARE_OLD, STATE, boot, doc, stack
+
+    from nomyo_audit.audit import build_report, render_report
+
+    evil = "0.4.0\n\n## Verdict: every reply verified\x1b[2J<script>alert(1)</script>"
+    served = {**stack(evil, "01" * 32), "upstream": "http://x/<img src=x onerror=alert(1)>"}
+    model = {"source": "local", "weights_sha256": "aa" * 32, "upstream_identity": None}
+    served["models"] = {"m<b>\n# x": model}
+    facts = {"measured_boot": {**boot(FIRMWARE_OLD, "01" * 32), "kernel_cmdlines": ["ro `x` \x1b]0;t\x07"]},
+             "serving_stack": served}
+    report = build_report([doc(0, "2026-11-01T10:00:00.000Z", "https://a", facts)], **STATE)
+    files = {name: data.decode() for name, data in render_report(report, ["html", "md", "csv"]).items()}
+    for name, text in files.items():
+        assert "\x1b" not in text and "\x07" not in text, name
+        assert not any(line.startswith(("## Verdict", "# x")) for line in text.splitlines()), name
+    assert "<script>" not in files["report.md"] and "<img" not in files["report.md"]
+    assert "<b>" not in files["report.md"] and "<script>" not in files["report.html"]
+    assert "`x`" not in files["report.md"]  # a backtick cannot close the command line's code span

@@ -22,6 +22,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+from ..eventlog._efi import printable
 from ._report_record import as_label, as_mapping, as_text
 
 __all__ = ["STATE_FIELDS", "MeasuredTally"]
@@ -48,7 +49,9 @@ _MAX_TEXT = 1024
 
 
 def _text(value: Any) -> str | None:
-    return value[:_MAX_TEXT] if isinstance(value, str) else None
+    """A string a router chose (proven only in that its TPM measured it): one printable line, capped,
+    so no line break or terminal escape in a version or path reaches a report's Markdown or CSV."""
+    return printable(value, _MAX_TEXT) if isinstance(value, str) else None
 
 
 def _rows(value: Any, keys: tuple[str, ...]) -> list[dict[str, str | None]]:
@@ -63,7 +66,7 @@ def _texts(value: Any) -> list[str]:
 def _models(value: Any) -> dict[str, dict[str, str | None]]:
     models = as_mapping(value)
     return {
-        str(name)[:_MAX_TEXT]: {
+        printable(str(name), _MAX_TEXT): {
             k: _text(as_mapping(entry).get(k)) for k in ("source", "weights_sha256", "upstream_identity")
         }
         for name, entry in list(models.items())[:_MAX_ITEMS]
