@@ -7,7 +7,7 @@ Kept in every record they would swell the log a thousandfold, so a record keeps
 bytes go once per digest into the store's blobs table, in the record's own transaction
 (:func:`detach_logs`). Re-appraisal puts them back (:class:`BlobReader`, :func:`attach_logs`):
 a missing blob or one that does not hash to its digest is an :class:`IntegrityError`, never a
-silent pass. :func:`blob_problems` is what ``log verify`` checks.
+silent pass. :class:`BlobCheck` is what ``log verify`` checks.
 
 A field that is not canonical base64 is kept as it came (the verdict already failed on it):
 only a value that decodes and re-encodes to the very same text is replaced, so putting it back
@@ -31,6 +31,7 @@ from ..errors import IntegrityError
 __all__ = [
     "EVIDENCE_PATHS",
     "LOG_FIELDS",
+    "BlobCheck",
     "BlobReader",
     "attach_logs",
     "blob_problems",
@@ -209,7 +210,7 @@ def attach_logs(metadata: Mapping[str, Any], reader: BlobReader, where: str) -> 
 
 def _all_kept(data: bytes, present: set[bytes]) -> bool:
     """Whether everything in ``data`` shaped like a reference (``…_log_sha256":"<64 hex>"``) names a kept
-    blob: byte searches only, the fast path of :func:`blob_problems`."""
+    blob: byte searches only, the fast path of :class:`BlobCheck`."""
     at = data.find(_MARKER)
     while at >= 0:
         value = at + len(_MARKER)
@@ -221,37 +222,54 @@ def _all_kept(data: bytes, present: set[bytes]) -> bool:
     return True
 
 
-def blob_problems(
-    records: Iterable[tuple[Any, Any]], blobs: Iterable[tuple[Any, Any]], limit: int = 20
-) -> list[str]:
-    """What ``log verify`` finds wrong with the blobs: each must hash to its key, each reference be kept.
+class BlobCheck:
+    """What ``log verify`` finds wrong with the blobs, checked inside its one pass over the records.
 
-    ``records`` are (seq, bytes) rows, ``blobs`` (key, bytes) rows, both as stored (unchecked).
-    The fast path searches each record's bytes for anything shaped like a reference: when every
-    one found names a kept blob there is nothing to report wherever it sits; only a record with
-    one that does not is parsed, to tell a reference the client wrote (a problem) from a field of
-    that name elsewhere in the router's metadata (none). At most ``limit`` problems are named.
+    Made from the (key, bytes) rows of the blobs table, as stored: each must hash to its key.
+    :meth:`record` then checks one record's bytes: every reference it keeps must name a kept blob.
+    The fast path searches the bytes for anything shaped like a reference; only a record with one
+    that names no kept blob is parsed, to tell a reference the client wrote (a problem) from a
+    field of that name elsewhere in the router's metadata (none). At most ``limit`` problems.
     """
-    problems: list[str] = []
-    present: set[bytes] = set()
-    for key, data in blobs:
-        if not is_digest(key) or type(data) is not bytes:
-            problems.append(f"blob {str(key)[:70]!r}: not a SHA-256 key with bytes (altered)")
-        elif hashlib.sha256(data).hexdigest() != key:
-            problems.append(f"blob {key[:16]}...: its bytes do not hash to its key (altered)")
-        else:
-            present.add(key.encode())
-    for seq, data in records:
-        if type(data) is not bytes or _all_kept(data, present):
-            continue
+
+    def __init__(self, blobs: Iterable[tuple[Any, Any]], limit: int = 20) -> None:
+        self.limit = limit
+        self.problems: list[str] = []
+        self.present: set[bytes] = set()
+        for key, data in blobs:
+            if not is_digest(key) or type(data) is not bytes:
+                self._problem(f"blob {str(key)[:70]!r}: not a SHA-256 key with bytes (altered)")
+            elif hashlib.sha256(data).hexdigest() != key:
+                self._problem(f"blob {key[:16]}...: its bytes do not hash to its key (altered)")
+            else:
+                self.present.add(key.encode())
+
+    def _problem(self, problem: str) -> None:
+        if len(self.problems) < self.limit:
+            self.problems.append(problem)
+
+    def record(self, seq: Any, data: bytes) -> None:
+        """Check one record's stored bytes (not JSON: the record pass names that)."""
+        if _all_kept(data, self.present):
+            return
         try:
             document = json.loads(data)
         except (ValueError, RecursionError):
-            continue  # the record pass names bytes that are not a record
+            return
         metadata = document.get("metadata") if isinstance(document, dict) else None
         for what, digest in references(metadata) if isinstance(metadata, Mapping) else ():
             if not is_digest(digest):
-                problems.append(f"record {seq}: its {what} reference is not a SHA-256 digest (altered)")
-            elif digest.encode() not in present:
-                problems.append(f"record {seq}: the {what} it references ({digest[:16]}...) is missing")
-    return problems[:limit]
+                self._problem(f"record {seq}: its {what} reference is not a SHA-256 digest (altered)")
+            elif digest.encode() not in self.present:
+                self._problem(f"record {seq}: the {what} it references ({digest[:16]}...) is missing")
+
+
+def blob_problems(
+    records: Iterable[tuple[Any, Any]], blobs: Iterable[tuple[Any, Any]], limit: int = 20
+) -> list[str]:
+    """:class:`BlobCheck` over ``records`` ((seq, bytes) rows) and ``blobs`` ((key, bytes) rows)."""
+    check = BlobCheck(blobs, limit)
+    for seq, data in records:
+        if type(data) is bytes:
+            check.record(seq, data)
+    return check.problems

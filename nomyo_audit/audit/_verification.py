@@ -2,9 +2,10 @@
 
 :meth:`AuditLog.verify <nomyo_audit.audit.AuditLog.verify>` runs one :class:`_Verification`:
 a pass over every record (the leaf hash from the bytes, the position the bytes say, the
-columns they name), then a pass over the checkpoints kept in the log and those kept
-elsewhere. Its result is a :class:`VerifyReport`; :class:`LogState` is the part of it a
-report cites. Problems name the first bad record or checkpoint.
+columns they name, the event logs it keeps by digest: :class:`._blobs.BlobCheck`), then a
+pass over the checkpoints kept in the log and those kept elsewhere. Its result is a
+:class:`VerifyReport`; :class:`LogState` is the part of it a report cites. Problems name the
+first bad record or checkpoint.
 
 This is the ``log verify`` hot loop: its record pass reads locals only, keeps one frontier
 and hashes each record once.
@@ -23,6 +24,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import IntegrityError
+from ._blobs import BlobCheck
 from ._dsse import key_fingerprint
 from ._fields import TIME_COLUMN_EXACT, ColumnCheck
 from ._merkle import Frontier
@@ -181,7 +183,10 @@ class _Verification:
                 self.problems.append(f"the SQLite file is damaged: {status}")
             self._metadata()
             checkpoint_rows = self.store.checkpoint_rows()
-            self._records(self._sizes_wanted(checkpoint_rows))
+            blobs = self._blobs()
+            self._records(self._sizes_wanted(checkpoint_rows), blobs)
+            if blobs is not None:  # the kept event logs: each hashes to its key, each referenced is kept
+                self.problems.extend(blobs.problems)
         except IntegrityError as exc:
             self.problems.append(str(exc))
         report = VerifyReport(self.frontier.size, self.frontier.root(), len(checkpoint_rows))
@@ -196,6 +201,14 @@ class _Verification:
             if not self.store.meta(name):
                 self.problems.append(f"the log's {name} is missing (deleted?)")
 
+    def _blobs(self) -> BlobCheck | None:
+        """The blobs table read and checked (a damaged one is a problem; the records are checked still)."""
+        try:
+            return BlobCheck(self.store.blobs())
+        except IntegrityError as exc:
+            self.problems.append(str(exc))
+            return None
+
     def _sizes_wanted(self, rows: list[CheckpointRow]) -> set[int]:
         sizes = {row.size for row in rows if isinstance(row.size, int)}
         for note in self.external:
@@ -203,7 +216,7 @@ class _Verification:
                 sizes.add(parse_checkpoint(note)[0].size)
         return sizes
 
-    def _records(self, checkpointed: set[int]) -> None:
+    def _records(self, checkpointed: set[int], blobs: BlobCheck | None) -> None:
         store, problems, frontier = self.store, self.problems, self.frontier
         saved = store.saved_frontier()
         roots = self.roots
@@ -212,7 +225,10 @@ class _Verification:
         check = ColumnCheck(store.meta("time_column") == TIME_COLUMN_EXACT)
         expected = 0
         sha256, append, progress = hashlib.sha256, frontier.append, self.progress
+        record_blobs = blobs.record if blobs is not None else None
         for seq, payload_id, moment, data, stored_leaf in store.scan():
+            if record_blobs is not None and type(data) is bytes:
+                record_blobs(seq, data)
             if type(data) is not bytes:
                 if len(problems) < 20:
                     kind = {str: "TEXT", int: "INTEGER", float: "REAL"}.get(type(data), "NULL")
