@@ -169,6 +169,24 @@ def _log_key(measurements: Any) -> tuple[Any, ...] | None:
     return None if log is None or match is None else (log.sha256, match)
 
 
+def _on_proven_event_log(
+    rule: str, what: str, read: Callable[[Any], Any], outcome: Callable[[Any], Any]
+) -> Check:
+    """A rule judged on what ``read`` takes from a proven event log: unproven (no log, a log that did
+    not pass ``event_log``) fails, and the outcome is kept per (log, match), since a router sends the
+    same log reply after reply."""
+    outcomes: dict[Any, Any] = {}
+
+    def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> Any:
+        finding = _log_finding(verdict, _EVENT_LOG)
+        key = _log_key(verdict.measurements)
+        if finding is None or finding.status != "pass" or key is None:
+            return _unproven(rule, what, finding)
+        return _cached(outcomes, key, lambda: outcome(read(verdict.measurements)))
+
+    return check
+
+
 def _cached(table: dict[Any, Any], key: Any, make: Callable[[], Any]) -> Any:
     """``table[key]``, made on a miss and kept while the table is small (outcomes are immutable)."""
     found = table.get(key)
@@ -252,7 +270,6 @@ def boot_events(value: Mapping[str, list[str]], spec: PolicySpec) -> Check:
     firmware = frozenset(value["firmware"]) if "firmware" in value else None
     applications = frozenset(value["boot_applications"]) if "boot_applications" in value else None
     deny = frozenset(value.get("deny", ()))
-    outcomes: dict[Any, Any] = {}
 
     def outcome(proven: _Proven) -> Any:
         problems: list[str] = []
@@ -283,14 +300,7 @@ def boot_events(value: Mapping[str, list[str]], spec: PolicySpec) -> Check:
             return RuleOutcome("boot_events", "fail", "; ".join(problems), ("event_log_matches",))
         return RuleOutcome("boot_events", "pass", f"allowed: {', '.join(counts)}", ("event_log_matches",))
 
-    def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> Any:
-        finding = _log_finding(verdict, _EVENT_LOG)
-        key = _log_key(verdict.measurements)
-        if finding is None or finding.status != "pass" or key is None:
-            return _unproven("boot_events", "the boot events", finding)
-        return _cached(outcomes, key, lambda: outcome(proven_digests(verdict.measurements)))
-
-    return check
+    return _on_proven_event_log("boot_events", "the boot events", proven_digests, outcome)
 
 
 def _more(items: list[str]) -> str:
@@ -332,7 +342,6 @@ def kernel_cmdline(value: Mapping[str, list[str]], spec: PolicySpec) -> Check:
 
     require = tuple((p, re.compile(p)) for p in value.get("require", ()))
     forbid = tuple((p, re.compile(p)) for p in value.get("forbid", ()))
-    outcomes: dict[Any, Any] = {}
     findings = ("event_log_matches",)
 
     def outcome(lines: tuple[str, ...] | str) -> Any:
@@ -357,14 +366,7 @@ def kernel_cmdline(value: Mapping[str, list[str]], spec: PolicySpec) -> Check:
             "kernel_cmdline", "pass", f"{len(lines)} proven command line(s) are as required", findings
         )
 
-    def check(metadata: Any, verdict: Verdict, model: Any, now: Any) -> Any:
-        finding = _log_finding(verdict, _EVENT_LOG)
-        key = _log_key(verdict.measurements)
-        if finding is None or finding.status != "pass" or key is None:
-            return _unproven("kernel_cmdline", "the kernel command line", finding)
-        return _cached(outcomes, key, lambda: outcome(proven_cmdlines(verdict.measurements)))
-
-    return check
+    return _on_proven_event_log("kernel_cmdline", "the kernel command line", proven_cmdlines, outcome)
 
 
 def ima(value: Mapping[str, Any], spec: PolicySpec) -> Check:
