@@ -23,6 +23,7 @@ from jsonschema.exceptions import ValidationError
 
 from .._version import __version__
 from ..errors import ConfigurationError, ExitCode, NomyoAuditError
+from ._bundle import bundle
 from ._ca import ca_group
 from ._chat import chat
 from ._demo import demo
@@ -304,6 +305,7 @@ cli.add_command(report)
 cli.add_command(ca_group)
 cli.add_command(verify_report)
 cli.add_command(eventlog_group)
+cli.add_command(bundle)
 
 
 def main(argv: list[str] | None = None) -> int:

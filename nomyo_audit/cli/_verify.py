@@ -39,6 +39,7 @@ from ..policy import (
 )
 from ..tpm import TrustStore
 from ..tpm._ear import to_ear
+from ._bundle import KEY_OPTION, OFFLINE_OPTION, verify_offline
 from ._log import parse_period, parse_time
 from ._progress import Progress
 
@@ -194,11 +195,14 @@ def _cannot_write(path: Path, number: int) -> ConfigurationError:
 @click.option("--until", help="With --log: before this time.")
 @click.option(
     "--tpm-roots",
+    "--roots",
     "tpm_roots",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Re-check each AIK's anchor against the TPM manufacturer or enrollment CA roots in this "
     "directory (a record's own anchor evidence at the time it was validated).",
 )
+@OFFLINE_OPTION
+@KEY_OPTION
 def verify(
     files: tuple[str, ...],
     policy_file: str | None,
@@ -209,6 +213,8 @@ def verify(
     since: str | None,
     until: str | None,
     tpm_roots: Path | None,
+    offline: bool = False,
+    key_path: Path | None = None,
 ) -> None:
     """Verify the TPM evidence in saved responses or _metadata (JSON, JSON Lines, '-' for stdin).
 
@@ -222,6 +228,10 @@ def verify(
     the client recorded) is re-checked against those roots; a policy with aik_trust ek or ca
     uses its own roots (or the shipped manufacturer roots) otherwise.
 
+    With --offline, FILES are evidence bundles (nomyo-audit bundle), checked with no network:
+    the checkpoint signed by --key, the record's inclusion, the event logs' digests, the quote
+    and the anchor (against --roots, else the shipped roots), and --policy; exit 3 when altered.
+
     Exit status: 0 all verified (or allowed by the policy), 1 a verification
     failed or the policy denied, 2 unreadable or invalid input. A summary goes
     to stderr; 3 when a record or an event log it keeps by digest is missing or was altered.
@@ -230,6 +240,8 @@ def verify(
     Example:
       nomyo-audit verify --policy policies/production.yaml --format junit -o report.xml replies.jsonl
     """
+    if offline:  # bundles: nomyo_audit.cli._bundle (exit 3 altered, 1 failed or denied)
+        return verify_offline(files, key_path=key_path, roots_dir=tpm_roots, policy_file=policy_file, fmt=fmt)
     if not files and log_path is None:
         raise click.UsageError("give evidence files, '-' for stdin, or --log")
     if (since is not None or until is not None) and log_path is None:
