@@ -29,6 +29,7 @@ Example::
 
 from ..errors import IntegrityError
 from ._dsse import EnvelopeError, key_fingerprint
+from ._ear_jwt import sign_ear
 from ._keys import (
     SigningKey,
     VerifyingKey,
@@ -92,6 +93,7 @@ __all__ = [
     "parse_tlog_proof",
     "render_report",
     "salt_commitment",
+    "sign_ear",
     "verifier_key",
     "verify_checkpoint",
     "verify_consistency",
