@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from ..errors import ConfigurationError
 from ._dsse import key_fingerprint
 
-__all__ = ["EAR_JWT_TYPE", "sign_ear"]
+__all__ = ["EAR_JWT_TYPE", "jwt_algorithm", "sign_ear"]
 
 #: the JOSE ``typ`` of every token: the EAT media type without its ``application/`` prefix
 EAR_JWT_TYPE = "eat+jwt"
@@ -42,15 +42,8 @@ def sign_ear(claims: Mapping[str, Any], key: object) -> str:
     (an RSA or P-384 key, a public key, bytes), and (``ear_claims_invalid``) for claims no JSON
     holds (NaN, a non-text key), before anything is signed.
     """
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        alg = "EdDSA"
-    elif isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
-        alg = "ES256"
-    else:
-        raise ConfigurationError(
-            "an EAR JWT is signed with an Ed25519 (EdDSA) or ECDSA P-256 (ES256) private key",
-            code="ear_key_unsupported",
-        )
+    alg = jwt_algorithm(key)
+    assert isinstance(key, (ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey))  # jwt_algorithm checked
     header = {"alg": alg, "kid": key_fingerprint(key.public_key()), "typ": EAR_JWT_TYPE}
     try:
         payload = json.dumps(claims, sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -64,6 +57,21 @@ def sign_ear(claims: Mapping[str, Any], key: object) -> str:
         r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA256())))
         signature = r.to_bytes(_P256_BYTES, "big") + s.to_bytes(_P256_BYTES, "big")
     return f"{signing_input}.{_b64(signature)}"
+
+
+def jwt_algorithm(key: object) -> str:
+    """The JWS ``alg`` ``key`` signs with: ``EdDSA`` (Ed25519) or ``ES256`` (P-256), from its type alone.
+
+    Raises :class:`nomyo_audit.errors.ConfigurationError` (``ear_key_unsupported``) for any other key.
+    """
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "EdDSA"
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        return "ES256"
+    raise ConfigurationError(
+        "an EAR JWT is signed with an Ed25519 (EdDSA) or ECDSA P-256 (ES256) private key",
+        code="ear_key_unsupported",
+    )
 
 
 def _b64(data: bytes) -> str:

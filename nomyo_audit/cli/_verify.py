@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 import click
 
+from ..audit._keys import SigningKey
 from ..audit._log import AuditLog
 from ..audit._merkle import leaf_hash
 from ..audit._store import StoredRecord
@@ -38,8 +39,8 @@ from ..policy import (
     stored_records,
 )
 from ..tpm import TrustStore
-from ..tpm._ear import to_ear
 from ._bundle import KEY_OPTION, OFFLINE_OPTION, verify_offline
+from ._ear import SIGN_OPTION, ear_chunks, ear_claims, ear_signing_key
 from ._log import parse_period, parse_time
 from ._progress import Progress
 
@@ -106,8 +107,10 @@ def counted(
         yield appraisal
 
 
-def render(fmt: str, results: Iterable[Appraisal], policy: Policy | None, now: float) -> Iterator[str]:
-    """The chosen format, a record at a time."""
+def render(
+    fmt: str, results: Iterable[Appraisal], policy: Policy | None, now: float, key: SigningKey | None = None
+) -> Iterator[str]:
+    """The chosen format, a record at a time (``key`` signs ``ear-jwt``)."""
     if fmt == "text":
         return (_text(appraisal) + "\n" for appraisal in results)
     if fmt == "json":
@@ -122,8 +125,9 @@ def render(fmt: str, results: Iterable[Appraisal], policy: Policy | None, now: f
         )
     if fmt == "junit":
         return junit_chunks(results)
-    policy_id = f"{policy.name}@sha256:{policy.digest}" if policy is not None else "nomyo-audit/verify-only"
-    return json_array_chunks(to_ear(a.verdict, issued_at=int(now), policy_id=policy_id) for a in results)
+    if fmt == "ear-jwt" and key is not None:
+        return ear_chunks(results, policy, now, key)
+    return json_array_chunks(ear_claims(a, policy, int(now)) for a in results)
 
 
 class _Stdout:
@@ -177,10 +181,11 @@ def _cannot_write(path: Path, number: int) -> ConfigurationError:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json", "junit", "ear"]),
+    type=click.Choice(["text", "json", "junit", "ear", "ear-jwt"]),
     default="text",
     show_default=True,
-    help="text for people; json verdicts; junit for CI test views; ear: IETF RATS attestation results.",
+    help="text for people; json verdicts; junit for CI test views; ear: IETF RATS attestation results; "
+    "ear-jwt: each signed with --sign, one JWT a line.",
 )
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here."
@@ -203,6 +208,7 @@ def _cannot_write(path: Path, number: int) -> ConfigurationError:
 )
 @OFFLINE_OPTION
 @KEY_OPTION
+@SIGN_OPTION
 def verify(
     files: tuple[str, ...],
     policy_file: str | None,
@@ -215,6 +221,7 @@ def verify(
     tpm_roots: Path | None,
     offline: bool = False,
     key_path: Path | None = None,
+    sign_path: Path | None = None,
 ) -> None:
     """Verify the TPM evidence in saved responses or _metadata (JSON, JSON Lines, '-' for stdin).
 
@@ -244,6 +251,7 @@ def verify(
         return verify_offline(files, key_path=key_path, roots_dir=tpm_roots, policy_file=policy_file, fmt=fmt)
     if not files and log_path is None:
         raise click.UsageError("give evidence files, '-' for stdin, or --log")
+    ear_key = ear_signing_key(fmt, sign_path)
     if (since is not None or until is not None) and log_path is None:
         raise click.UsageError("--since and --until select records of --log")
     lo, hi = parse_period(since, until)
@@ -268,7 +276,7 @@ def verify(
         step = progress if shown else _ignore
         records = itertools.chain.from_iterable(sources)
         results = counted(appraise_all(records, policy, at=fixed_at, now=now, roots=roots), tally, step)
-        for chunk in render(fmt, results, policy, now):
+        for chunk in render(fmt, results, policy, now, ear_key):
             out.write(chunk)
     summary = "allowed" if policy is not None else "passed"
     click.echo(
