@@ -263,7 +263,7 @@ def _named_key(bundle: Mapping[str, Any]) -> Ed25519PublicKey | None:
     text = bundle["log"].get("public_key")
     if not isinstance(text, str) or text.count("+") < 2:
         return None
-    raw = text.rsplit("+", 1)[1]
+    raw = text.split("+", 2)[2]  # name+keyid+base64: the name and key id hold no "+", base64 may
     try:
         decoded = base64.b64decode(raw, validate=True)
         return Ed25519PublicKey.from_public_bytes(decoded[1:]) if decoded[:1] == b"\x01" else None
