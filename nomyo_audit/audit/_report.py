@@ -275,6 +275,7 @@ def build_report(
     ``measured`` lists per router what booted and what served (the verdict facts of proven event
     logs), each distinct state with when it was first and last seen and what changed.
     """
+    log = log_state.to_dict() if isinstance(log_state, LogState) else dict(log_state)
     tally = _Tally()
     tally.blob = BlobReader(blob)
     for doc in records:
@@ -286,8 +287,8 @@ def build_report(
         "generated_at": generated_at,
         "tool": f"nomyo-audit {__version__}",
         "period": {"since": period[0] or tally.first_time, "until": period[1] or tally.last_time},
-        "covers": {"first_seq": tally.first_seq, "last_seq": tally.last_seq, "records": totals["requests"]},
-        "log": log_state.to_dict() if isinstance(log_state, LogState) else dict(log_state),
+        "covers": _covers(tally, totals["requests"], period, log),
+        "log": log,
         "policy": _policy_section(policy, at),
         "summary": {
             key: totals[key]
@@ -350,6 +351,24 @@ def build_report(
     if len(tally.days) <= 2:  # a short period is charted by the hour
         report["by_hour"] = {hour: dict(counts) for hour, counts in sorted(tally.hours.items())}
     return report
+
+
+def _covers(
+    tally: _Tally, records: int, period: tuple[str | None, str | None], log: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What the report covers, exactly: the records (first and last seq, count), the period's bounds
+    as selected (``[since, until)``, None where open) and the signed checkpoint (size, root, note)
+    that a later report's consistency proof starts from (:mod:`._report_chain`)."""
+    cited = log.get("checkpoint")
+    return {
+        "first_seq": tally.first_seq,
+        "last_seq": tally.last_seq,
+        "records": records,
+        "period": {"since": period[0], "until": period[1]},
+        "checkpoint": {k: cited.get(k) for k in ("size", "root", "note")}
+        if isinstance(cited, Mapping)
+        else None,
+    }
 
 
 def _top(counter: Counter[str]) -> dict[str, int]:

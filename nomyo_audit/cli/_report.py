@@ -23,6 +23,7 @@ from ..audit import (
     FORMATS,
     AuditLog,
     IntegrityError,
+    VerifyingKey,
     build_report,
     ed25519_public,
     load_private_key,
@@ -34,16 +35,28 @@ from ..audit._records import rfc3339
 from ..policy import load_policy
 from ._log import LOG_OPTION, parse_period, parse_time
 from ._progress import Progress
+from ._report_chain import Previous, report_findings, verify_series
 
 _RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)$")
 
 
-def _records(log: AuditLog, size: int, since: float | None, until: float | None) -> Iterator[Any]:
-    """The record documents of the period among the first ``size`` (the records just verified)."""
+def _records(
+    log: AuditLog, size: int, since: float | None, until: float | None, span: list[int]
+) -> Iterator[Any]:
+    """The record documents of the period among the first ``size`` (the records just verified).
+
+    ``span`` becomes ``[start, end]``: the period's records are exactly records start to end-1 of
+    the log (the time column never goes back), so a chained report can show no record fell between.
+    """
+    span[:] = [0, 0]
     with Progress("reading", size) as step:
-        for stored in log.store.records(since, until):
+        for stored in log.store.records(None, until):
             if stored.seq >= size:
                 return
+            span[1] = stored.seq + 1
+            if since is not None and stored.time < since:
+                span[0] = stored.seq + 1
+                continue
             step(stored.seq + 1)
             try:
                 yield json.loads(stored.data)
@@ -107,6 +120,12 @@ def _moment(value: str | None, flag: str) -> float | None:
     help="Generation time to print, RFC 3339 (default now): the same value re-renders identically.",
 )
 @click.option("--force", is_flag=True, help="Replace report files already in the output directory.")
+@click.option(
+    "--previous",
+    type=click.Path(exists=True, path_type=Path),
+    help="Chain from this signed report: prove the log only grew since its checkpoint; "
+    "the period starts where its period ended.",
+)
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True)
 def report(
     log_path: Path,
@@ -119,6 +138,7 @@ def report(
     log_key: Path | None,
     generated_at: str | None,
     force: bool,
+    previous: Path | None,
     output: Path,
 ) -> None:
     """Verify the audit log, then render a compliance report from it in several formats from one run.
@@ -134,17 +154,21 @@ def report(
     """
     chosen = [f.strip() for f in formats.split(",") if f.strip()]
     stamp = _generated_at(generated_at)
-    lo, hi = parse_period(since, until)
+    lo, hi = (_to_milliseconds(bound) for bound in parse_period(since, until))  # as the report states them
     at = _moment(at_time, "--at")
     policy = load_policy(policy_file) if policy_file else None
     key = load_private_key(sign_key) if sign_key is not None else None
+    chained = Previous(previous, key) if previous is not None else None
+    lo = chained.since(lo) if chained is not None else lo
+    if lo is not None and hi is not None and lo > hi:
+        raise click.BadParameter("the period starts after --until", param_hint="--until")
     trusted = ed25519_public(log_key) if log_key is not None else None
-    start = time.monotonic()
+    start, span = time.monotonic(), [0, 0]
     with AuditLog.open(log_path) as log:
         with Progress("verifying the log", log.store.count()) as step:
             state = log.verified_state(trusted, progress=step)
         document = build_report(
-            _records(log, state.size, lo, hi),
+            _records(log, state.size, lo, hi, span),
             generated_at=stamp,
             log_state=state,
             policy=policy,
@@ -152,12 +176,21 @@ def report(
             at=at,
             blob=log.store.blob,
         )
+        document["covers"]["span"] = {"from": span[0], "to": span[1]}
+        if chained is not None:
+            document["chain"] = chained.chain(log, document["covers"]["checkpoint"], trusted)
     written = write_report(document, chosen, output, key, overwrite=force)
     click.echo(
         f"{document['summary']['requests']} records in {time.monotonic() - start:.1f}s -> "
         + ", ".join(str(p) for p in written.values()),
         err=True,
     )
+    if hi is not None and hi > time.time():
+        click.echo(
+            "note: the period has not ended: records written later before --until are in no report "
+            "(the next chained report names them as a gap)",
+            err=True,
+        )
     if state.checkpoint is None:
         click.echo("note: the log has no signed checkpoint; run 'nomyo-audit log checkpoint' first", err=True)
     elif state.checkpoint.size < state.size:
@@ -178,7 +211,7 @@ def report(
 
 
 @click.command("verify-report")
-@click.argument("target", type=click.Path(exists=True, path_type=Path))
+@click.argument("targets", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--key", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The signer's public key."
 )
@@ -188,19 +221,42 @@ def report(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also check that this log's records, hashed again, give the report's checkpoint root.",
 )
-def verify_report(target: Path, key: Path, log_path: Path | None) -> None:
+@click.option(
+    "--previous",
+    "previous",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="The report this one chains from (repeat for earlier ones, oldest first).",
+)
+def verify_report(
+    targets: tuple[Path, ...], key: Path, log_path: Path | None, previous: tuple[Path, ...]
+) -> None:
     """Check a signed report: the signature, every rendered file's digest and (with --log) its checkpoint.
 
-    Exit status 0 when intact, 3 when anything was altered.
+    Several reports (oldest first, or --previous) are checked as a chain: each one's signature, its
+    consistency proof from the previous report's checkpoint, that it names exactly that report,
+    and that the periods and records continue with no gap or overlap.
+
+    Exit status 0 when intact, 1 for a gap or overlap, 3 when anything was altered or the chain breaks.
 
     \b
     Example:
       nomyo-audit verify-report out/ --key audit.key.pub --log audit.db
+      nomyo-audit verify-report 2026-11/ 2026-12/ 2027-01/ --key audit.key.pub
     """
-    doc = verify_report_dir(target, load_public_key(key))
+    series = [*previous, *targets]
+    public = load_public_key(key)
+    _, findings = verify_series(series, public)
+    for target in series:
+        _verify_one(target, public, log_path)
+    report_findings(findings)
+
+
+def _verify_one(target: Path, public: VerifyingKey, log_path: Path | None) -> None:
+    doc = verify_report_dir(target, public)
     predicate = doc.get("predicate")
     predicate = predicate if isinstance(predicate, dict) else {}
-    click.echo(f"ok: signature and {len(doc.get('subject', []))} file digest(s) verify")
+    click.echo(f"ok: {target}: signature and {len(doc.get('subject', []))} file digest(s) verify")
     if log_path is None:
         return
     claims = [
@@ -221,6 +277,12 @@ def verify_report(target: Path, key: Path, log_path: Path | None) -> None:
     for what, (size, root) in claims:
         named = "checkpoint" if what == "checkpoint" else "log root (every record it counted)"
         click.echo(f"ok: the report's {named} (size {size}, root {root[:16]}...) matches {log_path}")
+
+
+def _to_milliseconds(moment: float | None) -> float | None:
+    """A period bound at the millisecond precision a report states it with, so the stated period is
+    exactly the one selected (and the next chained report starts exactly where this one ended)."""
+    return None if moment is None else parse_time(rfc3339(moment))
 
 
 def _size_and_root(claim: Any) -> tuple[int, str]:
