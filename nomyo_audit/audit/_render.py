@@ -45,6 +45,7 @@ FORMATS = {
     "md": "report.md",
     "csv": "report.csv",
     "junit": "report.junit.xml",
+    "oscal": "report.oscal.json",
 }
 #: The signed DSSE envelope written beside the report files.
 ENVELOPE_NAME = "report.dsse.json"
@@ -94,6 +95,11 @@ def render_report(
         name = FORMATS[fmt]
         if fmt == "json":
             files[name] = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
+            continue
+        if fmt == "oscal":  # OSCAL assessment results, findings from the shipped control mapping
+            from ._oscal import oscal_report
+
+            files[name] = oscal_report(report)
             continue
         template = _environment().get_template(f"{name}.j2" if fmt != "junit" else "report.junit.xml.j2")
         uncheckpointed = _uncheckpointed(report)
