@@ -184,10 +184,11 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
             blob=log.store.blob,  # the event logs the records keep by digest
         )
     report_dir = workdir / "report"
-    write_report(document, ["html", "md", "json", "junit", "csv"], report_dir, load_private_key(key_path))
+    formats = ["html", "md", "json", "junit", "csv", "oscal"]
+    write_report(document, formats, report_dir, load_private_key(key_path))
     statement = verify_report_dir(report_dir, load_public_key(public_path))
     step(
-        f"report rendered (html, md, json, junit, csv), signed (DSSE, in-toto) and verified: "
+        f"report rendered (html, md, json, junit, csv, oscal), signed (DSSE, in-toto) and verified: "
         f"{len(statement['subject'])} files"
     )
     prog = _program_name()
@@ -196,7 +197,7 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
 Done: the router and TPM are stopped; nothing is left running. Everything is in {workdir}/:
   audit.db                  the audit log ({report_log.size} records; no prompt or completion is stored)
   audit.key, audit.key.pub  the log and report signing key (Ed25519)
-  report/report.html        the compliance report (also .md, .json, .csv, .junit.xml, .dsse.json)
+  report/report.html        the compliance report (also .md, .json, .csv, .junit.xml, .oscal.json, .dsse.json)
 
 Look further:
   {prog} log show --log {log_path}
