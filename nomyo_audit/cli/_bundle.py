@@ -6,14 +6,16 @@ and :mod:`nomyo_audit.audit._bundle_verify`; this module reads and writes files 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .._files import write_file
+from .._files import FileExistsRefused, write_file
 from ..audit._bundle import MAX_BUNDLE_BYTES, build_bundle, build_bundles, parse_bundle
 from ..audit._bundle_verify import BundleResult, verify_bundle
 from ..audit._keys import ed25519_public
@@ -114,11 +116,19 @@ def verify_offline(
 
 
 def write_failure_bundles(
-    log: AuditLog, failures: Iterable[Mapping[str, Any]], directory: Path
-) -> list[Path]:
+    log: AuditLog,
+    failures: Iterable[Mapping[str, Any]],
+    directory: Path,
+    report_dir: Path,
+    *,
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
     """One bundle per failed record of a report (``record-<seq>.bundle.json``) in ``directory``.
 
+    Returns what the report document lists under ``bundles``: each bundle's payload id, seq, file
+    (relative to ``report_dir``) and SHA-256, so the signed report vouches for the bundles' bytes.
     Records after the latest checkpoint cannot be proven yet: they are named on stderr, not bundled.
+    An existing bundle file is replaced only with ``overwrite`` (checked before any is written).
     """
     latest = log.latest_checkpoint()
     covered = latest.size if latest is not None else 0
@@ -130,9 +140,23 @@ def write_failure_bundles(
             "not bundled: run 'nomyo-audit log checkpoint' first",
             err=True,
         )
+    targets = [directory / f"record-{f['seq']}.bundle.json" for f in provable]
+    existing = [t for t in targets if t.exists() or t.is_symlink()]
+    if existing and not overwrite:
+        raise FileExistsRefused(f"{existing[0]} exists (--force replaces bundle files)")
     directory.mkdir(parents=True, exist_ok=True)
-    written = []
+    listed = []
     for document in build_bundles(log, [f["payload_id"] for f in provable]) if provable else ():
-        path = directory / f"record-{document['seq']}.bundle.json"
-        written.append(write_file(path, bundle_bytes(document), mode=0o644, overwrite=True))
-    return written
+        data = bundle_bytes(document)
+        path = write_file(
+            directory / f"record-{document['seq']}.bundle.json", data, mode=0o644, overwrite=True
+        )
+        listed.append(
+            {
+                "payload_id": document["payload_id"],
+                "seq": document["seq"],
+                "file": os.path.relpath(path, report_dir),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+    return listed

@@ -33,6 +33,7 @@ from ..audit import (
 )
 from ..audit._records import rfc3339
 from ..policy import load_policy
+from ._bundle import write_failure_bundles
 from ._log import LOG_OPTION, parse_period, parse_time
 from ._progress import Progress
 from ._report_chain import Previous, report_findings, verify_series
@@ -126,6 +127,11 @@ def _moment(value: str | None, flag: str) -> float | None:
     help="Chain from this signed report: prove the log only grew since its checkpoint; "
     "the period starts where its period ended.",
 )
+@click.option(
+    "--bundles",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write an offline evidence bundle per failed record here (nomyo-audit verify FILE --offline).",
+)
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True)
 def report(
     log_path: Path,
@@ -140,6 +146,7 @@ def report(
     force: bool,
     previous: Path | None,
     output: Path,
+    bundles: Path | None = None,
 ) -> None:
     """Verify the audit log, then render a compliance report from it in several formats from one run.
 
@@ -179,6 +186,9 @@ def report(
         document["covers"]["span"] = {"from": span[0], "to": span[1]}
         if chained is not None:
             document["chain"] = chained.chain(log, document["covers"]["checkpoint"], trusted)
+        if bundles is not None:  # listed (file, sha256) in the document, so the signed report covers them
+            failures = document["failures"]
+            document["bundles"] = write_failure_bundles(log, failures, bundles, output, overwrite=force)
     written = write_report(document, chosen, output, key, overwrite=force)
     click.echo(
         f"{document['summary']['requests']} records in {time.monotonic() - start:.1f}s -> "
