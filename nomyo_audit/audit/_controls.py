@@ -138,6 +138,10 @@ def _map(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _count(value: Any) -> int:
     return value if type(value) is int and value >= 0 else 0
 
@@ -304,7 +308,8 @@ class _Facts:
         return self._rules_check(("require_attestation",), "quote verification")
 
     def _anchor(self) -> _Check:
-        aiks = [_map(a) for a in self.report.get("aiks") or [] if isinstance(a, Mapping)]
+        listed = self.report.get("aiks")
+        aiks = [a for a in listed if isinstance(a, Mapping)] if isinstance(listed, list) else []
         not_anchored = sum(_count(a.get("not_anchored")) for a in aiks)
         if not aiks or _count(self.report.get("aik_count")) > len(aiks):
             return _Check("unknown", "the report lists no attestation key, or not all of them")
@@ -344,7 +349,7 @@ class _Facts:
             s
             for s in self.samples
             if s.get("status") == "warned"
-            and any(isinstance(r, str) and r.split(":", 1)[0] in rules for r in s.get("rules") or [])
+            and any(isinstance(r, str) and r.split(":", 1)[0] in rules for r in _list(s.get("rules")))
         ]
         if released_failing:
             return _Check(
