@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import hashlib
 import json
 import shutil
 import socket
@@ -392,3 +393,31 @@ def test_the_key_a_bundle_names_reads_whatever_its_base64_holds(logged):
     keys = (Ed25519PrivateKey.generate().public_key() for _ in range(500))
     public = next(k for k in keys if verifier_key("o", k).count("+") > 2)
     assert _named_key({"log": {"public_key": verifier_key("o", public)}}) == public
+
+
+def test_report_writes_a_bundle_per_failure_and_lists_it_in_the_signed_report(logged, tmp_path, capsys):
+    directory, payload_ids, _ = logged
+    out = tmp_path / "report"
+    signed = ("--format", "json", "--sign", directory / "audit.key")
+    code, _, err = run_main(
+        capsys, "report", "--log", directory / "audit.db", *signed, "--bundles", out / "bundles", "-o", out
+    )
+    assert code == 0, err
+    document = json.loads((out / "report.json").read_text())
+    assert [f["payload_id"] for f in document["failures"]] == [payload_ids[1]]  # the denied reply
+    (listed,) = document["bundles"]
+    assert (listed["payload_id"], listed["seq"], listed["file"]) == (
+        payload_ids[1],
+        1,
+        "bundles/record-1.bundle.json",
+    )
+    path = out / listed["file"]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == listed["sha256"]
+    assert run_main(capsys, "verify-report", out, "--key", key_of(logged))[0] == 0  # the list is signed
+    code, result, _ = verify_json(path, "--key", key_of(logged))
+    assert (code, result["intact"], result["result"]) == (ExitCode.FINDING, True, "policy_denied_recorded")
+    # a second run does not overwrite the bundles without --force
+    again = run_main(
+        capsys, "report", "--log", directory / "audit.db", "--bundles", out / "bundles", "-o", tmp_path / "r2"
+    )
+    assert again[0] == ExitCode.USAGE and "--force" in again[2]
