@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._files import FileExistsRefused, write_file
 from ..errors import ConfigurationError
+from ._controls import controls_evidenced
 from ._dsse import EnvelopeError, key_fingerprint, sign_envelope, statement, statement_of
 from ._keys import SigningKey, VerifyingKey
 from ._report import PREDICATE_TYPE
@@ -91,6 +92,7 @@ def render_report(
         raise ConfigurationError(f"unknown report format(s) {', '.join(unknown)}: use {', '.join(FORMATS)}")
     report = {**report, "signer": signer}
     files: dict[str, bytes] = {}
+    controls = controls_evidenced(report)  # the project's control mapping, judged from this report
     for fmt in formats:
         name = FORMATS[fmt]
         if fmt == "json":
@@ -104,7 +106,11 @@ def render_report(
         template = _environment().get_template(f"{name}.j2" if fmt != "junit" else "report.junit.xml.j2")
         uncheckpointed = _uncheckpointed(report)
         files[name] = template.render(
-            report=report, signer=signer, timeline=timeline_svg(report), uncheckpointed=uncheckpointed
+            report=report,
+            signer=signer,
+            timeline=timeline_svg(report),
+            uncheckpointed=uncheckpointed,
+            controls=controls,
         ).encode()
     return files
 
