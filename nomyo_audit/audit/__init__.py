@@ -9,6 +9,8 @@ checkpoints commit to its size and root. From a log:
   :class:`LogState` a report cites;
 * :meth:`AuditLog.prove` writes a C2SP tlog-proof that :func:`verify_tlog_proof` checks
   offline, with nothing but the signer's public key;
+* :func:`build_bundle` packs one record with its event logs, proof, checkpoint and anchor
+  chains, and :func:`verify_bundle` re-checks all of it with no network (:func:`parse_bundle`);
 * :func:`build_report` aggregates the records into a report document, and
   :func:`write_report` renders and signs it (DSSE, in-toto); :func:`verify_report_dir`
   checks a signed report.
@@ -28,6 +30,8 @@ Example::
 """
 
 from ..errors import IntegrityError
+from ._bundle import BUNDLE_SCHEMA, build_bundle, parse_bundle
+from ._bundle_verify import BundleResult, verify_bundle
 from ._dsse import EnvelopeError, key_fingerprint
 from ._ear_jwt import sign_ear
 from ._keys import (
@@ -58,8 +62,10 @@ from ._store import LogError, LogStore, StoredCheckpoint, StoredRecord
 from ._verification import LogState, VerifiedCheckpoint, VerifyReport, salt_commitment
 
 __all__ = [
+    "BUNDLE_SCHEMA",
     "FORMATS",
     "AuditLog",
+    "BundleResult",
     "Checkpoint",
     "EnvelopeError",
     "IntegrityError",
@@ -77,6 +83,7 @@ __all__ = [
     "VerifiedInclusion",
     "VerifyReport",
     "VerifyingKey",
+    "build_bundle",
     "build_record",
     "build_report",
     "consistency_proof",
@@ -89,12 +96,14 @@ __all__ = [
     "leaf_hash",
     "load_private_key",
     "load_public_key",
+    "parse_bundle",
     "parse_checkpoint",
     "parse_tlog_proof",
     "render_report",
     "salt_commitment",
     "sign_ear",
     "verifier_key",
+    "verify_bundle",
     "verify_checkpoint",
     "verify_consistency",
     "verify_inclusion",
