@@ -50,6 +50,7 @@ __all__ = [
     "record_document",
 ]
 
+#: The ``schema`` of a v1 evidence bundle: readers refuse any other.
 BUNDLE_SCHEMA = "https://nomyo-audit.dev/schemas/evidence-bundle/v1"
 #: A bundle file larger than this is refused before it is parsed (its event logs are the bulk).
 MAX_BUNDLE_BYTES = 256 * 1024 * 1024
