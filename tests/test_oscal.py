@@ -11,13 +11,10 @@ import hashlib
 import json
 from datetime import datetime
 
-import jsonschema
 import pytest
-import regex
 from click.testing import CliRunner
 from conftest import FIXTURES, PRODUCTION_UNANCHORED
-from jsonschema import validators
-from jsonschema.exceptions import ValidationError
+from oscal_schema import oscal_validator_class, schema_errors
 
 from nomyo_audit.attest._attester import TPMAttester
 from nomyo_audit.attest._software import SoftwareTPM
@@ -35,25 +32,6 @@ SCHEMA_PATH = FIXTURES / "oscal" / "oscal_assessment-results_schema.json"
 SCHEMA_SHA256 = "d9e34757f0c12aff61f52b821f0b8f83ba0ba75b3a149a202b08ba82f82bc4c3"
 GENERATED_AT = "2026-11-25T12:00:00Z"
 HIGH = {"security_tier": "high"}
-
-
-def _regex_pattern(validator, pattern, instance, schema):
-    """JSON Schema ``pattern`` by the ``regex`` module: it knows \\p{L} and \\p{N}, ``re`` does not."""
-    if validator.is_type(instance, "string") and not regex.search(pattern, instance):
-        yield ValidationError(f"{instance!r} does not match {pattern!r}")
-
-
-def oscal_validator():
-    schema = json.loads(SCHEMA_PATH.read_text())
-    validator = validators.extend(jsonschema.Draft7Validator, {"pattern": _regex_pattern})
-    patterns = jsonschema.FormatChecker(["regex"])  # the schema itself is checked: its patterns compile
-    patterns.checkers["regex"] = (regex.compile, regex.error)
-    validator.check_schema(schema, format_checker=patterns)
-    return validator(schema)
-
-
-def schema_errors(document):
-    return [f"{list(e.absolute_path)}: {e.message[:200]}" for e in oscal_validator().iter_errors(document)]
 
 
 # -- a real log: the real client through a real router, one reply denied ---------------------------
@@ -135,7 +113,7 @@ def test_the_validator_applies_the_unicode_token_pattern():
     """The schema's \\p{L} token pattern is enforced, not skipped: a control id with a space fails."""
     token = {"$ref": "#/definitions/TokenDatatype"}
     schema = {**json.loads(SCHEMA_PATH.read_text()), **token}
-    validator = validators.extend(jsonschema.Draft7Validator, {"pattern": _regex_pattern})(schema)
+    validator = oscal_validator_class()(schema)
     assert validator.is_valid("ökonomie_cc6.1")  # \p{L} takes any letter
     assert not validator.is_valid("Art. 12")
     assert not validator.is_valid("1st")

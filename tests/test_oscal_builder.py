@@ -9,7 +9,7 @@ import json
 from typing import NamedTuple
 
 from click.testing import CliRunner
-from test_oscal import schema_errors
+from oscal_schema import schema_errors
 
 from nomyo_audit.audit import build_report
 from nomyo_audit.audit._controls import controls_evidenced
