@@ -128,7 +128,8 @@ def _judge(control: Control, checks: Mapping[str, _Check]) -> ControlStatus:
         status, reasons = "not-evidenced", unknown
     else:
         status, reasons = "satisfied", [r.reason for r in results]
-    reason = "; ".join(dict.fromkeys(reasons))
+    # one printable line: a reason quotes report fields (a policy name, a period) into Markdown and HTML
+    reason = "".join(c if c.isprintable() else "?" for c in "; ".join(dict.fromkeys(reasons)))
     return ControlStatus(
         control, status, reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
     )
