@@ -23,12 +23,10 @@ from ..audit import (
     FORMATS,
     AuditLog,
     IntegrityError,
-    VerifyingKey,
     build_report,
     ed25519_public,
     load_private_key,
     load_public_key,
-    verify_report_dir,
     write_report,
 )
 from ..audit._records import rfc3339
@@ -256,14 +254,13 @@ def verify_report(
     """
     series = [*previous, *targets]
     public = load_public_key(key)
-    _, findings = verify_series(series, public)
-    for target in series:
-        _verify_one(target, public, log_path)
+    statements, findings = verify_series(series, public)
+    for target, doc in zip(series, statements, strict=True):
+        _check_against_log(target, doc, log_path)
     report_findings(findings)
 
 
-def _verify_one(target: Path, public: VerifyingKey, log_path: Path | None) -> None:
-    doc = verify_report_dir(target, public)
+def _check_against_log(target: Path, doc: dict[str, Any], log_path: Path | None) -> None:
     predicate = doc.get("predicate")
     predicate = predicate if isinstance(predicate, dict) else {}
     click.echo(f"ok: {target}: signature and {len(doc.get('subject', []))} file digest(s) verify")

@@ -37,8 +37,9 @@ from ._log import parse_time
 REPORT_JSON = FORMATS["json"]
 
 
-def signed_report(directory: Path, key: VerifyingKey) -> tuple[dict[str, Any], str]:
-    """A report directory's verified report.json document and its SHA-256 (its identity in a chain).
+def signed_report(directory: Path, key: VerifyingKey) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """A report directory's verified report.json document, its SHA-256 (its identity in a chain) and
+    the signed statement.
 
     The envelope's signature and every signed file's digest are checked first (exit 3 when not
     signed by ``key`` or altered); a report.json the envelope does not sign is refused.
@@ -55,7 +56,7 @@ def signed_report(directory: Path, key: VerifyingKey) -> tuple[dict[str, Any], s
         raise ChainError(f"{base / REPORT_JSON}: not JSON") from None
     if not isinstance(document, dict):
         raise ChainError(f"{base / REPORT_JSON}: not a report document")
-    return document, report_sha256(data)
+    return document, report_sha256(data), statement
 
 
 class Previous:
@@ -67,7 +68,7 @@ class Previous:
                 "--previous needs --sign: an unsigned report cannot be chained from or to"
             )
         self.directory = directory
-        self.document, self.sha256 = signed_report(directory, sign_key.public_key())
+        self.document, self.sha256, _ = signed_report(directory, sign_key.public_key())
         covers = self.document.get("covers")
         period = covers.get("period") if isinstance(covers, Mapping) else None
         self.until = period.get("until") if isinstance(period, Mapping) else None
@@ -118,15 +119,17 @@ def _leaves(log: AuditLog) -> Iterator[bytes]:
 def verify_series(directories: Sequence[Path], key: VerifyingKey) -> tuple[list[dict[str, Any]], list[str]]:
     """Check every report's signature, its own consistency proof, and each link (oldest first).
 
-    Echoes what held and returns the documents and the coverage findings (gaps, overlaps: exit 1,
+    Echoes what held and returns the signed statements and the coverage findings (gaps, overlaps: exit 1,
     the caller's to report after its other checks). Raises :class:`ChainError` (exit 3) for a
     broken link and :class:`nomyo_audit.audit.EnvelopeError` for a report altered or not signed.
     """
     series: list[tuple[str, dict[str, Any]]] = []
+    statements: list[dict[str, Any]] = []
     sha256 = ""
     for directory in directories:
         name = str(directory)
-        document, digest = signed_report(directory, key)
+        document, digest, statement = signed_report(directory, key)
+        statements.append(statement)
         if series:
             verify_link(series[-1][1], sha256, document, (series[-1][0], name))
         elif (cited := verify_chain_proof(document, name)) is not None and len(directories) == 1:
@@ -141,7 +144,7 @@ def verify_series(directories: Sequence[Path], key: VerifyingKey) -> tuple[list[
     findings = coverage_findings(series)
     if len(series) > 1 and not findings:
         click.echo("ok: the periods meet and the records counted continue with no gap or overlap")
-    return [document for _, document in series], findings
+    return statements, findings
 
 
 def report_findings(findings: Sequence[str]) -> None:
