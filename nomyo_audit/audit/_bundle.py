@@ -33,7 +33,7 @@ from .._version import __version__
 from ..errors import EvidenceError
 from ._blobs import is_digest, references
 from ._log import AuditLog
-from ._merkle import inclusion_proof, leaf_hash, node_hash
+from ._merkle import _split, inclusion_proof, leaf_hash, node_hash
 from ._note import verifier_key
 from ._proof import parse_tlog_proof, tlog_proof
 from ._store import LogError
@@ -122,7 +122,7 @@ class _Tree:
             return self.leaves[start]
         kept = self._kept.get((start, end))
         if kept is None:
-            k = 1 << ((end - start - 1).bit_length() - 1)
+            k = _split(end - start)
             kept = node_hash(self.root(start, start + k), self.root(start + k, end))
             if end - start >= 64:
                 self._kept[(start, end)] = kept
@@ -135,7 +135,7 @@ class _Tree:
         proof: list[bytes] = []
         start, end = 0, len(self.leaves)
         while end - start > 1:
-            k = 1 << ((end - start - 1).bit_length() - 1)
+            k = _split(end - start)
             if index < start + k:
                 proof.append(self.root(start + k, end))
                 end = start + k
