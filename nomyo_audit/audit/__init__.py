@@ -32,6 +32,7 @@ Example::
 from ..errors import IntegrityError
 from ._bundle import BUNDLE_SCHEMA, build_bundle, parse_bundle
 from ._bundle_verify import BundleResult, verify_bundle
+from ._controls import Control, ControlStatus, controls_evidenced, load_mapping
 from ._dsse import EnvelopeError, key_fingerprint
 from ._ear_jwt import sign_ear
 from ._keys import (
@@ -67,6 +68,8 @@ __all__ = [
     "AuditLog",
     "BundleResult",
     "Checkpoint",
+    "Control",
+    "ControlStatus",
     "EnvelopeError",
     "IntegrityError",
     "LogError",
@@ -87,6 +90,7 @@ __all__ = [
     "build_record",
     "build_report",
     "consistency_proof",
+    "controls_evidenced",
     "ed25519_private",
     "ed25519_public",
     "generate_audit_key",
@@ -94,6 +98,7 @@ __all__ = [
     "key_fingerprint",
     "keyed_digest",
     "leaf_hash",
+    "load_mapping",
     "load_private_key",
     "load_public_key",
     "parse_bundle",
