@@ -215,6 +215,10 @@ def _alter_blob(bundle):
     bundle["blobs"][digest] = base64.b64encode(bytes(data)).decode()
 
 
+def _garble_proof(bundle):
+    bundle["inclusion_proof"] = "not a proof"
+
+
 def _drop_blob(bundle):
     bundle["blobs"].clear()
 
@@ -421,3 +425,38 @@ def test_report_writes_a_bundle_per_failure_and_lists_it_in_the_signed_report(lo
         capsys, "report", "--log", directory / "audit.db", "--bundles", out / "bundles", "-o", tmp_path / "r2"
     )
     assert again[0] == ExitCode.USAGE and "--force" in again[2]
+
+
+def test_verify_offline_writes_its_result_where_output_says(logged, tmp_path):
+    out = tmp_path / "result.json"
+    code, stdout, _ = run(
+        "verify", write_bundle(logged, 0), "--offline", "--key", key_of(logged), "--format", "json", "-o", out
+    )
+    assert code == 0 and stdout == ""
+    assert json.loads(out.read_text())[0]["result"] == "ok"
+
+
+def test_a_record_altered_with_its_leaf_hint_still_never_passes(logged, tmp_path):
+    """Whoever alters the record and the hint that names it is caught by the proof itself."""
+    bundle = json.loads(write_bundle(logged, 0).read_text())
+    _alter_record(bundle)
+    bundle["leaf_sha256"] = leaf_hash(base64.b64decode(bundle["record"])).hex()
+    _, _, rest = bundle["inclusion_proof"].partition("\nindex ")
+    bundle["inclusion_proof"] = f"c2sp.org/tlog-proof@v1\nextra {bundle['record']}\nindex {rest}"
+    path = tmp_path / "altered.bundle.json"
+    path.write_bytes(bundle_bytes(bundle))
+    code, result, _ = verify_json(path, "--key", key_of(logged))
+    assert (code, result["result"], result["verdict"]) == (
+        ExitCode.INTEGRITY,
+        "inclusion_proof_invalid",
+        None,
+    )
+
+
+def test_a_proof_that_is_not_one_is_an_integrity_failure_not_a_crash(logged, tmp_path):
+    bundle = json.loads(write_bundle(logged, 0).read_text())
+    _garble_proof(bundle)
+    path = tmp_path / "garbled.bundle.json"
+    path.write_bytes(bundle_bytes(bundle))
+    code, result, _ = verify_json(path, "--key", key_of(logged))
+    assert (code, result["result"]) == (ExitCode.INTEGRITY, "inclusion_proof_invalid")

@@ -19,7 +19,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..errors import EvidenceError, ExitCode
+from ..errors import ExitCode, IntegrityError
 from ._blobs import references
 from ._bundle import anchor_copy, decode_base64, record_document
 from ._merkle import ProofError, leaf_hash, verify_inclusion
@@ -144,19 +144,19 @@ def _inclusion_checks(bundle: Mapping[str, Any], record: bytes, checkpoint: Any)
         problems.append(_fail("record", "record_altered", "the record's bytes do not hash to its leaf"))
     try:
         proof = parse_tlog_proof(bundle["inclusion_proof"])
-    except EvidenceError as exc:
+    except IntegrityError as exc:
         return [*problems, _fail("inclusion_proof", "inclusion_proof_invalid", exc.message)]
+    if checkpoint is not None:
+        try:
+            verify_inclusion(leaf_hash(record), proof.index, checkpoint.size, proof.hashes, checkpoint.root)
+        except ProofError as exc:
+            problems.append(_fail("inclusion_proof", "inclusion_proof_invalid", str(exc)))
     if proof.record is not None and proof.record != record:
         problems.append(_fail("record", "bundle_record_mismatch", "the proof carries other record bytes"))
     if proof.note != bundle["checkpoint"]:
         problems.append(_fail("checkpoint", "bundle_checkpoint_mismatch", "the proof leads to another note"))
     if proof.index != bundle["seq"]:
         problems.append(_fail("record", "record_seq_mismatch", "the proof is for another position"))
-    if checkpoint is not None:
-        try:
-            verify_inclusion(leaf_hash(record), proof.index, checkpoint.size, proof.hashes, checkpoint.root)
-        except ProofError as exc:
-            problems.append(_fail("inclusion_proof", "inclusion_proof_invalid", str(exc)))
     return problems
 
 

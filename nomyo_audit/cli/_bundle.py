@@ -86,8 +86,11 @@ def verify_offline(
     roots_dir: Path | None,
     policy_file: str | None,
     fmt: str,
+    output: Path | None = None,
 ) -> None:
-    """``verify FILE... --offline``: check each bundle air-gapped; exit 3 / 1 / 0 for the worst one."""
+    """``verify FILE... --offline``: check each bundle air-gapped; exit 3 / 1 / 0 for the worst one.
+
+    The results go to stdout, or to ``output`` (replaced whole), the summary to stderr."""
     names = list(files)
     if not names:
         raise click.UsageError("--offline verifies bundle files: give one or more")
@@ -100,10 +103,13 @@ def verify_offline(
     for name in names:
         results.append((name, verify_bundle(read_bundle(Path(name)), key=key, roots=roots, policy=policy)))
     if fmt == "json":
-        click.echo(json.dumps([{"source": name, **r.to_dict()} for name, r in results], indent=2))
+        text = json.dumps([{"source": name, **r.to_dict()} for name, r in results], indent=2) + "\n"
     else:
-        for name, result in results:
-            click.echo(f"{name}: " + "\n".join(result.summary()))
+        text = "".join(f"{name}: " + "\n".join(result.summary()) + "\n" for name, result in results)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        write_file(output, text.encode(), mode=0o644, overwrite=True)
     if key is None:
         click.echo("note: no --key: checkpoints were checked with the key each bundle names", err=True)
     worst = max(r.exit_code for _, r in results)

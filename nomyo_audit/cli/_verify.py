@@ -248,7 +248,9 @@ def verify(
       nomyo-audit verify --policy policies/production.yaml --format junit -o report.xml replies.jsonl
     """
     if offline:  # bundles: nomyo_audit.cli._bundle (exit 3 altered, 1 failed or denied)
-        return verify_offline(files, key_path=key_path, roots_dir=tpm_roots, policy_file=policy_file, fmt=fmt)
+        return verify_offline(
+            files, key_path=key_path, roots_dir=tpm_roots, policy_file=policy_file, fmt=fmt, output=output
+        )
     if not files and log_path is None:
         raise click.UsageError("give evidence files, '-' for stdin, or --log")
     ear_key = ear_signing_key(fmt, sign_path)
