@@ -235,7 +235,8 @@ def verify_bundle(
     if not result.intact or document is None:
         return result
     blobs = {d: base64.b64decode(t) for d, t in bundle["blobs"].items()}
-    stored = stored_record(document, str(bundle["log"]["origin"]), blobs.get)
+    origin = checkpoint.origin if checkpoint is not None else str(bundle["log"]["origin"])  # the signed one
+    stored = stored_record(document, origin, blobs.get)
     if roots is None and policy is not None:
         from ..policy._anchor_rule import policy_roots
 
