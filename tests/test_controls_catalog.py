@@ -6,10 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
+import sys
+import zipfile
 from importlib import resources
 from typing import Any
 
 import jsonschema
+import pytest
 import regex
 from conftest import FIXTURES, REPO
 
@@ -130,3 +134,18 @@ def test_the_catalog_loads_in_compliance_trestle():
     catalog = Catalog.parse_obj(shipped_catalog()["catalog"])
     ids = [control.id for group in catalog.groups or [] for control in group.controls or []]
     assert ids == [control.oscal_id for control in load_mapping()]
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_catalog_byte_for_byte(tmp_path):
+    """Built from this tree, the wheel holds the catalog where load_mapping reads it."""
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    wheel = next(tmp_path.glob("nomyo_audit-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = archive.read("nomyo_audit/data/controls/nomyo-audit-controls.json")
+    assert shipped == (REPO / "controls" / "nomyo-audit-controls.json").read_bytes()
