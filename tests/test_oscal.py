@@ -258,3 +258,14 @@ def test_signed_with_the_report(rendered, audit_log, capsys):
         assert "report.oscal.json: modified after it was signed" in capsys.readouterr().err
     finally:
         path.write_bytes(original)
+
+
+def test_offline_bundles_the_report_wrote_are_linked(audit_log, tmp_path):
+    out = tmp_path / "r"
+    report, oscal = make_report(audit_log, out, "json,oscal", "--bundles", str(out / "bundles"))
+    assert schema_errors(oscal) == []
+    (bundle,) = report["bundles"]  # one per failure: the denied reply
+    (risk,) = the_result(oscal)["risks"]
+    assert risk["links"][0]["href"] == bundle["file"] and (out / bundle["file"]).is_file()
+    checkpoint = next(o for o in the_result(oscal)["observations"] if o["title"] == "Check log_checkpoint")
+    assert bundle["file"] in {e.get("href") for e in checkpoint["relevant-evidence"]}

@@ -212,6 +212,7 @@ def _finding(
 
 def _risks(ids: _Ids, report: Mapping[str, Any], policy_observation: str) -> list[dict[str, Any]]:
     """One open risk per denied or warned reply the report lists (at most its MAX_FAILURES)."""
+    bundles = {row.get("seq"): row.get("file") for row in rows(report.get("bundles"))}
     risks = []
     for failure in rows(report.get("failures")):
         status = str(failure.get("status"))
@@ -236,6 +237,11 @@ def _risks(ids: _Ids, report: Mapping[str, Any], policy_observation: str) -> lis
             "status": "open",
             "related-observations": [{"observation-uuid": policy_observation}],
         }
+        bundle = bundles.get(failure.get("seq"))
+        if isinstance(bundle, str) and bundle:  # its offline evidence bundle (report --bundles)
+            risk["links"] = [
+                {"href": bundle, "rel": "evidence", "text": "Offline evidence bundle of this reply"}
+            ]
         risks.append(risk)
     return risks
 
