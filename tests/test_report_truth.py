@@ -159,7 +159,10 @@ def test_a_report_states_the_sequence_range_it_covers_and_the_log_it_verified(si
         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(DAY + 4 * 3600)),
     )
     report = make_report(db, out, "--since", since, "--until", until, "--log-key", pub)
-    assert report["covers"] == {"first_seq": 1, "last_seq": 3, "records": 3}
+    covers = report["covers"]
+    assert (covers["first_seq"], covers["last_seq"], covers["records"]) == (1, 3, 3)
+    assert covers["span"] == {"from": 1, "to": 4}  # records 1 to 3 are all the period's
+    assert covers["checkpoint"]["note"] == report["log"]["checkpoint"]["note"]
     verified = report["log"]["verification"]
     assert verified["intact"] is True and verified["size"] == 6
     assert verified["checkpoint"]["size"] == 6 and verified["checkpoint"]["time"]
