@@ -209,41 +209,41 @@ class _Facts:
         short = f", root {root[:16]}…" if isinstance(root, str) else ""
         return _Check("held", f"the log verified intact ({_count(self.log.get('size'))} records{short})")
 
-    def _trusted_checkpoint(self) -> str | None:
-        """None when a checkpoint signed by a trusted key covers every record, else why not."""
+    def _untrusted(self) -> _Check | None:
+        """None when the log verified and a checkpoint signed by a trusted key covers every record."""
+        if not self.intact:
+            return _Check("failed", "the log did not verify intact")
         checkpoint = _map(self.log.get("checkpoint"))
         size = _count(self.log.get("size"))
         if not checkpoint:
-            return "no signed checkpoint covers the records"
+            return _Check("unknown", "no signed checkpoint covers the records")
         if _map(self.log.get("verification")).get("key") != "given":
-            return "the checkpoint was checked with the key the log names, not one given from a trusted place"
+            return _Check(
+                "unknown",
+                "the checkpoint was checked with the key the log names, not one given from a trusted place",
+            )
         covered = _count(checkpoint.get("size"))
         if covered < size:
-            return f"records {covered} to {size - 1} lie beyond the last signed checkpoint"
+            return _Check("unknown", f"records {covered} to {size - 1} lie beyond the last signed checkpoint")
         return None
 
     def _checkpoint(self) -> _Check:
-        if not self.intact:
-            return _Check("failed", "the log did not verify intact")
-        why_not = self._trusted_checkpoint()
-        if why_not is not None:
-            return _Check("unknown", why_not)
         checkpoint = _map(self.log.get("checkpoint"))
-        return _Check(
+        return self._untrusted() or _Check(
             "held",
             f"a checkpoint signed by the given key ({str(checkpoint.get('signer'))[:16]}…) covers all "
             f"{_count(checkpoint.get('size'))} records",
         )
 
     def _retention(self) -> _Check:
-        if not self.intact:
-            return _Check("failed", "the log did not verify intact")
+        untrusted = self._untrusted()
+        if untrusted is not None and untrusted.state == "failed":
+            return untrusted
         days = sorted(d for d in _map(self.report.get("by_day")) if _time(f"{d}T00:00:00Z") is not None)
         generated = _time(self.report.get("generated_at"))
-        if not days or generated is None:
+        oldest = _time(f"{days[0]}T00:00:00Z") if days else None
+        if oldest is None or generated is None:
             return _Check("unknown", "the report states no dated records")
-        oldest = _time(f"{days[0]}T00:00:00Z")
-        assert oldest is not None
         held = (generated - oldest).days
         if generated - oldest < RETENTION:
             return _Check(
@@ -252,10 +252,7 @@ class _Facts:
                 "shows only what the log still holds, and six months of retention needs records that old "
                 "(or a chain of reports reaching back that far)",
             )
-        why_not = self._trusted_checkpoint()
-        if why_not is not None:
-            return _Check("unknown", why_not)
-        return _Check(
+        return untrusted or _Check(
             "held", f"records from {days[0]} ({held} days before the report) are still held and verified"
         )
 
