@@ -180,6 +180,10 @@ class _Facts:
         ]
         self.released_unverified = len(released_failed)
         self.released += self.released_unverified
+        #: records not released that a rule may have judged (a request that failed carries no policy
+        #: result): a rule's counts include its judgements of these, which say nothing of released ones
+        failed_unreleased = max(0, self.n["failed"] - self.released_unverified)
+        self.withheld = max(0, self.n["requests"] - self.released - failed_unreleased)
 
     def checks(self) -> dict[str, _Check]:
         checks = {
@@ -338,7 +342,9 @@ class _Facts:
         names = ", ".join(rules)
         if not self.rules:
             return _Check("unknown", f"no policy judged the records ({what})")
-        coverage = [self._judged(rule) >= self.released for rule in rules]
+        # a rule's counts cover every record it judged, withheld ones too: only what is left after
+        # crediting it with every withheld record can have been a judgement of a released reply
+        coverage = [self._judged(rule) - self.withheld >= self.released for rule in rules]
         if not (any(coverage) if any_covers else all(coverage)):
             return _Check(
                 "unknown", f"{names} did not judge every one of the {self.released} released replies"
