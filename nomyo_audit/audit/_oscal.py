@@ -113,8 +113,8 @@ def build_assessment_results(
         "title": f"nomyo-audit checks from {start} to {end}",
         "description": oscal_text(
             f"What {report.get('tool')} found in {as_int(mapping(report.get('covers')).get('records'))} "
-            "audit-log records of this period, re-checked from the verified log (report.json is the "
-            "source of truth; this document renders it)."
+            f"audit-log records of this period, {_source(report)} (report.json is the source of truth; "
+            f"this document renders it). {_trust(signed)}"
         ),
         "start": start,
         "end": end,
@@ -161,6 +161,20 @@ def build_assessment_results(
         },
     }
     return {"assessment-results": document}
+
+
+def _source(report: Mapping[str, Any]) -> str:
+    verified = mapping(mapping(mapping(report.get("log")).get("verification"))).get("intact") is True
+    return "re-checked from the verified log" if verified else "from a log the report does not show verified"
+
+
+def _trust(signed: bool) -> str:
+    if not signed:
+        return "The report is unsigned: nothing shows that it, or this document, was not edited."
+    return (
+        "Trust its statuses only after nomyo-audit verify-report has checked report.dsse.json, which "
+        "signs report.json and this file, with the report key from a trusted place."
+    )
 
 
 class _Ids:

@@ -158,8 +158,17 @@ def observation(
     template, pointers, about_log = CHECKS.get(
         check, ("The report sections the control mapping reads for this check", ("",), False)
     )
-    if check == "log_checkpoint" and not mapping(mapping(report.get("log")).get("checkpoint")):
+    log = mapping(report.get("log"))
+    checkpoint = mapping(log.get("checkpoint"))
+    if check == "log_checkpoint" and not checkpoint:
         template = "No signed checkpoint covers the log: whoever can write it could have changed its records"
+    elif check == "log_checkpoint" and as_int(checkpoint.get("size")) < as_int(log.get("size")):
+        template = (
+            "A signed checkpoint covers {checkpoint_size} of the log's {log_size} records (root "
+            "{checkpoint_root}); the records past it have no inclusion proof to a signed checkpoint"
+        )
+    if check == "audit_log_integrity" and mapping(log.get("verification")).get("intact") is not True:
+        template = "The report does not show that the audit log verified: its records prove nothing"
     evidence = [
         {
             "href": f"{_REPORT_JSON}#{pointer}",
@@ -271,8 +280,10 @@ def oscal_props(*pairs: tuple[str, Any]) -> list[dict[str, str]]:
 
 
 def oscal_text(value: Any) -> str:
-    """An OSCAL string: one or more characters, no leading or trailing white space."""
-    return " ".join(str(value).split()) or "none"
+    """An OSCAL string: one or more characters, no leading or trailing white space, and nothing
+    unprintable (a router's text can hold NUL, terminal escapes, bidi overrides: each becomes U+FFFD)."""
+    text = " ".join(str(value).split())
+    return "".join(c if c.isprintable() else "\ufffd" for c in text) or "none"
 
 
 def mapping(value: Any) -> Mapping[str, Any]:
