@@ -122,7 +122,7 @@ def test_ear_output():
 
 @pytest.mark.parametrize(
     ("name", "claim", "value"),
-    [("flipped-signature-byte", "instance-identity", 97), ("altered-pcr-value", "executables", 96)],
+    [("flipped-signature-byte", "instance-identity", 99), ("altered-pcr-value", "executables", 96)],
 )
 def test_ear_for_failures_is_contraindicated(name, claim, value):
     vector = VECTORS[name]

@@ -5,9 +5,13 @@ The mapping never claims more than the evidence gave. Values are AR4SI's
 (draft-ietf-rats-ar4si, named as in Veraison's ``ear`` library); 0 is "no claim",
 and a relying party must treat it as if the claim were absent.
 
+A quote whose ``signature`` check failed authenticates nothing it says: every claim that would be
+made is 99 ("crypto_failed", "cryptographic validation of the Evidence has failed", a value AR4SI
+registers for every claim), resting on ``signature`` alone; the others stay 0.
+
 ``instance-identity`` (the Attesting Environment, here the AIK)
   97 ("unrecognized_instance") when a check of the AIK's identity failed (the quote's
-  signature, its structure, its signer's name, the AIK's attributes: :data:`IDENTITY_CHECKS`),
+  structure, its signer's name, the AIK's attributes: :data:`IDENTITY_CHECKS`),
   when an anchor was offered and did not verify, or when the policy's ``aik_trust`` refused
   the AIK. 2 ("recognized_instance") only when those checks passed and the AIK is recognized:
   anchored (``aik_anchor`` passed: an AK certificate chain or a credential activation against a
@@ -90,6 +94,8 @@ _UNCLAIMED = ("file-system", "runtime-opaque", "storage-opaque", "sourced-data")
 
 Claim = tuple[int, tuple[str, ...]]  # an AR4SI value and the checks and rules it rests on
 _NO_CLAIM: Claim = (0, ())
+#: AR4SI 99, "cryptographic validation of the Evidence has failed": the quote's signature did not verify
+_CRYPTO_FAILED: Claim = (99, ("signature",))
 
 
 def to_ear(
@@ -123,6 +129,8 @@ def to_ear(
         "hardware": hardware,
         **dict.fromkeys(_UNCLAIMED, _NO_CLAIM),
     }
+    if "signature" in failed:  # nothing the quote says is authenticated: 99 wherever a claim is made
+        claims = {name: (_CRYPTO_FAILED if value else _NO_CLAIM) for name, (value, _) in claims.items()}
     vector = {claim: value for claim, (value, _) in claims.items()}
     appraisal: dict[str, Any] = {
         "ear.status": _status(vector, bool(failed), policy_result),
