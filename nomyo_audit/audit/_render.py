@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -139,8 +139,13 @@ def write_report(
     key: SigningKey | None = None,
     *,
     overwrite: bool = False,
+    streamed: Mapping[str, Path] | None = None,
 ) -> dict[str, Path]:
     """Render into ``out_dir``; with ``key``, also write the signed envelope over every file.
+
+    ``streamed`` names files too large to render in memory (``report --ear-jwt``'s tokens): file
+    name -> a temporary file already written in ``out_dir``, hashed here in chunks, signed with
+    the rest and moved into place under its name (the caller removes it if this raises).
 
     Every file is written with mode :data:`REPORT_FILE_MODE`, never through a
     symlink, and an existing file is replaced only with ``overwrite``; which
@@ -150,6 +155,7 @@ def write_report(
     that cannot be written, an existing file without ``overwrite``).
     """
     directory = Path(out_dir)
+    streamed = dict(streamed or {})
     signer = key_fingerprint(key.public_key()) if key is not None else None
     files = render_report(report, formats if "json" in formats else ["json", *formats], signer)
     outputs = dict(files)
@@ -164,20 +170,63 @@ def write_report(
             "tool": report["tool"],
             "generated_at": report["generated_at"],
         }
-        payload = json.dumps(statement(files, PREDICATE_TYPE, predicate), sort_keys=True).encode()
+        signed = statement(files, PREDICATE_TYPE, predicate)
+        signed["subject"] = sorted(
+            [
+                *signed["subject"],
+                *(
+                    {"name": name, "digest": {"sha256": _file_sha256(path)}}
+                    for name, path in streamed.items()
+                ),
+            ],
+            key=lambda subject: str(subject["name"]),
+        )
+        payload = json.dumps(signed, sort_keys=True).encode()
         outputs[ENVELOPE_NAME] = (json.dumps(sign_envelope(payload, key), indent=2) + "\n").encode()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigurationError(f"cannot create the report directory {directory}: {exc.strerror}") from None
-    _refuse_existing(directory, outputs, overwrite)
+    _refuse_existing(directory, [*outputs, *streamed], overwrite)
+    written = {name: _move(path, directory / name, overwrite) for name, path in streamed.items()}
     return {
-        name: write_file(directory / name, data, mode=REPORT_FILE_MODE, overwrite=overwrite)
-        for name, data in outputs.items()
+        **written,
+        **{
+            name: write_file(directory / name, data, mode=REPORT_FILE_MODE, overwrite=overwrite)
+            for name, data in outputs.items()
+        },
     }
 
 
-def _refuse_existing(directory: Path, names: Mapping[str, bytes], overwrite: bool) -> None:
+def _move(source: Path, target: Path, overwrite: bool) -> Path:
+    """A streamed file into place: never over an existing file unless ``overwrite`` (a hard link
+    fails on one), never through a symlink (a rename replaces the link itself)."""
+    os.chmod(source, REPORT_FILE_MODE)
+    try:
+        if overwrite:
+            os.replace(source, target)
+        else:
+            os.link(source, target)
+            source.unlink()
+    except FileExistsError:
+        raise FileExistsRefused(
+            f"refusing to overwrite existing file {target} (pass --force to replace it)"
+        ) from None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write {target}: {exc.strerror}") from None
+    return target
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 hex of a file, read in chunks (a report's token file may be large)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _refuse_existing(directory: Path, names: Iterable[str], overwrite: bool) -> None:
     for name in names:
         path = directory / name
         if path.is_symlink():
@@ -217,7 +266,7 @@ def verify_report_dir(target: str | os.PathLike[str], key: VerifyingKey) -> dict
         file = envelope_path.parent / name
         if file.name != name or not file.is_file():
             raise EnvelopeError(f"{name}: signed, but missing from {envelope_path.parent}")
-        if hashlib.sha256(file.read_bytes()).hexdigest() != digest:
+        if _file_sha256(file) != digest:
             raise EnvelopeError(f"{name}: modified after it was signed (digest differs)")
     return doc
 

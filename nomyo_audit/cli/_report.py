@@ -30,25 +30,27 @@ from ..audit import (
     write_report,
 )
 from ..audit._records import rfc3339
+from ..audit._store import StoredRecord
 from ..policy import load_policy
 from ._bundle import write_failure_bundles
 from ._log import LOG_OPTION, parse_period, parse_time
 from ._progress import Progress
 from ._report_chain import Previous, report_findings, verify_series
+from ._report_ear import EAR_JWT_FILE, EAR_JWT_OPTION, ear_report_key, remove_partial, write_ear_tokens
 
 _RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)$")
 
 
-def _records(
-    log: AuditLog, size: int, since: float | None, until: float | None, span: list[int]
-) -> Iterator[Any]:
-    """The record documents of the period among the first ``size`` (the records just verified).
+def _rows(
+    log: AuditLog, size: int, since: float | None, until: float | None, span: list[int], what: str = "reading"
+) -> Iterator[StoredRecord]:
+    """The stored records of the period among the first ``size`` (the records just verified).
 
     ``span`` becomes ``[start, end]``: the period's records are exactly records start to end-1 of
     the log (the time column never goes back), so a chained report can show no record fell between.
     """
     span[:] = [0, 0]
-    with Progress("reading", size) as step:
+    with Progress(what, size) as step:
         for stored in log.store.records(None, until):
             if stored.seq >= size:
                 return
@@ -57,10 +59,16 @@ def _records(
                 span[0] = stored.seq + 1
                 continue
             step(stored.seq + 1)
-            try:
-                yield json.loads(stored.data)
-            except ValueError:  # bytes that verified but are not JSON: counted as a malformed record
-                yield None
+            yield stored
+
+
+def _records(rows: Iterator[StoredRecord]) -> Iterator[Any]:
+    """Each row's record document; bytes that verified but are not JSON are None (a malformed record)."""
+    for stored in rows:
+        try:
+            yield json.loads(stored.data)
+        except ValueError:
+            yield None
 
 
 def _generated_at(value: str | None) -> str:
@@ -130,6 +138,7 @@ def _moment(value: str | None, flag: str) -> float | None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Also write an offline evidence bundle per failed record here (nomyo-audit verify FILE --offline).",
 )
+@EAR_JWT_OPTION
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True)
 def report(
     log_path: Path,
@@ -145,6 +154,7 @@ def report(
     previous: Path | None,
     output: Path,
     bundles: Path | None = None,
+    ear_jwt: bool = False,
 ) -> None:
     """Verify the audit log, then render a compliance report from it in several formats from one run.
 
@@ -163,6 +173,8 @@ def report(
     at = _moment(at_time, "--at")
     policy = load_policy(policy_file) if policy_file else None
     key = load_private_key(sign_key) if sign_key is not None else None
+    ear_key = ear_report_key(key) if ear_jwt else None
+    tokens: Path | None = None
     chained = Previous(previous, key) if previous is not None else None
     lo = chained.since(lo) if chained is not None else lo
     if lo is not None and hi is not None and lo > hi:
@@ -173,7 +185,7 @@ def report(
         with Progress("verifying the log", log.store.count()) as step:
             state = log.verified_state(trusted, progress=step)
         document = build_report(
-            _records(log, state.size, lo, hi, span),
+            _records(_rows(log, state.size, lo, hi, span)),
             generated_at=stamp,
             log_state=state,
             policy=policy,
@@ -187,7 +199,22 @@ def report(
         if bundles is not None:  # listed (file, sha256) in the document, so the signed report covers them
             failures = document["failures"]
             document["bundles"] = write_failure_bundles(log, failures, bundles, output, overwrite=force)
-    written = write_report(document, chosen, output, key, overwrite=force)
+        if ear_key is not None:  # streamed to a temporary file that write_report signs and moves in
+            tokens = write_ear_tokens(
+                _rows(log, state.size, lo, hi, [0, 0], "signing EAR JWTs"),
+                output,
+                origin=str(log.path),
+                key=ear_key,
+                issued_at=int(parse_time(stamp) or 0),
+                policy=policy,
+                at=at,
+                blob=log.store.blob,
+            )
+    try:
+        streamed = {EAR_JWT_FILE: tokens} if tokens is not None else None
+        written = write_report(document, chosen, output, key, overwrite=force, streamed=streamed)
+    finally:
+        remove_partial(tokens)
     click.echo(
         f"{document['summary']['requests']} records in {time.monotonic() - start:.1f}s -> "
         + ", ".join(str(p) for p in written.values()),
