@@ -19,6 +19,7 @@ what the anchor's certificates state; every other AIK is "not anchored". What bo
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -75,6 +76,8 @@ STATUS_LEGEND = {
     "(swtpm): no TPM hardware stood behind it (the attester kind is the router's own, unauthenticated label)",
 }
 
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
 #: Attester kinds that are software by the router's own account: no TPM hardware behind the quote.
 NO_HARDWARE_KINDS = frozenset({"software", "swtpm"})
 
@@ -94,6 +97,8 @@ class _Tally:
         self.rules: dict[str, Counter[str]] = defaultdict(Counter)
         self.findings: Counter[str] = Counter()
         self.aiks: Counter[str] = Counter()
+        #: (router, SHA-256 of its key's DER SPKI) per protocol 1.0 reply: the key the client encrypted to
+        self.router_keys: Counter[tuple[str, str]] = Counter()
         #: per AIK fingerprint, its records by anchor (None: not anchored)
         self.anchors: dict[str, Counter[Anchor | None]] = defaultdict(Counter)
         self.attesters: Counter[tuple[str, str, str]] = Counter()
@@ -129,6 +134,7 @@ class _Tally:
             status, reason = status_of(outcome, appraisal, error_code)
             label = status
             evidence = as_mapping(metadata.get("tpm_attestation"))
+            self._count_router_key(doc, metadata)
         self._count(doc, metadata, status, label, appraisal, evidence)
         self.measured.add(as_label(doc.get("router")), as_text(doc.get("time")) or "", appraisal.facts)
         if status != "passed":
@@ -182,6 +188,15 @@ class _Tally:
                 self.pcr_sets[tuple([(bank, tuple(values.items())) for bank, values in pcrs.items()])] += 1
             except (AttributeError, TypeError):
                 self._count_pcrs_careful(pcrs)
+
+    def _count_router_key(self, doc: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
+        """The router key a protocol 1.0 reply came under: the client's own record of the key it
+        pinned and encrypted to (protocol 2 encrypts to another key, and a reply never received
+        names no protocol)."""
+        key = doc.get("server_key_sha256")
+        if metadata.get("protocol") != "1.0" or not isinstance(key, str) or not _SHA256_HEX.fullmatch(key):
+            return
+        self.router_keys[(as_label(doc.get("router")), key.lower())] += 1
 
     def _count_pcrs_careful(self, pcrs: Any) -> None:
         for bank, values in as_mapping(pcrs).items():
@@ -325,6 +340,10 @@ def build_report(
             for fp, n in tally.aiks.most_common(MAX_DISTINCT)
         ],
         "aik_count": len(tally.aiks),
+        "router_keys": [
+            {"router": router, "key_sha256": key, "records": n}
+            for (router, key), n in tally.router_keys.most_common(MAX_DISTINCT)
+        ],
         "attesters": [
             {
                 "router": router,
