@@ -268,11 +268,55 @@ def test_codes_are_distinct_for_every_alteration():
 
 
 def test_without_a_key_the_bundles_own_key_is_used_and_said_to_be_untrusted(logged):
+    """Intact under the key the bundle names is never 'ok' (exit 0): whoever wrote the bundle chose it."""
     code, result, err = verify_json(write_bundle(logged, 0))
-    assert (code, result["result"], result["key_trusted"]) == (0, "ok", False)
+    assert (code, result["result"], result["key_trusted"]) == (1, "checkpoint_key_untrusted", False)
+    assert result["intact"] and result["verdict"]["result"] == "pass"  # still appraised, and shown
     assert "no --key" in err
     code, out, _ = run("verify", write_bundle(logged, 0), "--offline")
-    assert "untrusted: pass --key" in out
+    assert code == 1 and "CHECKPOINT_KEY_UNTRUSTED" in out and "untrusted: pass --key" in out
+
+
+def test_a_bundle_re_signed_with_a_key_it_names_itself_never_passes(logged, tmp_path):
+    """Review: a bundle whose checkpoint an attacker re-signed with a key of their own, named in the
+    bundle, verified 'ok' with exit 0 when no --key was given."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from nomyo_audit.audit._note import parse_checkpoint, sign_checkpoint, verifier_key
+
+    bundle = json.loads(write_bundle(logged, 0).read_text())
+    forger = Ed25519PrivateKey.generate()
+    checkpoint = parse_checkpoint(bundle["checkpoint"])[0]
+    note = sign_checkpoint(checkpoint, forger)
+    bundle["inclusion_proof"] = bundle["inclusion_proof"].replace(bundle["checkpoint"], note)
+    bundle["checkpoint"] = note
+    bundle["log"]["public_key"] = verifier_key(checkpoint.origin, forger.public_key())
+    forged = tmp_path / "forged.bundle.json"
+    forged.write_bytes(bundle_bytes(bundle))
+    code, result, _ = verify_json(forged)
+    assert (code, result["result"], result["intact"], result["key_trusted"]) == (
+        ExitCode.FINDING,
+        "checkpoint_key_untrusted",
+        True,
+        False,
+    )
+    code, result, _ = verify_json(forged, "--key", key_of(logged))
+    assert (code, result["result"]) == (ExitCode.INTEGRITY, "checkpoint_wrong_key")
+
+
+def test_the_result_names_the_log_its_signed_checkpoint_is_of(logged):
+    """Review: the result said which key signed, not which log: the signed checkpoint's origin (one key
+    may sign several logs) is in the text and the JSON, never the bundle's unauthenticated log.origin."""
+    path = write_bundle(logged, 0)
+    bundle = json.loads(path.read_text())
+    bundle["log"]["origin"] = "example.com/not-this-log"
+    path.write_bytes(bundle_bytes(bundle))
+    with AuditLog.open(logged[0] / "audit.db") as log:
+        origin = log.origin
+    code, result, _ = verify_json(path, "--key", key_of(logged))
+    assert (code, result["origin"]) == (0, origin)
+    _, out, _ = run("verify", path, "--offline", "--key", key_of(logged))
+    assert f"log {origin}" in out and "not-this-log" not in out
 
 
 def test_a_denied_reply_is_intact_evidence_and_a_denial(logged):

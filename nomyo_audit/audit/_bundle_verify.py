@@ -50,8 +50,10 @@ class BundleResult:
     ``code`` is one stable result: the first failing integrity check's code (exit 3), else
     ``attestation_failed``, ``policy_denied`` (re-evaluated with the given policy) or
     ``policy_denied_recorded`` (no policy given; the client's own result, signed with the record,
-    denied) (exit 1), else ``ok`` (exit 0). Intact evidence and the reply's acceptance are separate
-    statements, and :meth:`summary` says both.
+    denied) (exit 1), else ``checkpoint_key_untrusted`` when no key was given (the bundle's own key
+    proves nothing against whoever wrote it, so it is never ``ok``; exit 1), else ``ok`` (exit 0).
+    Intact evidence and the reply's acceptance are separate statements, and :meth:`summary` says both.
+    ``origin`` is the log the signed checkpoint names (one key may sign several logs).
     """
 
     checks: tuple[BundleCheck, ...]
@@ -61,6 +63,7 @@ class BundleResult:
     verdict: Any = None
     policy: Any = None
     recorded: Mapping[str, Any] = field(default_factory=dict)
+    origin: str | None = None
 
     @property
     def intact(self) -> bool:
@@ -75,9 +78,11 @@ class BundleResult:
             return failed.code
         if self.verdict is not None and not self.verdict.passed:
             return "attestation_failed"
-        if self.policy is not None:
-            return "policy_denied" if self.policy.outcome == "deny" else "ok"
-        return "policy_denied_recorded" if self.recorded.get("policy_outcome") == "deny" else "ok"
+        if self.policy is not None and self.policy.outcome == "deny":
+            return "policy_denied"
+        if self.policy is None and self.recorded.get("policy_outcome") == "deny":
+            return "policy_denied_recorded"
+        return "ok" if self.key_trusted else "checkpoint_key_untrusted"
 
     @property
     def exit_code(self) -> int:
@@ -94,6 +99,7 @@ class BundleResult:
             "payload_id": self.payload_id,
             "seq": self.seq,
             "key_trusted": self.key_trusted,
+            "origin": self.origin,
             "checks": [c.to_dict() for c in self.checks],
             "verdict": self.verdict.to_dict() if self.verdict is not None else None,
             "policy": self.policy.to_dict() if self.policy is not None else None,
@@ -108,7 +114,10 @@ class BundleResult:
             lines.append("  the evidence is not intact: nothing in it is appraised")
             return lines
         key = "the given key" if self.key_trusted else "the key the bundle names (untrusted: pass --key)"
-        lines.append(f"  evidence intact: record, inclusion proof, checkpoint signed by {key}, blobs, anchor")
+        lines.append(
+            f"  evidence intact: record, inclusion proof, checkpoint of log {self.origin} signed by {key}, "
+            "blobs, anchor"
+        )
         if self.verdict is not None:
             lines.append(f"  quote: {self.verdict.result}")
             for finding in self.verdict.findings:
@@ -231,11 +240,11 @@ def verify_bundle(
     checks += problems or [BundleCheck("inclusion_proof", "pass", "record_included", "under the signed root")]
     payload_id = document.get("payload_id") if document is not None else None
     named = payload_id if isinstance(payload_id, str) else None
-    result = BundleResult(tuple(checks), named, bundle["seq"], trusted)
-    if not result.intact or document is None:
+    origin = checkpoint.origin if checkpoint is not None else None  # the signed one, never log.origin
+    result = BundleResult(tuple(checks), named, bundle["seq"], trusted, origin=origin)
+    if not result.intact or document is None or origin is None:
         return result
     blobs = {d: base64.b64decode(t) for d, t in bundle["blobs"].items()}
-    origin = checkpoint.origin if checkpoint is not None else str(bundle["log"]["origin"])  # the signed one
     stored = stored_record(document, origin, blobs.get)
     if roots is None and policy is not None:
         from ..policy._anchor_rule import policy_roots
@@ -256,6 +265,7 @@ def verify_bundle(
             "policy": recorded.get("policy") if isinstance(recorded, Mapping) else None,
             "policy_outcome": recorded.get("outcome") if isinstance(recorded, Mapping) else None,
         },
+        origin,
     )
 
 
