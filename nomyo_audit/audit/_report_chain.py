@@ -229,6 +229,10 @@ def verify_chain_proof(report: Mapping[str, Any], whose: str) -> CitedCheckpoint
     own = covered_checkpoint(report, whose)
     if own is None:
         raise ChainError(f"{whose} chains from a previous report but cites no checkpoint of its own")
+    if cited.origin != own.origin:  # what chainable refuses to make: a series does not cross logs
+        raise ChainError(
+            f"{whose} chains from a checkpoint of another log ({cited.origin!r}, not {own.origin!r})"
+        )
     nodes = chain.get("consistency_proof")
     try:
         proof = [bytes.fromhex(node) for node in nodes] if isinstance(nodes, list) else None

@@ -22,7 +22,6 @@ import click
 from ..audit import (
     FORMATS,
     AuditLog,
-    IntegrityError,
     build_report,
     ed25519_public,
     load_private_key,
@@ -35,7 +34,7 @@ from ..policy import load_policy
 from ._bundle import write_failure_bundles
 from ._log import LOG_OPTION, parse_period, parse_time
 from ._progress import Progress
-from ._report_chain import Previous, report_findings, verify_series
+from ._report_chain import Previous, check_against_log, report_findings, verify_series
 from ._report_ear import EAR_JWT_FILE, EAR_JWT_OPTION, ear_report_key, remove_partial, write_ear_tokens
 
 _RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)$")
@@ -283,46 +282,13 @@ def verify_report(
     public = load_public_key(key)
     statements, findings = verify_series(series, public)
     for target, doc in zip(series, statements, strict=True):
-        _check_against_log(target, doc, log_path)
+        click.echo(f"ok: {target}: signature and {len(doc.get('subject', []))} file digest(s) verify")
+    if log_path is not None:  # one pass over the log for the whole series
+        check_against_log(series, statements, log_path)
     report_findings(findings)
-
-
-def _check_against_log(target: Path, doc: dict[str, Any], log_path: Path | None) -> None:
-    predicate = doc.get("predicate")
-    predicate = predicate if isinstance(predicate, dict) else {}
-    click.echo(f"ok: {target}: signature and {len(doc.get('subject', []))} file digest(s) verify")
-    if log_path is None:
-        return
-    claims = [
-        (what, _size_and_root(predicate.get(what)))
-        for what in ("checkpoint", "log")
-        if predicate.get(what) is not None
-    ]
-    if not claims:
-        raise IntegrityError("the signed report names no log size and root to check the log against")
-    with AuditLog.open(log_path) as log:
-        for what, (size, root) in claims:
-            if log.root_at(size).hex() != root:
-                raise IntegrityError(
-                    f"the root of {log_path}'s first {size} records does not match the report's "
-                    f"{'checkpoint' if what == 'checkpoint' else 'log root'} "
-                    "(records were altered, removed or replaced)"
-                )
-    for what, (size, root) in claims:
-        named = "checkpoint" if what == "checkpoint" else "log root (every record it counted)"
-        click.echo(f"ok: the report's {named} (size {size}, root {root[:16]}...) matches {log_path}")
 
 
 def _to_milliseconds(moment: float | None) -> float | None:
     """A period bound at the millisecond precision a report states it with, so the stated period is
     exactly the one selected (and the next chained report starts exactly where this one ended)."""
     return None if moment is None else parse_time(rfc3339(moment))
-
-
-def _size_and_root(claim: Any) -> tuple[int, str]:
-    """The (size, root hex) a signed report names for the log; a malformed one is an integrity failure."""
-    size = claim.get("size") if isinstance(claim, dict) else None
-    root = claim.get("root") if isinstance(claim, dict) else None
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(root, str):
-        raise IntegrityError("the signed report names no log size and root to check the log against")
-    return size, root

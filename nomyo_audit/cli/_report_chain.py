@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..audit import AuditLog, VerifyingKey, leaf_hash, verify_checkpoint, verify_report_dir
 from ..audit._keys import SigningKey
+from ..audit._merkle import Frontier
 from ..audit._note import NoteError
 from ..audit._records import rfc3339
 from ..audit._render import FORMATS
@@ -31,7 +33,7 @@ from ..audit._report_chain import (
     verify_chain_proof,
     verify_link,
 )
-from ..errors import ExitCode
+from ..errors import ExitCode, IntegrityError
 from ._log import parse_time
 
 REPORT_JSON = FORMATS["json"]
@@ -112,8 +114,123 @@ class Previous:
 
 def _leaves(log: AuditLog) -> Iterator[bytes]:
     """Each record's leaf hash, recomputed from its bytes, in order (the roots they give are checked)."""
-    for seq, _, _, data, _ in log.store.scan():
-        yield leaf_hash(data if type(data) is bytes else b"\x00not-a-record-%d" % seq)
+    for _, _, leaf in _scan(log):
+        yield leaf
+
+
+def _scan(log: AuditLog) -> Iterator[tuple[int, Any, bytes]]:
+    """(seq, time column, leaf hash recomputed from the bytes) of every row, in order, in one pass."""
+    for seq, _, moment, data, _ in log.store.scan():
+        yield seq, moment, leaf_hash(data if type(data) is bytes else b"\x00not-a-record-%d" % seq)
+
+
+@dataclass(frozen=True)
+class _LogClaims:
+    """What one signed report says of the log: (what, size, root hex) pairs, and its period's span."""
+
+    target: Path
+    roots: list[tuple[str, int, str]]
+    period: tuple[float | None, float | None, int] | None  # since, until, records read (log size)
+    span: tuple[int, int] | None
+
+
+def _log_claims(target: Path, statement: Mapping[str, Any]) -> _LogClaims:
+    predicate = statement.get("predicate")
+    predicate = predicate if isinstance(predicate, Mapping) else {}
+    roots = [
+        (what, *_size_and_root(predicate.get(what)))
+        for what in ("checkpoint", "log")
+        if predicate.get(what) is not None
+    ]
+    if not roots:
+        raise IntegrityError("the signed report names no log size and root to check the log against")
+    covers = predicate.get("covers")
+    covers = covers if isinstance(covers, Mapping) else {}
+    span, period = covers.get("span"), covers.get("period")
+    read = next((size for what, size, _ in roots if what == "log"), None)
+    if not isinstance(span, Mapping) or not isinstance(period, Mapping) or read is None:
+        return _LogClaims(target, roots, None, None)  # a report made before spans were stated
+    start, end = span.get("from"), span.get("to")
+    if type(start) is not int or type(end) is not int:
+        raise IntegrityError(f"{target}: the signed report's covers.span is malformed")
+    bounds = [period.get(k) for k in ("since", "until")]
+    if not all(b is None or isinstance(b, str) for b in bounds):
+        raise IntegrityError(f"{target}: the signed report's covers.period is malformed")
+    try:
+        since, until = (parse_time(b) for b in bounds)
+    except click.BadParameter:
+        raise IntegrityError(f"{target}: the signed report's covers.period is malformed") from None
+    return _LogClaims(target, roots, (since, until, read), (start, end))
+
+
+def check_against_log(
+    targets: Sequence[Path], statements: Sequence[Mapping[str, Any]], log_path: Path
+) -> None:
+    """Check every report of a series against the log, reading it once: each root the report signed
+    (checkpoint, log), recomputed from the record bytes, and its ``covers.span``, recomputed from the
+    time column as ``report`` selected it (the records of ``[since, until)`` among those it read).
+
+    Raises :class:`IntegrityError` (exit 3) for a root or span the log does not give."""
+    claims = [_log_claims(target, statement) for target, statement in zip(targets, statements, strict=True)]
+    sizes = {size for claim in claims for _, size, _ in claim.roots}
+    spans = {id(claim): [0, 0] for claim in claims if claim.period is not None}
+    limit = max([*sizes, *(claim.period[2] for claim in claims if claim.period is not None)])
+    whole = Frontier()
+    roots = {0: whole.root()}
+    with AuditLog.open(log_path) as log:
+        for seq, moment, leaf in _scan(log) if limit else ():
+            if type(moment) not in (int, float):
+                raise IntegrityError(f"record {seq}: its time column is not a time (altered)")
+            for claim in claims:
+                if claim.period is not None and seq < claim.period[2]:
+                    since, until, _ = claim.period
+                    if until is None or moment < until:
+                        span = spans[id(claim)]
+                        span[1] = seq + 1
+                        if since is not None and moment < since:
+                            span[0] = seq + 1
+            whole.append(leaf)
+            if whole.size in sizes:
+                roots[whole.size] = whole.root()
+            if whole.size >= limit:
+                break
+        for claim in claims:
+            for what, size, root in claim.roots:
+                if roots.get(size, b"").hex() != root:
+                    log.root_at(size)  # names a missing, repeated or altered record when that is why
+                    raise IntegrityError(
+                        f"the root of {log_path}'s first {size} records does not match the report's "
+                        f"{'checkpoint' if what == 'checkpoint' else 'log root'} "
+                        "(records were altered, removed or replaced)"
+                    )
+    for claim in claims:
+        if claim.span is not None and tuple(spans[id(claim)]) != claim.span:
+            start, end = spans[id(claim)]
+            raise IntegrityError(
+                f"{claim.target}: the signed report says its period holds {_records(*claim.span)} of the "
+                f"log (covers.span), but the log holds {_records(start, end)} in it"
+            )
+    for claim in claims:
+        for what, size, root in claim.roots:
+            named = "checkpoint" if what == "checkpoint" else "log root (every record it counted)"
+            click.echo(f"ok: the report's {named} (size {size}, root {root[:16]}...) matches {log_path}")
+        if claim.span is not None:
+            click.echo(f"ok: {claim.target}'s period holds exactly the records it states (covers.span)")
+
+
+def _records(start: int, end: int) -> str:
+    if end <= start:
+        return f"no record (none from record {start})"
+    return f"record {start}" if end == start + 1 else f"records {start} to {end - 1}"
+
+
+def _size_and_root(claim: Any) -> tuple[int, str]:
+    """The (size, root hex) a signed report names for the log; a malformed one is an integrity failure."""
+    size = claim.get("size") if isinstance(claim, Mapping) else None
+    root = claim.get("root") if isinstance(claim, Mapping) else None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(root, str):
+        raise IntegrityError("the signed report names no log size and root to check the log against")
+    return size, root
 
 
 def verify_series(directories: Sequence[Path], key: VerifyingKey) -> tuple[list[dict[str, Any]], list[str]]:
