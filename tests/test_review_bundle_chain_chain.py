@@ -96,3 +96,20 @@ def test_a_chain_from_a_checkpoint_of_another_log_is_refused():
     same = _report(leaves, 9, "example.test/log-a", key)  # the same origin chains
     same["chain"] = report["chain"]
     assert verify_chain_proof(same, "b") == cited
+
+
+def test_reports_given_out_of_order_are_named_so_and_never_pass(tmp_path, router, capsys):
+    """They failed closed, but as 'a report between them is missing or was replaced' (exit 3), which
+    sends an auditor looking for a tampered archive; a misordered command line is usage (exit 2)."""
+    made = Series(tmp_path, router)
+    made.batch(1)
+    assert made.report("r1") == ExitCode.OK
+    for number in (2, 3):
+        made.batch(1)
+        assert made.report(f"r{number}", previous=f"r{number - 1}") == ExitCode.OK
+    capsys.readouterr()
+    for order in (("r2", "r1"), ("r1", "r3", "r2"), ("r3", "r2", "r1")):
+        assert made.verify(*order) == ExitCode.USAGE, order
+        assert "oldest first" in capsys.readouterr().err
+    assert made.verify("r1", "r3") == ExitCode.INTEGRITY  # one missing is still a broken chain
+    assert "the chain breaks" in capsys.readouterr().err

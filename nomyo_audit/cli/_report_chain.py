@@ -243,12 +243,16 @@ def verify_series(directories: Sequence[Path], key: VerifyingKey) -> tuple[list[
     series: list[tuple[str, dict[str, Any]]] = []
     statements: list[dict[str, Any]] = []
     sha256 = ""
-    for directory in directories:
+    for index, directory in enumerate(directories):
         name = str(directory)
         document, digest, statement = signed_report(directory, key)
         statements.append(statement)
         if series:
-            verify_link(series[-1][1], sha256, document, (series[-1][0], name))
+            try:
+                verify_link(series[-1][1], sha256, document, (series[-1][0], name))
+            except ChainError:
+                _refuse_misorder(document, digest, series, directories[index + 1 :], name)
+                raise
         elif (cited := verify_chain_proof(document, name)) is not None and len(directories) == 1:
             click.echo(
                 f"ok: {name}'s consistency proof verifies from checkpoint {cited.describe()}; "
@@ -262,6 +266,41 @@ def verify_series(directories: Sequence[Path], key: VerifyingKey) -> tuple[list[
     if len(series) > 1 and not findings:
         click.echo("ok: the periods meet and the records counted continue with no gap or overlap")
     return statements, findings
+
+
+def _previous_sha256(document: Mapping[str, Any]) -> Any:
+    chain = document.get("chain")
+    previous = chain.get("previous") if isinstance(chain, Mapping) else None
+    return previous.get("report_sha256") if isinstance(previous, Mapping) else None
+
+
+def _refuse_misorder(
+    document: Mapping[str, Any],
+    digest: str,
+    earlier: Sequence[tuple[str, Mapping[str, Any]]],
+    later: Sequence[Path],
+    name: str,
+) -> None:
+    """A link that failed because the reports were given in another order than oldest first (one
+    given earlier chains from this one, or this one from one given later): a usage error (exit 2)
+    naming the order, not 'missing or replaced', which would send an auditor after a tampered archive.
+    Only explains a failure already found; the files read here decide nothing."""
+    for before, report in earlier:
+        if _previous_sha256(report) == digest:
+            raise click.UsageError(
+                f"{before} chains from {name}, given after it: give the reports oldest first"
+            )
+    wanted = _previous_sha256(document)
+    for directory in later:
+        base = directory if directory.is_dir() else directory.parent
+        try:
+            digest = report_sha256((base / REPORT_JSON).read_bytes())
+        except OSError:
+            continue
+        if digest == wanted:
+            raise click.UsageError(
+                f"{name} chains from {directory}, given after it: give the reports oldest first"
+            )
 
 
 def report_findings(findings: Sequence[str]) -> None:
