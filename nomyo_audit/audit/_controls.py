@@ -87,6 +87,11 @@ class ControlStatus(NamedTuple):
     reason: str
 
 
+# pdoc resolves NamedTuple fields from the generated __new__, where postponed annotations are strings
+# it cannot evaluate: give it the real types.
+ControlStatus.__new__.__annotations__.update(control=Control, status=Status)
+
+
 class _Check(NamedTuple):
     state: _State
     reason: str
