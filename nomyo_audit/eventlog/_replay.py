@@ -9,7 +9,8 @@ no ``k >= 1`` does. An event whose PCR no quoted bank covers proves nothing (``u
 
 # No ``from __future__ import annotations``: the named tuples' fields stay real types for pdoc.
 
-from collections.abc import Iterable, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Literal, NamedTuple
 
 from ..errors import EventLogError
@@ -71,6 +72,20 @@ def _extend(bank: str, value: bytes, measurement: bytes) -> bytes:
     return digest(bank, value + measurement)
 
 
+def _extender(bank: str) -> Callable[[bytes, bytes], bytes]:
+    """:func:`_extend` for ``bank`` with the hash looked up once (not per event, as :func:`digest` does);
+    for a bank without one, :func:`_extend` itself, which raises at its first use as before."""
+    make = hasher(bank)
+    if make is None:
+        return functools.partial(_extend, bank)
+
+    def extend(value: bytes, measurement: bytes) -> bytes:
+        result: bytes = make(value + measurement).digest()
+        return result
+
+    return extend
+
+
 def _initial(log_locality: int, pcr: int, size: int) -> bytes:
     return bytes(size - 1) + bytes([log_locality if pcr == 0 else 0])
 
@@ -88,10 +103,11 @@ def replay_event_log(log: EventLog, bank: str) -> dict[int, bytes]:
     if bank not in log.banks or hasher(bank) is None:
         raise EventLogError(f"the log has no {bank} digests to replay", code="eventlog_unknown_algorithm")
     size = len(digest(bank, b""))
+    extend = _extender(bank)
     values: dict[int, bytes] = {}
     for event in _extending(log):
         current = values.get(event.pcr, _initial(log.startup_locality, event.pcr, size))
-        values[event.pcr] = _extend(bank, current, event.digests[bank])
+        values[event.pcr] = extend(current, event.digests[bank])
     return values
 
 
@@ -103,9 +119,10 @@ def match_pcr(
     Returns the :class:`PcrMatch` and how many leading steps the quote proves. For IMA
     (H2) and TCG alike.
     """
+    extend = _extender(bank)
     value, proven = initial, 0
     for index, (_, measurement) in enumerate(steps, start=1):
-        value = _extend(bank, value, measurement)
+        value = extend(value, measurement)
         if value == quoted:
             proven = index
     total = len(steps)
