@@ -201,14 +201,8 @@ class MeasuredTally:
         tally.records += 1
         entries, proven = _count(ima.get("entries")), _count(ima.get("proven"))
         if entries is not None:
-            tally.entries = (
-                [min(tally.entries[0], entries), max(tally.entries[1], entries)]
-                if tally.entries
-                else [
-                    entries,
-                    entries,
-                ]
-            )
+            low, high = tally.entries or (entries, entries)
+            tally.entries = [min(low, entries), max(high, entries)]
         tally.proven = max(tally.proven, proven or 0)
         tally.violations = max(tally.violations, _count(ima.get("violations")) or 0)
         if when and when >= tally.last:
