@@ -77,6 +77,7 @@ def _state(boot: Mapping[str, Any], stack: Mapping[str, Any]) -> dict[str, Any]:
     """What one record's facts say booted and served, bounded and JSON-ready."""
     router = as_mapping(stack.get("router"))
     secure_boot = boot.get("secure_boot")
+    pcrs = boot.get("pcrs")
     return {
         "measured_boot": bool(boot),
         "secure_boot": secure_boot if secure_boot in ("enabled", "disabled") else None,
@@ -91,9 +92,7 @@ def _state(boot: Mapping[str, Any], stack: Mapping[str, Any]) -> dict[str, Any]:
         "upstream": _text(stack.get("upstream")),
         "models": _models(stack.get("models")),
         "log_sha256": _text(boot.get("log_sha256")) or _text(stack.get("log_sha256")),
-        "pcrs": [p for p in boot.get("pcrs") or [] if type(p) is int][:_MAX_ITEMS]
-        if isinstance(boot.get("pcrs"), list)
-        else [],
+        "pcrs": [p for p in pcrs if type(p) is int][:_MAX_ITEMS] if isinstance(pcrs, list) else [],
     }
 
 
