@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigurationError, IntegrityError
-from ._merkle import Frontier, ProofError, verify_consistency
+from ._merkle import Frontier, ProofError, _split, verify_consistency
 from ._note import NoteError, parse_checkpoint
 
 __all__ = [
@@ -154,7 +154,7 @@ def proof_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
         n = end - start
         if m == n:
             return [] if complete else [(start, end)]
-        k = 1 << ((n - 1).bit_length() - 1)
+        k = _split(n)
         if m <= k:
             return [*subproof(m, start, start + k, complete), (start + k, end)]
         return [*subproof(m - k, start + k, end, False), (start, start + k)]
