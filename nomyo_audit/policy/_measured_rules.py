@@ -267,30 +267,30 @@ def boot_events(value: Mapping[str, list[str]], spec: PolicySpec) -> Check:
     """Allow-lists of proven firmware (PCR 0) and boot application (PCR 4) digests, and a deny-list."""
     from ._rules import RuleOutcome
 
-    firmware = frozenset(value["firmware"]) if "firmware" in value else None
-    applications = frozenset(value["boot_applications"]) if "boot_applications" in value else None
+    allow = {name: frozenset(value[name]) for _, name, _ in ALLOW_LISTS if name in value}
     deny = frozenset(value.get("deny", ()))
 
     def outcome(proven: _Proven) -> Any:
         problems: list[str] = []
         counts: list[str] = []
         for pcr, name, kinds in ALLOW_LISTS:
-            allowed = firmware if name == "firmware" else applications
+            allowed = allow.get(name)
             if allowed is None:
                 continue
-            unproven = _pcr_unproven(pcr, proven, name.replace("_", " "))
+            what = name.replace("_", " ")
+            unproven = _pcr_unproven(pcr, proven, what)
             events = [
                 (e, d) for e, d in proven.events if e.pcr == pcr and allow_listed(e, kinds, proven.banks)
             ]
             if unproven is None and not events:
-                unproven = f"{name.replace('_', ' ')} is unproven: no proven PCR {pcr} event is of that kind"
+                unproven = f"{what} is unproven: no proven PCR {pcr} event is of that kind"
             if unproven is not None:
                 problems.append(unproven)
                 continue
             bad = [_describe(e, d) for e, d in events if not d & allowed]
             if bad:
                 problems.append(f"not in boot_events.{name}: {'; '.join(bad[:_NAMED])}{_more(bad)}")
-            counts.append(f"{len(events)} {name.replace('_', ' ')} event(s)")
+            counts.append(f"{len(events)} {what} event(s)")
         if deny:
             denied = [_describe(e, d) for e, d in proven.events if d & deny]
             if denied:
