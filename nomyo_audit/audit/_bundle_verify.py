@@ -179,7 +179,7 @@ def _content_checks(bundle: Mapping[str, Any], document: Mapping[str, Any]) -> l
         )
     blobs = bundle["blobs"]
     for digest, text in blobs.items():
-        data = base64.b64decode(text, validate=True) if _is_b64(text) else None
+        data = _b64_or_none(text)
         if data is None or hashlib.sha256(data).hexdigest() != digest:
             problems.append(_fail("blobs", "blob_altered", f"blob {digest[:16]}... does not hash to its key"))
     metadata = document.get("metadata")
@@ -193,12 +193,11 @@ def _content_checks(bundle: Mapping[str, Any], document: Mapping[str, Any]) -> l
     return problems
 
 
-def _is_b64(text: str) -> bool:
+def _b64_or_none(text: str) -> bytes | None:
     try:
-        base64.b64decode(text, validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        return False
-    return True
+        return None
 
 
 def verify_bundle(
