@@ -45,6 +45,7 @@ __all__ = [
     "chainable",
     "consistency_from_leaves",
     "coverage_findings",
+    "previous_sha256_of",
     "proof_ranges",
     "verify_chain_proof",
     "verify_link",
@@ -264,7 +265,7 @@ def verify_link(
             f"the chain breaks: {after} chains from checkpoint {cited.describe()}, but {before} "
             f"covers checkpoint {stated} ({before} was re-made or replaced)"
         )
-    named = _section(_section(report, "chain"), "previous").get("report_sha256")
+    named = previous_sha256_of(report)
     if named != previous_sha256:
         raise ChainError(
             f"the chain breaks: {after} chains from report.json sha256 {str(named)[:16]}..., not "
@@ -342,6 +343,11 @@ def _span(report: Mapping[str, Any]) -> tuple[int, int] | None:
     if type(start) is int and type(end) is int and 0 <= start <= end:
         return start, end
     return None
+
+
+def previous_sha256_of(report: Mapping[str, Any]) -> Any:
+    """The report.json SHA-256 a report's ``chain.previous`` names (None when it names none)."""
+    return _section(_section(report, "chain"), "previous").get("report_sha256")
 
 
 def report_sha256(data: bytes) -> str:

@@ -29,6 +29,7 @@ from ..audit._report_chain import (
     chainable,
     consistency_from_leaves,
     coverage_findings,
+    previous_sha256_of,
     report_sha256,
     verify_chain_proof,
     verify_link,
@@ -268,12 +269,6 @@ def verify_series(directories: Sequence[Path], key: VerifyingKey) -> tuple[list[
     return statements, findings
 
 
-def _previous_sha256(document: Mapping[str, Any]) -> Any:
-    chain = document.get("chain")
-    previous = chain.get("previous") if isinstance(chain, Mapping) else None
-    return previous.get("report_sha256") if isinstance(previous, Mapping) else None
-
-
 def _refuse_misorder(
     document: Mapping[str, Any],
     digest: str,
@@ -286,11 +281,11 @@ def _refuse_misorder(
     naming the order, not 'missing or replaced', which would send an auditor after a tampered archive.
     Only explains a failure already found; the files read here decide nothing."""
     for before, report in earlier:
-        if _previous_sha256(report) == digest:
+        if previous_sha256_of(report) == digest:
             raise click.UsageError(
                 f"{before} chains from {name}, given after it: give the reports oldest first"
             )
-    wanted = _previous_sha256(document)
+    wanted = previous_sha256_of(document)
     for directory in later:
         base = directory if directory.is_dir() else directory.parent
         try:
