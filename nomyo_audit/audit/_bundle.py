@@ -29,6 +29,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from .._json import DuplicateKeyError, unique_object
 from .._version import __version__
 from ..errors import EvidenceError
 from ._blobs import is_digest, references
@@ -208,13 +209,6 @@ def _malformed(message: str) -> EvidenceError:
     return EvidenceError(f"not an evidence bundle: {message}", code="bundle_malformed")
 
 
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):  # which of two values would be checked is not for json to decide
-        raise _malformed("a JSON object repeats a key")
-    return dict(pairs)
-
-
 def parse_bundle(data: bytes, *, limit: int = MAX_BUNDLE_BYTES) -> dict[str, Any]:
     """A bundle document from its bytes, its form checked (nothing verified yet).
 
@@ -227,10 +221,10 @@ def parse_bundle(data: bytes, *, limit: int = MAX_BUNDLE_BYTES) -> dict[str, Any
             code="bundle_too_large",
         )
     try:
-        document = json.loads(data, object_pairs_hook=_unique)
-    except (ValueError, RecursionError) as exc:
-        if isinstance(exc, EvidenceError):
-            raise
+        document = json.loads(data, object_pairs_hook=unique_object)
+    except DuplicateKeyError:  # which of two values would be checked is not for json to decide
+        raise _malformed("a JSON object repeats a key") from None
+    except (ValueError, RecursionError):
         raise _malformed("not JSON") from None
     if not isinstance(document, dict) or document.get("schema") != BUNDLE_SCHEMA:
         raise _malformed(f"its schema is not {BUNDLE_SCHEMA}")

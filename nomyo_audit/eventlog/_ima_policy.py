@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
+from .._json import DuplicateKeyError, unique_object
 from ..errors import EventLogError
 from ._ima import ImaEntry
 
@@ -31,21 +32,6 @@ __all__ = ["MAX_POLICY_BYTES", "ImaPolicy", "ImaViolation", "check_ima"]
 MAX_POLICY_BYTES = 64 * 1024 * 1024
 _HEX_DIGEST = re.compile(r"(?:[0-9a-z_-]+:)?([0-9a-fA-F]{32,128})")
 _MAX_EXCLUDE = 4096
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are distinct: ``json`` would keep the last of two, so what a reviewer
-    read first in the file would not be what is enforced (and another reader may keep the first)."""
-    document: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in document:
-            raise _DuplicateKey(f"duplicate key {key[:80]!r}")
-        document[key] = value
-    return document
 
 
 def _invalid(message: str) -> EventLogError:
@@ -117,9 +103,9 @@ class ImaPolicy:
         if not text.lstrip().startswith("{"):
             return cls._from_allowlist(text)
         try:
-            document = json.loads(text, object_pairs_hook=_unique_keys)
+            document = json.loads(text, object_pairs_hook=unique_object)
         except ValueError as exc:
-            raise _invalid(str(exc) if isinstance(exc, _DuplicateKey) else f"not JSON: {exc}") from None
+            raise _invalid(str(exc) if isinstance(exc, DuplicateKeyError) else f"not JSON: {exc}") from None
         if not isinstance(document, dict):
             raise _invalid("not a JSON object")
         if "payload" in document:
