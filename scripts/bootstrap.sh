@@ -11,12 +11,15 @@ PYTHON="${PYTHON:-python3}"
 APT_PACKAGES=(python3-venv python3-dev gcc pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools)
 # The test suite also renders the HTML report in a headless browser.
 if [[ ",$EXTRAS," == *",dev,"* ]]; then APT_PACKAGES+=(chromium); fi
+# The fleet audit store's tests start a real PostgreSQL server (initdb, pg_ctl).
+if [[ ",$EXTRAS," == *",postgres,"* ]]; then APT_PACKAGES+=(postgresql); fi
 
 need_apt=0
 for tool in swtpm swtpm_setup tpm2_checkquote pkg-config gcc; do
   command -v "$tool" >/dev/null 2>&1 || need_apt=1
 done
 if [[ ",$EXTRAS," == *",dev,"* ]]; then command -v chromium >/dev/null 2>&1 || need_apt=1; fi
+if [[ ",$EXTRAS," == *",postgres,"* ]]; then compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || need_apt=1; fi
 pkg-config --exists tss2-esys 2>/dev/null || need_apt=1
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || need_apt=1
 

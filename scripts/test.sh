@@ -2,7 +2,7 @@
 # README command 2: set everything up, then run lint, types and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=router,tpm,dev bash scripts/bootstrap.sh
+EXTRAS=router,tpm,postgres,dev bash scripts/bootstrap.sh
 
 # The reference client, for the wire-compatibility tests. It pins exact
 # versions of its dependencies, so it goes into its own directory, no deps.
