@@ -105,3 +105,24 @@ def swtpm() -> Iterator[Any]:
     require(shutil.which("tpm2_checkquote") is not None, "tpm2-tools is not installed")
     with SwtpmProcess() as process:
         yield process
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A real PostgreSQL server (tests/postgres_server.py, relaxed fsync) for the session; fails in CI."""
+    from postgres_server import PostgresServer, PostgresUnavailable
+
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailable as exc:
+        require(False, str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any) -> Iterator[str]:
+    """A fresh empty database on the session's server, dropped after the test."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url.rsplit("/", 1)[1])
