@@ -28,6 +28,7 @@ from typing import Any
 from .._canonical import CanonicalJSONError, canonical_json, legacy_json
 from .._version import __version__
 from ..tpm._binding import recorded_content_digest as _recorded_content_digest
+from ._labels import check_label
 
 __all__ = ["RECORD_VERSION", "RECORD_VERSIONS", "build_record", "keyed_digest", "recorded_content_digest"]
 
@@ -71,8 +72,13 @@ def build_record(
     error: Mapping[str, Any] | None = None,
     policy: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    service: str | None = None,
+    tenant: str | None = None,
 ) -> bytes:
     """The exact bytes of record ``seq``: a v3 record, RFC 8785 canonical JSON.
+
+    ``service`` and ``tenant`` (:mod:`._labels`, checked: ``ConfigurationError`` ``invalid_label``)
+    are top-level fields only when given, so a record without them keeps the bytes it always had.
 
     ``metadata`` defaults to the response's ``_metadata``; it is given on its
     own when the content must not be kept (a policy denial). ``policy`` is the
@@ -112,6 +118,9 @@ def build_record(
         "policy": dict(policy) if policy else None,
         "tool": _TOOL,
     }
+    for name, label in (("service", service), ("tenant", tenant)):
+        if label is not None:
+            fields[name] = check_label(name, label)
     try:
         return _encode_record(RECORD_VERSION, salt, request, content, fields)
     except CanonicalJSONError as exc:
