@@ -22,15 +22,24 @@ from __future__ import annotations
 
 import datetime as _dt
 import hmac
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from .._canonical import CanonicalJSONError, canonical_json, legacy_json
+from .._json import unique_object
 from .._version import __version__
 from ..tpm._binding import recorded_content_digest as _recorded_content_digest
 from ._labels import check_label
 
-__all__ = ["RECORD_VERSION", "RECORD_VERSIONS", "build_record", "keyed_digest", "recorded_content_digest"]
+__all__ = [
+    "RECORD_VERSION",
+    "RECORD_VERSIONS",
+    "build_record",
+    "keyed_digest",
+    "recorded_content_digest",
+    "with_seq",
+]
 
 #: The version :func:`build_record` writes: RFC 8785 canonical JSON.
 RECORD_VERSION = 3
@@ -162,6 +171,32 @@ def _compact_verdict(verification: Any) -> dict[str, Any] | None:
     if anchor is not None:  # the anchor evidence (versioned, tpm._anchor), to re-check offline
         compact["anchor"] = anchor
     return compact
+
+
+def with_seq(data: bytes, seq: int) -> bytes:
+    """The same record with ``seq`` as its position: parse strictly, set seq, re-encode.
+
+    A server log's sequencer gives a record its position after the writer built it (with seq
+    0): the record is re-encoded with its own version's encoder, so ``with_seq(build(0), n) ==
+    build(n)`` for every record version. Raises ``ValueError`` for bytes that are not a record
+    (not a JSON object, a repeated key, no integer ``seq``, a version no reader knows).
+    """
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise ValueError("a record's seq is a non-negative integer")
+    try:
+        document = json.loads(data, object_pairs_hook=unique_object)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        raise ValueError("not a record: its bytes are not one JSON object") from None
+    if not isinstance(document, dict):
+        raise ValueError("not a record: its bytes are not one JSON object")
+    version, old = document.get("v"), document.get("seq")
+    if type(version) is not int or version not in RECORD_VERSIONS or type(old) is not int:
+        raise ValueError("not a record: no known version or no integer seq")
+    document["seq"] = seq
+    try:
+        return RECORD_VERSIONS[version](document)
+    except (ValueError, TypeError, RecursionError):
+        raise ValueError("not a record: it has no encoding in its own version") from None
 
 
 def recorded_content_digest(document: Mapping[str, Any]) -> bytes | None:
