@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ..audit._blobs import detach_logs
@@ -26,6 +27,7 @@ async def record_call(
     response: dict[str, Any] | None = None,
     error: BaseException | None = None,
     policy: dict[str, Any] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> None:
     """Append the record of ``call`` to ``log`` (a durable SQLite write, off the event loop).
 
@@ -33,6 +35,7 @@ async def record_call(
     is kept as a digest and its ``_metadata``, except for a policy denial, whose content is not
     kept at all (its metadata comes in ``response`` and is stored alone). The event logs its
     evidence carries are kept once per digest beside the record (:mod:`nomyo_audit.audit._blobs`).
+    ``labels`` (``service``, ``tenant``: :mod:`nomyo_audit.audit._labels`) go into the record when set.
     """
     summary = error_summary(error)
 
@@ -55,6 +58,8 @@ async def record_call(
                 error=summary,
                 policy=policy,
                 metadata=metadata,
+                service=(labels or {}).get("service"),
+                tenant=(labels or {}).get("tenant"),
             )
 
         log.append(call.payload_id, build, blobs=blobs)

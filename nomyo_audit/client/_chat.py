@@ -33,7 +33,9 @@ class SecureChatCompletion:
     and for each HTTP request in it; default 600, ``None`` means the
     default: no call waits forever), ``transport`` (any httpx async
     transport) and ``protocol`` (``"auto"``, the default: protocol 2 when the
-    router offers it; ``"1.0"``; ``"2"``; None reads ``NOMYO_PROTOCOL``).
+    router offers it; ``"1.0"``; ``"2"``; None reads ``NOMYO_PROTOCOL``), ``service`` and ``tenant``
+    (labels in every audit record, for fleet reports; None reads ``NOMYO_AUDIT_SERVICE``,
+    ``NOMYO_AUDIT_TENANT``).
     """
 
     def __init__(
@@ -52,6 +54,8 @@ class SecureChatCompletion:
         policy: Policy | str | os.PathLike[str] | None = None,
         audit_log: AuditLog | str | os.PathLike[str] | None = None,
         protocol: str | None = None,
+        service: str | None = None,
+        tenant: str | None = None,
     ) -> None:
         if audit_log is None and os.environ.get("NOMYO_AUDIT_LOG"):
             audit_log = os.environ["NOMYO_AUDIT_LOG"]
@@ -66,6 +70,8 @@ class SecureChatCompletion:
             policy=policy,
             audit_log=audit_log,
             protocol=protocol,
+            service=service,
+            tenant=tenant,
         )
         self.api_key = api_key
         self._key_dir = key_dir

@@ -45,6 +45,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ..audit._labels import labels_from
 from ..audit._log import AuditLog
 from ..errors import APIConnectionError, APIError, ConfigurationError, InvalidRequestError, SecurityError
 from ..policy import Policy, PolicyViolationError, load_policy
@@ -85,7 +86,8 @@ class SecureCompletionClient:
     ``timeout`` or ``server_key_fingerprint`` raises :class:`ConfigurationError`, plain HTTP
     without ``allow_http`` raises :class:`SecurityError`. ``policy`` and ``audit_log`` may be
     paths (a policy file or a shipped policy's name; an SQLite log, opened here and closed by
-    :meth:`aclose`).
+    :meth:`aclose`). ``service`` and ``tenant`` label every record (default ``$NOMYO_AUDIT_SERVICE``,
+    ``$NOMYO_AUDIT_TENANT``); one that is not 1-64 printable characters raises ConfigurationError.
     """
 
     def __init__(
@@ -103,8 +105,12 @@ class SecureCompletionClient:
         policy: Policy | str | os.PathLike[str] | None = None,
         audit_log: AuditLog | str | os.PathLike[str] | None = None,
         protocol: str | None = None,
+        service: str | None = None,
+        tenant: str | None = None,
     ) -> None:
         self.router_url = check_router_url(router_url, allow_http)
+        #: ``service`` and ``tenant`` (None: $NOMYO_AUDIT_SERVICE, $NOMYO_AUDIT_TENANT), in every record
+        self.labels = labels_from({"service": service, "tenant": tenant})
         self._v2 = Protocol2(protocol)  # "auto" | "1.0" | "2" (None: $NOMYO_PROTOCOL); client/_protocol2.py
         self._owns_audit_log = isinstance(audit_log, (str, os.PathLike))
         self.audit_log = AuditLog(audit_log) if isinstance(audit_log, (str, os.PathLike)) else audit_log
@@ -317,6 +323,7 @@ class SecureCompletionClient:
             router=self.router_url,
             server_key=self.server_key_fingerprint_seen,
             outcome=outcome,
+            labels=self.labels,
             **details,
         )
 
