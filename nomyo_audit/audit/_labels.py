@@ -35,7 +35,8 @@ def check_label(name: str, value: object, source: str | None = None) -> str:
     itself when it is not printable."""
     where = source or name
     if not isinstance(value, str):
-        raise ConfigurationError(f"{where} must be a string, got {type(value).__name__}", code="invalid_label")
+        got = type(value).__name__
+        raise ConfigurationError(f"{where} must be a string, got {got}", code="invalid_label")
     if not value or len(value) > MAX_LABEL_LENGTH:
         raise ConfigurationError(
             f"{where} must be 1 to {MAX_LABEL_LENGTH} characters, got {len(value)}", code="invalid_label"

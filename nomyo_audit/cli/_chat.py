@@ -49,6 +49,8 @@ USER_CONNECTION_ERRORS = frozenset({"name_resolution", "tls"})
     envvar=PROTOCOL_ENV,
     help="auto (default): protocol 2 when the router offers it; 1.0; 2 (required). Or NOMYO_PROTOCOL.",
 )
+@click.option("--service", envvar="NOMYO_AUDIT_SERVICE", help="Label the audit record with this service.")
+@click.option("--tenant", envvar="NOMYO_AUDIT_TENANT", help="Label the audit record with this tenant.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def chat(
     prompt: str | None,
@@ -62,6 +64,8 @@ def chat(
     timeout: float | None,
     policy_file: str | None,
     protocol: str | None,
+    service: str | None,
+    tenant: str | None,
     fmt: str,
 ) -> None:
     """Send PROMPT (or stdin) as an encrypted chat; print the reply.
@@ -90,6 +94,8 @@ def chat(
             timeout=timeout,
             policy=policy_file,
             protocol=protocol or "auto",
+            service=service,
+            tenant=tenant,
         ) as client:
             kwargs: dict[str, Any] = {"security_tier": security_tier} if security_tier else {}
             return await client.create(model, messages, **kwargs)

@@ -129,6 +129,7 @@ def show(
                 click.echo(
                     f"{doc['seq']:>8}  {doc['time']}  {doc['payload_id']}  {doc['outcome']:<24} "
                     f"verdict={verdict} policy={policy} model={doc.get('model')}"
+                    + "".join(f" {k}={doc[k]}" for k in ("service", "tenant") if k in doc)
                 )
             shown += 1
             if shown >= limit:
