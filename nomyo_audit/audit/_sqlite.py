@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from ..errors import ConfigurationError, IntegrityError
 from ._fields import TIME_COLUMN_EXACT, ColumnCheck, record_fields
 from ._merkle import Frontier, leaf_hash
 from ._sqlite_blobs import BLOBS_SCHEMA, blob_rows, get_blob, put_blobs
+from ._sqlite_load import bulk_load
 from ._store import (
     CheckpointMaker,
     CheckpointRow,
@@ -295,6 +296,12 @@ class SQLiteStore:
             raise
         self._current = frontier
         return seq
+
+    def bulk_load(self, meta: Mapping[str, bytes], records: Iterable[StoredRecord],
+                  checkpoints: Iterable[StoredCheckpoint], blobs: Iterable[tuple[str, bytes]]) -> None:
+        """Fill this empty log in one transaction (``log migrate``): :func:`._sqlite_load.bulk_load`."""
+        with self.exclusive():
+            self._current = bulk_load(self._db, str(self.path), meta, records, checkpoints, blobs)
 
     def records(self, since: float | None = None, until: float | None = None) -> Iterator[StoredRecord]:
         """Records in order, each checked against its own bytes; with a period, those in [since, until).
