@@ -29,6 +29,7 @@ from ._chat import chat
 from ._demo import demo
 from ._eventlog import eventlog_group
 from ._log import keys_group, log_group
+from ._log_tiles import log_serve, log_tiles
 from ._policy import policy_group
 from ._report import report, verify_report
 from ._serve import serve
@@ -300,6 +301,8 @@ cli.add_command(demo)
 cli.add_command(verify)
 cli.add_command(policy_group)
 cli.add_command(log_group)
+log_group.add_command(log_tiles)
+log_group.add_command(log_serve)
 cli.add_command(keys_group)
 cli.add_command(report)
 cli.add_command(ca_group)
