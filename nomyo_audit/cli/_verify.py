@@ -206,6 +206,13 @@ def _cannot_write(path: Path, number: int) -> ConfigurationError:
     help="Re-check each AIK's anchor against the TPM manufacturer or enrollment CA roots in this "
     "directory (a record's own anchor evidence at the time it was validated).",
 )
+@click.option(
+    "--nonce",
+    "nonce_hex",
+    metavar="HEX",
+    help="Each quote's extraData must be exactly this nonce (hex; '' for none): evidence made outside "
+    "NOMYO, instead of the binding to the payload id and content.",
+)
 @OFFLINE_OPTION
 @KEY_OPTION
 @SIGN_OPTION
@@ -219,6 +226,7 @@ def verify(
     since: str | None,
     until: str | None,
     tpm_roots: Path | None,
+    nonce_hex: str | None = None,
     offline: bool = False,
     key_path: Path | None = None,
     sign_path: Path | None = None,
@@ -233,7 +241,12 @@ def verify(
 
     With --tpm-roots, each AIK's anchor (an AK certificate chain, or the credential activation
     the client recorded) is re-checked against those roots; a policy with aik_trust ek or ca
-    uses its own roots (or the shipped manufacturer roots) otherwise.
+    uses its own roots (or the shipped manufacturer roots) otherwise. A quote's cloud anchor
+    (tpm_attestation.platform: a GCE AK certificate, an Azure SEV-SNP or TDX report) is re-checked
+    the same way.
+
+    With --nonce HEX, each quote's extraData must be exactly that nonce: evidence made outside
+    NOMYO (a GCE or Azure vTPM quote for a verifier's challenge) verifies from the command line.
 
     With --offline, FILES are evidence bundles (nomyo-audit bundle), checked with no network:
     the checkpoint signed by --key, the record's inclusion, the event logs' digests, the quote
@@ -247,6 +260,9 @@ def verify(
     Example:
       nomyo-audit verify --policy policies/production.yaml --format junit -o report.xml replies.jsonl
     """
+    nonce = _nonce(nonce_hex)
+    if offline and nonce is not None:
+        raise click.UsageError("--nonce checks evidence files or --log, not bundles")
     if offline:  # bundles: nomyo_audit.cli._bundle (exit 3 altered, 1 failed or denied)
         return verify_offline(
             files, key_path=key_path, roots_dir=tpm_roots, policy_file=policy_file, fmt=fmt, output=output
@@ -277,6 +293,8 @@ def verify(
         progress = stack.enter_context(Progress("verifying", total))
         step = progress if shown else _ignore
         records = itertools.chain.from_iterable(sources)
+        if nonce is not None:
+            records = (dataclasses.replace(r, expected_nonce=nonce) for r in records)
         results = counted(appraise_all(records, policy, at=fixed_at, now=now, roots=roots), tally, step)
         for chunk in render(fmt, results, policy, now, ear_key):
             out.write(chunk)
@@ -286,6 +304,19 @@ def verify(
     )
     if tally.failed:
         raise click.exceptions.Exit(ExitCode.FINDING)
+
+
+def _nonce(text: str | None) -> bytes | None:
+    """``--nonce``: hex of at most 64 bytes (a TPM2B_DATA), or None when not given."""
+    if text is None:
+        return None
+    try:
+        nonce = bytes.fromhex(text)
+    except ValueError:
+        raise click.BadParameter("is not hexadecimal", param_hint="--nonce") from None
+    if len(nonce) > 64:
+        raise click.BadParameter("a quote's extraData holds at most 64 bytes", param_hint="--nonce")
+    return nonce
 
 
 def _intact(rows: Iterator[StoredRecord]) -> Generator[bytes, None, None]:

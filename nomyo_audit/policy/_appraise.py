@@ -68,6 +68,9 @@ class Record:
     anchor: Any = None
     #: the model the client asked for, as an audit record keeps it (a policy's ``models`` rule reads it)
     model: str | None = None
+    #: the exact extraData the quote must carry (``verify --nonce``: evidence made outside NOMYO),
+    #: instead of a NOMYO derivation from the payload id and content
+    expected_nonce: bytes | None = None
 
 
 class Appraisal(NamedTuple):
@@ -249,13 +252,18 @@ def verify_record(record: Record, *, roots: Any = None) -> Verdict:
     client_key = _recorded_client_key(record.metadata.get("client_key_sha256"))
     anchor = None if roots is None else _anchoring(record, roots)
     verdict = verify_attestation(
-        evidence, pid, content_digest=record.content_digest, client_key_sha256=client_key, anchor=anchor
+        evidence,
+        pid,
+        content_digest=record.content_digest,
+        client_key_sha256=client_key,
+        anchor=anchor,
+        expected_nonce=record.expected_nonce,
     )
     if verdict.result == "pass" or record.digest_origin != "content" or record.response is None:
         return verdict
     # A response saved before RFC 8785 was adopted is bound to the digest of its older encoding
     # (docs/protocol.md, "Canonical JSON"); None when both texts are the same bytes.
-    if any(f.code == "nonce_mismatch" for f in verdict.findings):
+    if record.expected_nonce is None and any(f.code == "nonce_mismatch" for f in verdict.findings):
         legacy = legacy_content_digest(record.response)
         if legacy is not None:
             retried = verify_attestation(
