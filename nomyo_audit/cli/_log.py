@@ -152,7 +152,13 @@ def show(
     help="A checkpoint kept elsewhere (a signed note, a signed report's directory, report.json or "
     "report.dsse.json): the log must be at least as large and match it. Repeatable.",
 )
-def verify_log(log_path: Path, key: Path | None, kept: tuple[Path, ...]) -> None:
+@click.option("--witness", "witnesses", multiple=True, help="A witness's cosignature/v1 vkey: the log's "
+              "cosigned checkpoint must carry its valid cosignature. Repeatable (docs/witness.md).")
+@click.option("--witness-threshold", type=click.IntRange(min=1), help="Cosignatures required (default: all).")
+def verify_log(
+    log_path: Path, key: Path | None, kept: tuple[Path, ...], witnesses: tuple[str, ...] = (),
+    witness_threshold: int | None = None,
+) -> None:
     """Recompute the Merkle tree from the record bytes; check every row and checkpoint.
 
     Exit status 0 when intact, 3 when anything was altered, deleted, damaged or rolled back
@@ -166,6 +172,10 @@ def verify_log(log_path: Path, key: Path | None, kept: tuple[Path, ...]) -> None
     public = ed25519_public(key) if key is not None else None
     notes = [read_checkpoint_file(path) for path in kept]
     with open_log(log_path) as log, Progress("verifying", log.store.count()) as progress:
+        if witnesses or witness_threshold is not None:
+            from ._witness import verify_witnessed  # the cosigned checkpoint, then its root below
+
+            notes.append(verify_witnessed(log, witnesses, witness_threshold, public))
         report = log.verify(public, progress, checkpoints=notes)
     if not report.ok:
         for problem in report.problems:
@@ -313,6 +323,10 @@ def checkpoint(log_path: Path, key: Path, new_signer: bool) -> None:
     """
     with open_log(log_path, write=True) as log:
         click.echo(log.checkpoint(ed25519_private(key), new_signer=new_signer), nl=False)
+        if log.store.meta("witnesses") is not None:
+            from ._witness import cosign_after_checkpoint  # witnesses configured: ask them now
+
+            cosign_after_checkpoint(log)
 
 
 @log_group.command("prove")

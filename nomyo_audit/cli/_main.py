@@ -34,6 +34,7 @@ from ._policy import policy_group
 from ._report import report, verify_report
 from ._serve import serve
 from ._verify import verify
+from ._witness import witness_group  # also adds 'log witness' and 'log cosign'
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -309,6 +310,7 @@ cli.add_command(ca_group)
 cli.add_command(verify_report)
 cli.add_command(eventlog_group)
 cli.add_command(bundle)
+cli.add_command(witness_group)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,299 @@
+"""Ask witnesses to cosign the log's latest checkpoint (c2sp.org/tlog-witness add-checkpoint).
+
+The witnesses live in the log's ``meta`` (both backends): ``witnesses`` is a JSON list of
+``{"url", "vkey", "size"}``, ``size`` being the tree size each witness is known to have
+cosigned last; ``cosigned_checkpoint`` is the latest checkpoint note with every
+cosignature obtained. For each witness the client sends ``old <size>``, the consistency
+proof from that size (computed from the record bytes in one streaming pass), and the
+note. A 409 tells the witness's real size: the client retries once with the right proof.
+
+A witness that has cosigned a larger tree than the log now holds proves the log was
+rolled back, and one that refuses the proof from a size it cosigned (422) proves the
+history changed (a fork): both are :class:`WitnessRollback` (exit 3), naming the witness
+and both sizes, raised after every witness was asked and what was learned was saved. A
+witness that is down or refuses for another reason only costs its cosignature. Nothing
+here runs on the append path.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from ..errors import IntegrityError
+from ._cosignature import WitnessKey, add_signature_lines, parse_witness_vkey, verified_cosignatures
+from ._merkle import Frontier, leaf_hash
+from ._note import NoteError, parse_checkpoint
+from ._report_chain import proof_ranges
+from ._store import LogError, LogStore
+
+__all__ = [
+    "CosignResult",
+    "WitnessEntry",
+    "WitnessOutcome",
+    "WitnessRollback",
+    "add_witness",
+    "cosign_latest",
+    "load_witnesses",
+    "proof_between",
+]
+
+WITNESSES_META = "witnesses"
+COSIGNED_META = "cosigned_checkpoint"
+#: A witness's reply is a few signature lines or a size: anything longer is refused unread.
+MAX_RESPONSE = 64 * 1024
+
+
+class WitnessRollback(IntegrityError):
+    """A witness has seen a larger or different tree than the log now has: rolled back or forked."""
+
+    code = "witness_rollback"
+
+
+@dataclass
+class WitnessEntry:
+    """One configured witness: where it listens, its cosignature/v1 vkey, the size it cosigned last."""
+
+    url: str
+    vkey: str
+    size: int = 0
+
+    @property
+    def key(self) -> WitnessKey:
+        """The witness's parsed key (the vkey was checked when the witness was added)."""
+        return parse_witness_vkey(self.vkey)
+
+
+@dataclass(frozen=True)
+class WitnessOutcome:
+    """What one witness did: ``cosigned``, ``failed`` (down, refused) or ``rollback``/``fork``."""
+
+    entry: WitnessEntry
+    status: str
+    detail: str
+
+
+@dataclass
+class CosignResult:
+    """The checkpoint submitted, the note with every cosignature now held, and each witness's outcome."""
+
+    size: int
+    note: str
+    outcomes: list[WitnessOutcome] = field(default_factory=list)
+
+    @property
+    def cosigned(self) -> int:
+        """How many witnesses cosigned it in this round."""
+        return sum(outcome.status == "cosigned" for outcome in self.outcomes)
+
+
+def load_witnesses(store: LogStore) -> list[WitnessEntry]:
+    """The witnesses configured in the log's meta (IntegrityError when the entry is damaged)."""
+    raw = store.meta(WITNESSES_META)
+    if raw is None:
+        return []
+    try:
+        items = json.loads(raw)
+        return [WitnessEntry(str(item["url"]), str(item["vkey"]), int(item["size"])) for item in items]
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError("the log's witness list (meta 'witnesses') is damaged") from None
+
+
+def _save(store: LogStore, entries: list[WitnessEntry]) -> None:
+    document = [{"url": e.url, "vkey": e.vkey, "size": e.size} for e in entries]
+    store.set_meta(WITNESSES_META, json.dumps(document).encode(), replace=True)
+
+
+def add_witness(store: LogStore, url: str, vkey: str) -> WitnessEntry:
+    """Configure a witness (or move a known one to ``url``); LogError for a bad URL or vkey."""
+    if not url.startswith(("http://", "https://")) or any(c.isspace() for c in url):
+        raise LogError(f"a witness URL is http(s)://host[:port][/prefix], not {url[:100]!r}")
+    try:
+        key = parse_witness_vkey(vkey)
+    except NoteError as exc:
+        raise LogError(str(exc)) from None
+    entries = load_witnesses(store)
+    for entry in entries:
+        if entry.key.vkey == key.vkey:
+            entry.url = url.rstrip("/")
+            break
+    else:
+        entries.append(WitnessEntry(url.rstrip("/"), key.vkey))
+    _save(store, entries)
+    return next(e for e in entries if e.vkey == key.vkey)
+
+
+def proof_between(
+    records: Iterable[tuple[Any, ...]], old_size: int, new_size: int
+) -> tuple[list[bytes], bytes]:
+    """The consistency proof from ``old_size`` to ``new_size`` and the root at ``new_size``.
+
+    ``records`` are the store's ``scan()`` rows; leaves are hashed from the record bytes
+    (the stored leaf column is not trusted). One pass, O(log n) memory. IntegrityError
+    when the log has fewer than ``new_size`` records.
+    """
+    ranges = proof_ranges(old_size, new_size) if 0 < old_size < new_size else []
+    subtrees = {r: Frontier() for r in ranges}
+    order, at = sorted(ranges), 0  # the ranges are disjoint: at most one holds each leaf
+    whole = Frontier()
+    for row in records:
+        if whole.size == new_size:
+            break
+        leaf = leaf_hash(row[3])
+        while at < len(order) and order[at][1] <= whole.size:
+            at += 1
+        if at < len(order) and order[at][0] <= whole.size:
+            subtrees[order[at]].append(leaf)
+        whole.append(leaf)
+    if whole.size < new_size:
+        raise IntegrityError(f"the log has {whole.size} records, fewer than its checkpoint's {new_size}")
+    return [subtrees[r].root() for r in ranges], whole.root()
+
+
+def _body(old: int, proof: list[bytes], note: str) -> bytes:
+    lines = [f"old {old}", *(base64.b64encode(node).decode() for node in proof)]
+    return ("\n".join(lines) + "\n\n" + note).encode()
+
+
+def _post(http: httpx.Client, url: str, body: bytes) -> tuple[int, str]:
+    with http.stream("POST", f"{url}/add-checkpoint", content=body) as response:
+        data = b""
+        for chunk in response.iter_bytes():
+            data += chunk
+            if len(data) > MAX_RESPONSE:
+                raise httpx.DecodingError(f"reply larger than {MAX_RESPONSE} bytes")
+    return response.status_code, data.decode("utf-8", "replace")
+
+
+class _Round:
+    """One cosigning round over the configured witnesses (state: the note, the log's size)."""
+
+    def __init__(self, store: LogStore, note: str, log_size: int, http: httpx.Client) -> None:
+        self.store, self.note, self.log_size, self.http = store, note, log_size, http
+        self.checkpoint = parse_checkpoint(note)[0]
+
+    def ask(self, entry: WitnessEntry) -> WitnessOutcome:
+        name = entry.key.name
+        for attempt in range(2):
+            stale = self._beyond(entry, entry.size)
+            if stale is not None:
+                return stale
+            proof, root = proof_between(self.store.scan(), entry.size, self.checkpoint.size)
+            if root != self.checkpoint.root:
+                raise IntegrityError(
+                    f"the log's records at size {self.checkpoint.size} do not give the root of "
+                    "its latest checkpoint"
+                )
+            status, text = _post(self.http, entry.url, _body(entry.size, proof, self.note))
+            if status == 200:
+                return self._cosigned(entry, text)
+            if status == 409 and attempt == 0:
+                known = text.strip()
+                if not known.isdigit() or len(known) > 20:
+                    return WitnessOutcome(entry, "failed", f"409 without a size from witness {name}")
+                entry.size = int(known)
+                continue
+            if status == 422 and entry.size > 0:
+                return WitnessOutcome(
+                    entry, "fork",
+                    f"witness {name} ({entry.url}) cosigned a tree of size {entry.size} that this log's "
+                    f"records do not extend to its checkpoint of size {self.checkpoint.size}: "
+                    f"the log was rewritten (forked) ({text.strip()[:200]})",
+                )
+            return WitnessOutcome(entry, "failed", f"witness {name} answered {status}: {text.strip()[:200]}")
+        return WitnessOutcome(entry, "failed", f"witness {name} answered 409 twice")
+
+    def _beyond(self, entry: WitnessEntry, known: int) -> WitnessOutcome | None:
+        name = entry.key.name
+        if known > self.log_size:
+            return WitnessOutcome(
+                entry, "rollback",
+                f"witness {name} ({entry.url}) has cosigned size {known}, but the log now has only "
+                f"{self.log_size} records: the log was rolled back",
+            )
+        if known > self.checkpoint.size:
+            return WitnessOutcome(
+                entry, "rollback",
+                f"witness {name} ({entry.url}) has cosigned size {known}, but the log's latest checkpoint "
+                f"is size {self.checkpoint.size}: checkpoints were removed (sign a new one to continue)",
+            )
+        return None
+
+    def _cosigned(self, entry: WitnessEntry, text: str) -> WitnessOutcome:
+        try:
+            candidate = add_signature_lines(self.note, text)
+            found, problems = verified_cosignatures(candidate, [entry.key])
+        except NoteError as exc:
+            return WitnessOutcome(entry, "failed", f"witness {entry.key.name} sent a malformed reply: {exc}")
+        if not found:
+            why = problems[0] if problems else "no cosignature by its key"
+            return WitnessOutcome(entry, "failed", f"witness {entry.key.name}: {why}")
+        self.note = add_signature_lines(self.note, found[0].line)
+        entry.size = self.checkpoint.size
+        detail = f"cosigned size {self.checkpoint.size} at {found[0].timestamp}"
+        return WitnessOutcome(entry, "cosigned", detail)
+
+
+def cosign_latest(
+    store: LogStore,
+    *,
+    timeout: float = 10.0,
+    client: httpx.Client | None = None,
+    report: Callable[[WitnessOutcome], None] | None = None,
+) -> CosignResult:
+    """Ask every configured witness to cosign the log's latest checkpoint; save what they said.
+
+    Returns the result (each witness's outcome, the note with all cosignatures held, also
+    kept as meta ``cosigned_checkpoint``). Raises :class:`WitnessRollback` (exit 3) when a
+    witness shows the log was rolled back or forked, after saving; LogError when the log
+    has no checkpoint or no witness.
+    """
+    entries = load_witnesses(store)
+    checkpoints = store.checkpoints()
+    if not entries:
+        raise LogError("no witness is configured (nomyo-audit log witness add URL --key VKEY)")
+    if not checkpoints:
+        raise LogError("the log has no checkpoint to cosign yet (nomyo-audit log checkpoint)")
+    note = _with_held_cosignatures(store, checkpoints[-1].note)
+    http = client or httpx.Client(timeout=timeout, follow_redirects=False)
+    result = CosignResult(parse_checkpoint(note)[0].size, note)
+    try:
+        work = _Round(store, note, store.frontier().size, http)
+        for entry in entries:
+            try:
+                outcome = work.ask(entry)
+            except (httpx.HTTPError, OSError) as exc:
+                outcome = WitnessOutcome(entry, "failed", f"witness {entry.key.name} unreachable: {exc}")
+            result.outcomes.append(outcome)
+            if report is not None:
+                report(outcome)
+        result.note = work.note
+    finally:
+        if client is None:
+            http.close()
+    _save(store, entries)
+    if result.cosigned:
+        store.set_meta(COSIGNED_META, result.note.encode(), replace=True)
+    broken = [o.detail for o in result.outcomes if o.status in ("rollback", "fork")]
+    if broken:
+        raise WitnessRollback("; ".join(broken))
+    return result
+
+
+def _with_held_cosignatures(store: LogStore, note: str) -> str:
+    """``note`` plus the cosignatures already held for the same checkpoint body (none otherwise)."""
+    held = store.meta(COSIGNED_META)
+    if held is None:
+        return note
+    text = held.decode("utf-8", "replace")
+    if text.partition("\n\n")[0] != note.partition("\n\n")[0]:
+        return note
+    try:
+        return add_signature_lines(note, text.partition("\n\n")[2])
+    except NoteError:
+        return note  # a damaged copy is replaced by this round's
