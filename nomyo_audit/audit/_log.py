@@ -34,8 +34,8 @@ from ._fields import TIME_COLUMN_EXACT
 from ._merkle import Frontier, inclusion_proof, leaf_hash, root_of
 from ._note import Checkpoint, sign_checkpoint
 from ._proof import tlog_proof
-from ._sqlite import SQLiteStore
 from ._store import LogError, LogStore, StoredCheckpoint, missing
+from ._stores import display_location, is_database_url, open_store
 from ._verification import (
     SALT_EXTENSION,
     TIME_EXTENSION,
@@ -74,7 +74,8 @@ class AuditLog:
         new_signer: bool = False,
     ) -> None:
         self.path = Path(path)
-        self.store: LogStore = store if store is not None else SQLiteStore(path)
+        self.location = display_location(path)  # a URL's password is never shown
+        self.store: LogStore = store if store is not None else open_store(path)
         try:
             self._initialise(origin)
             self.key = key
@@ -95,7 +96,8 @@ class AuditLog:
         """
         log = cls.__new__(cls)
         log.path = Path(path)
-        log.store = SQLiteStore(path, readonly=True)
+        log.location = display_location(path)
+        log.store = open_store(path, readonly=True)
         log.key = None
         log.checkpoint_every, log.checkpoint_interval = 0, 0.0
         try:
@@ -111,7 +113,7 @@ class AuditLog:
         with store.exclusive():  # another process making the same new log waits, then finds it made
             if store.meta("salt") is None and store.meta("origin") is None and self._is_blank():
                 store.set_meta("salt", os.urandom(32))
-                store.set_meta("origin", (origin or f"nomyo-audit.local/{self.path.stem}").encode())
+                store.set_meta("origin", (origin or _default_origin(self.path, self.location)).encode())
                 store.set_meta("time_column", TIME_COLUMN_EXACT)
             self._salt, self._origin = store.meta("salt"), store.meta("origin")
         self._require_metadata()
@@ -124,7 +126,7 @@ class AuditLog:
         lost = [name for name, value in (("salt", self._salt), ("origin", self._origin)) if not value]
         if lost:
             raise IntegrityError(
-                f"{self.path}: the log's {' and '.join(lost)} {'is' if len(lost) == 1 else 'are'} "
+                f"{self.location}: the log's {' and '.join(lost)} {'is' if len(lost) == 1 else 'are'} "
                 "missing (deleted?); the log's records and checkpoints depend on them"
             )
 
@@ -134,7 +136,7 @@ class AuditLog:
         established = self.store.meta("public_key")
         if established is not None and established != raw and not new_signer:
             raise LogError(
-                f"{self.path}: its checkpoints are signed by another key "
+                f"{self.location}: its checkpoints are signed by another key "
                 f"({_fingerprint_raw(established)}); to change the log's signer on purpose, "
                 "pass --new-signer (new_signer=True)"
             )
@@ -328,7 +330,7 @@ class AuditLog:
             shown = "; ".join(result.problems[:5])
             more = f" (and {len(result.problems) - 5} more)" if len(result.problems) > 5 else ""
             raise IntegrityError(
-                f"the audit log {self.path} does not verify, so no report was made: {shown}{more}"
+                f"the audit log {self.location} does not verify, so no report was made: {shown}{more}"
             )
         return LogState(result.size, result.root, self.origin, result.checkpoint, public_key is not None)
 
@@ -358,6 +360,15 @@ class AuditLog:
         """The bytes of the first record whose own bytes name ``payload_id``, or None."""
         record = self.store.find(payload_id)
         return record.data if record else None
+
+
+def _default_origin(path: Path, location: str) -> str:
+    """``nomyo-audit.local/<file stem>``, or ``/<database name>`` for a PostgreSQL log."""
+    if is_database_url(location):
+        from ._postgres import database_name
+
+        return f"nomyo-audit.local/{database_name(location)}"
+    return f"nomyo-audit.local/{path.stem}"
 
 
 def _fingerprint_raw(raw: bytes) -> str:

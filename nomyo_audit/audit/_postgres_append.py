@@ -1,0 +1,230 @@
+"""Appending to the PostgreSQL log: group commit into ``pending``, then a shared wait for positions.
+
+The threads of one process that append at the same time share the work: each hands its record to
+the :class:`Appender` and waits; one submit thread puts everything queued into ``pending`` (COPY,
+with the blobs not kept yet) in one transaction, and one ack thread asks, after each sequenced
+batch (LISTEN/NOTIFY, polled as a fallback), which of the waiting tokens got a position. Each
+record carries a random 16-byte token: when a connection dies around a commit, the submit thread
+reconnects and looks the tokens up, so a record is put in ``pending`` exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..errors import IntegrityError
+from ._blobs import is_digest
+from ._postgres_schema import PENDING_CHANNEL, SEQUENCED_CHANNEL, connect, psycopg_module
+from ._store import LogError
+
+__all__ = ["Appender"]
+
+#: Most records one submit transaction puts into ``pending``.
+GROUP = 2000
+#: Seconds an append waits for its position before giving up (its record stays pending).
+WAIT_LIMIT = 120.0
+#: Seconds the submit thread keeps trying to reach the database before failing the appends.
+RECONNECT_LIMIT = 30.0
+#: Blob digests known to be kept (not sent again), at most this many.
+KNOWN_BLOBS = 4096
+
+
+class _Waiter:
+    __slots__ = ("blobs", "data", "done", "error", "payload_id", "seq", "time", "token")
+
+    def __init__(self, payload_id: str, moment: float, data: bytes, blobs: Mapping[str, bytes]) -> None:
+        self.token = os.urandom(16)
+        self.payload_id, self.time, self.data, self.blobs = payload_id, moment, data, blobs
+        self.seq = -1
+        self.error: Exception | None = None
+        self.done = threading.Event()
+
+
+def check_blobs(blobs: Mapping[str, bytes] | None) -> Mapping[str, bytes]:
+    """The blobs, each key checked to be the SHA-256 of its bytes (ValueError: a caller's bug)."""
+    for digest, data in (blobs or {}).items():
+        if not is_digest(digest) or hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError("a blob's key must be the SHA-256 (lowercase hex) of its bytes")
+    return blobs or {}
+
+
+class Appender:
+    """The submit and ack threads of one store (started at the first append)."""
+
+    def __init__(self, url: str, display: str, failure: Callable[[], str | None]) -> None:
+        self.url, self.display, self.failure = url, display, failure
+        self._cond = threading.Condition()
+        self._queue: list[_Waiter] = []
+        self._awaiting: dict[bytes, _Waiter] = {}
+        self._known_blobs: dict[str, None] = {}
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    def append(self, payload_id: str, moment: float, data: bytes, blobs: Mapping[str, bytes]) -> int:
+        """Put the record in ``pending`` and wait until it has its position, durable; return it."""
+        waiter = _Waiter(payload_id, moment, data, blobs)
+        with self._cond:
+            if self._closed:
+                raise LogError(f"{self.display}: the log is closed")
+            if not self._threads:
+                self._start()
+            self._queue.append(waiter)
+            self._awaiting[waiter.token] = waiter
+            self._cond.notify_all()
+        deadline = time.monotonic() + WAIT_LIMIT
+        while not waiter.done.wait(0.25):
+            if (failure := self.failure()) is not None:
+                self._fail([waiter], IntegrityError(f"{self.display}: {failure}"))
+            elif time.monotonic() > deadline:
+                self._fail([waiter], LogError(
+                    f"{self.display}: no sequencer gave the record a position within {WAIT_LIMIT:.0f} s; "
+                    "it stays pending and will be sequenced when one runs"
+                ))
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.seq
+
+    def resolve(self, acks: Mapping[bytes, int]) -> None:
+        """Tell the waiting appends their positions (-1: the sequencer refused the record)."""
+        with self._cond:
+            for token, seq in acks.items():
+                waiter = self._awaiting.pop(token, None)
+                if waiter is None:
+                    continue
+                if seq < 0:
+                    waiter.error = LogError(f"{self.display}: the sequencer refused the record (not one)")
+                waiter.seq = seq
+                waiter.done.set()
+
+    def _fail(self, waiters: list[_Waiter], error: Exception) -> None:
+        with self._cond:
+            for waiter in waiters:
+                if self._awaiting.pop(waiter.token, None) is not None:
+                    waiter.error = error
+                    waiter.done.set()
+
+    def close(self, patience: float = 10.0) -> None:
+        """Stop the threads once what is queued is submitted and answered (or ``patience`` ran out)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + patience
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            left = list(self._awaiting.values()) + self._queue
+        self._fail(left, LogError(f"{self.display}: the log was closed before the record had its position"))
+
+    def _start(self) -> None:
+        for target, name in ((self._submit_loop, "submit"), (self._ack_loop, "acks")):
+            thread = threading.Thread(target=target, name=f"nomyo-audit-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    # -- submit thread -------------------------------------------------------------------------
+
+    def _submit_loop(self) -> None:
+        psycopg = psycopg_module()
+        conn: Any = None
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    break
+                group, self._queue[:GROUP] = self._queue[:GROUP], []
+            try:
+                if conn is None:
+                    conn = connect(self.url, self.display)
+                self._insert(conn, group)
+            except (psycopg.Error, LogError):
+                if conn is not None:
+                    conn.close()
+                conn = self._recover(group)
+        if conn is not None:
+            conn.close()
+
+    def _insert(self, conn: Any, group: list[_Waiter]) -> None:
+        blobs: dict[str, bytes] = {}
+        for waiter in group:
+            for digest, data in waiter.blobs.items():
+                if digest not in self._known_blobs:
+                    blobs[digest] = data
+        with conn.transaction(), conn.cursor() as cur:
+            if blobs:
+                cur.executemany(
+                    "INSERT INTO blobs (sha256, data) VALUES (%s, %s) ON CONFLICT (sha256) DO NOTHING",
+                    [(digest, bytes(data)) for digest, data in blobs.items()],
+                )
+            with cur.copy("COPY pending (token, payload_id, time, data) FROM STDIN") as copy:
+                for waiter in group:
+                    copy.write_row((waiter.token, waiter.payload_id, waiter.time, waiter.data))
+            cur.execute(f"NOTIFY {PENDING_CHANNEL}")
+        for digest in blobs:
+            self._known_blobs[digest] = None
+        while len(self._known_blobs) > KNOWN_BLOBS:
+            del self._known_blobs[next(iter(self._known_blobs))]
+
+    def _recover(self, group: list[_Waiter]) -> Any:
+        """After a failed submit: reconnect, keep the records that did commit, submit the others once."""
+        psycopg = psycopg_module()
+        deadline = time.monotonic() + RECONNECT_LIMIT
+        pause = 0.05
+        while time.monotonic() < deadline:
+            conn = None
+            try:
+                conn = connect(self.url, self.display)
+                tokens = [waiter.token for waiter in group if not waiter.done.is_set()]
+                there = {
+                    bytes(row[0])
+                    for row in conn.execute(
+                        "SELECT token FROM pending WHERE token = ANY(%s) "
+                        "UNION ALL SELECT token FROM acks WHERE token = ANY(%s)",
+                        (tokens, tokens),
+                    )
+                }
+                missing = [w for w in group if not w.done.is_set() and w.token not in there]
+                if missing:
+                    self._insert(conn, missing)
+                return conn
+            except (psycopg.Error, LogError):
+                if conn is not None:
+                    conn.close()
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+        self._fail(group, LogError(f"{self.display}: lost the connection to the audit log database"))
+        return None
+
+    # -- ack thread ----------------------------------------------------------------------------
+
+    def _ack_loop(self) -> None:
+        psycopg = psycopg_module()
+        conn: Any = None
+        while True:
+            with self._cond:
+                while not self._awaiting and not self._closed:
+                    self._cond.wait()
+                if not self._awaiting:
+                    break
+                tokens = list(self._awaiting)
+            try:
+                if conn is None:
+                    conn = connect(self.url, self.display)
+                    conn.execute(f"LISTEN {SEQUENCED_CHANNEL}")
+                rows = conn.execute("SELECT token, seq FROM acks WHERE token = ANY(%s)", (tokens,)).fetchall()
+                self.resolve({bytes(token): seq for token, seq in rows})
+                if len(rows) < len(tokens):
+                    for _ in conn.notifies(timeout=0.1, stop_after=1):
+                        pass
+            except (psycopg.Error, LogError):
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.1)
+        if conn is not None:
+            conn.close()

@@ -1,0 +1,47 @@
+"""Where a log lives: an SQLite file path, or a ``postgresql://`` (``postgres://``) URL.
+
+:func:`open_store` picks the backend; :func:`display_location` is how messages name a log, never
+with its password.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit, urlunsplit
+
+from ._store import LogStore
+
+__all__ = ["display_location", "is_database_url", "open_store"]
+
+_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_database_url(location: str | os.PathLike[str]) -> bool:
+    """True for a ``postgresql://`` or ``postgres://`` URL (any case), False for a path."""
+    return isinstance(location, str) and location[:13].lower().startswith(_SCHEMES)
+
+
+def display_location(location: str | os.PathLike[str]) -> str:
+    """The location for messages: a URL without its password (and query), or the path as given."""
+    if not is_database_url(location):
+        return os.fspath(location)
+    text = str(location)
+    try:
+        parts = urlsplit(text)
+        netloc = parts.netloc.rpartition("@")
+        user = netloc[0].partition(":")[0]
+        host = f"{user}@{netloc[2]}" if netloc[1] else netloc[2]
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    except ValueError:
+        return text.partition("://")[0] + "://(unreadable URL)"
+
+
+def open_store(location: str | os.PathLike[str], *, readonly: bool = False) -> LogStore:
+    """The store at ``location``: a :class:`._postgres.PostgresStore` for a URL, else an SQLite one."""
+    if is_database_url(location):
+        from ._postgres import PostgresStore
+
+        return PostgresStore(str(location), readonly=readonly)
+    from ._sqlite import SQLiteStore
+
+    return SQLiteStore(location, readonly=readonly)
