@@ -60,8 +60,10 @@ def spec_tiles(entries: list[bytes]) -> dict[str, bytes]:
         hashes_at_level = size // 256**level
         for n in range(-(-hashes_at_level // 256)):
             width = min(256, hashes_at_level - n * 256)
-            start = lambda i: (n * 256 + i) * 256**level  # noqa: E731
-            tile = b"".join(spec_mth(entries[start(i) : start(i + 1)]) for i in range(width))
+            span = 256**level
+            tile = b"".join(
+                spec_mth(entries[(n * 256 + i) * span : (n * 256 + i + 1) * span]) for i in range(width)
+            )
             out[spec_path(str(level), n, width)] = tile
             if level == 0:
                 bundle = b"".join(len(e).to_bytes(2, "big") + e for e in entries[n * 256 : n * 256 + width])
@@ -171,7 +173,8 @@ def test_the_specifications_examples_of_the_tiles_of_a_size(size):
         full = [r for r in refs if r.level == level and r.full]
         partial = [r for r in refs if r.level == level and not r.full]
         assert len(full) == want.get(f"level{level}_full", 0)
-        assert [r.width for r in partial] == ([want[f"level{level}_partial"]] if want.get(f"level{level}_partial") else [])
+        width = want.get(f"level{level}_partial")
+        assert [r.width for r in partial] == ([width] if width else [])
     assert {r.level for r in refs} == {int(k[5]) for k, v in want.items() if v}
 
 
@@ -180,7 +183,8 @@ def test_an_empty_tree_has_no_tiles():
 
 
 @pytest.mark.parametrize(
-    ("old", "new"), [(0, 1), (1, 2), (255, 256), (256, 257), (200, 70_000), (65_535, 65_536), (70_000, 70_000)]
+    ("old", "new"),
+    [(0, 1), (1, 2), (255, 256), (256, 257), (200, 70_000), (65_535, 65_536), (70_000, 70_000)],
 )
 def test_new_tiles_are_what_the_new_size_has_and_the_old_did_not(old, new):
     before = {r.path for r in tiles_for_size(old)}
