@@ -22,6 +22,7 @@ from ..audit import (
     generate_audit_key,
     verify_tlog_proof,
 )
+from ._log_location import LOG_LOCATION
 from ._progress import Progress
 
 #: Larger inputs (a proof, a request, a checkpoint file) are refused rather than read whole.
@@ -55,8 +56,8 @@ def parse_period(since: str | None, until: str | None) -> tuple[float | None, fl
     return lo, hi
 
 
-def open_log(path: Path, *, write: bool = False, **kwargs: Any) -> AuditLog:
-    """An existing log: read-only (never creates or writes a file) unless ``write``.
+def open_log(path: Path | str, *, write: bool = False, **kwargs: Any) -> AuditLog:
+    """An existing log (a path or a PostgreSQL URL): read-only (never creates or writes) unless ``write``.
 
     Missing, empty, foreign files are exit 2; a damaged log, exit 3. To write, the
     file is first checked read-only, so a writer never creates a log by accident.
@@ -71,10 +72,10 @@ def open_log(path: Path, *, write: bool = False, **kwargs: Any) -> AuditLog:
 LOG_OPTION = click.option(
     "--log",
     "log_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=LOG_LOCATION,
     envvar="NOMYO_AUDIT_LOG",
     required=True,
-    help="The audit log (SQLite file); default $NOMYO_AUDIT_LOG.",
+    help="The audit log: an SQLite file or a postgresql:// URL; default $NOMYO_AUDIT_LOG.",
 )
 
 
@@ -180,7 +181,8 @@ def verify_log(
     if not report.ok:
         for problem in report.problems:
             click.echo(f"FAIL {problem}")
-        raise IntegrityError(f"the audit log {log_path} is not intact ({len(report.problems)} problem(s))")
+        count = len(report.problems)
+        raise IntegrityError(f"the audit log {log.location} is not intact ({count} problem(s))")
     click.echo(f"ok: {report.size} records, {report.checkpoints} checkpoints, root {report.root.hex()}")
     _describe(report, trusted=public is not None)
 
