@@ -20,6 +20,7 @@ HTTP round trip is the client's (:meth:`SecureCompletionClient._gated_send`).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hmac
 import os
 import time
@@ -30,7 +31,7 @@ from typing import Any, NamedTuple
 
 from ..errors import CertificateError, EvidenceError, SecurityError
 from ..policy import Policy
-from ..tpm._anchor import ActivationOutcome, AnchorEvidence
+from ..tpm._anchor import PLATFORM_ANCHOR_KINDS, ActivationOutcome, AnchorEvidence
 from ..tpm._anchoring import Anchoring, evidence_in_block, with_anchor
 from ..tpm._verdict import Verdict
 
@@ -54,10 +55,11 @@ _MAX_REPLY = 256 * 1024
 
 
 def anchor_mode(policy: Policy | None) -> str | None:
-    """``"ek"`` or ``"ca"`` when ``policy`` asks for an anchored AIK (``aik_trust: {mode: ek|ca}``)."""
+    """``"ek"``, ``"ca"`` or a cloud anchor kind (``gce-ak-cert`` ...) when ``policy`` asks for an
+    anchored AIK (``aik_trust: {mode: ek|ca|gce-ak-cert|azure-sev-snp|azure-tdx}``)."""
     trust = policy.spec.get("aik_trust") if policy is not None else None
     mode = trust.get("mode") if isinstance(trust, Mapping) else None
-    return mode if mode in ("ek", "ca") else None
+    return mode if mode in ("ek", "ca", *PLATFORM_ANCHOR_KINDS) else None
 
 
 def wants_activation(policy: Policy | None) -> bool:
@@ -212,13 +214,13 @@ def anchor_reply(response: dict[str, Any], verdict: Verdict, prepared: PreparedA
     metadata = response.get("_metadata")
     block = metadata.get("tpm_attestation") if isinstance(metadata, dict) else None
     evidence = prepared.evidence
-    if evidence is None:  # ca: the chain the quote carries, judged now
+    if evidence is None:  # ca or a cloud anchor: what the quote carries, judged now
         try:
             offered = evidence_in_block(block) if isinstance(block, Mapping) else None
         except EvidenceError:
             offered = None  # the Anchoring hook below fails it with its code
         if offered is not None:
-            evidence = AnchorEvidence("ca", offered.chain, validated_at=now_utc())
+            evidence = dataclasses.replace(offered, validated_at=now_utc())
     at = evidence.validated_at if evidence is not None else now_utc()
     anchoring = Anchoring(prepared.store, evidence=evidence, at=at, manufacturers=prepared.manufacturers)
     anchored = with_anchor(verdict, block, anchoring)
@@ -266,7 +268,7 @@ async def prepare_anchor(client: Any, policy: Policy | None) -> PreparedAnchor:
     paths = tuple(trust.get("roots", ()) or trust.get("ca_certificates", ()))
     store = held.store(paths)
     vendors = tuple(trust.get("manufacturers", ()))
-    if anchor_mode(policy) == "ca":
+    if anchor_mode(policy) != "ek":  # ca and the cloud kinds come with every quote
         return PreparedAnchor(None, store, vendors)
     key = (client.router_url, paths)
     evidence = await ensure_activation(client, policy, store, key)

@@ -1,13 +1,16 @@
-"""``aik_trust`` modes ``ek`` and ``ca``: the AIK must be anchored to a hardware root of trust.
+"""``aik_trust`` modes ``ek``, ``ca`` and the cloud kinds ``gce-ak-cert``, ``azure-sev-snp``,
+``azure-tdx``: the AIK must be anchored to a hardware root of trust, in that way.
 
 A verdict whose ``aik_anchor`` the caller already appraised (the client after its own credential
 activation, ``verify`` from an audit log's intact record or with ``--tpm-roots``) is judged by that
 finding. A verdict made without an anchor is anchored here only from what authenticates itself: the
-AK certificate chain the quote carries (``ca``), against the policy's ``roots:`` (or the shipped
-manufacturer roots). A credential activation is never read from ``_metadata``: it is interactive, a
-reply's metadata is the router's (or a file's) word, and anyone can write "passed" beside a public
-EK certificate. Reading the roots is this module's only I/O, done once per set of roots, when a
-reply first needs them; appraisals are cached by chain (:class:`nomyo_audit.tpm._anchoring.AnchorCache`).
+AK certificate chain the quote carries (``ca``) or its ``platform`` object (a cloud kind: Google's AK
+certificate, an AMD or Intel report binding the AK), against the policy's ``roots:`` (or the shipped
+roots, which hold Google's, AMD's and Intel's). A credential activation is never read from
+``_metadata``: it is interactive, a reply's metadata is the router's (or a file's) word, and anyone
+can write "passed" beside a public EK certificate. Reading the roots is this module's only I/O, done
+once per set of roots, when a reply first needs them; appraisals are cached by chain
+(:class:`nomyo_audit.tpm._anchoring.AnchorCache`).
 """
 
 from __future__ import annotations
@@ -24,10 +27,18 @@ from ..tpm._anchor import AnchorResult, manufacturer_accepted, not_anchored
 from ..tpm._anchoring import SHARED_CACHE, evidence_in_block
 from ..tpm._verdict import CHECKS, Verdict
 
-__all__ = ["anchored_check", "load_roots", "policy_roots", "resolve_roots"]
+__all__ = ["ANCHORED_MODES", "anchored_check", "load_roots", "policy_roots", "resolve_roots"]
 
 _ANCHOR = CHECKS.index("aik_anchor")
-_KIND_TEXT = {"ek": "a credential activation against a certified EK", "ca": "an AK certificate chain"}
+_KIND_TEXT = {
+    "ek": "a credential activation against a certified EK",
+    "ca": "an AK certificate chain",
+    "gce-ak-cert": "a Google Compute Engine AK certificate",
+    "azure-sev-snp": "an AMD SEV-SNP report (Azure confidential VM)",
+    "azure-tdx": "an Intel TDX quote (Azure confidential VM)",
+}
+#: the aik_trust modes that require an anchor of their kind
+ANCHORED_MODES = tuple(_KIND_TEXT)
 
 
 def load_roots(paths: tuple[str, ...]) -> Any:
@@ -95,7 +106,7 @@ def policy_roots(spec: Mapping[str, Any]) -> Any:
     shipped manufacturer roots), or None for another mode or roots that do not read (the rule then
     reports why)."""
     trust = spec.get("aik_trust")
-    if not isinstance(trust, Mapping) or trust.get("mode") not in ("ek", "ca"):
+    if not isinstance(trust, Mapping) or trust.get("mode") not in ANCHORED_MODES:
         return None
     try:
         return _store_of(trust).get()
@@ -104,7 +115,7 @@ def policy_roots(spec: Mapping[str, Any]) -> Any:
 
 
 def anchored_check(kind: str, value: Mapping[str, Any]) -> Any:
-    """The per-reply check of ``aik_trust: {mode: ek|ca}`` (its signature already verified)."""
+    """The per-reply check of ``aik_trust: {mode: <an anchored mode>}`` (its signature already verified)."""
     from ._rules import RuleOutcome
 
     vendors = tuple(value.get("manufacturers", ()))
@@ -168,7 +179,7 @@ def _appraise_here(
         material = aik_material(block.get("aik_pubkey_b64"))
         if material.facts.get("aik_name") != verdict.facts.get("aik_name"):
             return not_anchored("the AIK is not the one whose signature verified", "aik_mismatch")
-        evidence = evidence_in_block(block) if kind == "ca" else None  # never _metadata's word
+        evidence = evidence_in_block(block, kind) if kind != "ek" else None  # never _metadata's word
         if evidence is None:
             if kind == "ek":
                 return not_anchored(
@@ -176,7 +187,8 @@ def _appraise_here(
                     "re-checks the one an audit log kept); an activation a reply's metadata claims is "
                     "never believed"
                 )
-            return not_anchored("the evidence carries no AK certificate chain")
+            what = "an AK certificate chain" if kind == "ca" else f"{kind} platform evidence"
+            return not_anchored(f"the evidence carries no {what}")
         store = roots.get()
     except EvidenceError as exc:
         return AnchorResult(_failed(exc.code, exc.message), {})

@@ -79,8 +79,9 @@ class AikTrustSpec(TypedDict, total=False):
     """``spec.aik_trust``: which attestation keys a policy trusts."""
 
     #: ``any`` (any key whose signature verifies: not anchored), ``pinned`` (listed keys), ``ek``
-    #: (a credential activation against a certified EK) or ``ca`` (an AK certificate chain)
-    mode: Literal["any", "pinned", "ek", "ca"]
+    #: (a credential activation against a certified EK), ``ca`` (an AK certificate chain), or a cloud's
+    #: anchor of the vTPM AK: ``gce-ak-cert``, ``azure-sev-snp``, ``azure-tdx`` (``tpm_attestation.platform``)
+    mode: Literal["any", "pinned", "ek", "ca", "gce-ak-cert", "azure-sev-snp", "azure-tdx"]
     #: AIK fingerprints (SHA-256 of the DER public key) or TPM names, hex. ``pinned`` trusts only
     #: these; with another mode they are an added restriction (``ek``/``ca``: anchored AND pinned)
     pinned: list[str]

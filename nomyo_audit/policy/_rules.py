@@ -18,7 +18,7 @@ from typing import Any, Literal, NamedTuple
 
 from ..tpm._structures import HASH_NAMES
 from ..tpm._verify import CHECKS, Verdict, parse_pcr_banks
-from ._anchor_rule import anchored_check
+from ._anchor_rule import ANCHORED_MODES, anchored_check
 from ._model import PolicySpec, parse_duration
 
 __all__ = ["RULES", "Check", "RuleOutcome"]
@@ -272,8 +272,8 @@ def _aik_trust(value: Mapping[str, Any], spec: PolicySpec) -> Check:
             return outcome._replace(detail=f"{outcome.detail}, and pinned")
         return outcome
 
-    # ek and ca: the AIK must be anchored (the roots are read when a reply first needs them)
-    anchored: Any = anchored_check(mode, value) if mode in ("ek", "ca") else None
+    # ek, ca and the cloud kinds: the AIK must be anchored (the roots are read when a reply first needs them)
+    anchored: Any = anchored_check(mode, value) if mode in ANCHORED_MODES else None
     return check
 
 

@@ -1,7 +1,7 @@
 """Appraise an AIK's anchor to a hardware root of trust: the ``aik_anchor`` check. Pure, no I/O.
 
 A quote whose signature verifies proves only that *some* key signed it. :func:`appraise_anchor`
-says whether that key is anchored, in one of two ways:
+says whether that key is anchored, in one of these ways:
 
 * ``ca``: an AK certificate chain (:func:`validate_ak_chain`) to a root of the trust store, whose
   certified key is the quoting AIK. An enrollment CA issues such a certificate only after a
@@ -11,6 +11,9 @@ says whether that key is anchored, in one of two ways:
   answered by the TPM) against an EK certificate chain (:func:`validate_ek_chain`) to a TPM
   manufacturer root. The activation is interactive; what is kept (:class:`ActivationOutcome`) lets
   an auditor re-validate the EK chain at the recorded time and see which AIK and EK it was for.
+* ``gce-ak-cert``, ``azure-sev-snp``, ``azure-tdx``: what a cloud put beside its vTPM (the
+  ``platform`` extension, :mod:`._platform`): Google's AK certificate, or a CPU report by AMD or
+  Intel that binds the AK. Like ``ca`` it authenticates itself and is re-checked offline.
 
 ``aik_anchor`` passes only with one of these verified: every other case is a ``skip``
 (no anchor offered) or a ``fail`` with the specific code of what is wrong, never a pass.
@@ -29,6 +32,7 @@ from typing import Any, Literal, NamedTuple
 from ..errors import CertificateError, EvidenceError
 from ._ak_certificate import validate_ak_chain
 from ._ek_certificate import EkCertificate, ek_matches_public, validate_ek_chain
+from ._platform import PlatformEvidence, appraise_platform, read_platform
 from ._public import Public, parse_public
 from ._tcg import manufacturer_name, normalize_manufacturer
 from ._verdict import Finding
@@ -36,12 +40,14 @@ from ._x509 import read_certificate
 
 __all__ = [
     "ANCHOR_EVIDENCE_VERSION",
+    "PLATFORM_ANCHOR_KINDS",
     "ActivationOutcome",
     "AnchorEvidence",
     "AnchorResult",
     "appraise_anchor",
     "manufacturer_accepted",
     "not_anchored",
+    "validity_window",
 ]
 
 #: The version of :meth:`AnchorEvidence.to_dict`'s form, as audit records keep it.
@@ -50,7 +56,9 @@ ANCHOR_EVIDENCE_VERSION = 1
 MAX_CHAIN = 8
 MAX_CERTIFICATE = 16384
 
-AnchorKind = Literal["ca", "ek"]
+AnchorKind = Literal["ca", "ek", "gce-ak-cert", "azure-sev-snp", "azure-tdx"]
+#: the anchor kinds of the ``platform`` extension
+PLATFORM_ANCHOR_KINDS = ("gce-ak-cert", "azure-sev-snp", "azure-tdx")
 
 
 class ActivationOutcome(NamedTuple):
@@ -82,7 +90,8 @@ class AnchorEvidence:
     ``chain`` is DER: for ``ca`` the AK certificate first, then intermediates; for ``ek`` the EK
     certificate first, then intermediates. ``ek_public`` is the EK's TPM2B_PUBLIC the credential was
     made to (``ek`` only); ``validated_at`` when the chain was validated (an offline re-check
-    validates at this time).
+    validates at this time). ``platform`` is the cloud evidence of a platform kind (its ``chain``
+    is empty).
     """
 
     kind: AnchorKind
@@ -90,10 +99,12 @@ class AnchorEvidence:
     activation: ActivationOutcome | None = None
     ek_public: bytes | None = None
     validated_at: datetime | None = None
+    platform: PlatformEvidence | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The versioned JSON form audit records keep (certificates as base64 DER)."""
-        return {
+        """The versioned JSON form audit records keep (certificates as base64 DER). ``platform``
+        is present only for a platform kind, so a ``ca`` or ``ek`` record keeps its exact bytes."""
+        document = {
             "version": ANCHOR_EVIDENCE_VERSION,
             "kind": self.kind,
             "chain_b64": [base64.b64encode(c).decode() for c in self.chain],
@@ -101,6 +112,9 @@ class AnchorEvidence:
             "ek_public_b64": base64.b64encode(self.ek_public).decode() if self.ek_public else None,
             "validated_at": _iso(self.validated_at) if self.validated_at else None,
         }
+        if self.platform is not None:
+            document["platform"] = self.platform.to_dict()
+        return document
 
     @classmethod
     def from_dict(cls, data: object) -> AnchorEvidence:
@@ -108,18 +122,29 @@ class AnchorEvidence:
         if not isinstance(data, Mapping) or data.get("version") != ANCHOR_EVIDENCE_VERSION:
             raise _malformed("anchor evidence is not an object of version 1")
         kind = data.get("kind")
-        if kind not in ("ca", "ek"):
-            raise _malformed("anchor kind is not 'ca' or 'ek'")
+        if kind not in ("ca", "ek", *PLATFORM_ANCHOR_KINDS):
+            raise _malformed(f"anchor kind is not one of ca, ek, {', '.join(PLATFORM_ANCHOR_KINDS)}")
         chain = read_chain(data.get("chain_b64"), "chain_b64")
         activation = _activation(data.get("activation"))
         ek_public = data.get("ek_public_b64")
         validated = data.get("validated_at")
+        platform = None
+        if kind in PLATFORM_ANCHOR_KINDS:
+            try:
+                platform = read_platform(data.get("platform"))
+            except EvidenceError as exc:
+                raise _malformed(exc.message) from None
+            if platform.anchor_kind != kind:
+                raise _malformed(f"anchor kind {kind} holds {platform.kind} platform evidence")
+        elif "platform" in data:
+            raise _malformed(f"a {kind} anchor holds no platform evidence")
         return cls(
             kind,
             chain,
             activation,
             _b64(ek_public, "ek_public_b64") if ek_public is not None else None,
             _time(validated, "validated_at") if validated is not None else None,
+            platform,
         )
 
 
@@ -152,8 +177,18 @@ def appraise_anchor(
     TPM vendors accepted. Raises nothing for any evidence: a bad anchor is a failing finding with the
     certificate layer's code (``cert_expired``, ``cert_unknown_root``, ``cert_key_mismatch`` ...) or
     one of ``activation_missing``, ``activation_failed``, ``activation_other_aik``,
-    ``activation_other_ek``, ``ek_public_mismatch``, ``anchor_manufacturer``, ``anchor_empty``.
+    ``activation_other_ek``, ``ek_public_mismatch``, ``anchor_manufacturer``, ``anchor_empty``, or
+    for a platform kind its appraiser's codes (``gce_ak_mismatch``, ``hcl_ak_mismatch`` ...).
     """
+    if evidence.platform is not None:
+        result: AnchorResult = appraise_platform(aik, evidence.platform, store, at=at)
+        maker = str(result.facts.get("manufacturer", ""))
+        accepted = not manufacturers or manufacturer_accepted(maker, manufacturers)
+        if result.finding.status != "pass" or accepted:
+            return result
+        return _fail("anchor_manufacturer", f"manufacturer {maker} is not one the policy accepts")
+    if evidence.kind not in ("ca", "ek"):
+        return _fail("anchor_malformed", f"a {evidence.kind} anchor without its platform evidence")
     if not evidence.chain:
         return _fail("anchor_empty", "the anchor carries no certificate")
     try:
@@ -180,7 +215,7 @@ def appraise_anchor(
         return _fail(exc.code, exc.message)
     if manufacturers and not manufacturer_accepted(vendor[0] or "", manufacturers):
         return _fail("anchor_manufacturer", f"TPM manufacturer {vendor[0]} is not one the policy accepts")
-    valid_from, valid_until = _validity_window(evidence.chain, store, subjects)
+    valid_from, valid_until = validity_window(evidence.chain, store, subjects)
     how = (
         "AK certificate chain"
         if evidence.kind == "ca"
@@ -213,7 +248,7 @@ def _check_activation(aik: Public, evidence: AnchorEvidence, ek: EkCertificate) 
     return None
 
 
-def _validity_window(
+def validity_window(
     chain: Sequence[bytes], store: Any, subjects: Sequence[str]
 ) -> tuple[datetime | None, datetime | None]:
     """The latest notBefore and earliest notAfter of the validated path's certificates: while a time

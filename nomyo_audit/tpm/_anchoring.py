@@ -21,6 +21,7 @@ from typing import Any, cast
 from ..errors import EvidenceError
 from ._aik import aik_material
 from ._anchor import AnchorEvidence, AnchorResult, appraise_anchor, read_chain
+from ._platform import PlatformEvidence, read_platform
 from ._public import Public
 from ._verdict import Finding, Verdict, VerdictFacts
 
@@ -63,6 +64,7 @@ class AnchorCache:
             evidence.chain,
             evidence.activation,
             evidence.ek_public,
+            evidence.platform,
             aik.name,
             id(store),
             vendors,
@@ -94,9 +96,9 @@ SHARED_CACHE = AnchorCache()
 
 class Anchoring:
     """How :func:`verify_attestation` appraises ``aik_anchor``: against ``store`` (a TrustStore),
-    with ``evidence`` when the caller holds it (a credential activation it ran), else the AK
-    certificate chain the quote carries (``aik_cert_chain_b64``). ``at`` is when chains are judged
-    (default: the time of each appraisal; an offline re-check gives the recorded time)."""
+    with ``evidence`` when the caller holds it (a credential activation it ran), else the anchor
+    the quote carries (its ``platform`` object, else its ``aik_cert_chain_b64``). ``at`` is when
+    chains are judged (default: the time of each appraisal; an offline re-check gives the recorded time)."""
 
     __slots__ = ("_last", "at", "cache", "evidence", "failure", "manufacturers", "recorded", "store")
 
@@ -159,11 +161,21 @@ class Anchoring:
 
 
 def _report(result: AnchorResult, facts: Any) -> Finding:
-    """``result``'s finding, its facts added to ``facts`` (the subjects as a list of their own)."""
+    """``result``'s finding, its facts added to ``facts`` (the subjects and the platform facts as
+    copies of their own: a cached result is shared by every verdict it answers)."""
     if result.facts:
         facts.update(result.facts)
         facts["chain_subjects"] = list(result.facts["chain_subjects"])
+        platform = result.facts.get("platform")
+        if isinstance(platform, Mapping):
+            facts["platform"] = {k: _copied(v) for k, v in platform.items()}
     return result.finding
+
+
+def _copied(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _recorded_activation(finding: Finding, evidence: AnchorEvidence) -> Finding:
@@ -192,14 +204,23 @@ def recorded_anchoring(store: Any, recorded: object, *, at: datetime | None) -> 
     return Anchoring(store, evidence=evidence, at=evidence.validated_at or at, recorded=True)
 
 
-def evidence_in_block(block: Mapping[str, Any]) -> AnchorEvidence | None:
-    """The ``ca`` anchor a ``tpm_attestation`` block offers (its ``aik_cert_chain_b64``), or None.
+def evidence_in_block(block: Mapping[str, Any], kind: str | None = None) -> AnchorEvidence | None:
+    """The anchor a ``tpm_attestation`` block offers, or None: its ``platform`` object (a cloud's
+    anchor: ``gce-ak-cert``, ``azure-sev-snp``, ``azure-tdx``), else its AK certificate chain
+    (``aik_cert_chain_b64``, ``ca``). Both authenticate themselves. With ``kind``, only an anchor
+    of that kind is returned (a block may carry both).
 
-    Raises :class:`EvidenceError` (``anchor_malformed``) for a field that is not a bounded list of
-    base64 certificates.
+    Raises :class:`EvidenceError`: ``platform_malformed`` for a ``platform`` object that does not
+    read (:func:`nomyo_audit.tpm._platform.read_platform`), ``anchor_malformed`` for a chain that is
+    not a bounded list of base64 certificates.
     """
+    platform = block.get("platform")
+    if platform is not None and kind != "ca":
+        evidence = _platform_evidence(read_platform(platform))
+        if kind is None or evidence.kind == kind:
+            return evidence
     chain = block.get("aik_cert_chain_b64")
-    if chain is None:
+    if chain is None or kind not in (None, "ca"):
         return None
     if not isinstance(chain, list) or not all(isinstance(c, str) for c in chain):
         raise EvidenceError(
@@ -212,6 +233,13 @@ def evidence_in_block(block: Mapping[str, Any]) -> AnchorEvidence | None:
 def _ca_evidence(chain_b64: tuple[str, ...]) -> AnchorEvidence:
     """Decoded once per distinct chain text: a router attaches the same chain to every quote."""
     return AnchorEvidence("ca", read_chain(list(chain_b64), "aik_cert_chain_b64"))
+
+
+@lru_cache(maxsize=64)
+def _platform_evidence(platform: PlatformEvidence) -> AnchorEvidence:
+    """One evidence object per platform object (read_platform caches those): the identity the
+    :class:`Anchoring` fast path compares."""
+    return AnchorEvidence(platform.anchor_kind, (), platform=platform)  # type: ignore[arg-type]
 
 
 def with_anchor(verdict: Verdict, block: Mapping[str, Any] | None, anchoring: Anchoring) -> Verdict:

@@ -68,6 +68,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
+from ._anchor import PLATFORM_ANCHOR_KINDS
 from ._verify import Verdict
 
 if TYPE_CHECKING:
@@ -173,7 +174,8 @@ def _instance_identity(
         return 97, ("aik_trust",)
     basis = IDENTITY_CHECKS + (("aik_anchor",) if anchor == "pass" else ())
     trust = spec.get("aik_trust") or {}
-    if aik_trust is not None and (trust.get("mode") in ("pinned", "ek", "ca") or trust.get("pinned")):
+    anchored = ("pinned", "ek", "ca", *PLATFORM_ANCHOR_KINDS)
+    if aik_trust is not None and (trust.get("mode") in anchored or trust.get("pinned")):
         return 2, (*basis, "aik_trust")
     return (2, basis) if anchor == "pass" else _NO_CLAIM
 

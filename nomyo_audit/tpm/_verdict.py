@@ -91,6 +91,9 @@ class VerdictFacts(TypedDict, total=False):
     manufacturer: str
     tpm_model: str | None
     tpm_firmware_version: str | None
+    #: what a cloud anchor (``gce-ak-cert``, ``azure-sev-snp``, ``azure-tdx``) established: the cloud,
+    #: the VM's identity or the CPU's measurement and TCB (docs/protocol.md, "platform")
+    platform: dict[str, Any]
     #: ``"bound"`` when the quote binds the client key the caller holds (``nomyo-audit-v2``),
     #: ``"absent"`` when it binds the request without it; only when the caller gave its key
     key_binding: str
