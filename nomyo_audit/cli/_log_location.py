@@ -18,7 +18,7 @@ from ..audit._stores import display_location, is_database_url
 __all__ = ["LOG_LOCATION", "LogLocation", "display_location"]
 
 
-class LogLocation(click.ParamType):
+class LogLocation(click.ParamType[Path | str, Any]):
     """A log location: ``postgresql://`` / ``postgres://`` URLs as ``str``, paths as :class:`Path`."""
 
     name = "log"

@@ -42,6 +42,7 @@ from ..tpm import TrustStore
 from ._bundle import KEY_OPTION, OFFLINE_OPTION, verify_offline
 from ._ear import SIGN_OPTION, ear_chunks, ear_claims, ear_signing_key
 from ._log import parse_period, parse_time
+from ._log_location import LOG_LOCATION
 from ._progress import Progress
 
 
@@ -193,8 +194,8 @@ def _cannot_write(path: Path, number: int) -> ConfigurationError:
 @click.option(
     "--log",
     "log_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Re-appraise every record stored in this audit log (offline).",
+    type=LOG_LOCATION,
+    help="Re-appraise every record stored in this audit log (a file or a postgresql:// URL; offline).",
 )
 @click.option("--since", help="With --log: from this time (epoch, date or ISO 8601).")
 @click.option("--until", help="With --log: before this time.")
@@ -222,7 +223,7 @@ def verify(
     at: str | None,
     fmt: str,
     output: Path | None,
-    log_path: Path | None,
+    log_path: Path | str | None,
     since: str | None,
     until: str | None,
     tpm_roots: Path | None,
@@ -287,12 +288,12 @@ def verify(
             total = log.size if not files and lo is None and hi is None else None
             rows = _intact(log.store.records(lo, hi))
             stack.callback(rows.close)  # the cursor closes before the log, even when a record fails
-            sources.append(stored_records(rows, str(log.path), log.store.blob))
+            sources.append(stored_records(rows, log.location, log.store.blob))
         # on a terminal showing the text report itself, the records scrolling past are the progress
         shown = output is not None or fmt != "text" or not sys.stdout.isatty()
         progress = stack.enter_context(Progress("verifying", total))
         step = progress if shown else _ignore
-        records = itertools.chain.from_iterable(sources)
+        records: Iterable[Record] = itertools.chain.from_iterable(sources)
         if nonce is not None:
             records = (dataclasses.replace(r, expected_nonce=nonce) for r in records)
         results = counted(appraise_all(records, policy, at=fixed_at, now=now, roots=roots), tally, step)
