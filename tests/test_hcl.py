@@ -29,8 +29,18 @@ def rsa_public(pem: bytes) -> Public:
     key = serialization.load_pem_public_key(pem)
     numbers = key.public_numbers()  # type: ignore[union-attr]
     modulus = numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")
-    return Public(ALG.RSA, ALG.SHA256, 0, b"", (ALG.NULL,), ALG.RSASSA, ALG.SHA256,
-                  rsa_key_bits=len(modulus) * 8, rsa_exponent=numbers.e, rsa_modulus=modulus)
+    return Public(
+        ALG.RSA,
+        ALG.SHA256,
+        0,
+        b"",
+        (ALG.NULL,),
+        ALG.RSASSA,
+        ALG.SHA256,
+        rsa_key_bits=len(modulus) * 8,
+        rsa_exponent=numbers.e,
+        rsa_modulus=modulus,
+    )
 
 
 def report(name: str) -> bytes:
