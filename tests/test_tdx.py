@@ -1,0 +1,310 @@
+"""The Azure TDX anchor (``azure-tdx``) against real evidence from trustee and openpcc, and forgeries.
+
+tests/fixtures/cloud-anchors/azure-tdx/PROVENANCE.md names the sources. The collection's MANIFEST
+records what independent code found for each set (quote signature by the attestation key, QE report
+by the PCK, QE binding, PCK chain to the Intel SGX Root CA, FMSPC, MRTD): here our appraiser must
+find the same, with the root shipped in tpm-roots/Intel-SGX, and give each forgery its own code.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import struct
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from tdx_forge import ForgedPck, QuoteParts
+
+from nomyo_audit.tpm import TrustStore, verify_attestation
+from nomyo_audit.tpm._anchoring import Anchoring
+from nomyo_audit.tpm._hcl import parse_hcl_report
+from nomyo_audit.tpm._marshal import ALG
+from nomyo_audit.tpm._public import Public
+from nomyo_audit.tpm._tdx import appraise_tdx
+from nomyo_audit.tpm._tdx_quote import parse_td_quote
+
+FIXTURES = Path(__file__).parent / "fixtures" / "cloud-anchors" / "azure-tdx"
+AT = datetime(2025, 11, 1, tzinfo=timezone.utc)
+#: from the collection's MANIFEST.json (its own DCAP-layout reader): FMSPC and MRTD of each quote
+EXPECTED = {
+    "trustee": (
+        "00806f050000",
+        "024a32b070383331181619fa387cb4d55d1e38879f989933055ccad5bc2db795d1737b66205949d15469dc8c1ba7ab7b",
+    ),
+    "openpcc-DCesv6": (
+        "90c06f000000",
+        "f858414aef26d52a3b21614bab4bafab13b3ed62ebdd9d46a6be799228c2e27bc0d025cc6e4e90daff827cbe0316bbd9",
+    ),
+}
+INTEL_ROOT_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
+
+
+def aik_of(name: str) -> Public:
+    """The quoting AIK with the set's HCLAkPub (an RSA-2048 restricted signing key)."""
+    key = serialization.load_pem_public_key((FIXTURES / name / "ak_pub.pem").read_bytes())
+    numbers = key.public_numbers()  # type: ignore[union-attr]
+    return Public(ALG.RSA, ALG.SHA256, 0x00050072, b"", (ALG.NULL,), ALG.RSASSA, ALG.SHA256,
+                  rsa_key_bits=2048, rsa_exponent=0, rsa_modulus=numbers.n.to_bytes(256, "big"))  # fmt: skip
+
+
+def files(name: str) -> tuple[bytes, bytes]:
+    return (FIXTURES / name / "hcl_report.bin").read_bytes(), (FIXTURES / name / "td_quote.bin").read_bytes()
+
+
+def appraise(hcl: bytes, quote: bytes, *, aik: Public | None = None, store: TrustStore | None = None, **kw):
+    return appraise_tdx(aik or aik_of("trustee"), hcl, quote, store or TrustStore.bundled(), at=AT, **kw)
+
+
+def code(result) -> tuple[str, str]:
+    return result.finding.status, result.finding.code
+
+
+@pytest.fixture(scope="module")
+def trustee() -> tuple[bytes, bytes, QuoteParts]:
+    hcl, quote = files("trustee")
+    return hcl, quote, QuoteParts.of(parse_td_quote(quote), padding=70)
+
+
+# -- real evidence ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_real_td_quote_anchors_its_hcl_ak(name):
+    hcl, quote = files(name)
+    result = appraise(hcl, quote, aik=aik_of(name))
+    assert code(result) == ("pass", "aik_anchored_azure_tdx"), result.finding.detail
+    fmspc, mrtd = EXPECTED[name]
+    facts = result.facts
+    assert facts["anchor_kind"] == "azure-tdx" and facts["manufacturer"] == "Intel"
+    assert facts["anchor_root_sha256"] == INTEL_ROOT_SHA256
+    assert [s.split("CN=")[1] for s in facts["chain_subjects"]] == [
+        "Intel SGX PCK Certificate", "Intel SGX PCK Platform CA", "Intel SGX Root CA"]  # fmt: skip
+    platform = facts["platform"]
+    assert (platform["fmspc"], platform["mrtd"]) == (fmspc, mrtd)
+    assert platform["cloud"] == "azure" and platform["cpu"] == "intel-tdx" and platform["debug"] is False
+    assert len(platform["rtmrs"]) == 4 and all(len(r) == 96 for r in platform["rtmrs"])
+    # no collateral for this FMSPC exists anywhere: the status is stated unknown, never "UpToDate"
+    assert platform["tcb_status"] == "unknown" and "TCB status unknown" in result.finding.detail
+    assert result.valid_from is not None and result.valid_until is not None
+
+
+def test_collateral_for_another_fmspc_leaves_the_tcb_unknown():
+    hcl, quote = files("trustee")
+    collateral = json.loads((FIXTURES / "tcbInfo.json").read_text())
+    assert collateral["tcbInfo"]["fmspc"] != EXPECTED["trustee"][0].upper()
+    result = appraise(hcl, quote, collateral=collateral)
+    assert code(result) == ("pass", "aik_anchored_azure_tdx")
+    assert result.facts["platform"]["tcb_status"] == "unknown"
+
+
+def test_the_quote_tdreport_and_hcl_agree_as_the_manifest_says():
+    """Independent of the appraiser: the layout constants put the TD quote's report_data where the
+    TDREPORT's is, and both are SHA-256 of the HCL variable data, zero-extended."""
+    hcl, quote = files("trustee")
+    report = parse_hcl_report(hcl)
+    digest = hashlib.sha256(report.variable_data).digest() + bytes(32)
+    assert quote[48 + 520 : 48 + 584] == digest == report.hw_report[128:192]
+    assert digest.hex().startswith("9734504f161d104c")  # MANIFEST var_data_sha256
+
+
+def test_the_real_tpm_quote_passes_the_whole_verifier_with_its_tdx_anchor():
+    """The trustee VM's vTPM quote (nonce "challenge") with its HCL report and TD quote as the
+    ``platform`` a router would attach: signature, PCRs, nonce and the azure-tdx anchor all pass.
+    The quote's qualifiedSigner is a child key's (the Azure AK lives under the SRK at 0x81000003),
+    and the evidence does not hold its TPMT_PUBLIC or parent, so ``signer_name`` cannot be shown:
+    it is the one failure, stated."""
+    where = FIXTURES / "trustee"
+    hcl, quote = files("trustee")
+    signature = (
+        struct.pack(">HHH", ALG.RSASSA, ALG.SHA256, 256) + (where / "tpm_quote.signature.bin").read_bytes()
+    )
+    pcrs = json.loads((where / "tpm_quote.pcrs.json").read_text())
+    block = {
+        "is_available": True,
+        "quote_b64": base64.b64encode((where / "tpm_quote.tpms_attest.bin").read_bytes()).decode(),
+        "signature_b64": base64.b64encode(signature).decode(),
+        "aik_pubkey_b64": base64.b64encode(aik_of("trustee").marshal()).decode(),
+        "pcr_banks": "sha256:" + ",".join(str(i) for i in range(24)),
+        "pcr_values": {"sha256": {str(i): v for i, v in enumerate(pcrs)}},
+        "platform": {
+            "kind": "azure-tdx",
+            "hcl_report_b64": base64.b64encode(hcl).decode(),
+            "td_quote_b64": base64.b64encode(quote).decode(),
+        },
+    }
+    verdict = verify_attestation(
+        block, None, expected_nonce=b"challenge", anchor=Anchoring(TrustStore.bundled(), at=AT)
+    )
+    failed = {f.check: f.code for f in verdict.findings if f.status == "fail"}
+    assert failed == {"signer_name": "signer_parent_unknown"}
+    assert verdict.finding("signature").status == "pass"
+    assert verdict.finding("nonce_binding").status == "pass"
+    anchor = verdict.finding("aik_anchor")
+    assert (anchor.status, anchor.code) == ("pass", "aik_anchored_azure_tdx")
+    assert verdict.facts["platform"]["fmspc"] == EXPECTED["trustee"][0]
+    # the same quote with another machine's TDX evidence: the HCL AK is not this AIK
+    block["platform"]["hcl_report_b64"], block["platform"]["td_quote_b64"] = (
+        base64.b64encode(b).decode() for b in files("openpcc-DCesv6")
+    )
+    other = verify_attestation(
+        block, None, expected_nonce=b"challenge", anchor=Anchoring(TrustStore.bundled(), at=AT)
+    )
+    assert (other.finding("aik_anchor").status, other.finding("aik_anchor").code) == (
+        "fail",
+        "hcl_ak_mismatch",
+    )
+
+
+# -- mutations of real evidence: each its own code ----------------------------------------------------
+
+
+def test_a_broken_td_quote_signature(trustee):
+    hcl, _, parts = trustee
+    broken = bytearray(parts.signature)
+    broken[5] ^= 0x01
+    assert code(appraise(hcl, replace(parts, signature=bytes(broken)).assemble())) == (
+        "fail", "tdx_signature_invalid")  # fmt: skip
+
+
+@pytest.mark.parametrize("offset", [0x88, 0x148, 0x208 + 40, 0x78])  # MRTD, RTMR0, report_data, attributes
+def test_a_changed_td_body_breaks_the_quote_signature(trustee, offset):
+    hcl, _, parts = trustee
+    body = bytearray(parts.body)
+    body[offset] ^= 0x01
+    assert code(appraise(hcl, replace(parts, body=bytes(body)).assemble())) == (
+        "fail",
+        "tdx_signature_invalid",
+    )
+
+
+def test_a_changed_byte_in_the_hcl_variable_data(trustee):
+    hcl, quote, _ = trustee
+    at = hcl.index(b'"user-data":"') + len(b'"user-data":"')  # a hex digit: the JSON stays valid
+    changed = bytearray(hcl)
+    changed[at] = ord("1")
+    assert code(appraise(bytes(changed), quote)) == ("fail", "hcl_binding_mismatch")
+
+
+def test_any_changed_byte_in_the_hcl_variable_data_never_passes(trustee):
+    hcl, quote, _ = trustee
+    start = 1236
+    size = struct.unpack_from("<I", hcl, 1216 + 16)[0]
+    for at in range(start, start + size, 3):
+        changed = bytearray(hcl)
+        changed[at] ^= 0x20
+        assert code(appraise(bytes(changed), quote))[1] in ("hcl_binding_mismatch", "hcl_malformed"), at
+
+
+def test_a_qe_report_whose_binding_breaks(trustee):
+    hcl, _, parts = trustee
+    auth = bytearray(parts.qe_auth_data)
+    auth[0] ^= 0x01
+    assert code(appraise(hcl, replace(parts, qe_auth_data=bytes(auth)).assemble())) == (
+        "fail",
+        "tdx_qe_binding",
+    )
+    key = bytearray(parts.attestation_key)
+    key[7] ^= 0x01
+    assert code(appraise(hcl, replace(parts, attestation_key=bytes(key)).assemble())) == (
+        "fail",
+        "tdx_qe_binding",
+    )
+
+
+def test_a_qe_report_not_signed_by_the_pck(trustee):
+    hcl, _, parts = trustee
+    report = bytearray(parts.qe_report)
+    report[0x40] ^= 0x01  # MRENCLAVE
+    assert code(appraise(hcl, replace(parts, qe_report=bytes(report)).assemble())) == (
+        "fail", "tdx_qe_report_invalid")  # fmt: skip
+
+
+def test_a_pck_chain_to_another_root(trustee):
+    """A forger's hierarchy under a root named "Intel SGX Root CA": the bundled store does not hold
+    it (cert_unknown_root); a store that holds a root of another name still refuses (tdx_pck_chain)."""
+    hcl, _, parts = trustee
+    forged = ForgedPck().forge(parts)
+    assert code(appraise(hcl, forged)) == ("fail", "cert_unknown_root")
+    other = ForgedPck(root_cn="Some Other Root CA")
+    store = TrustStore.bundled() | TrustStore.from_pem(other.root_pem)
+    assert code(appraise(hcl, other.forge(parts), store=store)) == ("fail", "tdx_pck_chain")
+
+
+def test_the_embedded_chain_with_the_real_pck_but_the_root_left_out_still_anchors(trustee):
+    """The quote's own root copy is never what is trusted: leaving it out changes nothing."""
+    hcl, quote, parts = trustee
+    pck, platform_ca, _ = (x509.load_der_x509_certificate(d) for d in parse_td_quote(quote).pck_chain)
+    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (pck, platform_ca))
+    assert code(appraise(hcl, replace(parts, chain_pem=pem).assemble())) == ("pass", "aik_anchored_azure_tdx")
+
+
+def test_an_expired_pck_certificate(trustee):
+    hcl, quote, _ = trustee
+    late = appraise_tdx(
+        aik_of("trustee"), hcl, quote, TrustStore.bundled(), at=datetime(2031, 1, 1, tzinfo=timezone.utc)
+    )
+    assert code(late) == ("fail", "cert_expired")
+
+
+def test_the_hcl_ak_must_be_the_quoting_aik(trustee):
+    hcl, quote, _ = trustee
+    assert code(appraise(hcl, quote, aik=aik_of("openpcc-DCesv6"))) == ("fail", "hcl_ak_mismatch")
+
+
+def test_another_vms_hcl_report_with_this_td_quote(trustee):
+    """kinvolk's HCL report binds its own variable data, but this TD quote signs another report_data."""
+    _, quote, _ = trustee
+    hcl = (FIXTURES / "kinvolk" / "hcl_report.bin").read_bytes()
+    assert code(appraise(hcl, quote, aik=aik_of("kinvolk"))) == ("fail", "tdx_report_data_mismatch")
+
+
+# -- forged end to end under a trusted test root: the checks after the signatures ----------------------
+
+
+@pytest.fixture(scope="module")
+def forger() -> tuple[ForgedPck, TrustStore]:
+    pck = ForgedPck()
+    return pck, TrustStore.from_pem(pck.root_pem)
+
+
+def test_a_forged_quote_passes_only_when_its_root_is_trusted(trustee, forger):
+    hcl, _, parts = trustee
+    pck, store = forger
+    assert code(appraise(hcl, pck.forge(parts), store=store)) == ("pass", "aik_anchored_azure_tdx")
+
+
+def test_a_debug_td(trustee, forger):
+    hcl, _, parts = trustee
+    pck, store = forger
+    body = bytearray(parts.body)
+    body[0x78] |= 0x01  # TDATTRIBUTES.DEBUG
+    assert code(appraise(hcl, pck.forge(parts, body=bytes(body)), store=store)) == ("fail", "tdx_debug")
+
+
+def test_a_signed_report_data_that_is_not_the_tdreports(trustee, forger):
+    hcl, _, parts = trustee
+    pck, store = forger
+    body = bytearray(parts.body)
+    body[0x208 + 63] = 0x01  # report_data[63]: the HCL binds only [0:32], the rest must match too
+    assert code(appraise(hcl, pck.forge(parts, body=bytes(body)), store=store)) == (
+        "fail", "tdx_report_data_mismatch")  # fmt: skip
+
+
+def test_a_pck_certificate_without_fmspc(trustee):
+    hcl, _, parts = trustee
+    pck = ForgedPck(fmspc=None)
+    assert code(appraise(hcl, pck.forge(parts), store=TrustStore.from_pem(pck.root_pem))) == (
+        "fail", "tdx_pck_chain")  # fmt: skip
+
+
+def test_an_snp_hcl_report_is_not_tdx_evidence(trustee):
+    snp = Path(__file__).parent / "fixtures" / "cloud-anchors" / "azure" / "snp" / "trustee-evidence-v0"
+    _, quote, _ = trustee
+    result = appraise((snp / "hcl_report.bin").read_bytes(), quote)
+    assert code(result) == ("fail", "hcl_malformed") and "SEV-SNP" in result.finding.detail
