@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from ..errors import ConfigurationError
+from ._log_location import LOG_LOCATION
 
 DEMO_PROMPTS = (
     "Summarise our Q3 incident report.",
@@ -56,7 +57,13 @@ def _tpm2_usable() -> bool:
     show_default=True,
     help="2: HPKE (X-Wing), nothing to substitute on the wire; 1.0: the NOMYO protocol, key-bound quotes.",
 )
-def demo(attester: str, workdir: Path | None, protocol: str) -> None:
+@click.option(
+    "--log",
+    "log_location",
+    type=LOG_LOCATION,
+    help="The audit log: an SQLite file or a postgresql:// URL of an empty database (default: DIR/audit.db).",
+)
+def demo(attester: str, workdir: Path | None, protocol: str, log_location: Path | str | None = None) -> None:
     """Run the whole loop on loopback: TPM, router, policy-gated chats, audit log, signed report.
 
     Everything runs on 127.0.0.1 and stops when the command ends; the audit
@@ -93,6 +100,7 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
     from ..router._serving_stack import measure_serving_stack
     from ..tpm._measurements import DEMO_PCRS, TAMPER_MODULE, measure_demo_boot
     from ._demo_anchor import anchor_summary, demo_policy, forged_quote_verdict
+    from ._log_location import display_location
 
     step = _stepper()
     workdir = workdir or Path("nomyo-audit-demo") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -103,7 +111,8 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
     if attester == "auto":
         attester = "software" if fallback else "swtpm"
     key_path, public_path = generate_audit_key(workdir / "audit.key")
-    log_path = workdir / "audit.db"
+    log_path = log_location if log_location is not None else workdir / "audit.db"
+    shown_log = display_location(log_path)
 
     with contextlib.ExitStack() as stack:
         if attester == "swtpm":
@@ -195,16 +204,16 @@ def demo(attester: str, workdir: Path | None, protocol: str) -> None:
     click.echo(
         f"""
 Done: the router and TPM are stopped; nothing is left running. Everything is in {workdir}/:
-  audit.db                  the audit log ({report_log.size} records; no prompt or completion is stored)
+  {shown_log if log_location else "audit.db"}  the audit log ({report_log.size} records; no prompt or completion is stored)
   audit.key, audit.key.pub  the log and report signing key (Ed25519)
   report/report.html        the compliance report (also .md, .json, .csv, .junit.xml, .oscal.json, .dsse.json)
 
 Look further:
-  {prog} log show --log {log_path}
-  {prog} log verify --log {log_path} --key {public_path}
-  {prog} verify --log {log_path} --policy {workdir / "policy.yaml"}
-  {prog} verify-report {report_dir} --key {public_path} --log {log_path}
-  {prog} log prove {document["failures"][0]["payload_id"] if document["failures"] else "<payload_id>"} --log {log_path}
+  {prog} log show --log {shown_log}
+  {prog} log verify --log {shown_log} --key {public_path}
+  {prog} verify --log {shown_log} --policy {workdir / "policy.yaml"}
+  {prog} verify-report {report_dir} --key {public_path} --log {shown_log}
+  {prog} log prove {document["failures"][0]["payload_id"] if document["failures"] else "<payload_id>"} --log {shown_log}
 """  # noqa: E501
     )
 
