@@ -61,7 +61,7 @@ def leaves(n: int, tag: bytes = b"r") -> list[bytes]:
 
 
 def test_cosigns_transparency_dev_checkpoints_and_their_consistency_proof(witness):
-    server, http, key = witness
+    _, http, key = witness
     first = post(http, body(0, [], MONKEYS["checkpoint_5"]))
     assert first.status_code == 200, first.text
     assert first.text.startswith("\u2014 witness.test/w1 ") and first.text.endswith("\n")
