@@ -262,4 +262,3 @@ def _identity_malformed(what: str) -> CertificateError:
 
 def _fail(code: str, detail: str) -> AnchorResult:
     return AnchorResult(Finding("aik_anchor", "fail", code, detail), {})
-
