@@ -52,7 +52,8 @@ def bulk_load(
     )
     for digest, data in blobs:
         put_blobs(db, {digest: data})
-    db.execute("INSERT OR REPLACE INTO meta VALUES ('frontier', ?)", (frontier.to_bytes(),))
+    if frontier.size:  # an empty log has no saved frontier, as a new one has none
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('frontier', ?)", (frontier.to_bytes(),))
     return frontier
 
 

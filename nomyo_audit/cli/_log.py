@@ -23,6 +23,7 @@ from ..audit import (
     verify_tlog_proof,
 )
 from ._log_location import LOG_LOCATION
+from ._log_migrate import migrate_command
 from ._progress import Progress
 
 #: Larger inputs (a proof, a request, a checkpoint file) are refused rather than read whole.
@@ -393,3 +394,6 @@ def generate(kind: str, algorithm: str, output: Path) -> None:
     """
     private, public = generate_audit_key(output, algorithm)
     click.echo(f"wrote {private} (private, 0600) and {public}", err=True)
+
+
+log_group.add_command(migrate_command)
