@@ -103,6 +103,7 @@ class TPMAttester:
                 raise ConfigurationError(f"--pcrs {pcr_banks}: this TPM has no {name} bank")
         self._lock = threading.Lock()  # TPM sessions are not shared between threads
         self._aik_chain_b64: tuple[str, ...] = ()
+        self._platform: Mapping[str, Any] | None = None  # attest._platform: read once at start
         if firmware_log is not None or kernel_ima is not None:
             self.measurements  # noqa: B018 - made now: every quote carries the machine's logs
 
@@ -132,6 +133,8 @@ class TPMAttester:
             block["aik_parent_qualified_name_b64"] = parent
         if self._aik_chain_b64:
             block["aik_cert_chain_b64"] = list(self._aik_chain_b64)
+        if self._platform is not None:
+            block["platform"] = dict(self._platform)
         block.update(measured)
         return block
 
@@ -160,6 +163,11 @@ class TPMAttester:
         """Attach this AK certificate chain (AK certificate first) to every later quote, as
         ``aik_cert_chain_b64``; an empty list stops attaching one."""
         self._aik_chain_b64 = tuple(base64.b64encode(der).decode() for der in chain_der)
+
+    def set_platform(self, platform: Mapping[str, Any] | None) -> None:
+        """Attach this ``platform`` object (the cloud's anchor of the AK, :mod:`._platform`) to every
+        later quote; None stops attaching one."""
+        self._platform = platform
 
     def endorsement(self) -> dict[str, Any]:
         """The body of ``GET /pki/endorsement``: the EK public area, its certificate and chain from the
