@@ -232,3 +232,72 @@ def test_bulk_load_refuses_a_log_that_is_not_empty_and_positions_that_skip(
             store.bulk_load({}, [], [], [])
     finally:
         store.close()
+
+
+# -- SQLite -> PostgreSQL -> SQLite ------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_sqlite_to_postgresql_and_back_is_the_same_log(
+    source: Path, tmp_path: Path, key: Any, key_files: Path, postgres_url: str
+) -> None:
+    to_pg = run("log", "migrate", source, postgres_url, "--key", key_files)
+    assert to_pg.exit_code == 0, to_pg.output
+    assert "migrated 23 records, 6 checkpoints, 1 blobs" in to_pg.stdout
+    back = tmp_path / "back.db"
+    from_pg = run("log", "migrate", postgres_url, back, "--key", key_files)
+    assert from_pg.exit_code == 0, from_pg.output
+    assert rows(back) == rows(source)  # byte for byte, checkpoints' stored times included
+    expected = verify_output(source, key_files)
+    assert verify_output(postgres_url, key_files) == expected == verify_output(back, key_files)
+    with AuditLog.open(source) as original, AuditLog.open(postgres_url) as on_pg:
+        for payload_id in ("p0", "p3", "p22"):
+            proof = on_pg.prove(payload_id)
+            assert proof == original.prove(payload_id)
+            verified = verify_tlog_proof(proof, key.public_key())
+            assert (verified.index, verified.size) == (int(payload_id[1:]), 23)
+            proof_file = write(tmp_path / f"{payload_id}.proof", proof)
+            checked = run("log", "verify-proof", proof_file, "--key", key_files)
+            assert checked.exit_code == 0, checked.output
+
+
+@pytest.mark.postgres
+def test_a_log_migrated_to_postgresql_keeps_accepting_appends(
+    source: Path, key: Any, key_files: Path, postgres_url: str
+) -> None:
+    assert run("log", "migrate", source, postgres_url).exit_code == 0
+    with AuditLog(postgres_url, key=key, checkpoint_every=5) as log:
+        seqs = [log.append(f"p{n}", record(f"p{n}", 1_700_000_100.0 + n)) for n in range(23, 31)]
+        assert seqs == list(range(23, 31))
+        log.checkpoint()
+        proof = log.prove("p30")
+    assert verify_tlog_proof(proof, key.public_key()).index == 30
+    assert verify_output(postgres_url, key_files).startswith("ok: 31 records")
+
+
+@pytest.mark.postgres
+def test_migrating_into_a_postgresql_log_that_is_not_empty_is_refused(
+    source: Path, postgres_url: str
+) -> None:
+    with AuditLog(postgres_url) as log:
+        log.append("x", record("x", 1.0))
+    result = run("log", "migrate", source, postgres_url)
+    assert result.exit_code == ExitCode.USAGE and "not empty" in result.output
+    with AuditLog.open(postgres_url) as log:
+        assert log.size == 1
+
+
+@pytest.mark.postgres
+def test_a_tampered_postgresql_source_is_refused(source: Path, tmp_path: Path, postgres_url: str) -> None:
+    import psycopg
+
+    assert run("log", "migrate", source, postgres_url).exit_code == 0
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("UPDATE records SET time = time + 1 WHERE seq = 9")
+    result = run("log", "migrate", postgres_url, tmp_path / "back.db")
+    assert result.exit_code == ExitCode.INTEGRITY and "nothing was copied" in result.output
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
