@@ -74,7 +74,7 @@ class AuditLog:
         new_signer: bool = False,
     ) -> None:
         self.path = Path(path)
-        self.location = display_location(path)  # a URL's password is never shown
+        self.location = _shown(path, self.path)  # a URL's password is never shown
         self.store: LogStore = store if store is not None else open_store(path)
         try:
             self._initialise(origin)
@@ -96,7 +96,7 @@ class AuditLog:
         """
         log = cls.__new__(cls)
         log.path = Path(path)
-        log.location = display_location(path)
+        log.location = _shown(path, log.path)
         log.store = open_store(path, readonly=True)
         log.key = None
         log.checkpoint_every, log.checkpoint_interval = 0, 0.0
@@ -360,6 +360,11 @@ class AuditLog:
         """The bytes of the first record whose own bytes name ``payload_id``, or None."""
         record = self.store.find(payload_id)
         return record.data if record else None
+
+
+def _shown(location: str | os.PathLike[str], path: Path) -> str:
+    """How messages name the log: a URL without its password, a file as its path."""
+    return display_location(location) if is_database_url(location) else str(path)
 
 
 def _default_origin(path: Path, location: str) -> str:
