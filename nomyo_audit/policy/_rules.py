@@ -393,6 +393,7 @@ def _unusable_time(processed: object) -> RuleOutcome:
 
 
 from ._measured_rules import MEASURED_RULES  # noqa: E402  # it builds RuleOutcome, defined above
+from ._platform_rules import PLATFORM_RULES  # noqa: E402  # gce, sev_snp, tdx: cloud anchor facts
 
 #: Each rule's name in ``spec`` and its compiler, in the order outcomes are reported.
 RULES: tuple[tuple[str, Callable[[Any, PolicySpec], Check]], ...] = (
@@ -404,6 +405,7 @@ RULES: tuple[tuple[str, Callable[[Any, PolicySpec], Check]], ...] = (
     ("nonce_binding", _nonce_binding),
     ("require_key_binding", _require_key_binding),
     ("aik_trust", _aik_trust),
+    *PLATFORM_RULES,  # gce, sev_snp, tdx
     ("memory_protection", _memory_protection),
     ("cuda_device", _cuda_device),
     ("max_age", _max_age),
