@@ -33,6 +33,7 @@ from ..audit._store import StoredRecord
 from ..policy import load_policy
 from ._bundle import write_failure_bundles
 from ._log import LOG_OPTION, parse_period, parse_time
+from ._log_location import LOG_LOCATION
 from ._progress import Progress
 from ._report_chain import Previous, check_against_log, report_findings, verify_series
 from ._report_ear import EAR_JWT_FILE, EAR_JWT_OPTION, ear_report_key, remove_partial, write_ear_tokens
@@ -140,7 +141,7 @@ def _moment(value: str | None, flag: str) -> float | None:
 @EAR_JWT_OPTION
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True)
 def report(
-    log_path: Path,
+    log_path: Path | str,
     since: str | None,
     until: str | None,
     policy_file: str | None,
@@ -202,7 +203,7 @@ def report(
             tokens = write_ear_tokens(
                 _rows(log, state.size, lo, hi, [0, 0], "signing EAR JWTs"),
                 output,
-                origin=str(log.path),
+                origin=log.location,
                 key=ear_key,
                 issued_at=int(parse_time(stamp) or 0),
                 policy=policy,
@@ -252,7 +253,7 @@ def report(
 @click.option(
     "--log",
     "log_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=LOG_LOCATION,
     help="Also check that this log's records, hashed again, give the report's checkpoint root.",
 )
 @click.option(
@@ -263,7 +264,7 @@ def report(
     help="The report this one chains from (repeat for earlier ones, oldest first).",
 )
 def verify_report(
-    targets: tuple[Path, ...], key: Path, log_path: Path | None, previous: tuple[Path, ...]
+    targets: tuple[Path, ...], key: Path, log_path: Path | str | None, previous: tuple[Path, ...]
 ) -> None:
     """Check a signed report: the signature, every rendered file's digest and (with --log) its checkpoint.
 

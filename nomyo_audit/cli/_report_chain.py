@@ -165,7 +165,7 @@ def _log_claims(target: Path, statement: Mapping[str, Any]) -> _LogClaims:
 
 
 def check_against_log(
-    targets: Sequence[Path], statements: Sequence[Mapping[str, Any]], log_path: Path
+    targets: Sequence[Path], statements: Sequence[Mapping[str, Any]], log_path: Path | str
 ) -> None:
     """Check every report of a series against the log, reading it once: each root the report signed
     (checkpoint, log), recomputed from the record bytes, and its ``covers.span``, recomputed from the
@@ -200,7 +200,7 @@ def check_against_log(
                 if roots.get(size, b"").hex() != root:
                     log.root_at(size)  # names a missing, repeated or altered record when that is why
                     raise IntegrityError(
-                        f"the root of {log_path}'s first {size} records does not match the report's "
+                        f"the root of {log.location}'s first {size} records does not match the report's "
                         f"{'checkpoint' if what == 'checkpoint' else 'log root'} "
                         "(records were altered, removed or replaced)"
                     )
@@ -214,7 +214,7 @@ def check_against_log(
     for claim in claims:
         for what, size, root in claim.roots:
             named = "checkpoint" if what == "checkpoint" else "log root (every record it counted)"
-            click.echo(f"ok: the report's {named} (size {size}, root {root[:16]}...) matches {log_path}")
+            click.echo(f"ok: the report's {named} (size {size}, root {root[:16]}...) matches {log.location}")
         if claim.span is not None:
             click.echo(f"ok: {claim.target}'s period holds exactly the records it states (covers.span)")
 
