@@ -198,3 +198,18 @@ def _certificate(subject, issuer, key, signer, now, extensions) -> bytes:  # typ
             extension.value if isinstance(extension, x509.Extension) else extension, critical=False
         )
     return builder.sign(signer, hashes.SHA384()).public_bytes(serialization.Encoding.DER)
+
+
+def platform_object(name: str) -> dict:
+    """The ``platform`` object a router on that VM attaches (docs/protocol.md): the HCL report,
+    the VCEK, and the ASK and ARK when the set holds them."""
+    blocks = read(name, "vcek.pem").decode().split("-----END CERTIFICATE-----")
+    pems = [b.strip() + "\n-----END CERTIFICATE-----\n" for b in blocks if "BEGIN CERTIFICATE" in b]
+    found = {
+        "kind": "azure-sev-snp",
+        "hcl_report_b64": base64.b64encode(read(name, "hcl_report.bin")).decode(),
+        "vcek_pem": pems[0],
+    }
+    if len(pems) > 1:
+        found["cert_chain_pem"] = pems[1:]
+    return found

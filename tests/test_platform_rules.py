@@ -12,7 +12,7 @@ import base64
 from datetime import datetime, timezone
 
 import pytest
-from sev_snp_evidence import AT, EXPECTED, SNP, read, tpm_block
+from sev_snp_evidence import AT, EXPECTED, platform_object, read, tpm_block
 
 from nomyo_audit.policy import Policy, PolicyError, evaluate
 from nomyo_audit.policy._loader import validate_document
@@ -25,18 +25,10 @@ MEASUREMENT = EXPECTED[NAME]["measurement"]
 NOW = AT.timestamp()
 
 
-def platform(name: str = NAME) -> dict:
-    return {
-        "kind": "azure-sev-snp",
-        "hcl_report_b64": base64.b64encode(read(name, "hcl_report.bin")).decode(),
-        "vcek_pem": (SNP / name / "vcek.pem").read_text(),
-    }
-
-
 def metadata(with_platform: bool = True) -> dict:
     block = tpm_block(NAME)
     if with_platform:
-        block["platform"] = platform()
+        block["platform"] = platform_object(NAME)
     return {"tpm_attestation": block}
 
 

@@ -26,6 +26,7 @@ from sev_snp_evidence import (
     azure_aik,
     patch,
     pem_certificates,
+    platform_object,
     read,
     tpm_block,
     vcek,
@@ -306,3 +307,33 @@ def test_a_vcek_whose_product_name_is_another_product_fails() -> None:
 
 def test_fixture_sets_are_all_known() -> None:
     assert {p.name for p in SNP.iterdir() if p.is_dir()} == {*COHERENT, "kinvolk-az-cvm-vtpm"}
+
+
+# -- through the whole verifier: the router's platform object, the real quote, the real nonce ------
+
+
+@pytest.mark.parametrize("name", sorted(n for n in COHERENT if EXPECTED[n]["tpm_quote_nonce"]))
+def test_the_whole_verifier_anchors_the_real_quote(name: str) -> None:
+    from nomyo_audit.tpm._anchoring import Anchoring
+
+    block = tpm_block(name)
+    block["platform"] = platform_object(name)
+    nonce = bytes.fromhex(EXPECTED[name]["tpm_quote_nonce"])
+    verdict = verify_attestation(
+        block, None, expected_nonce=nonce, anchor=Anchoring(TrustStore.bundled(), at=AT)
+    )
+    assert verdict.passed, [f for f in verdict.findings if f.status == "fail"]
+    anchor = verdict.finding("aik_anchor")
+    assert (anchor.status, anchor.code) == ("pass", "aik_anchored_azure_sev_snp")
+    assert verdict.facts["anchor_kind"] == "azure-sev-snp"
+    assert verdict.facts["platform"]["measurement"] == EXPECTED[name]["measurement"]
+    assert verdict.facts["platform"]["tcb_status"] == "unknown"
+    # another VM's HCL report beside this quote: the AK it binds did not sign the quote
+    block["platform"]["hcl_report_b64"] = base64.b64encode(
+        read("openpcc-azure-sevsnp", "hcl_report.bin")
+    ).decode()
+    block["platform"]["vcek_pem"] = (SNP / "openpcc-azure-sevsnp" / "vcek.pem").read_text()
+    other = verify_attestation(
+        block, None, expected_nonce=nonce, anchor=Anchoring(TrustStore.bundled(), at=AT)
+    )
+    assert other.finding("aik_anchor").code == "hcl_ak_mismatch"
