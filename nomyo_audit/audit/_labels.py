@@ -50,9 +50,7 @@ def check_label(name: str, value: object, source: str | None = None) -> str:
     return value
 
 
-def labels_from(
-    given: Mapping[str, str | None], environ: Mapping[str, str] | None = None
-) -> dict[str, str]:
+def labels_from(given: Mapping[str, str | None], environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The labels set, checked: each one given, else its environment variable (an empty variable
     is unset). Labels neither given nor in the environment are absent from the result."""
     environ = os.environ if environ is None else environ

@@ -170,6 +170,8 @@ def write_report(
             "tool": report["tool"],
             "generated_at": report["generated_at"],
         }
+        if report.get("scope"):  # a report limited to part of a fleet's log says which part it counts
+            predicate["scope"] = report["scope"]
         signed = statement(files, PREDICATE_TYPE, predicate)
         signed["subject"] = sorted(
             [

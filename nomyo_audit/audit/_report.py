@@ -29,6 +29,7 @@ from ..policy import Policy
 from ._blobs import BlobReader
 from ._records import rfc3339
 from ._report_anchor import Anchor, anchor_of, anchor_row
+from ._report_groups import GroupTally, Scope, group_labels
 from ._report_measured import MeasuredTally
 from ._report_record import (
     BEFORE_SENDING,
@@ -111,7 +112,20 @@ class _Tally:
         self.first_seq: int | None = None
         self.last_seq: int | None = None
         self.measured = MeasuredTally()
+        self.groups = GroupTally()
+        self.covered = 0  # every record of the period, in the report's scope or not
         self.blob: Any = None  # reads the event logs records keep by digest, for re-appraisal
+
+    def cover(self, doc: Mapping[str, Any]) -> None:
+        """What the report covers (``covers``): every record of its period, whatever its scope."""
+        self.covered += 1
+        seq, when = doc.get("seq"), as_text(doc.get("time"))
+        if type(seq) is int:
+            self.first_seq = seq if self.first_seq is None else self.first_seq
+            self.last_seq = seq
+        if when:
+            self.first_time = self.first_time or when
+            self.last_time = when
 
     def add(self, doc: Mapping[str, Any], policy: Policy | None, at: float | None) -> None:
         metadata = as_mapping(doc.get("metadata"))
@@ -169,15 +183,10 @@ class _Tally:
                 as_text(facts.get("aik_fingerprint")) or "",
                 attester_kind(evidence),
                 anchor_of(doc.get("verdict")),
+                group_labels(doc),
+                appraisal.result == "fail",
             )
         ] += 1
-        seq = doc.get("seq")
-        if type(seq) is int:
-            self.first_seq = seq if self.first_seq is None else self.first_seq
-            self.last_seq = seq
-        if when:
-            self.first_time = self.first_time or when
-            self.last_time = when
         for rule in appraisal.rules:
             self.rules[rule.rule][rule.status] += 1
         if appraisal.result == "fail":
@@ -207,7 +216,8 @@ class _Tally:
         """Spread the combined counts over the counters the report shows."""
         totals, by = self.totals, self.by
         for key, n in self.combos.items():
-            status, not_sent, attested, verified, router, model, tier, hour, aik, kind, anchor = key
+            status, not_sent, attested, verified, router, model, tier, hour, aik, kind, anchor, *grouped = key
+            self.groups.add(grouped[0], status, before_sending=not_sent, verdict_failed=grouped[1], n=n)
             totals["requests"] += n
             totals[status] += n
             if not_sent:
@@ -271,6 +281,7 @@ def build_report(
     period: tuple[str | None, str | None] = (None, None),
     at: float | None = None,
     blob: Callable[[str], bytes | None] | None = None,
+    scope: Scope | None = None,
 ) -> dict[str, Any]:
     """Aggregate record documents (as stored in the log) into the report document.
 
@@ -289,20 +300,30 @@ def build_report(
 
     ``measured`` lists per router what booted and what served (the verdict facts of proven event
     logs), each distinct state with when it was first and last seen and what changed.
+
+    ``groups`` counts the records by service, router and tenant (:mod:`._report_groups`). With
+    ``scope`` only the records it admits are counted (``scope`` says which), while ``covers`` and
+    the period still name every record of the period, so what the report covers is checked as for
+    any report.
     """
     log = log_state.to_dict() if isinstance(log_state, LogState) else dict(log_state)
     tally = _Tally()
     tally.blob = BlobReader(blob)
     for doc in records:
-        tally.add(as_mapping(doc), policy, at)
+        doc = as_mapping(doc)
+        tally.cover(doc)
+        if not scope or scope.admits(doc):
+            tally.add(doc, policy, at)
     tally.finish()
+    groups, groups_omitted = tally.groups.section()
     totals = tally.totals
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "generated_at": generated_at,
         "tool": f"nomyo-audit {__version__}",
         "period": {"since": period[0] or tally.first_time, "until": period[1] or tally.last_time},
-        "covers": _covers(tally, totals["requests"], period, log),
+        "covers": _covers(tally, tally.covered, period, log),
+        "scope": scope.to_dict() if scope else None,
         "log": log,
         "policy": _policy_section(policy, at),
         "summary": {
@@ -323,6 +344,8 @@ def build_report(
         "by_model": _top(tally.by["model"]),
         "by_tier": _top(tally.by["tier"]),
         "by_router": _top(tally.by["router"]),
+        "groups": groups,
+        "groups_omitted": groups_omitted,
         "by_day": {day: dict(counts) for day, counts in sorted(tally.days.items())},
         "rules": {rule: dict(counts) for rule, counts in sorted(tally.rules.items())},
         "finding_codes": _top(tally.findings),

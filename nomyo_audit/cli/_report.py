@@ -37,6 +37,7 @@ from ._log_location import LOG_LOCATION
 from ._progress import Progress
 from ._report_chain import Previous, check_against_log, report_findings, verify_series
 from ._report_ear import EAR_JWT_FILE, EAR_JWT_OPTION, ear_report_key, remove_partial, write_ear_tokens
+from ._report_scope import SCOPE_OPTIONS, in_scope, scope_of, scoped
 
 _RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)$")
 
@@ -139,6 +140,7 @@ def _moment(value: str | None, flag: str) -> float | None:
     help="Also write an offline evidence bundle per failed record here (nomyo-audit verify FILE --offline).",
 )
 @EAR_JWT_OPTION
+@SCOPE_OPTIONS
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True)
 def report(
     log_path: Path | str,
@@ -155,6 +157,9 @@ def report(
     output: Path,
     bundles: Path | None = None,
     ear_jwt: bool = False,
+    service: str | None = None,
+    router: str | None = None,
+    tenant: str | None = None,
 ) -> None:
     """Verify the audit log, then render a compliance report from it in several formats from one run.
 
@@ -168,6 +173,7 @@ def report(
         --format html,md,json,junit,csv --sign audit.key -o out/
     """
     chosen = [f.strip() for f in formats.split(",") if f.strip()]
+    scope = scope_of(service, router, tenant)
     stamp = _generated_at(generated_at)
     lo, hi = (_to_milliseconds(bound) for bound in parse_period(since, until))  # as the report states them
     at = _moment(at_time, "--at")
@@ -192,6 +198,7 @@ def report(
             period=(rfc3339(lo) if lo is not None else None, rfc3339(hi) if hi is not None else None),
             at=at,
             blob=log.store.blob,
+            scope=scope,
         )
         document["covers"]["span"] = {"from": span[0], "to": span[1]}
         if chained is not None:
@@ -201,7 +208,7 @@ def report(
             document["bundles"] = write_failure_bundles(log, failures, bundles, output, overwrite=force)
         if ear_key is not None:  # streamed to a temporary file that write_report signs and moves in
             tokens = write_ear_tokens(
-                _rows(log, state.size, lo, hi, [0, 0], "signing EAR JWTs"),
+                in_scope(_rows(log, state.size, lo, hi, [0, 0], "signing EAR JWTs"), scope),
                 output,
                 origin=log.location,
                 key=ear_key,
@@ -216,7 +223,7 @@ def report(
     finally:
         remove_partial(tokens)
     click.echo(
-        f"{document['summary']['requests']} records in {time.monotonic() - start:.1f}s -> "
+        f"{document['summary']['requests']} records{scoped(document)} in {time.monotonic() - start:.1f}s -> "
         + ", ".join(str(p) for p in written.values()),
         err=True,
     )

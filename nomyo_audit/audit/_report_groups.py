@@ -1,0 +1,149 @@
+"""A report over a log many services share: records grouped by service, router and tenant, and the
+scope a report can be limited to. Pure.
+
+The ``service`` and ``tenant`` labels are the client's own word (:mod:`._labels`), and ``router``
+is the URL the client sent to: each says where a record came from, none decides a status. A
+record without a label groups under None (shown "(none)"). Memory is bounded: at most
+:data:`MAX_TRACKED` distinct values per grouping are counted one by one, the records of any
+further value are counted together, and the document lists the :data:`MAX_GROUPS` largest groups
+(the rest summarised in ``groups_omitted``).
+
+A scoped report (``report --service S``) counts only the records in its scope, but still covers
+(``covers``) every record of its period, so the checks on what a report covers (spans, chains,
+``verify-report --log``) are the same as for a whole-log report; its ``scope`` says which
+records its figures count, and the signed statement carries it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from ._report_record import as_label
+
+__all__ = [
+    "GROUP_BY",
+    "MAX_GROUPS",
+    "MAX_TRACKED",
+    "NO_LABEL",
+    "GroupTally",
+    "Scope",
+    "group_labels",
+]
+
+#: The groupings a report shows, in order: record fields.
+GROUP_BY = ("service", "router", "tenant")
+#: How a record without the label is shown (the document says null).
+NO_LABEL = "(none)"
+#: At most this many groups per grouping in the document, the largest first.
+MAX_GROUPS = 50
+#: At most this many distinct values per grouping are counted apart (bounded memory).
+MAX_TRACKED = 10_000
+#: The statuses a group counts (the report's own: ``STATUS_LEGEND``).
+OUTCOMES = ("passed", "warned", "denied", "failed")
+
+Labels = tuple[str | None, str | None, str | None]
+
+
+def _label(value: Any) -> str | None:
+    return None if value is None else as_label(value)
+
+
+def group_labels(doc: Mapping[str, Any]) -> Labels:
+    """(service, router, tenant) of one record, each None when the record has none."""
+    return _label(doc.get("service")), _label(doc.get("router")), _label(doc.get("tenant"))
+
+
+class Scope(NamedTuple):
+    """The records a report is limited to: those whose every given label equals the limit."""
+
+    service: str | None = None
+    router: str | None = None
+    tenant: str | None = None
+
+    def __bool__(self) -> bool:
+        return any(limit is not None for limit in self)
+
+    def admits(self, doc: Mapping[str, Any]) -> bool:
+        """Whether ``doc`` is in scope (a router URL compares without a trailing slash)."""
+        service, router, tenant = self
+        if service is not None and doc.get("service") != service:
+            return False
+        if tenant is not None and doc.get("tenant") != tenant:
+            return False
+        if router is not None:
+            stated = doc.get("router")
+            return isinstance(stated, str) and stated.rstrip("/") == router.rstrip("/")
+        return True
+
+    def to_dict(self) -> dict[str, str | None] | None:
+        """The report's ``scope``: each limit (None where not limited), or None for the whole log."""
+        return self._asdict() if self else None
+
+
+class _Group:
+    __slots__ = ("before_sending", "outcomes", "records", "verdict_failed")
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.outcomes: Counter[str] = Counter()
+        self.before_sending = 0
+        self.verdict_failed = 0
+
+
+class GroupTally:
+    """Counts per service, router and tenant, fed the report's combined counts (``_Tally.finish``)."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, dict[str | None, _Group]] = {name: {} for name in GROUP_BY}
+        self._overflow: dict[str, _Group] = {name: _Group() for name in GROUP_BY}
+
+    def add(self, labels: Labels, status: str, *, before_sending: bool, verdict_failed: bool, n: int) -> None:
+        """``n`` records with these labels and this status."""
+        for name, value in zip(GROUP_BY, labels, strict=True):
+            groups = self._groups[name]
+            group = groups.get(value)
+            if group is None and len(groups) >= MAX_TRACKED:
+                group = self._overflow[name]
+            elif group is None:
+                group = groups[value] = _Group()
+            group.records += n
+            group.outcomes[status] += n
+            group.before_sending += n if before_sending else 0
+            group.verdict_failed += n if verdict_failed else 0
+
+    def section(self) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, int]]]:
+        """(``groups``, ``groups_omitted``): the largest groups of each grouping (ties by value,
+        None last), and how many groups and records are not listed (of which records whose values
+        were past :data:`MAX_TRACKED` and not counted apart)."""
+        groups: dict[str, list[dict[str, Any]]] = {}
+        omitted: dict[str, dict[str, int]] = {}
+        for name in GROUP_BY:
+            ordered = sorted(self._groups[name].items(), key=_largest_first)
+            groups[name] = [_entry(value, group) for value, group in ordered[:MAX_GROUPS]]
+            rest = ordered[MAX_GROUPS:]
+            overflow = self._overflow[name]
+            omitted[name] = {  # records past MAX_TRACKED values: how many values they hold is not known
+                "groups": len(rest),
+                "records": sum(group.records for _, group in rest) + overflow.records,
+                "records_of_untracked_values": overflow.records,
+            }
+        return groups, omitted
+
+
+def _largest_first(item: tuple[str | None, _Group]) -> tuple[int, bool, str]:
+    value, group = item
+    return -group.records, value is None, value or ""
+
+
+def _entry(value: str | None, group: _Group) -> dict[str, Any]:
+    outcomes = {status: group.outcomes[status] for status in OUTCOMES}
+    return {
+        "value": value,
+        "records": group.records,
+        "outcomes": outcomes,
+        "denied_before_sending": group.before_sending,
+        "verdict_failed": group.verdict_failed,
+        "policy_failed": outcomes["warned"] + outcomes["denied"],
+    }

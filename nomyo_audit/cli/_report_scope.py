@@ -1,0 +1,72 @@
+"""``report --service S --router URL --tenant T``: the options that limit a report to part of a
+fleet's shared log. The logic is :mod:`nomyo_audit.audit._report_groups`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import click
+
+from ..audit._labels import check_label
+from ..audit._report_groups import Scope
+from ..audit._store import StoredRecord
+from ..errors import ConfigurationError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The longest --router accepted (a URL, not a document).
+MAX_ROUTER_LENGTH = 2048
+
+
+def SCOPE_OPTIONS(command: F) -> F:
+    """``--service``, ``--router`` and ``--tenant``: each limits the report's figures to records with it."""
+    for flag, what in (
+        ("--tenant", "this tenant label"),
+        ("--router", "this router URL"),
+        ("--service", "this service label"),
+    ):
+        command = click.option(
+            flag, help=f"Count only records of {what} (the report still covers the whole period)."
+        )(command)
+    return command
+
+
+def scope_of(service: str | None, router: str | None, tenant: str | None) -> Scope | None:
+    """The report's scope, or None for the whole log; a malformed limit is exit 2 (invalid_label)."""
+    if service is not None:
+        check_label("service", service, "--service")
+    if tenant is not None:
+        check_label("tenant", tenant, "--tenant")
+    if router is not None and (not router or len(router) > MAX_ROUTER_LENGTH or not router.isprintable()):
+        raise ConfigurationError(
+            f"--router must be a router URL of 1 to {MAX_ROUTER_LENGTH} printable characters",
+            code="invalid_label",
+        )
+    scope = Scope(service, router, tenant)
+    return scope if scope else None
+
+
+def in_scope(rows: Iterator[StoredRecord], scope: Scope | None) -> Iterator[StoredRecord]:
+    """The rows whose record ``scope`` admits (all of them without one; a record that is not JSON
+    is in no scope)."""
+    for stored in rows:
+        if scope is None:
+            yield stored
+            continue
+        try:
+            doc = json.loads(stored.data)
+        except ValueError:
+            continue
+        if isinstance(doc, Mapping) and scope.admits(doc):
+            yield stored
+
+
+def scoped(document: Mapping[str, Any]) -> str:
+    """`` (scope service=billing) of 12 in the period`` for a scoped report's summary line, else ``""``."""
+    scope = document.get("scope")
+    if not scope:
+        return ""
+    limits = " ".join(f"{name}={value}" for name, value in scope.items() if value is not None)
+    return f" ({limits}) of {document['covers']['records']} in the period"
