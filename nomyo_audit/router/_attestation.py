@@ -17,11 +17,15 @@ def make_attester(
     pcr_banks: str = DEFAULT_PCR_BANKS,
     aik_parent: str = "primary",
     ek: str = "auto",
+    platform_evidence: Path | None = None,
 ) -> Attester:
     """``none``, ``software``, ``swtpm:host=H,port=P`` or ``device:/dev/tpmrm0``; ``aik_parent`` (``primary``
     or ``ek``) says where a real TPM makes its AIK, ``ek`` which EK it uses (``auto``, ``rsa``, ``ecc``,
     ``p384``...: attest._endorsement.EK_CHOICES); a software attester has no EK (``primary`` and
-    ``auto`` only)."""
+    ``auto`` only). A real TPM's attester attaches the cloud's ``platform`` evidence, read once now from
+    its NV and ``platform_evidence`` (attest._platform)."""
+    if platform_evidence is not None and not spec.startswith(("swtpm", "device")):
+        raise ConfigurationError(f"--platform-evidence needs a real TPM (--tpm device:...), not --tpm {spec}")
     if spec == "none":
         return NoAttester()
     if spec == "software":
@@ -35,12 +39,18 @@ def make_attester(
             raise ConfigurationError(f"--ek {ek}: the software attester has no EK")
         return TPMAttester(SoftwareTPM(aik), pcr_banks)
     if spec.startswith(("swtpm", "device")):
+        from ..attest._platform import attach_platform
         from ..attest._tpm2 import Tpm2QuoteSource
 
         source = Tpm2QuoteSource(spec, aik, aik_parent, ek)
-        if source.kind != "tpm-device":
-            return TPMAttester(source, pcr_banks)
-        return device_attester(source, pcr_banks)
+        device = source.kind == "tpm-device"
+        attester = device_attester(source, pcr_banks) if device else TPMAttester(source, pcr_banks)
+        try:
+            attach_platform(attester, source, platform_evidence)
+        except BaseException:
+            attester.close()
+            raise
+        return attester
     raise ConfigurationError(f"--tpm {spec!r}: use none, software, swtpm:host=H,port=P or device:/dev/tpmrm0")
 
 
