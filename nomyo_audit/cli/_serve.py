@@ -127,6 +127,11 @@ def _bind_failure(exc: OSError) -> str:
     help="The EK served and used for activation (auto: the first with a certificate, low range first).",
 )
 @click.option(
+    "--platform-evidence",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON with the platform fields the vTPM lacks (TD quote, VCEK...; docs/cloud-anchors.md).",
+)
+@click.option(
     "--pcrs",
     metavar="BANK:PCRS",
     help="PCR selection to quote.  [default: sha256:0,7,10 and the --serving-pcr]",
@@ -200,6 +205,7 @@ def serve(
     aik: str,
     aik_parent: str,
     ek: str,
+    platform_evidence: Path | None,
     pcrs: str | None,
     serving_pcr: str,
     measure_models: tuple[str, ...],
@@ -238,7 +244,7 @@ def serve(
             api_keys=api_keys,
             model_tiers=tiers,
             plain_endpoint=plain_endpoint,
-            attester=make_attester(tpm_spec, aik, pcrs, aik_parent, ek),
+            attester=make_attester(tpm_spec, aik, pcrs, aik_parent, ek, platform_evidence),
             max_connections=max_connections,
             header_timeout=header_timeout,
             body_timeout=body_timeout,
