@@ -336,3 +336,19 @@ def test_verify_log_reappraises_the_recorded_platform_anchor_at_its_time(tmp_pat
     assert code == 0, result.output
     anchor = next(f for f in verdicts[0]["findings"] if f["check"] == "aik_anchor")
     assert anchor["code"] == "aik_anchored_gce_ak_cert"
+
+
+def test_the_client_records_the_platform_anchor_it_judged():
+    """What a client keeps beside a reply anchored under aik_trust gce-ak-cert: the platform evidence and
+    when it was validated, so verify --log re-checks exactly that, at that time."""
+    from nomyo_audit.client._activation import PreparedAnchor, anchor_mode, anchor_reply
+
+    policy = Policy.from_document({"metadata": {"name": "g"}, "spec": {"aik_trust": {"mode": "gce-ak-cert"}}})
+    assert anchor_mode(policy) == "gce-ak-cert"
+    response = {"_metadata": {"tpm_attestation": cos_block()}}
+    verdict = verify_attestation(response["_metadata"]["tpm_attestation"], None, expected_nonce=NONCE)
+    anchored = anchor_reply(response, verdict, PreparedAnchor(None, TrustStore.bundled()))
+    assert anchored.finding("aik_anchor").code == "aik_anchored_gce_ak_cert"
+    recorded = AnchorEvidence.from_dict(response["_metadata"]["verification"]["anchor"])
+    assert recorded.kind == "gce-ak-cert" and recorded.platform == evidence_in_block(cos_block()).platform
+    assert recorded.validated_at is not None
