@@ -4,7 +4,9 @@ detection, a threshold with a witness down, and ``log verify --witness``."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -127,6 +129,7 @@ def test_rollback_is_detected_as_soon_as_one_honest_witness_saw_a_later_checkpoi
     err = capsys.readouterr().err
     assert "witness witness.test/a" in err and "size 7" in err and "only 3 records" in err
     assert "rolled back" in err
+    assert "proven: it holds checkpoint 7 signed by this log's key" in err  # not just the witness's word
     # the learned size is kept: the next attempt fails before sending anything
     assert setup.cli("log", "cosign") == ExitCode.INTEGRITY
 
@@ -145,6 +148,43 @@ def test_a_rolled_back_log_that_grew_again_is_a_fork(setup, capsys):
     assert setup.checkpoint() == ExitCode.INTEGRITY
     err = capsys.readouterr().err
     assert "forked" in err and "size 7" in err and "witness.test/a" in err
+    assert "proven: it holds checkpoint 7 signed by this log's key, whose root" in err
+
+
+def test_a_witness_that_only_claims_a_larger_size_is_reported_as_its_word(setup, capsys):
+    """The 409 size is unauthenticated: without a checkpoint the log signed, the report says so."""
+
+    class Liar(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._send(409, b"1000\n")
+
+        def do_GET(self) -> None:
+            self._send(404, b"not found\n")
+
+        def _send(self, status: int, data: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    liar = ThreadingHTTPServer(("127.0.0.1", 0), Liar)
+    threading.Thread(target=liar.serve_forever, daemon=True).start()
+    try:
+        _, vkey = setup.witness("witness.test/liar")
+        url = f"http://127.0.0.1:{liar.server_address[1]}"
+        assert setup.cli("log", "witness", "add", url, "--key", vkey) == 0
+        setup.append(2)
+        capsys.readouterr()
+        assert setup.checkpoint() == ExitCode.INTEGRITY
+        err = capsys.readouterr().err
+        assert "has cosigned size 1000" in err and "the witness's word only" in err
+    finally:
+        liar.shutdown()
+        liar.server_close()
 
 
 def test_threshold_two_of_three_with_one_witness_down(setup, capsys):

@@ -18,17 +18,19 @@ here runs on the append path.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import IntegrityError
 from ._cosignature import WitnessKey, add_signature_lines, parse_witness_vkey, verified_cosignatures
 from ._merkle import Frontier, leaf_hash
-from ._note import NoteError, parse_checkpoint
+from ._note import NoteError, parse_checkpoint, verify_checkpoint
 from ._report_chain import proof_ranges
 from ._store import LogError, LogStore
 
@@ -98,9 +100,11 @@ def load_witnesses(store: LogStore) -> list[WitnessEntry]:
     if raw is None:
         return []
     try:
-        items = json.loads(raw)
-        return [WitnessEntry(str(item["url"]), str(item["vkey"]), int(item["size"])) for item in items]
-    except (ValueError, KeyError, TypeError):
+        entries = [WitnessEntry(str(i["url"]), str(i["vkey"]), int(i["size"])) for i in json.loads(raw)]
+        for entry in entries:
+            parse_witness_vkey(entry.vkey)
+        return entries
+    except (ValueError, KeyError, TypeError):  # NoteError is a ValueError
         raise IntegrityError("the log's witness list (meta 'witnesses') is damaged") from None
 
 
@@ -160,8 +164,8 @@ def _body(old: int, proof: list[bytes], note: str) -> bytes:
     return ("\n".join(lines) + "\n\n" + note).encode()
 
 
-def _post(http: httpx.Client, url: str, body: bytes) -> tuple[int, str]:
-    with http.stream("POST", f"{url}/add-checkpoint", content=body) as response:
+def _request(http: httpx.Client, method: str, url: str, body: bytes | None = None) -> tuple[int, str]:
+    with http.stream(method, url, content=body) as response:
         data = b""
         for chunk in response.iter_bytes():
             data += chunk
@@ -176,6 +180,7 @@ class _Round:
     def __init__(self, store: LogStore, note: str, log_size: int, http: httpx.Client) -> None:
         self.store, self.note, self.log_size, self.http = store, note, log_size, http
         self.checkpoint = parse_checkpoint(note)[0]
+        self.log_key = _signer(store, note)
 
     def ask(self, entry: WitnessEntry) -> WitnessOutcome:
         name = entry.key.name
@@ -189,7 +194,8 @@ class _Round:
                     f"the log's records at size {self.checkpoint.size} do not give the root of "
                     "its latest checkpoint"
                 )
-            status, text = _post(self.http, entry.url, _body(entry.size, proof, self.note))
+            request = _body(entry.size, proof, self.note)
+            status, text = _request(self.http, "POST", f"{entry.url}/add-checkpoint", request)
             if status == 200:
                 return self._cosigned(entry, text)
             if status == 409 and attempt == 0:
@@ -203,7 +209,7 @@ class _Round:
                     entry, "fork",
                     f"witness {name} ({entry.url}) cosigned a tree of size {entry.size} that this log's "
                     f"records do not extend to its checkpoint of size {self.checkpoint.size}: "
-                    f"the log was rewritten (forked) ({text.strip()[:200]})",
+                    f"the log was rewritten (forked); {self._evidence(entry)}",
                 )
             return WitnessOutcome(entry, "failed", f"witness {name} answered {status}: {text.strip()[:200]}")
         return WitnessOutcome(entry, "failed", f"witness {name} answered 409 twice")
@@ -214,15 +220,44 @@ class _Round:
             return WitnessOutcome(
                 entry, "rollback",
                 f"witness {name} ({entry.url}) has cosigned size {known}, but the log now has only "
-                f"{self.log_size} records: the log was rolled back",
+                f"{self.log_size} records: the log was rolled back; {self._evidence(entry)}",
             )
         if known > self.checkpoint.size:
             return WitnessOutcome(
                 entry, "rollback",
                 f"witness {name} ({entry.url}) has cosigned size {known}, but the log's latest checkpoint "
-                f"is size {self.checkpoint.size}: checkpoints were removed (sign a new one to continue)",
+                f"is size {self.checkpoint.size}: checkpoints were removed (sign a new one to continue); "
+                f"{self._evidence(entry)}",
             )
         return None
+
+    def _evidence(self, entry: WitnessEntry) -> str:
+        """Whether the witness backs its word with a checkpoint this log's key signed (monitor endpoint).
+
+        A witness's size is unauthenticated: only a checkpoint signed by the log's own key,
+        which the log's records do not give, proves the rollback or fork.
+        """
+        unproven = "the witness's word only: it serves no checkpoint signed by this log's key"
+        if self.log_key is None:
+            return unproven
+        origin_hash = hashlib.sha256(self.checkpoint.origin.encode()).hexdigest()
+        try:
+            status, text = _request(self.http, "GET", f"{entry.url}/{origin_hash}/checkpoint")
+            if status != 200:
+                return unproven
+            theirs = verify_checkpoint(text, self.log_key)
+        except (httpx.HTTPError, OSError, NoteError):
+            return unproven
+        if theirs.origin != self.checkpoint.origin:
+            return unproven
+        if theirs.size > self.log_size:
+            return f"proven: it holds checkpoint {theirs.size} signed by this log's key"
+        if proof_between(self.store.scan(), 0, theirs.size)[1] != theirs.root:
+            return (
+                f"proven: it holds checkpoint {theirs.size} signed by this log's key, "
+                "whose root the log's records no longer give"
+            )
+        return unproven
 
     def _cosigned(self, entry: WitnessEntry, text: str) -> WitnessOutcome:
         try:
@@ -283,6 +318,18 @@ def cosign_latest(
     if broken:
         raise WitnessRollback("; ".join(broken))
     return result
+
+
+def _signer(store: LogStore, note: str) -> Ed25519PublicKey | None:
+    """The log's key, if it signed ``note`` (the latest checkpoint); None otherwise."""
+    raw = store.meta("public_key")
+    try:
+        key = Ed25519PublicKey.from_public_bytes(raw) if raw else None
+        if key is not None:
+            verify_checkpoint(note, key)
+    except (ValueError, NoteError):
+        return None
+    return key
 
 
 def _with_held_cosignatures(store: LogStore, note: str) -> str:
