@@ -22,7 +22,7 @@ from nomyo_audit.audit._records import build_record
 from nomyo_audit.audit._render import render_report
 from nomyo_audit.audit._report_groups import MAX_GROUPS, Scope
 from nomyo_audit.cli import main
-from nomyo_audit.errors import APIError, ExitCode
+from nomyo_audit.errors import APIError, ConfigurationError, ExitCode
 from nomyo_audit.policy import PolicyViolationError
 from nomyo_audit.tpm._measurements import measure_demo_boot
 
@@ -281,3 +281,15 @@ def test_scope_admits_exactly_the_records_with_every_given_label():
     assert not Scope(service="billing").admits({"tenant": "acme"})
     assert not Scope(router="https://r.example").admits({"router": 7})
     assert not Scope() and Scope().to_dict() is None
+    docs = [json.loads(_record(0, service="billing")), json.loads(_record(1, service="search"))]
+    limited = build_report(
+        docs, generated_at="2026-11-26T00:00:00Z", log_state=_state(2), scope={"service": "search"}
+    )
+    assert limited["scope"] == {"service": "search", "router": None, "tenant": None}
+    assert limited["summary"]["requests"] == 1 and limited["covers"]["records"] == 2
+    whole = build_report(
+        docs, generated_at="2026-11-26T00:00:00Z", log_state=_state(2), scope={"tenant": None}
+    )
+    assert whole["scope"] is None and whole["summary"]["requests"] == 2
+    with pytest.raises(ConfigurationError, match="not model"):
+        build_report(docs, generated_at="2026-11-26T00:00:00Z", log_state=_state(2), scope={"model": "echo"})

@@ -281,7 +281,7 @@ def build_report(
     period: tuple[str | None, str | None] = (None, None),
     at: float | None = None,
     blob: Callable[[str], bytes | None] | None = None,
-    scope: Scope | None = None,
+    scope: Scope | Mapping[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """Aggregate record documents (as stored in the log) into the report document.
 
@@ -302,11 +302,13 @@ def build_report(
     logs), each distinct state with when it was first and last seen and what changed.
 
     ``groups`` counts the records by service, router and tenant (:mod:`._report_groups`). With
-    ``scope`` only the records it admits are counted (``scope`` says which), while ``covers`` and
+    ``scope`` (``{"service": ..., "router": ..., "tenant": ...}``, each optional; another key raises
+    ``ConfigurationError``) only the records with those labels are counted, while ``covers`` and
     the period still name every record of the period, so what the report covers is checked as for
     any report.
     """
     log = log_state.to_dict() if isinstance(log_state, LogState) else dict(log_state)
+    scope = Scope.of(scope)
     tally = _Tally()
     tally.blob = BlobReader(blob)
     for doc in records:

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from ..errors import ConfigurationError
 from ._report_record import as_label
 
 __all__ = [
@@ -61,6 +62,19 @@ class Scope(NamedTuple):
     service: str | None = None
     router: str | None = None
     tenant: str | None = None
+
+    @classmethod
+    def of(cls, limits: Scope | Mapping[str, str | None] | None) -> Scope | None:
+        """``limits`` as a scope (None when nothing is limited); an unknown key raises ConfigurationError."""
+        if limits is None or isinstance(limits, Scope):
+            return limits if limits else None
+        unknown = sorted(set(limits) - set(cls._fields))
+        if unknown:
+            raise ConfigurationError(
+                f"a report scope limits only {', '.join(cls._fields)}, not {', '.join(map(str, unknown))}"
+            )
+        scope = cls(**limits)
+        return scope if scope else None
 
     def __bool__(self) -> bool:
         return any(limit is not None for limit in self)
