@@ -204,6 +204,11 @@ def test_witness_serve_cli_as_a_real_process(tmp_path):
         reply = httpx.post(f"{url}/add-checkpoint", content=body(0, [], MONKEYS["checkpoint_5"]), timeout=10)
         assert reply.status_code == 200
         assert spec_cosignature_timestamp(MONKEYS["checkpoint_5"] + reply.text, vkey_line.split()[2]) > 0
+        printed = subprocess.run(
+            [sys.executable, "-c", "from nomyo_audit.cli import main; raise SystemExit(main())", "witness",
+             "vkey", "--key", str(key_file)], capture_output=True, text=True, timeout=60,
+        )
+        assert printed.stdout.strip() == vkey_line.split()[2]
     finally:
         process.terminate()
         process.wait(timeout=10)

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..audit import AuditLog, IntegrityError, ed25519_private, verifier_key
+from ..audit import AuditLog, IntegrityError, ed25519_private, ed25519_public, verifier_key
 from ..audit._cosignature import (
     WitnessKey,
     check_cosigned,
@@ -57,11 +57,33 @@ def witness_group() -> None:
     """
 
 
+NAME_OPTION = click.option(
+    "--name", default="nomyo-audit.local/witness", show_default=True,
+    help="The witness's key name (a schema-less URL; part of its vkey).",
+)
+
+
+@witness_group.command("vkey")
+@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The witness's Ed25519 key (private or public PEM).")
+@NAME_OPTION
+def witness_vkey(key: Path, name: str) -> None:
+    """Print the witness's cosignature/v1 vkey, for `nomyo-audit log witness add` and `log verify --witness`.
+
+    \b
+    Example:
+      nomyo-audit witness vkey --key witness.key > witness.vkey
+    """
+    try:
+        click.echo(parse_witness_vkey(WitnessKey(name, ed25519_public(key)).vkey).vkey)
+    except NoteError as exc:
+        raise click.BadParameter(str(exc), param_hint="--name") from None
+
+
 @witness_group.command("serve")
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The witness's Ed25519 private key (nomyo-audit keys generate).")
-@click.option("--name", default="nomyo-audit.local/witness", show_default=True,
-              help="The witness's key name (a schema-less URL; part of its vkey).")
+@NAME_OPTION
 @click.option("--log-key", "log_keys", multiple=True, required=True,
               help="A log's Ed25519 note vkey origin+id+key (or a file holding one). Repeatable.")
 @click.option("--state", type=click.Path(dir_okay=False, path_type=Path),
