@@ -30,8 +30,19 @@ def test_a_fleet_sharing_one_postgresql_log(make_router, postgres_url, tmp_path,
 
     out = tmp_path / "search"
     status = main(
-        ["report", "--log", postgres_url, "--service", "search", "--format", "json,md",
-         "--sign", str(key_path), "-o", str(out)]  # fmt: skip
+        [
+            "report",
+            "--log",
+            postgres_url,
+            "--service",
+            "search",
+            "--format",
+            "json,md",
+            "--sign",
+            str(key_path),
+            "-o",
+            str(out),
+        ]
     )
     assert status == ExitCode.OK
     document = json.loads((out / "report.json").read_text())
