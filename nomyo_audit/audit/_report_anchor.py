@@ -6,6 +6,11 @@ established (its kind, the chain's subjects, and the TPM manufacturer, model and
 that the EK certificate or AK certificate states), and none of the AIK's identity checks failed (an
 AK certificate certifies a key, not the attributes a router presents with it). Every other record
 is "not anchored": a software or unanchored AIK is never shown as hardware.
+
+A cloud anchor (``gce-ak-cert``, ``azure-sev-snp``, ``azure-tdx``) adds what it established about the
+machine: the cloud, the VM's project, zone and instance (GCE), or the CPU, its reported TCB and the
+launch measurement (SEV-SNP, TDX). A TCB status of ``"unknown"`` (no TCB collateral was checked) is
+flagged, never shown as up to date.
 ``nomyo-audit verify --log --tpm-roots`` re-checks the anchor against roots the auditor chooses.
 """
 
@@ -18,8 +23,17 @@ from ..tpm._ear import IDENTITY_CHECKS
 
 __all__ = ["Anchor", "anchor_of", "anchor_row"]
 
-#: (kind, manufacturer, TPM model, firmware version, chain subjects)
-Anchor = tuple[str, str, str, str, tuple[str, ...]]
+#: (kind, manufacturer, TPM model, firmware version, chain subjects, platform facts as (name, text) pairs)
+Anchor = tuple[str, str, str, str, tuple[str, ...], tuple[tuple[str, str], ...]]
+
+_KINDS = ("ca", "ek", "gce-ak-cert", "azure-sev-snp", "azure-tdx")
+#: the platform facts a report shows, in this order (whichever the anchor established)
+_PLATFORM_FACTS = (
+    "cloud", "pki", "project_id", "project_number", "zone", "instance_name", "instance_id",
+    "cpu", "product", "tcb_status", "reported_tcb", "tee_tcb_svn", "fmspc", "measurement", "mrtd",
+    "rtmrs", "mr_seam", "host_data", "policy", "td_attributes", "vmpl", "debug", "chip_id",
+)  # fmt: skip
+_MAX_VALUE = 200
 
 
 def anchor_of(verdict: object) -> Anchor | None:
@@ -32,7 +46,7 @@ def anchor_of(verdict: object) -> Anchor | None:
     if any(_status(findings.get(check)) == "fail" for check in IDENTITY_CHECKS):
         return None
     facts = verdict.get("facts")
-    if not isinstance(facts, Mapping) or facts.get("anchor_kind") not in ("ca", "ek"):
+    if not isinstance(facts, Mapping) or facts.get("anchor_kind") not in _KINDS:
         return None
     subjects = facts.get("chain_subjects")
     return (
@@ -41,13 +55,15 @@ def anchor_of(verdict: object) -> Anchor | None:
         _text(facts.get("tpm_model")),
         _text(facts.get("tpm_firmware_version")),
         tuple(_text(s) for s in subjects[:8]) if isinstance(subjects, list) else (),
+        _platform(facts.get("platform")),
     )
 
 
 def anchor_row(anchor: Anchor, records: int) -> dict[str, Any]:
-    """One anchor of an AIK as the report document holds it."""
-    kind, manufacturer, model, firmware, subjects = anchor
-    return {
+    """One anchor of an AIK as the report document holds it. ``platform`` and ``platform_summary``
+    are present for a cloud anchor; ``tcb_unknown`` says its TCB status was not established."""
+    kind, manufacturer, model, firmware, subjects, platform = anchor
+    row: dict[str, Any] = {
         "kind": kind,
         "manufacturer": manufacturer,
         "tpm_model": model,
@@ -55,6 +71,29 @@ def anchor_row(anchor: Anchor, records: int) -> dict[str, Any]:
         "chain_subjects": list(subjects),
         "records": records,
     }
+    if platform:
+        facts = dict(platform)
+        row["platform"] = facts
+        row["platform_summary"] = ", ".join(f"{name} {value}" for name, value in platform)
+        row["tcb_unknown"] = facts.get("tcb_status") == "unknown"
+    return row
+
+
+def _platform(value: object) -> tuple[tuple[str, str], ...]:
+    """The platform facts a report shows, as text (a dict, such as the reported TCB, as name=value)."""
+    if not isinstance(value, Mapping):
+        return ()
+    pairs = []
+    for name in _PLATFORM_FACTS:
+        fact = value.get(name)
+        if fact is None:
+            continue
+        if isinstance(fact, Mapping):
+            fact = " ".join(f"{k}={v}" for k, v in list(fact.items())[:8])
+        elif isinstance(fact, list):
+            fact = " ".join(str(v) for v in fact[:8])
+        pairs.append((name, _text(fact)))
+    return tuple(pairs)
 
 
 def _status(finding: object) -> object:
@@ -62,4 +101,4 @@ def _status(finding: object) -> object:
 
 
 def _text(value: object) -> str:
-    return str(value)[:200] if value is not None else "not stated"
+    return str(value)[:_MAX_VALUE] if value is not None else "not stated"
