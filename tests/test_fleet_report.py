@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 
 import html5lib
 import pytest
 from conftest import PRODUCTION_UNANCHORED
+from test_fleet_report_labels import COMMON
 
 from nomyo_audit import SecureChatCompletion
 from nomyo_audit.attest._attester import TPMAttester
@@ -208,21 +208,9 @@ def test_report_limits_come_from_the_config_file(fleet_log, tmp_path, monkeypatc
 # -- bounded and escaped, on records made directly -------------------------------------------------
 
 
-def _record(seq_payload, **labels):
-    return build_record(
-        seq=seq_payload,
-        timestamp=time.time(),
-        salt=b"s" * 32,
-        payload_id=f"p{seq_payload}",
-        router=labels.pop("router", "https://r.example"),
-        server_key=None,
-        model="echo",
-        security_tier=None,
-        outcome="ok",
-        request={"messages": []},
-        response=None,
-        **labels,
-    )
+def _record(seq, **labels):
+    """A record of ``seq`` with these labels (the labels test's record, otherwise)."""
+    return build_record(**{**COMMON, "seq": seq, "payload_id": f"p{seq}", **labels})
 
 
 def _state(size):
