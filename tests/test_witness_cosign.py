@@ -25,11 +25,11 @@ ORIGIN = "nomyo-audit.test/fleet"
 
 
 class Setup:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, location: str | None = None, key: Ed25519PrivateKey | None = None):
         self.tmp = tmp_path
-        self.db = tmp_path / "audit.db"
-        self.log_private = Ed25519PrivateKey.generate()
-        self.key_file = tmp_path / "audit.key"
+        self.db: Path | str = location or tmp_path / "audit.db"
+        self.log_private = key or Ed25519PrivateKey.generate()
+        self.key_file = tmp_path / f"audit-{id(self)}.key"
         self.key_file.write_bytes(self.log_private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         self.log_vkey = verifier_key(ORIGIN, self.log_private.public_key())
@@ -238,3 +238,27 @@ def test_bad_witness_configuration_is_a_usage_error(setup, capsys):
     assert setup.cli("log", "verify", "--witness", "nonsense") == ExitCode.USAGE
     assert setup.cli("log", "verify", "--witness-threshold", "1") == ExitCode.USAGE
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_postgresql_log_is_cosigned_and_its_rollback_detected(setup, postgres_url, capsys):
+    """Witnesses live in meta, so a PostgreSQL log works the same; a copy of the log (same origin
+    and key) that is behind what the witness cosigned is caught as a rollback."""
+    server, vkey = setup.witness("witness.test/a")
+    setup.append(7)
+    assert setup.cli("log", "witness", "add", server.url, "--key", vkey) == 0
+    assert setup.checkpoint() == 0  # the witness has now cosigned size 7
+    fleet = Setup(setup.tmp, postgres_url, key=setup.log_private)
+    fleet.append(3)
+    assert fleet.cli("log", "witness", "add", server.url, "--key", vkey) == 0
+    capsys.readouterr()
+    assert fleet.checkpoint() == ExitCode.INTEGRITY
+    assert "has cosigned size 7, but the log now has only 3 records" in capsys.readouterr().err
+    fleet.append(5)
+    other, other_vkey = setup.witness("witness.test/b")
+    with AuditLog.open(postgres_url) as log:
+        assert log.size == 8
+    assert fleet.cli("log", "witness", "add", other.url, "--key", other_vkey) == 0
+    assert fleet.checkpoint() == ExitCode.INTEGRITY  # witness a: a fork (8 records, another history)
+    capsys.readouterr()
+    assert fleet.cli("log", "verify", "--witness", other_vkey) == 0  # witness b cosigned size 8
+    assert "cosigned: size 8 by witness.test/b" in capsys.readouterr().out
