@@ -311,7 +311,11 @@ def cosign_latest(
     finally:
         if client is None:
             http.close()
-    _save(store, entries)
+    learned = {entry.vkey: entry.size for entry in entries}
+    current = load_witnesses(store)  # a witness added meanwhile is kept; only sizes change here
+    for entry in current:
+        entry.size = learned.get(entry.vkey, entry.size)
+    _save(store, current)
     if result.cosigned:
         store.set_meta(COSIGNED_META, result.note.encode(), replace=True)
     broken = [o.detail for o in result.outcomes if o.status in ("rollback", "fork")]
