@@ -51,9 +51,10 @@ class TileServer(ThreadingHTTPServer):
 class _TileHandler(BaseHTTPRequestHandler):
     server: TileServer
     server_version = "nomyo-audit-tiles"
-    sys_version = ""
     protocol_version = "HTTP/1.1"
     timeout = 30  # a client that stops sending does not hold a thread
+    error_message_format = "%(code)d %(message)s\n"  # what http.server says for a malformed request
+    error_content_type = "text/plain; charset=utf-8"
 
     def do_GET(self) -> None:
         self._serve(body=True)
@@ -65,6 +66,10 @@ class _TileHandler(BaseHTTPRequestHandler):
         self._reply(405, b"method not allowed\n", extra={"Allow": "GET, HEAD"})
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method
+
+    def version_string(self) -> str:
+        """The Server header: the server's name, not the Python version."""
+        return self.server_version
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: a static log server does not log every fetch."""

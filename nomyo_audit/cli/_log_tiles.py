@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import tempfile
 import threading
@@ -107,11 +109,22 @@ def log_serve(log_path: Path, key: Path | None, host: str, port: int, refresh: f
         )
         refresher.start()
         try:
+            _stop_on_sigterm()
             server.serve_forever()
         finally:
             stop.set()
             server.server_close()
             refresher.join(timeout=refresh + 5)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM ends the server like Ctrl-C does, so the private directory is removed."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread (an embedding caller): leave it
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _state(log_path: Path) -> tuple[str | None, bytes | None]:
