@@ -113,6 +113,18 @@ def test_the_quote_tdreport_and_hcl_agree_as_the_manifest_says():
     assert digest.hex().startswith("9734504f161d104c")  # MANIFEST var_data_sha256
 
 
+@pytest.mark.parametrize("name", ["trustee", "openpcc-DCesv6", "kinvolk"])
+def test_every_real_tdx_hcl_report_binds_its_ak(name):
+    """All three TDX HCL reports (kinvolk's has no TD quote) hold a TDREPORT whose report_data is
+    SHA-256 of their variable data, and their HCLAkPub is the key the collection extracted."""
+    from nomyo_audit.tpm._hcl import hcl_ak_matches
+
+    report = parse_hcl_report((FIXTURES / name / "hcl_report.bin").read_bytes())
+    assert report.report_type == "tdx" and len(report.hw_report) == 1024
+    assert hashlib.sha256(report.variable_data).digest() == report.hw_report[128:160]
+    assert hcl_ak_matches(report, aik_of(name))
+
+
 def test_the_real_tpm_quote_passes_the_whole_verifier_with_its_tdx_anchor():
     """The trustee VM's vTPM quote (nonce "challenge") with its HCL report and TD quote as the
     ``platform`` a router would attach: signature, PCRs, nonce and the azure-tdx anchor all pass.
