@@ -337,3 +337,49 @@ def test_the_whole_verifier_anchors_the_real_quote(name: str) -> None:
         block, None, expected_nonce=nonce, anchor=Anchoring(TrustStore.bundled(), at=AT)
     )
     assert other.finding("aik_anchor").code == "hcl_ak_mismatch"
+
+
+# -- the AMD roots anchor nothing else -------------------------------------------------------------
+
+
+def _ek_outcome(der: bytes, store: TrustStore) -> str:
+    from nomyo_audit.errors import CertificateError
+    from nomyo_audit.tpm._ek_certificate import validate_ek_chain
+
+    try:
+        validate_ek_chain(der, [], store, at=AT)
+    except CertificateError as exc:
+        return exc.code
+    return "pass"
+
+
+def test_the_amd_roots_change_no_ek_outcome_and_no_cpu_certificate_is_a_tpm_one() -> None:
+    from nomyo_audit.errors import CertificateError
+    from nomyo_audit.tpm._ak_certificate import validate_ak_chain
+
+    bundled = TrustStore.bundled()
+    shipped = {
+        hashlib.sha256(d).hexdigest()
+        for d in pem_certificates(b"".join(p.read_bytes() for p in REPO_ROOTS.glob("*.pem")))
+    }
+    without = TrustStore([c for c in bundled.certificates if c.sha256 not in shipped])
+    assert len(bundled) - len(without) == len(shipped) == 6
+    eks = sorted((AZURE.parents[1] / "tpm-anchors" / "ek").glob("*.der"))
+    assert len(eks) >= 8
+    for path in eks:
+        assert _ek_outcome(path.read_bytes(), bundled) == _ek_outcome(path.read_bytes(), without), path.name
+    amd = [
+        vcek("trustee-evidence-v0"),
+        *pem_certificates(b"".join(p.read_bytes() for p in REPO_ROOTS.glob("*.pem"))),
+    ]
+    for der in amd:  # a CPU root vouches for no TPM: the VCEK chains to ARK-Milan, never as an EK
+        assert _ek_outcome(der, bundled) in ("cert_unchained", "cert_unknown_root", "cert_not_ek_profile")
+    from nomyo_audit.tpm._ek_certificate import validate_ek_chain
+
+    milan = pem_certificates(b"".join(p.read_bytes() for p in sorted(REPO_ROOTS.glob("*-Milan__*.pem"))))
+    with pytest.raises(CertificateError) as refused:
+        validate_ek_chain(amd[0], milan, bundled, at=AT)
+    assert refused.value.code == "cert_unknown_root"
+    with pytest.raises(CertificateError) as caught:
+        validate_ak_chain([vcek("trustee-evidence-v0"), *amd[1:]], bundled, aik("trustee-evidence-v0"), at=AT)
+    assert caught.value.code == "cert_wrong_eku"

@@ -22,6 +22,7 @@ from cryptography.x509.oid import ObjectIdentifier
 
 from ..errors import CertificateError
 from ._chain import build_path, read_chain
+from ._cpu_roots import tpm_anchors
 from ._ek_certificate import EkCertificate
 from ._keys import spki_der, to_crypto_key
 from ._marshal import TPMStructureError
@@ -83,7 +84,7 @@ def validate_ak_chain(
         raise CertificateError(
             "the AK certificate certifies another key than the quoting AIK", code="cert_key_mismatch"
         )
-    path = build_path(leaf, certificates[1:], store, at=at)
+    path = build_path(leaf, certificates[1:], tpm_anchors(store), at=at)  # a CPU root vouches for no TPM
     identity = tpm_identity(leaf)
     return AkChainValidation(
         subjects=tuple(c.subject_text for c in path),

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..errors import CertificateError
 from ._chain import build_path, read_chain
+from ._cpu_roots import tpm_anchors
 from ._keys import spki_der, to_crypto_key
 from ._marshal import TPMStructureError
 from ._public import Public
@@ -139,7 +140,7 @@ def validate_ek_chain(
     The checks and their error codes are those of ``nomyo_audit.tpm._chain`` (explicit RFC 5280
     path checks: TPM certificates do not meet the WebPKI rules of ``cryptography``'s verifier)."""
     ek = parse_ek_certificate(ek_der)
-    path = build_path(ek.raw, read_chain(chain), store, at=at)
+    path = build_path(ek.raw, read_chain(chain), tpm_anchors(store), at=at)  # a CPU root vouches for no TPM
     return ChainValidation(tuple(c.subject_text for c in path), path[-1].sha256, ek)
 
 
