@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from nomyo_audit.audit._records import build_record, with_seq
+from nomyo_audit._canonical import canonical_json, legacy_json
+from nomyo_audit.audit._records import _with_seq_parsed, build_record, with_seq
 
 SALT = b"s" * 32
 
@@ -47,6 +50,7 @@ CASES = {
 def test_with_seq_is_build(name, seq):
     build = CASES[name]
     assert with_seq(build(0), seq) == build(seq)
+    assert _with_seq_parsed(build(0), seq) == build(seq)  # the careful path, whatever the fast one did
     assert with_seq(build(seq), 0) == build(0)
 
 
@@ -78,3 +82,20 @@ def test_not_a_record(data):
 def test_bad_seq(seq):
     with pytest.raises(ValueError, match="seq"):
         with_seq(CASES["v3"](0), seq)
+
+
+_KEYS = st.sampled_from(["seq", "v", "a", "z", 'q"seq', ',"seq":', "{", "\\"])
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.text(max_size=8) | _KEYS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.dictionaries(_KEYS, _JSON, max_size=4), seq=st.integers(0, 2**63), v=st.sampled_from([2, 3]))
+def test_the_fast_path_is_the_careful_one(body, seq, v):
+    """Whatever nested keys a router puts in a record, replacing digits in place equals re-encoding."""
+    document = {**body, "seq": 0, "v": v}
+    data = (canonical_json if v == 3 else legacy_json)(document)
+    assert with_seq(data, seq) == _with_seq_parsed(data, seq)

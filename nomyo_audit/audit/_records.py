@@ -178,11 +178,67 @@ def with_seq(data: bytes, seq: int) -> bytes:
 
     A server log's sequencer gives a record its position after the writer built it (with seq
     0): the record is re-encoded with its own version's encoder, so ``with_seq(build(0), n) ==
-    build(n)`` for every record version. Raises ``ValueError`` for bytes that are not a record
-    (not a JSON object, a repeated key, no integer ``seq``, a version no reader knows).
+    build(n)`` for every record version. The sequencer runs this for every record, so a record
+    whose one ``seq`` key is the top-level one just gets new digits (what re-encoding gives);
+    any other is parsed. Raises ``ValueError`` for bytes that are not a record (not a JSON
+    object, a repeated key, no integer ``seq``, a version no reader knows).
     """
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
         raise ValueError("a record's seq is a non-negative integer")
+    fast = _with_seq_in_place(data, seq)
+    return fast if fast is not None else _with_seq_parsed(data, seq)
+
+
+_KEY_SEQ = (b',"seq":', b'{"seq":')
+_KEY_V = (b',"v":', b'{"v":')
+_VERSION_TEXT = {str(version).encode() for version in RECORD_VERSIONS}
+
+
+def _only_key(data: bytes, patterns: tuple[bytes, bytes]) -> int:
+    """Where the value of the one key named so starts, or -1 (none, or more than one).
+
+    Both encoders are compact (no spaces) and escape every ``"`` inside a string, so
+    ``,"seq":`` or ``{"seq":`` occurs in the bytes exactly where an object has the key ``seq``.
+    """
+    inner, first = data.count(patterns[0]), data.count(patterns[1])
+    if inner + first != 1:
+        return -1
+    pattern = patterns[0] if inner else patterns[1]
+    return data.find(pattern) + len(pattern)
+
+
+def _integer_end(data: bytes, start: int) -> int:
+    """Where the unsigned JSON integer at ``start`` ends (followed by , or }), or -1."""
+    end = start
+    while end < len(data) and 0x30 <= data[end] <= 0x39:
+        end += 1
+    if end == start or end >= len(data) or data[end] not in b",}":
+        return -1
+    if data[start] == 0x30 and end > start + 1:  # a leading zero: not JSON
+        return -1
+    return end
+
+
+def _with_seq_in_place(data: bytes, seq: int) -> bytes | None:
+    """The fast path: a record whose only ``seq`` key is the top-level one gets new digits, no parse.
+
+    The record's own encoder writes an integer as its decimal digits, so replacing them is what
+    re-encoding gives; a record with a ``seq`` key anywhere else (router metadata), or anything
+    not laid out so, returns None and is parsed.
+    """
+    if data[:1] != b"{" or data[-1:] != b"}":
+        return None
+    version = _only_key(data, _KEY_V)
+    if version < 0 or (end := _integer_end(data, version)) < 0 or data[version:end] not in _VERSION_TEXT:
+        return None
+    start = _only_key(data, _KEY_SEQ)
+    if start < 0 or (end := _integer_end(data, start)) < 0:
+        return None
+    return b"%s%d%s" % (data[:start], seq, data[end:])
+
+
+def _with_seq_parsed(data: bytes, seq: int) -> bytes:
+    """The careful path of :func:`with_seq`: parse strictly, set seq, re-encode."""
     try:
         document = json.loads(data, object_pairs_hook=unique_object)
     except (ValueError, RecursionError, UnicodeDecodeError):
