@@ -160,7 +160,10 @@ def _from_nv(
     certificate = next((nv[i] for i in order if i in nv), None)
     if certificate is None:
         return None, {}
-    return "gce", {"ak_cert_pem": _pem(_trimmed(certificate))}
+    from ..tpm._platform import PlatformEvidence
+
+    pem = PlatformEvidence("gce", (_trimmed(certificate),)).to_dict()["ak_cert_pem"]  # the verifier's PEM
+    return "gce", {"ak_cert_pem": pem}
 
 
 def _trimmed(der: bytes) -> bytes:
@@ -168,12 +171,6 @@ def _trimmed(der: bytes) -> bytes:
     if len(der) < 4 or der[0] != 0x30 or der[1] != 0x82:
         return der
     return der[: 4 + int.from_bytes(der[2:4], "big")]
-
-
-def _pem(der: bytes) -> str:
-    text = base64.b64encode(der).decode("ascii")
-    body = "".join(text[i : i + 64] + "\n" for i in range(0, len(text), 64))
-    return f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n"
 
 
 def attach_platform(
