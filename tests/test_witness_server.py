@@ -218,3 +218,31 @@ def test_witness_serve_cli_as_a_real_process(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_a_state_that_cannot_be_saved_is_a_500_and_no_cosignature(tmp_path, capfd):
+    import shutil
+
+    from nomyo_audit.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="no such directory"):
+        WitnessState(tmp_path / "missing" / "state.json")
+    (tmp_path / "sub").mkdir()
+    private = Ed25519PrivateKey.generate()
+    key = WitnessKey.of("witness.test/w3", private)
+    logs = dict([parse_log_vkey(MONKEYS["log_vkey"])])
+    state = WitnessState(tmp_path / "sub" / "state.json")
+    server = WitnessServer(Witness(key, private, logs, state), quiet=True)
+    server.start()
+    first = body(0, [], MONKEYS["checkpoint_5"])
+    try:
+        shutil.rmtree(tmp_path / "sub")
+        reply = httpx.post(f"{server.url}/add-checkpoint", content=first, timeout=10)
+        assert reply.status_code == 500 and "\u2014" not in reply.text
+        assert "cannot lock witness state" in capfd.readouterr().err
+        (tmp_path / "sub").mkdir()  # and it serves again once the directory is back
+        reply = httpx.post(f"{server.url}/add-checkpoint", content=first, timeout=10)
+        assert reply.status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()

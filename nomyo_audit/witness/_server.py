@@ -15,6 +15,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ..errors import NomyoAuditError
 from ._witness import MAX_REQUEST, Reply, Witness
 
 __all__ = ["WitnessServer"]
@@ -42,6 +43,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             self._reply(self.server.witness.add_checkpoint(body))
+        except NomyoAuditError as exc:  # the state could not be read or saved: nothing was cosigned
+            self.server.complain(exc.message)
+            self._reply(Reply(500, "the witness cannot save its state; nothing was cosigned\n"))
         except (OSError, TimeoutError):
             self.close_connection = True
         except Exception:
@@ -101,6 +105,10 @@ class WitnessServer(ThreadingHTTPServer):
         self.witness = witness
         self.quiet = quiet
         super().__init__((host, port), _Handler)
+
+    def complain(self, message: str) -> None:
+        """A problem the operator must see (even when quiet): the state cannot be saved."""
+        sys.stderr.write(f"witness: {message}\n")
 
     @property
     def url(self) -> str:

@@ -47,6 +47,8 @@ class WitnessState:
         self._memory: dict[str, LogHead] = {}
         self._lock = threading.Lock()
         if self.path is not None:
+            if not self.path.parent.is_dir():
+                raise ConfigurationError(f"witness state {self.path}: no such directory")
             self._read()  # a damaged state file is a startup error, not a request-time one
 
     @contextmanager
@@ -58,7 +60,11 @@ class WitnessState:
                 yield heads
                 self._memory = heads
                 return
-            with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            try:
+                lock = open(self.path.with_name(self.path.name + ".lock"), "a")  # noqa: SIM115
+            except OSError as exc:
+                raise ConfigurationError(f"cannot lock witness state {self.path}: {exc.strerror}") from None
+            with lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 heads = self._read()
                 before = dict(heads)
