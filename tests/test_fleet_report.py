@@ -10,7 +10,8 @@ import json
 
 import html5lib
 import pytest
-from conftest import PRODUCTION_UNANCHORED
+import xmlschema
+from conftest import FIXTURES, PRODUCTION_UNANCHORED
 from test_fleet_report_labels import COMMON
 
 from nomyo_audit import SecureChatCompletion
@@ -27,6 +28,7 @@ from nomyo_audit.policy import PolicyViolationError
 from nomyo_audit.tpm._measurements import measure_demo_boot
 
 DEAD_ROUTER = "http://127.0.0.1:9"
+JUNIT = xmlschema.XMLSchema(str(FIXTURES / "junit.xsd"))
 
 
 async def _fleet(log_path, router_a, router_b, unattested):
@@ -128,6 +130,7 @@ def test_the_report_groups_a_shared_log_by_service_router_and_tenant(fleet_log, 
         "records_of_untracked_values": 0,
     }
     markdown = (out / "report.md").read_text()
+    assert "**Scope:**" not in markdown
     assert "## By service / router / tenant" in markdown
     assert (
         "| billing | 3 | 3 | 0 | 0 | 0 | 0 | 0 |" in markdown
@@ -141,16 +144,22 @@ def test_the_report_groups_a_shared_log_by_service_router_and_tenant(fleet_log, 
 
 def test_report_service_limits_the_figures_not_what_the_report_covers(fleet_log, tmp_path):
     log_path, _, pub_path, url_a = fleet_log[:4]
-    out, document = _report(tmp_path, fleet_log, "search", "--service", "search")
+    out, document = _report(
+        tmp_path, fleet_log, "search", "--service", "search", "--format", "json,html,md,csv,junit"
+    )
     assert document["scope"] == {"service": "search", "router": None, "tenant": None}
     assert document["summary"]["requests"] == 3 and document["summary"]["failed"] == 1
     assert document["covers"]["records"] == 8 and document["covers"]["span"] == {"from": 0, "to": 8}
     assert [g["value"] for g in document["groups"]["service"]] == ["search"]
     assert len(document["failures"]) == 1 and document["failures"][0]["outcome"].startswith("http_error")
-    assert (
-        "This report counts only the records of service **search** (3 of the 8"
-        in (out / "report.md").read_text()
-    )
+    markdown, html = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert "This report counts only the records of service **search** (3 of the 8" in markdown
+    assert "**Scope:** this report counts only the records of service `search`: 3 of the 8" in markdown
+    assert "<b>Scope:</b> this report counts only the records of service <b>search</b>: 3 of the 8" in html
+    assert "scope,service,search,3\n" in (out / "report.csv").read_text()
+    junit = (out / "report.junit.xml").read_text()
+    JUNIT.validate(junit)
+    assert '<property name="scope" value="service=search: 3 of 8 records"/>' in junit
     envelope = json.loads((out / "report.dsse.json").read_text())
     statement = json.loads(base64.b64decode(envelope["payload"]))
     assert statement["predicate"]["scope"] == document["scope"]
