@@ -9,10 +9,11 @@ put in the metadata, an anchor of another kind, none at all) never passes one.
 from __future__ import annotations
 
 import base64
+import json
 from datetime import datetime, timezone
 
 import pytest
-from sev_snp_evidence import AT, EXPECTED, platform_object, read, tpm_block
+from sev_snp_evidence import AT, AZURE, EXPECTED, platform_object, read, tpm_block
 
 from nomyo_audit.policy import Policy, PolicyError, evaluate
 from nomyo_audit.policy._loader import validate_document
@@ -141,3 +142,85 @@ def test_platform_rules_judge_a_key_attestation() -> None:
     from nomyo_audit.policy import KEY_SCOPE
 
     assert {"gce", "sev_snp", "tdx"} <= set(KEY_SCOPE)
+
+
+# -- gce and tdx over real anchors (C1's and C3's fixtures) -----------------------------------------
+
+
+def gce_verdict():
+    from test_gce_anchor import NONCES, NOW, cos_block
+
+    block = cos_block()
+    anchoring = Anchoring(TrustStore.bundled(), at=NOW)
+    verdict = verify_attestation(block, None, expected_nonce=NONCES["gce-cos-85-nonce9009"], anchor=anchoring)
+    return {"tpm_attestation": block}, verdict, NOW.timestamp()
+
+
+@pytest.mark.parametrize(
+    ("rule", "status"),
+    [
+        ({"projects": ["google.com:wuale-gcp-testing"], "zones": ["us-central1-a"]}, "pass"),
+        ({"projects": ["google.com:wuale-gcp-testing"]}, "pass"),
+        ({"projects": ["another-project"]}, "fail"),
+        ({"zones": ["europe-west4-a"]}, "fail"),
+    ],
+)
+def test_gce_rule_on_the_real_gce_anchor(rule: dict, status: str) -> None:
+    meta, verdict, now = gce_verdict()
+    assert verdict.finding("aik_anchor").code == "aik_anchored_gce_ak_cert"
+    (outcome,) = evaluate(policy({"gce": rule}), meta, now=now, verdict=verdict).rules
+    assert outcome.status == status, outcome
+    unanchored = verify_attestation(meta["tpm_attestation"], None, expected_nonce=bytes.fromhex("9009"))
+    (again,) = evaluate(policy({"gce": rule}), meta, now=now, verdict=unanchored).rules
+    assert again.status == status  # appraised from the reply's own platform evidence
+    (snp,) = evaluate(policy({"sev_snp": {"debug": False}}), meta, now=now, verdict=verdict).rules
+    assert snp.status == "fail" and "azure-sev-snp" in snp.detail
+
+
+def tdx_verdict():
+    import struct
+
+    from sev_snp_evidence import azure_aik
+
+    from nomyo_audit.tpm._marshal import ALG
+
+    where = AZURE.parent / "azure-tdx" / "trustee"
+    signature = (where / "tpm_quote.signature.bin").read_bytes()
+    pcrs = json.loads((where / "tpm_quote.pcrs.json").read_text())
+    block = {
+        "is_available": True,
+        "quote_b64": base64.b64encode((where / "tpm_quote.tpms_attest.bin").read_bytes()).decode(),
+        "signature_b64": base64.b64encode(
+            struct.pack(">HHH", ALG.RSASSA, ALG.SHA256, 256) + signature
+        ).decode(),
+        "aik_pubkey_b64": base64.b64encode(azure_aik((where / "ak_pub.pem").read_bytes()).marshal()).decode(),
+        "pcr_banks": "sha256:" + ",".join(str(i) for i in range(24)),
+        "pcr_values": {"sha256": {str(i): v for i, v in enumerate(pcrs)}},
+        "platform": {
+            "kind": "azure-tdx",
+            "hcl_report_b64": base64.b64encode((where / "hcl_report.bin").read_bytes()).decode(),
+            "td_quote_b64": base64.b64encode((where / "td_quote.bin").read_bytes()).decode(),
+        },
+    }
+    at = datetime(2025, 11, 1, tzinfo=timezone.utc)
+    anchoring = Anchoring(TrustStore.bundled(), at=at)
+    return (
+        {"tpm_attestation": block},
+        verify_attestation(block, None, expected_nonce=b"challenge", anchor=anchoring),
+        at,
+    )
+
+
+def test_tdx_rule_on_the_real_tdx_anchor() -> None:
+    meta, verdict, at = tdx_verdict()
+    assert verdict.passed, [f for f in verdict.findings if f.status == "fail"]  # signer_name too
+    mrtd = verdict.facts["platform"]["mrtd"]
+    now = at.timestamp()
+    for rule, status in [
+        ({"mrtd": [mrtd], "debug": False}, "pass"),
+        ({"mrtd": ["00" * 48]}, "fail"),
+        ({"tcb_status": ["UpToDate"]}, "fail"),  # no collateral: unknown, never assumed up to date
+        ({"tcb_status": ["UpToDate", "unknown"]}, "pass"),
+    ]:
+        (outcome,) = evaluate(policy({"tdx": rule}), meta, now=now, verdict=verdict).rules
+        assert outcome.status == status, (rule, outcome)
