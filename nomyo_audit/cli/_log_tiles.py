@@ -28,7 +28,9 @@ KEY_OPTION = click.option(
 )
 
 
-def _publish(log_path: Path, directory: Path, public: Ed25519PublicKey | None) -> tuple[str, PublishedTiles]:
+def _publish(
+    log_path: Path | str, directory: Path, public: Ed25519PublicKey | None
+) -> tuple[str, PublishedTiles]:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -48,7 +50,7 @@ def _publish(log_path: Path, directory: Path, public: Ed25519PublicKey | None) -
     type=click.Path(file_okay=False, path_type=Path),
     help="The directory to write (the log's URL prefix on a static web server).",
 )
-def log_tiles(log_path: Path, key: Path | None, directory: Path) -> None:
+def log_tiles(log_path: Path | str, key: Path | None, directory: Path) -> None:
     """Write the log's latest signed checkpoint as C2SP tlog-tiles (c2sp.org/tlog-tiles).
 
     The log is verified first: exit 3 and nothing written when it does not verify, or when it
@@ -82,7 +84,7 @@ def log_tiles(log_path: Path, key: Path | None, directory: Path) -> None:
     type=click.FloatRange(0.1, 86400),
     help="Seconds between looks for a newer checkpoint.",
 )
-def log_serve(log_path: Path, key: Path | None, host: str, port: int, refresh: float) -> None:
+def log_serve(log_path: Path | str, key: Path | None, host: str, port: int, refresh: float) -> None:
     """Serve the log read-only over HTTP as C2SP tlog-tiles, for tile clients, witnesses and monitors.
 
     Serves the same files ``log tiles`` writes (checkpoint, tile/<L>/<N>, tile/entries/<N>),
@@ -127,7 +129,7 @@ def _stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
-def _state(log_path: Path) -> tuple[str | None, bytes | None]:
+def _state(log_path: Path | str) -> tuple[str | None, bytes | None]:
     """What a refresh looks at: the latest checkpoint and the cosigned one (cheap: no verification)."""
     with open_log(log_path) as log:
         latest = log.latest_checkpoint()
@@ -135,7 +137,11 @@ def _state(log_path: Path) -> tuple[str | None, bytes | None]:
 
 
 def _refresh(
-    stop: threading.Event, every: float, log_path: Path, directory: Path, public: Ed25519PublicKey | None
+    stop: threading.Event,
+    every: float,
+    log_path: Path | str,
+    directory: Path,
+    public: Ed25519PublicKey | None,
 ) -> None:
     """Publish each newer checkpoint; a failure is said on stderr and the last good state stays served."""
     last_problem, seen = "", _state(log_path)
