@@ -282,19 +282,15 @@ def test_aik_trust_platform_modes_validate_and_unknown_modes_do_not():
 # -- verify --log re-appraises the platform anchor from the stored evidence -----------------------------
 
 
-def _log_with(tmp_path, block, anchor=None):
-    path = tmp_path / "gce.db"
-    log = AuditLog(path)
-    metadata = {"tpm_attestation": block}
-    if anchor is not None:
-        metadata["verification"] = {"result": "pass", "findings": [], "facts": {}, "anchor": anchor}
+def append_metadata(log: AuditLog, payload_id: str, metadata: dict) -> None:
+    """One record of a reply's ``_metadata`` (its ``verification``, the client's verdict, kept apart)."""
     log.append(
-        "gce-1",
+        payload_id,
         lambda seq, salt: build_record(
             seq=seq,
             timestamp=AT.timestamp(),
             salt=salt,
-            payload_id="gce-1",
+            payload_id=payload_id,
             router="https://gce.example",
             server_key=None,
             model=None,
@@ -306,7 +302,15 @@ def _log_with(tmp_path, block, anchor=None):
         ),
         AT.timestamp(),
     )
-    log.close()
+
+
+def _log_with(tmp_path, block, anchor=None):
+    path = tmp_path / "gce.db"
+    metadata = {"tpm_attestation": block}
+    if anchor is not None:
+        metadata["verification"] = {"result": "pass", "findings": [], "facts": {}, "anchor": anchor}
+    with AuditLog(path) as log:
+        append_metadata(log, "gce-1", metadata)
     return path
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 from test_gce_anchor import cos_block
-from test_platform import AT, NONCE
+from test_platform import NONCE, append_metadata
 
-from nomyo_audit.audit import AuditLog, build_record, build_report
+from nomyo_audit.audit import AuditLog, build_report
 from nomyo_audit.audit._render import render_report
 from nomyo_audit.client._activation import PreparedAnchor, anchor_reply
 from nomyo_audit.tpm import TrustStore, verify_attestation
@@ -30,33 +30,12 @@ SNP_FACTS = {
 }  # fmt: skip
 
 
-def _append(log: AuditLog, payload_id: str, metadata: dict) -> None:
-    log.append(
-        payload_id,
-        lambda seq, salt: build_record(
-            seq=seq,
-            timestamp=AT.timestamp(),
-            salt=salt,
-            payload_id=payload_id,
-            router="https://router.example",
-            server_key=None,
-            model=None,
-            security_tier=None,
-            outcome="ok",
-            request=None,
-            response=None,
-            metadata=metadata,
-        ),
-        AT.timestamp(),
-    )
-
-
 def _report(tmp_path, metadatas):
     tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "cloud.db"
     with AuditLog(path) as log:
         for number, metadata in enumerate(metadatas):
-            _append(log, f"p{number}", metadata)
+            append_metadata(log, f"p{number}", metadata)
     with AuditLog.open(path) as log:
         documents = [json.loads(row.data) for row in log.store.records()]
         report = build_report(documents, generated_at="2026-01-01T00:00:00Z", log_state=log.verified_state())
