@@ -291,6 +291,21 @@ def test_a_forged_quote_passes_only_when_its_root_is_trusted(trustee, forger):
     assert code(appraise(hcl, pck.forge(parts), store=store)) == ("pass", "aik_anchored_azure_tdx")
 
 
+@pytest.mark.parametrize(
+    "offset, value",
+    [(0x80, 0x8C), (0x100, 0x01), (0x30, 0x17), (0x10, 0x01)],  # MRSIGNER, ISVPRODID, DEBUG, MISCSELECT
+)
+def test_a_pck_signed_report_of_another_enclave_is_not_a_quoting_enclave(trustee, forger, offset, value):
+    """The PCK signs any enclave with the provisioning key: only Intel's TD QE identity (its MRSIGNER,
+    ISVPRODID 2, non-debug attributes, MISCSELECT 0) makes the attestation key Intel's."""
+    hcl, _, parts = trustee
+    pck, store = forger
+    report = bytearray(parts.qe_report)
+    report[offset] = value
+    result = appraise(hcl, pck.forge(parts, qe_report=bytes(report)), store=store)
+    assert code(result) == ("fail", "tdx_qe_identity")
+
+
 def test_a_debug_td(trustee, forger):
     hcl, _, parts = trustee
     pck, store = forger

@@ -10,7 +10,10 @@ go-tdx-guest ``verify/verify.go`` ``verifyQuote`` @ c7c68f5a; confidential-conta
 
 1. the PCK certificate chain in the quote leads to a root of the trust store whose subject CN is
    "Intel SGX Root CA" (certificate-layer codes, or ``tdx_pck_chain``);
-2. the PCK key signed the Quoting Enclave's report (``tdx_qe_report_invalid``);
+2. the PCK key signed the Quoting Enclave's report (``tdx_qe_report_invalid``), and that enclave is
+   Intel's TD Quoting Enclave (``tdx_qe_identity``): the PCK signs the report of any enclave allowed
+   the provisioning key, which a platform owner with flexible launch control can grant to an
+   enclave of its own, so only Intel's QE identity makes the attestation key Intel's;
 3. that report's report_data[0:32] is SHA-256(attestation key || QE authentication data), the
    rest zero: the attestation key is the QE's (``tdx_qe_binding``);
 4. the attestation key signed the quote's header and TD body (``tdx_signature_invalid``);
@@ -60,6 +63,14 @@ OID_SGX_FMSPC = "1.2.840.113741.1.13.1.4"
 #: TDREPORT (REPORTMACSTRUCT) report_data: bytes 128-191 of the 1024-byte TDREPORT (Intel TDX
 #: module ABI; trustee ``az_tdx_vtpm`` compares it with the quote's).
 _TDREPORT_DATA = slice(128, 192)
+#: Intel's TD Quoting Enclave identity as Intel PCS publishes it (``tdx/certification/v4/qe/identity``,
+#: id ``TD_QE``; e.g. in edgelesssys/go-tdx-qpl ``verification/types/pcs_test.go``): MRSIGNER, ISVPRODID,
+#: attributes under their mask, MISCSELECT under its mask. Pinned here because no identity collateral
+#: is fetched, as Open Enclave pins the SGX QE's (``enclave/core/sgx/qeidentity.c`` ``g_qe_mrsigner``).
+TD_QE_MRSIGNER = bytes.fromhex("dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5")
+TD_QE_ISVPRODID = 2
+TD_QE_ATTRIBUTES = bytes.fromhex("11000000000000000000000000000000")
+TD_QE_ATTRIBUTES_MASK = bytes.fromhex("fbffffffffffffff0000000000000000")
 
 
 def appraise_tdx(
@@ -159,10 +170,23 @@ def _pck_path(quote: TdQuote, store: Any, at: datetime) -> list[RawCertificate]:
 
 
 def _quote_failure(quote: TdQuote, pck: RawCertificate) -> AnchorResult | None:
-    """Steps 2-4: QE report by the PCK, attestation key bound to it, quote by the attestation key."""
+    """Steps 2-4: Intel's QE report by the PCK, attestation key bound to it, quote by that key."""
     assert isinstance(pck.public_key, ec.EllipticCurvePublicKey)
     if not _verify(pck.public_key, quote.qe_report_signature, quote.qe_report.raw):
         return _fail("tdx_qe_report_invalid", "the QE report's signature does not verify with the PCK key")
+    report = quote.qe_report
+    attributes = bytes(a & m for a, m in zip(report.attributes, TD_QE_ATTRIBUTES_MASK, strict=True))
+    if (report.mr_signer, report.isv_prod_id, attributes, report.misc_select) != (
+        TD_QE_MRSIGNER,
+        TD_QE_ISVPRODID,
+        TD_QE_ATTRIBUTES,
+        0,
+    ):
+        return _fail(
+            "tdx_qe_identity",
+            f"the PCK signed the report of enclave MRSIGNER {report.mr_signer.hex()[:16]}... ISVPRODID "
+            f"{report.isv_prod_id}, not of Intel's TD Quoting Enclave",
+        )
     expected = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest() + bytes(32)
     if not hmac.compare_digest(quote.qe_report.report_data, expected):
         return _fail(

@@ -83,6 +83,8 @@ class QeReport(NamedTuple):
     """The Quoting Enclave's SGX report (384 bytes) and the fields a verifier reads from it."""
 
     raw: bytes
+    misc_select: int
+    attributes: bytes
     mr_enclave: bytes
     mr_signer: bytes
     isv_prod_id: int
@@ -180,8 +182,18 @@ _BODY_OFFSETS = (0x00, 0x10, 0x40, 0x70, 0x78, 0x80, 0x88, 0xB8, 0xE8, 0x118, 0x
 
 def _qe_report(raw: bytes) -> QeReport:
     # SGX REPORT_BODY (go-tdx-guest qeMrEnclaveStart ... qeReportDataEnd)
+    (misc_select,) = struct.unpack_from("<I", raw, 0x10)
     isv_prod_id, isv_svn = struct.unpack_from("<HH", raw, 0x100)
-    return QeReport(raw, raw[0x40:0x60], raw[0x80:0xA0], isv_prod_id, isv_svn, raw[0x140:0x180])
+    return QeReport(
+        raw,
+        misc_select,
+        raw[0x30:0x40],
+        raw[0x40:0x60],
+        raw[0x80:0xA0],
+        isv_prod_id,
+        isv_svn,
+        raw[0x140:0x180],
+    )
 
 
 def _pem_chain(data: bytes) -> tuple[bytes, ...]:
