@@ -10,4 +10,4 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 rm -rf build/api
 "$PYTHON" -W error -m pdoc --docformat restructuredtext --template-directory docs/pdoc --output-directory build/api \
   nomyo_audit nomyo_audit.client nomyo_audit.wire nomyo_audit.errors nomyo_audit.tpm nomyo_audit.eventlog nomyo_audit.attest \
-  nomyo_audit.policy nomyo_audit.audit nomyo_audit.router nomyo_audit.ca nomyo_audit.cli
+  nomyo_audit.policy nomyo_audit.audit nomyo_audit.router nomyo_audit.ca nomyo_audit.witness nomyo_audit.cli

@@ -89,6 +89,7 @@ PUBLIC_MODULES = [
     "nomyo_audit.audit",
     "nomyo_audit.router",
     "nomyo_audit.ca",
+    "nomyo_audit.witness",
     "nomyo_audit.cli",
 ]  # in the order the reference lists them (scripts/api.sh)
 PACKAGE_DIR = Path(nomyo_audit.__file__).parent
