@@ -142,7 +142,7 @@ def test_the_report_groups_a_shared_log_by_service_router_and_tenant(fleet_log, 
     assert "SECRET-PROMPT" not in markdown + html + json.dumps(document)
 
 
-def test_report_service_limits_the_figures_not_what_the_report_covers(fleet_log, tmp_path):
+def test_report_service_limits_the_figures_not_what_the_report_covers(fleet_log, tmp_path, capsys):
     log_path, _, pub_path, url_a = fleet_log[:4]
     out, document = _report(
         tmp_path, fleet_log, "search", "--service", "search", "--format", "json,html,md,csv,junit"
@@ -163,7 +163,11 @@ def test_report_service_limits_the_figures_not_what_the_report_covers(fleet_log,
     envelope = json.loads((out / "report.dsse.json").read_text())
     statement = json.loads(base64.b64decode(envelope["payload"]))
     assert statement["predicate"]["scope"] == document["scope"]
+    capsys.readouterr()
     assert main(["verify-report", str(out), "--key", str(pub_path), "--log", str(log_path)]) == ExitCode.OK
+    assert (
+        f"note: {out} counts only the records of service=search (its signed scope)" in capsys.readouterr().out
+    )
 
     _, by_router = _report(tmp_path, fleet_log, "router-a", "--router", url_a + "/", "--tenant", "acme")
     assert by_router["scope"] == {"service": None, "router": url_a + "/", "tenant": "acme"}

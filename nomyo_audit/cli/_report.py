@@ -37,7 +37,7 @@ from ._log_location import LOG_LOCATION
 from ._progress import Progress
 from ._report_chain import Previous, check_against_log, report_findings, verify_series
 from ._report_ear import EAR_JWT_FILE, EAR_JWT_OPTION, ear_report_key, remove_partial, write_ear_tokens
-from ._report_scope import SCOPE_OPTIONS, in_scope, scope_of, scoped
+from ._report_scope import SCOPE_OPTIONS, in_scope, scope_note, scope_of, scoped
 
 _RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)$")
 
@@ -291,6 +291,7 @@ def verify_report(
     statements, findings = verify_series(series, public)
     for target, doc in zip(series, statements, strict=True):
         click.echo(f"ok: {target}: signature and {len(doc.get('subject', []))} file digest(s) verify")
+        click.echo(scope_note(target, doc), nl=False)
     if log_path is not None:  # one pass over the log for the whole series
         check_against_log(series, statements, log_path)
     report_findings(findings)

@@ -70,3 +70,14 @@ def scoped(document: Mapping[str, Any]) -> str:
         return ""
     limits = " ".join(f"{name}={value}" for name, value in scope.items() if value is not None)
     return f" ({limits}) of {document['covers']['records']} in the period"
+
+
+def scope_note(target: object, statement: Mapping[str, Any]) -> str:
+    """A line for ``verify-report`` naming the scope a signed report counts, else ``""``: the figures
+    of a report limited to part of a fleet are that part's, not the log's."""
+    predicate = statement.get("predicate")
+    scope = predicate.get("scope") if isinstance(predicate, Mapping) else None
+    if not isinstance(scope, Mapping) or not scope:
+        return ""
+    limits = " ".join(f"{name}={value}" for name, value in scope.items() if isinstance(value, str))
+    return f"note: {target} counts only the records of {limits} (its signed scope)\n"
