@@ -314,6 +314,25 @@ def test_a_debug_td(trustee, forger):
     assert code(appraise(hcl, pck.forge(parts, body=bytes(body)), store=store)) == ("fail", "tdx_debug")
 
 
+@pytest.mark.parametrize("offset", [0x40, 0x6F, 0x70])  # MRSIGNERSEAM first and last byte, SEAMATTRIBUTES
+def test_a_tdx_module_not_signed_by_intel(trustee, forger, offset):
+    """Intel's TDX module has a zero MRSIGNERSEAM and SEAMATTRIBUTES (the tdxModule identity of
+    every tcbInfo, e.g. tests/fixtures/cloud-anchors/azure-tdx/tcbInfo.json)."""
+    hcl, _, parts = trustee
+    pck, store = forger
+    body = bytearray(parts.body)
+    body[offset] = 0x01
+    assert code(appraise(hcl, pck.forge(parts, body=bytes(body)), store=store)) == (
+        "fail",
+        "tdx_module_identity",
+    )
+
+
+def test_the_tcbinfo_fixture_names_intels_tdx_module_identity():
+    module = json.loads((FIXTURES / "tcbInfo.json").read_text())["tcbInfo"]["tdxModule"]
+    assert module == {"mrsigner": "00" * 48, "attributes": "00" * 8, "attributesMask": "FF" * 8}
+
+
 def test_a_signed_report_data_that_is_not_the_tdreports(trustee, forger):
     hcl, _, parts = trustee
     pck, store = forger

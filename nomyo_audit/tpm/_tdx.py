@@ -21,7 +21,9 @@ go-tdx-guest ``verify/verify.go`` ``verifyQuote`` @ c7c68f5a; confidential-conta
    (``hcl_binding_mismatch``) and the quote signs that same report_data
    (``tdx_report_data_mismatch``);
 6. HCLAkPub is exactly the quoting AIK (``hcl_ak_mismatch``);
-7. the TD is not a debug TD (``tdx_debug``).
+7. the TD ran on Intel's TDX module: MRSIGNERSEAM and SEAMATTRIBUTES zero, as every TDX tcbInfo's
+   ``tdxModule`` identity says (``tdx_module_identity``);
+8. the TD is not a debug TD (``tdx_debug``).
 
 Without TCB collateral (Intel's signed tcbInfo for the PCK certificate's FMSPC) nothing says whether
 the platform's TCB is up to date: the fact ``tcb_status`` is then ``"unknown"``, stated, never
@@ -99,6 +101,11 @@ def appraise_tdx(
     if failure is not None:
         return failure
     body = quote.body
+    if any(body.mr_signer_seam) or any(body.seam_attributes):
+        return _fail(
+            "tdx_module_identity",
+            "the TD ran on a TDX module not signed by Intel (MRSIGNERSEAM or SEAMATTRIBUTES is not zero)",
+        )
     if body.debug:
         return _fail(
             "tdx_debug", "the TD is a debug TD (TDATTRIBUTES.DEBUG): the host can read and change it"
