@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 from ..errors import CertificateError
 from ._anchor import MAX_CHAIN, AnchorResult, validity_window
 from ._chain import build_path
-from ._der import INTEGER, SEQUENCE, TLV, decode_oid, read_one
+from ._der import INTEGER, SEQUENCE, TLV, decode_oid, malformed, read_one
 from ._keys import spki_der, to_crypto_key
 from ._marshal import TPMStructureError
 from ._public import Public
@@ -170,11 +170,7 @@ def _from_extension(value: bytes) -> GceIdentity:
 
 def _from_subject(subject: bytes) -> GceIdentity | None:
     """A CAS certificate's ``CN=<instance id>, OU=<project>, O=Google Compute Engine, L=<zone>``."""
-    attributes: dict[str, list[str]] = {}
-    for rdn in read_one(subject)[0].children():
-        for attribute in rdn.children():
-            oid, text = attribute.children()
-            attributes.setdefault(decode_oid(oid), []).append(decode_string(text))
+    attributes = _name_attributes(subject)
     if [o.casefold() for o in attributes.get(_O, [])] != [_GCE_SUBJECT_O]:
         return None
     values = [attributes.get(oid, []) for oid in (_CN, _OU, _L)]
@@ -238,15 +234,23 @@ def _check_profile(leaf: RawCertificate) -> None:
 
 def _google_pki(anchor: RawCertificate) -> str | None:
     """``"uca"`` or ``"cas"`` for a Google EK/AK CA (O=Google LLC and one of their CNs), else None."""
-    attributes: dict[str, str] = {}
-    for rdn in read_one(anchor.subject)[0].children():
-        for attribute in rdn.children():
-            oid, text = attribute.children()
-            attributes[decode_oid(oid)] = decode_string(text).casefold()
-    if attributes.get(_O) != _GOOGLE_O:
+    attributes = _name_attributes(anchor.subject)
+    if [o.casefold() for o in attributes.get(_O, [])] != [_GOOGLE_O] or len(attributes.get(_CN, [])) != 1:
         return None
-    common_name = attributes.get(_CN, "")
+    common_name = attributes[_CN][0].casefold()
     return next((pki for prefix, pki in _GOOGLE_CAS if common_name.startswith(prefix)), None)
+
+
+def _name_attributes(name: bytes) -> dict[str, list[str]]:
+    """A DER Name's attribute values by OID, in order."""
+    attributes: dict[str, list[str]] = {}
+    for rdn in read_one(name)[0].children():
+        for attribute in rdn.children():
+            parts = attribute.children()
+            if len(parts) != 2:
+                raise malformed("bad attribute in a Name")
+            attributes.setdefault(decode_oid(parts[0]), []).append(decode_string(parts[1]))
+    return attributes
 
 
 def _aik_spki(aik: Public) -> bytes:
