@@ -294,3 +294,11 @@ def test_scope_admits_exactly_the_records_with_every_given_label():
     assert whole["scope"] is None and whole["summary"]["requests"] == 2
     with pytest.raises(ConfigurationError, match="not model"):
         build_report(docs, generated_at="2026-11-26T00:00:00Z", log_state=_state(2), scope={"model": "echo"})
+
+
+def test_a_scoped_report_signs_ear_jwts_for_its_own_records_only(fleet_log, tmp_path):
+    out, document = _report(tmp_path, fleet_log, "ear", "--service", "billing", "--ear-jwt")
+    lines = [json.loads(line) for line in (out / "report.ear.jwt").read_text().splitlines()]
+    assert len(lines) == document["summary"]["requests"] == 3
+    assert all(line["jwt"] for line in lines)
+    assert main(["verify-report", str(out), "--key", str(fleet_log[2])]) == ExitCode.OK
