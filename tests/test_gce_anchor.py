@@ -19,6 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tpm2_pytss import TPM2B_PUBLIC, TPMT_PUBLIC
 
 from nomyo_audit.cli import cli
@@ -415,3 +417,13 @@ def test_verify_without_nonce_cannot_bind_a_foreign_quote(tmp_path):
     assert exit_code == 1
     findings = {f["check"]: f["code"] for f in verdicts[0]["findings"] if f["status"] == "fail"}
     assert findings == {"nonce_binding": "nonce_unverifiable"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=len(AK_CERT) - 1), st.integers(min_value=1, max_value=255))
+def test_fuzz_any_changed_byte_of_the_real_certificate_never_passes(at, flip):
+    changed = bytearray(AK_CERT)
+    changed[at] ^= flip
+    result = appraise_gce(cos_aik(), bytes(changed), [], TrustStore.bundled(), at=NOW)
+    assert result.finding.status == "fail", (at, flip)
+    assert result.finding.code.startswith(("cert_", "gce_")), result.finding.code
