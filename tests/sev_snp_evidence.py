@@ -98,13 +98,19 @@ def with_hw_report(hcl: bytes, report: bytes) -> bytes:
 
 def tpm_block(name: str) -> dict:
     """The tpm_attestation block a router on that VM sends: its real quote of PCRs 0-23 (SHA-256)."""
-    pcrs = json.loads(read(name, "tpm_quote.pcrs.json"))
-    signature = read(name, "tpm_quote.signature.bin")
+    return vtpm_block(SNP / name)
+
+
+def vtpm_block(where: Path) -> dict:
+    """The tpm_attestation block of the Azure vTPM quote in ``where`` (SNP or TDX evidence alike),
+    by the AK of its ``ak_pub.pem`` in the Azure template."""
+    pcrs = json.loads((where / "tpm_quote.pcrs.json").read_text())
+    signature = (where / "tpm_quote.signature.bin").read_bytes()
     tpmt_signature = struct.pack(">HHH", ALG.RSASSA, ALG.SHA256, len(signature)) + signature
-    public = aik(name).marshal()
+    public = azure_aik((where / "ak_pub.pem").read_bytes()).marshal()
     return {
         "is_available": True,
-        "quote_b64": base64.b64encode(read(name, "tpm_quote.tpms_attest.bin")).decode(),
+        "quote_b64": base64.b64encode((where / "tpm_quote.tpms_attest.bin").read_bytes()).decode(),
         "signature_b64": base64.b64encode(tpmt_signature).decode(),
         "aik_pubkey_b64": base64.b64encode(public).decode(),
         "pcr_banks": "sha256:" + ",".join(str(i) for i in range(24)),

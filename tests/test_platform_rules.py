@@ -9,11 +9,10 @@ put in the metadata, an anchor of another kind, none at all) never passes one.
 from __future__ import annotations
 
 import base64
-import json
 from datetime import datetime, timezone
 
 import pytest
-from sev_snp_evidence import AT, AZURE, EXPECTED, platform_object, read, tpm_block
+from sev_snp_evidence import AT, AZURE, EXPECTED, platform_object, read, tpm_block, vtpm_block
 
 from nomyo_audit.policy import Policy, PolicyError, evaluate
 from nomyo_audit.policy._loader import validate_document
@@ -178,29 +177,13 @@ def test_gce_rule_on_the_real_gce_anchor(rule: dict, status: str) -> None:
 
 
 def tdx_verdict():
-    import struct
-
-    from sev_snp_evidence import azure_aik
-
-    from nomyo_audit.tpm._marshal import ALG
-
+    """C3's real trustee TDX VM: its vTPM quote with its HCL report and TD quote as the platform."""
     where = AZURE.parent / "azure-tdx" / "trustee"
-    signature = (where / "tpm_quote.signature.bin").read_bytes()
-    pcrs = json.loads((where / "tpm_quote.pcrs.json").read_text())
-    block = {
-        "is_available": True,
-        "quote_b64": base64.b64encode((where / "tpm_quote.tpms_attest.bin").read_bytes()).decode(),
-        "signature_b64": base64.b64encode(
-            struct.pack(">HHH", ALG.RSASSA, ALG.SHA256, 256) + signature
-        ).decode(),
-        "aik_pubkey_b64": base64.b64encode(azure_aik((where / "ak_pub.pem").read_bytes()).marshal()).decode(),
-        "pcr_banks": "sha256:" + ",".join(str(i) for i in range(24)),
-        "pcr_values": {"sha256": {str(i): v for i, v in enumerate(pcrs)}},
-        "platform": {
-            "kind": "azure-tdx",
-            "hcl_report_b64": base64.b64encode((where / "hcl_report.bin").read_bytes()).decode(),
-            "td_quote_b64": base64.b64encode((where / "td_quote.bin").read_bytes()).decode(),
-        },
+    block = vtpm_block(where)
+    block["platform"] = {
+        "kind": "azure-tdx",
+        "hcl_report_b64": base64.b64encode((where / "hcl_report.bin").read_bytes()).decode(),
+        "td_quote_b64": base64.b64encode((where / "td_quote.bin").read_bytes()).decode(),
     }
     at = datetime(2025, 11, 1, tzinfo=timezone.utc)
     anchoring = Anchoring(TrustStore.bundled(), at=at)
