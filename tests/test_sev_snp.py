@@ -207,6 +207,9 @@ def hw_patched(name: str, offset: int, value: bytes) -> bytes:
         ("signature algorithm", 0x34, b"\x02", "snp_malformed"),
         ("signature high bytes", 0x2A0 + 48, b"\x01", "snp_malformed"),
         ("signed by a VLEK", 0x48, b"\x04", "snp_signing_key"),
+        ("key info reserved bit", 0x48, b"\x20", "snp_malformed"),
+        ("reserved before the signature", 0x1F8, b"\x01", "snp_malformed"),
+        ("reserved after the cpuid", 0x18B, b"\x01", "snp_malformed"),
         ("cpu family", 0x188, b"\x1a", "snp_wrong_product"),
     ],
 )

@@ -2,8 +2,8 @@
 
 Layout: AMD "SEV Secure Nested Paging Firmware ABI Specification" (56860), Table "ATTESTATION_REPORT
 Structure"; every offset below was checked against virtee/sev ``src/firmware/guest/types/snp.rs``
-(``AttestationReport::from_bytes``, e7b634d5) and the C/Go layouts of libkrun ``init/tee/snp_attest.h``
-and go-sev-guest ``abi``, which agree:
+(``AttestationReport::from_bytes``, e7b634d5), google/go-sev-guest ``abi/abi.go`` (``ReportToProto``,
+42a71173) and libkrun ``init/tee/snp_attest.h``, which agree:
 
 =======  ====  =================================================================
 offset   size  field
@@ -38,7 +38,8 @@ The signature covers bytes 0 to 0x29F. A TCB_VERSION is 8 bytes whose layout dep
 Milan and Genoa ``bootloader, tee, 4 reserved, snp, microcode``; Turin (family 1Ah) ``fmc,
 bootloader, tee, snp, 3 reserved, microcode`` (virtee ``TcbVersion::from_turin_bytes``,
 ``from_legacy_bytes``). Anything else (another size, version or algorithm, non-zero bytes where the
-signature's unused high bytes are) is :class:`EvidenceError` ``snp_malformed``.
+signature's unused high bytes are, in the reserved ranges go-sev-guest's ``ReportToProto`` requires
+to be zero, or in KEY_INFO's reserved bits) is :class:`EvidenceError` ``snp_malformed``.
 """
 
 from __future__ import annotations
@@ -127,6 +128,10 @@ def parse_snp_report(data: bytes) -> SnpReport:
         raise _malformed(f"SEV-SNP report version {version} is not 2 or 3")
     if algorithm != _ECDSA_P384_SHA384:
         raise _malformed(f"SEV-SNP signature algorithm {algorithm} is not ECDSA P-384 with SHA-384")
+    reserved = [(0x04C, 0x050), (0x18B if version >= 3 else 0x188, 0x1A0), (0x1EB, 0x1EC), (0x1EF, 0x1F0),
+                (0x1F8, SIGNED_LENGTH)]  # fmt: skip
+    if key_info >> 5 or any(any(data[low:high]) for low, high in reserved):
+        raise _malformed("the SEV-SNP report has non-zero bytes where the ABI reserves zeros")
     r_field = data[_SIGNATURE_R : _SIGNATURE_R + _SIGNATURE_FIELD]
     s_field = data[_SIGNATURE_S : _SIGNATURE_S + _SIGNATURE_FIELD]
     if any(r_field[_P384_BYTES:]) or any(s_field[_P384_BYTES:]) or any(data[0x330:]):
