@@ -427,3 +427,8 @@ def test_fuzz_any_changed_byte_of_the_real_certificate_never_passes(at, flip):
     result = appraise_gce(cos_aik(), bytes(changed), [], TrustStore.bundled(), at=NOW)
     assert result.finding.status == "fail", (at, flip)
     assert result.finding.code.startswith(("cert_", "gce_")), result.finding.code
+
+
+def test_verify_nonce_is_refused_with_bundles(tmp_path):
+    exit_code, _, result = _cli(tmp_path, cos_block(), "--offline", "--nonce", "9009")
+    assert exit_code == 2 and "--nonce" in result.output and "Traceback" not in result.output
