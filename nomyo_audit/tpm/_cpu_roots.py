@@ -18,7 +18,7 @@ import weakref
 from ._trust_store import TrustStore
 from ._x509 import RawCertificate, decode_name
 
-__all__ = ["is_cpu_root", "tpm_anchors"]
+__all__ = ["by_common_name", "common_name", "is_cpu_root", "tpm_anchors"]
 
 _CN = "2.5.4.3"
 #: AMD SEV: ARK-<product>, SEV-<product> (ASK), SEV-VLEK-<product> (ASVK); Intel SGX/TDX: "Intel SGX ...".
@@ -26,18 +26,39 @@ _CPU_CN = re.compile(r"^(ark|sev|sev-vlek)-(milan|genoa|turin|naples|rome|siena)
 #: per store: its filtered copy, or None when it holds no CPU root (never the store itself: a value
 #: that refers to its weak key would keep it alive)
 _FILTERED: weakref.WeakKeyDictionary[TrustStore, TrustStore | None] = weakref.WeakKeyDictionary()
+_BY_CN: weakref.WeakKeyDictionary[TrustStore, dict[str, tuple[RawCertificate, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def common_name(raw_name: bytes) -> str:
+    """The (case-folded) CN of a DER Name, or "" when it has none or several."""
+    values = [value for rdn in decode_name(raw_name) for oid, value in rdn if oid == _CN]
+    return values[0] if len(values) == 1 else ""
+
+
+def by_common_name(store: TrustStore) -> dict[str, tuple[RawCertificate, ...]]:
+    """The store's certificates by their subject's case-folded CN; computed once per store (stores
+    are immutable), so picking a product's roots costs a lookup, not a decode of every name."""
+    found = _BY_CN.get(store)
+    if found is None:
+        grouped: dict[str, list[RawCertificate]] = {}
+        for certificate in store.certificates:
+            grouped.setdefault(common_name(certificate.subject), []).append(certificate)
+        found = _BY_CN[store] = {name: tuple(group) for name, group in grouped.items()}
+    return found
 
 
 def is_cpu_root(certificate: RawCertificate) -> bool:
     """Whether this certificate is an AMD SEV or Intel SGX CA certificate (by its subject CN)."""
-    names = [value for rdn in decode_name(certificate.subject) for oid, value in rdn if oid == _CN]
-    return any(_CPU_CN.match(name) for name in names)
+    return bool(_CPU_CN.match(common_name(certificate.subject)))
 
 
 def tpm_anchors(store: TrustStore) -> TrustStore:
     """``store`` without CPU attestation roots (the same object when it holds none); computed once
     per store (stores are immutable)."""
     if store not in _FILTERED:
-        kept = [c for c in store.certificates if not is_cpu_root(c)]
+        cpu = {id(c) for name, group in by_common_name(store).items() if _CPU_CN.match(name) for c in group}
+        kept = [c for c in store.certificates if id(c) not in cpu]
         _FILTERED[store] = None if len(kept) == len(store) else TrustStore(kept)
     return _FILTERED[store] or store

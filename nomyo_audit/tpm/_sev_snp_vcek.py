@@ -28,17 +28,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..errors import CertificateError, EvidenceError
 from ._chain import build_path, read_chain
+from ._cpu_roots import by_common_name, common_name
 from ._der import INTEGER, read_one
 from ._sev_snp_report import TcbVersion
 from ._trust_store import TrustStore
-from ._x509 import RawCertificate, decode_name
+from ._x509 import RawCertificate
 
 __all__ = ["PRODUCTS", "Product", "Vcek", "read_vcek", "validate_vcek_chain"]
 
 Product = Literal["Milan", "Genoa", "Turin"]
 PRODUCTS: tuple[Product, ...] = ("Milan", "Genoa", "Turin")
 
-_CN = "2.5.4.3"
 _PRODUCT_NAME = "1.3.6.1.4.1.3704.1.2"
 _SPL = {"bootloader": "1.3.6.1.4.1.3704.1.3.1", "tee": "1.3.6.1.4.1.3704.1.3.2",
         "snp": "1.3.6.1.4.1.3704.1.3.3", "microcode": "1.3.6.1.4.1.3704.1.3.8"}  # fmt: skip
@@ -57,12 +57,6 @@ class Vcek(NamedTuple):
     hw_id: bytes
     tcb: TcbVersion
     public_key: ec.EllipticCurvePublicKey
-
-
-def common_name(raw_name: bytes) -> str:
-    """The (case-folded) CN of a DER Name, or "" when it has none."""
-    values = [value for rdn in decode_name(raw_name) for oid, value in rdn if oid == _CN]
-    return values[0] if len(values) == 1 else ""
 
 
 def read_vcek(der: bytes) -> Vcek:
@@ -111,17 +105,14 @@ def validate_vcek_chain(
                 f"the chain must be SEV-{vcek.product} then ARK-{vcek.product}",
                 code="snp_wrong_product",
             )
-    arks = [
-        c
-        for c in store.certificates
-        if common_name(c.subject) == f"ark-{vcek.product}".casefold() and c.self_issued
-    ]
+    named = by_common_name(store)
+    arks = [c for c in named.get(f"ark-{vcek.product}".casefold(), ()) if c.self_issued]
     if not arks:
         raise CertificateError(
             f"the trust store holds no ARK-{vcek.product} (AMD's root for {vcek.product} chips)",
             code="cert_unknown_root",
         )
-    asks = [c for c in store.certificates if common_name(c.subject) == f"sev-{vcek.product}".casefold()]
+    asks = named.get(f"sev-{vcek.product}".casefold(), ())
     return build_path(vcek.certificate, [*presented, *asks], TrustStore(arks), at=at)
 
 
