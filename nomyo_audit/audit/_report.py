@@ -29,6 +29,7 @@ from ..policy import Policy
 from ._blobs import BlobReader
 from ._records import rfc3339
 from ._report_anchor import Anchor, anchor_of, anchor_row
+from ._report_covers import Coverage
 from ._report_groups import GroupTally, Scope, group_labels
 from ._report_measured import MeasuredTally
 from ._report_record import (
@@ -107,25 +108,10 @@ class _Tally:
         self.combos: Counter[tuple[Any, ...]] = Counter()
         self.pcr_sets: Counter[tuple[Any, ...]] = Counter()
         self.failures: list[dict[str, Any]] = []
-        self.first_time: str | None = None
-        self.last_time: str | None = None
-        self.first_seq: int | None = None
-        self.last_seq: int | None = None
         self.measured = MeasuredTally()
         self.groups = GroupTally()
-        self.covered = 0  # every record of the period, in the report's scope or not
+        self.covers = Coverage()  # every record of the period, in the report's scope or not
         self.blob: Any = None  # reads the event logs records keep by digest, for re-appraisal
-
-    def cover(self, doc: Mapping[str, Any]) -> None:
-        """What the report covers (``covers``): every record of its period, whatever its scope."""
-        self.covered += 1
-        seq, when = doc.get("seq"), as_text(doc.get("time"))
-        if type(seq) is int:
-            self.first_seq = seq if self.first_seq is None else self.first_seq
-            self.last_seq = seq
-        if when:
-            self.first_time = self.first_time or when
-            self.last_time = when
 
     def add(self, doc: Mapping[str, Any], policy: Policy | None, at: float | None) -> None:
         metadata = as_mapping(doc.get("metadata"))
@@ -313,18 +299,19 @@ def build_report(
     tally.blob = BlobReader(blob)
     for doc in records:
         doc = as_mapping(doc)
-        tally.cover(doc)
+        tally.covers.add(doc)
         if not scope or scope.admits(doc):
             tally.add(doc, policy, at)
     tally.finish()
     groups, groups_omitted = tally.groups.section()
+    covers = tally.covers
     totals = tally.totals
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "generated_at": generated_at,
         "tool": f"nomyo-audit {__version__}",
-        "period": {"since": period[0] or tally.first_time, "until": period[1] or tally.last_time},
-        "covers": _covers(tally, tally.covered, period, log),
+        "period": {"since": period[0] or covers.first_time, "until": period[1] or covers.last_time},
+        "covers": covers.section(period, log),
         "scope": scope.to_dict() if scope else None,
         "log": log,
         "policy": _policy_section(policy, at),
@@ -395,24 +382,6 @@ def build_report(
     if len(tally.days) <= 2:  # a short period is charted by the hour
         report["by_hour"] = {hour: dict(counts) for hour, counts in sorted(tally.hours.items())}
     return report
-
-
-def _covers(
-    tally: _Tally, records: int, period: tuple[str | None, str | None], log: Mapping[str, Any]
-) -> dict[str, Any]:
-    """What the report covers, exactly: the records (first and last seq, count), the period's bounds
-    as selected (``[since, until)``, None where open) and the signed checkpoint (size, root, note)
-    that a later report's consistency proof starts from (:mod:`._report_chain`)."""
-    cited = log.get("checkpoint")
-    return {
-        "first_seq": tally.first_seq,
-        "last_seq": tally.last_seq,
-        "records": records,
-        "period": {"since": period[0], "until": period[1]},
-        "checkpoint": {k: cited.get(k) for k in ("size", "root", "note")}
-        if isinstance(cited, Mapping)
-        else None,
-    }
 
 
 def _top(counter: Counter[str]) -> dict[str, int]:
