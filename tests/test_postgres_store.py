@@ -255,3 +255,20 @@ def test_locations():
     )
     assert display_location("postgres://:pw@h/db") == "postgres://@h/db"
     assert display_location("a//b.db") == "a//b.db"
+
+
+def test_ack_payloads_round_trip_and_fit_a_notify():
+    from nomyo_audit.audit._postgres_sequencer import ack_payloads, parse_acks
+
+    acks = {f"{i:032x}": (-1 if i % 7 == 3 else None) for i in range(1000)}
+    seq = 5000
+    for token, value in acks.items():
+        if value is None:
+            acks[token], seq = seq, seq + 1
+    payloads = ack_payloads(acks)  # type: ignore[arg-type]
+    assert all(len(p.encode()) < 8000 for p in payloads) and len(payloads) > 1
+    parsed: dict[str, int] = {}
+    for payload in payloads:
+        parsed.update(parse_acks(payload))
+    assert parsed == acks
+    assert parse_acks("garbage") == {} and parse_acks("") == {}

@@ -88,7 +88,7 @@ class PostgresStore:
     def _errors(self) -> Any:
         return database_errors(self.location, self.url)
 
-    def _sequenced(self, acks: dict[bytes, int]) -> None:
+    def _sequenced(self, acks: dict[str, int]) -> None:
         if self._appender is not None:
             self._appender.resolve(acks)
 

@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import IntegrityError
 from ._blobs import is_digest
 from ._postgres_schema import PENDING_CHANNEL, SEQUENCED_CHANNEL, connect, psycopg_module
+from ._postgres_sequencer import parse_acks
 from ._store import LogError
 
 __all__ = ["Appender"]
@@ -32,13 +33,15 @@ WAIT_LIMIT = 120.0
 RECONNECT_LIMIT = 30.0
 #: Blob digests known to be kept (not sent again), at most this many.
 KNOWN_BLOBS = 4096
+#: Seconds without news after which the waiting appends are looked up in the acks table.
+POLL_AFTER = 1.0
 
 
 class _Waiter:
     __slots__ = ("blobs", "data", "done", "error", "payload_id", "seq", "time", "token")
 
     def __init__(self, payload_id: str, moment: float, data: bytes, blobs: Mapping[str, bytes]) -> None:
-        self.token = os.urandom(16)
+        self.token = os.urandom(16).hex()
         self.payload_id, self.time, self.data, self.blobs = payload_id, moment, data, blobs
         self.seq = -1
         self.error: Exception | None = None
@@ -60,7 +63,7 @@ class Appender:
         self.url, self.display, self.failure = url, display, failure
         self._cond = threading.Condition()
         self._queue: list[_Waiter] = []
-        self._awaiting: dict[bytes, _Waiter] = {}
+        self._awaiting: dict[str, _Waiter] = {}  # by token (hex)
         self._known_blobs: dict[str, None] = {}
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -89,7 +92,7 @@ class Appender:
             raise waiter.error
         return waiter.seq
 
-    def resolve(self, acks: Mapping[bytes, int]) -> None:
+    def resolve(self, acks: Mapping[str, int]) -> None:
         """Tell the waiting appends their positions (-1: the sequencer refused the record)."""
         with self._cond:
             for token, seq in acks.items():
@@ -155,16 +158,27 @@ class Appender:
             for digest, data in waiter.blobs.items():
                 if digest not in self._known_blobs:
                     blobs[digest] = data
-        with conn.transaction(), conn.cursor() as cur:
-            if blobs:
-                cur.executemany(
+        # One round trip (pipelined). Not synchronous: the append is acknowledged only after the
+        # sequencer's durable commit, which flushes this earlier WAL too; a row lost in a crash
+        # before that was never acknowledged, and _recover puts it in again.
+        with conn.pipeline(), conn.transaction():
+            conn.execute("SET LOCAL synchronous_commit = off")
+            for digest, data in blobs.items():
+                conn.execute(
                     "INSERT INTO blobs (sha256, data) VALUES (%s, %s) ON CONFLICT (sha256) DO NOTHING",
-                    [(digest, bytes(data)) for digest, data in blobs.items()],
+                    (digest, bytes(data)),
                 )
-            with cur.copy("COPY pending (token, payload_id, time, data) FROM STDIN") as copy:
-                for waiter in group:
-                    copy.write_row((waiter.token, waiter.payload_id, waiter.time, waiter.data))
-            cur.execute(f"NOTIFY {PENDING_CHANNEL}")
+            conn.execute(
+                "INSERT INTO pending (token, payload_id, time, data) SELECT * FROM "
+                "unnest(%b::bytea[], %b::text[], %b::float8[], %b::bytea[])",
+                (
+                    [bytes.fromhex(w.token) for w in group],
+                    [w.payload_id for w in group],
+                    [w.time for w in group],
+                    [w.data for w in group],
+                ),
+            )
+            conn.execute(f"NOTIFY {PENDING_CHANNEL}")
         for digest in blobs:
             self._known_blobs[digest] = None
         while len(self._known_blobs) > KNOWN_BLOBS:
@@ -179,9 +193,9 @@ class Appender:
             conn = None
             try:
                 conn = connect(self.url, self.display)
-                tokens = [waiter.token for waiter in group if not waiter.done.is_set()]
+                tokens = [bytes.fromhex(waiter.token) for waiter in group if not waiter.done.is_set()]
                 there = {
-                    bytes(row[0])
+                    bytes(row[0]).hex()
                     for row in conn.execute(
                         "SELECT token FROM pending WHERE token = ANY(%s) "
                         "UNION ALL SELECT token FROM acks WHERE token = ANY(%s)",
@@ -203,24 +217,28 @@ class Appender:
     # -- ack thread ----------------------------------------------------------------------------
 
     def _ack_loop(self) -> None:
+        """Positions from the sequencer's NOTIFY payloads; the acks table when none came for a while."""
         psycopg = psycopg_module()
         conn: Any = None
+        quiet_since = time.monotonic()
         while True:
             with self._cond:
                 while not self._awaiting and not self._closed:
                     self._cond.wait()
+                    quiet_since = time.monotonic()
                 if not self._awaiting:
                     break
-                tokens = list(self._awaiting)
             try:
                 if conn is None:
                     conn = connect(self.url, self.display)
                     conn.execute(f"LISTEN {SEQUENCED_CHANNEL}")
-                rows = conn.execute("SELECT token, seq FROM acks WHERE token = ANY(%s)", (tokens,)).fetchall()
-                self.resolve({bytes(token): seq for token, seq in rows})
-                if len(rows) < len(tokens):
-                    for _ in conn.notifies(timeout=0.1, stop_after=1):
-                        pass
+                    quiet_since = 0.0  # notifications may have been missed: look in the table now
+                if time.monotonic() - quiet_since >= POLL_AFTER:
+                    self._poll(conn)
+                    quiet_since = time.monotonic()
+                for notify in conn.notifies(timeout=0.2, stop_after=1):
+                    self.resolve(parse_acks(notify.payload))
+                    quiet_since = time.monotonic()
             except (psycopg.Error, LogError):
                 if conn is not None:
                     conn.close()
@@ -228,3 +246,9 @@ class Appender:
                 time.sleep(0.1)
         if conn is not None:
             conn.close()
+
+    def _poll(self, conn: Any) -> None:
+        with self._cond:
+            tokens = [bytes.fromhex(token) for token in self._awaiting]
+        rows = conn.execute("SELECT token, seq FROM acks WHERE token = ANY(%s)", (tokens,)).fetchall()
+        self.resolve({bytes(token).hex(): seq for token, seq in rows})

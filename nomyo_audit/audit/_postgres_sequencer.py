@@ -34,7 +34,7 @@ from ._postgres_schema import (
 from ._records import with_seq
 from ._store import CheckpointMaker, LogError, missing, truncated
 
-__all__ = ["BATCH", "Sequencer", "read_frontier"]
+__all__ = ["BATCH", "Sequencer", "ack_payloads", "parse_acks", "read_frontier"]
 
 #: Most pending rows one sequencing transaction takes.
 BATCH = 4000
@@ -69,6 +69,84 @@ def read_frontier(conn: Any) -> tuple[Frontier, float | None]:
     return frontier, (float(last[1]) if last is not None else None)
 
 
+class _Batch:
+    """The positions, records, acks and checkpoints of one batch: pure, no I/O."""
+
+    def __init__(self, frontier: Frontier, last_time: float | None) -> None:
+        self.frontier = Frontier(frontier.size, list(frontier.hashes))
+        self.last_time = last_time
+        self.records: list[tuple[int, str, float, bytes, bytes]] = []
+        self.checkpoints: list[tuple[int, bytes, str, float]] = []
+        self.acks: dict[str, int] = {}  # token (hex) -> position, -1: refused
+
+    def sequence(
+        self, rows: list[Any], maker: CheckpointMaker | None, checkpointed: float | None, now: float
+    ) -> None:
+        """Give each pending row the next position, in id order; run the checkpoint maker after each."""
+        frontier, last_time = self.frontier, self.last_time
+        for _, token, payload_id, moment, pending_data in rows:
+            seq = frontier.size
+            try:
+                data = with_seq(bytes(pending_data), seq)
+            except ValueError:
+                self.acks[bytes(token).hex()] = -1  # not a record (altered in pending): refused
+                continue
+            fields = record_fields(data)  # the columns mirror the bytes, whatever pending's columns say
+            if fields is not None:
+                payload_id, moment = fields
+            last_time = max(moment, last_time) if last_time is not None else moment
+            leaf = leaf_hash(data)
+            self.records.append((seq, payload_id, last_time, data, leaf))
+            frontier.append(leaf)
+            self.acks[bytes(token).hex()] = seq
+            if maker is not None and (checkpoint := maker(frontier, checkpointed)) is not None:
+                self.checkpoints.append((checkpoint.size, checkpoint.root, checkpoint.note, now))
+                checkpointed = now
+        self.last_time = last_time
+
+
+def ack_payloads(acks: dict[str, int]) -> list[str]:
+    """NOTIFY payloads (under PostgreSQL's 8000 bytes) telling every writer its tokens' positions.
+
+    ``<first seq> <token>,<token>,...``: consecutive positions from the first, in order; a token
+    marked ``-`` was refused and takes no position. :func:`parse_acks` reads them.
+    """
+    payloads: list[str] = []
+    chunk: list[str] = []
+    first = -1
+    for token, seq in acks.items():
+        if first < 0 and seq >= 0:
+            first = seq
+        chunk.append(token if seq >= 0 else f"-{token}")
+        if len(chunk) == _ACKS_PER_PAYLOAD:
+            payloads.append(f"{first} {','.join(chunk)}")
+            chunk, first = [], -1
+    if chunk:
+        payloads.append(f"{first} {','.join(chunk)}")
+    return payloads
+
+
+def parse_acks(payload: str) -> dict[str, int]:
+    """The positions one :func:`ack_payloads` payload gives (a malformed one gives none)."""
+    first, _, tokens = payload.partition(" ")
+    try:
+        seq = int(first)
+    except ValueError:
+        return {}
+    acks: dict[str, int] = {}
+    for token in tokens.split(","):
+        if token.startswith("-"):
+            acks[token[1:]] = -1
+        else:
+            acks[token] = seq
+            seq += 1
+    return acks
+
+
+#: 33 characters a token: 230 tokens keep a payload under 8000 bytes.
+_ACKS_PER_PAYLOAD = 230
+
+
 class Sequencer(threading.Thread):
     """Waits for the sequencer lock, then sequences pending rows until stopped.
 
@@ -83,7 +161,7 @@ class Sequencer(threading.Thread):
         url: str,
         display: str,
         maker: Callable[[], CheckpointMaker | None],
-        sequenced: Callable[[dict[bytes, int]], None],
+        sequenced: Callable[[dict[str, int]], None],
     ) -> None:
         super().__init__(name="nomyo-audit-sequencer", daemon=True)
         self.url, self.display = url, display
@@ -105,7 +183,6 @@ class Sequencer(threading.Thread):
         while not self.stopping.is_set():
             try:
                 with connect(self.url, self.display) as conn:
-                    conn.execute(f"LISTEN {PENDING_CHANNEL}")
                     pause = 0.1
                     while not self.stopping.is_set():
                         got = conn.execute("SELECT pg_try_advisory_lock(%s)", (SEQUENCER_LOCK,)).fetchone()
@@ -131,6 +208,7 @@ class Sequencer(threading.Thread):
         """Holding the lock: sequence batches until stopped; the lock goes with the connection."""
         with conn.transaction():
             frontier, last_time = read_frontier(conn)
+        conn.execute(f"LISTEN {PENDING_CHANNEL}")  # only the holder: every writer's commit notifies
         self.failure = None
         self.holding.set()
         while not self.stopping.is_set():
@@ -140,75 +218,59 @@ class Sequencer(threading.Thread):
                     pass
                 continue
             frontier, last_time = done
+        conn.execute(f"UNLISTEN {PENDING_CHANNEL}")
         conn.execute("SELECT pg_advisory_unlock(%s)", (SEQUENCER_LOCK,))
 
     def _batch(
         self, conn: Any, frontier: Frontier, last_time: float | None
     ) -> tuple[Frontier, float | None] | None:
-        """One batch in one transaction; None when nothing was pending."""
+        """One batch in one transaction, two round trips (pipelined); None when nothing was pending."""
         maker = self.maker()
-        made: list[tuple[int, bytes, str, float]] = []
-        acks: dict[bytes, int] = {}
         now = time.time()
-        with conn.transaction():
+        with conn.pipeline(), conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHECKPOINT_LOCK,))
             self._clean_acks(conn, now)
-            rows = conn.execute(
-                "SELECT id, token, payload_id, time, data FROM pending ORDER BY id LIMIT %s", (BATCH,)
-            ).fetchall()
+            taken = conn.execute(
+                "DELETE FROM pending WHERE id IN (SELECT id FROM pending ORDER BY id LIMIT %s) "
+                "RETURNING id, token, payload_id, time, data",
+                (BATCH,),
+            )
+            last = conn.execute("SELECT seq FROM records ORDER BY seq DESC LIMIT 1")
+            latest = conn.execute("SELECT created FROM checkpoints ORDER BY id DESC LIMIT 1")
+            rows = sorted(taken.fetchall())
             if not rows:
                 return None
-            last = conn.execute("SELECT seq FROM records ORDER BY seq DESC LIMIT 1").fetchone()
-            if (last[0] + 1 if last else 0) != frontier.size:  # someone else wrote: start from the table
+            top = last.fetchone()
+            checkpointed = latest.fetchone()
+            if (top[0] + 1 if top else 0) != frontier.size:  # someone else wrote: start from the table
                 frontier, last_time = read_frontier(conn)
-            work = Frontier(frontier.size, list(frontier.hashes))
-            checkpoint_time = self._last_checkpoint(conn) if maker is not None else None
-            out = []
-            for _, token, payload_id, moment, pending_data in rows:
-                seq = work.size
-                try:
-                    data = with_seq(bytes(pending_data), seq)
-                except ValueError:
-                    acks[bytes(token)] = -1  # not a record (altered in pending): refused, never sequenced
-                    continue
-                fields = record_fields(data)
-                if fields is not None:
-                    payload_id, moment = fields
-                stamp = max(moment, last_time) if last_time is not None else moment
-                last_time = stamp
-                leaf = leaf_hash(data)
-                out.append((seq, payload_id, stamp, data, leaf))
-                work.append(leaf)
-                acks[bytes(token)] = seq
-                if maker is not None and (checkpoint := maker(work, checkpoint_time)) is not None:
-                    made.append((checkpoint.size, checkpoint.root, checkpoint.note, now))
-                    checkpoint_time = now
-            with conn.cursor() as cur:
-                if out:
-                    with cur.copy("COPY records (seq, payload_id, time, data, leaf) FROM STDIN") as copy:
-                        for row in out:
-                            copy.write_row(row)
-                if made:
-                    cur.executemany(
-                        "INSERT INTO checkpoints (size, root, note, created) VALUES (%s, %s, %s, %s)", made
-                    )
-                with cur.copy("COPY acks (token, seq, at) FROM STDIN") as copy:
-                    for token, seq in acks.items():
-                        copy.write_row((token, seq, now))
-                cur.execute("DELETE FROM pending WHERE id = ANY(%s)", ([row[0] for row in rows],))
-                cur.execute(
-                    "INSERT INTO meta (key, value) VALUES ('frontier', %s) "
-                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                    (work.to_bytes(),),
+            batch = _Batch(frontier, last_time)
+            batch.sequence(rows, maker, float(checkpointed[0]) if checkpointed else None, now)
+            if batch.records:
+                conn.execute(
+                    "INSERT INTO records (seq, payload_id, time, data, leaf) SELECT * FROM "
+                    "unnest(%b::bigint[], %b::text[], %b::float8[], %b::bytea[], %b::bytea[])",
+                    tuple(list(column) for column in zip(*batch.records, strict=True)),
                 )
-                cur.execute(f"NOTIFY {SEQUENCED_CHANNEL}")
-        self.sequenced(acks)
-        return work, last_time
-
-    @staticmethod
-    def _last_checkpoint(conn: Any) -> float | None:
-        row = conn.execute("SELECT created FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
-        return float(row[0]) if row is not None else None
+            for made in batch.checkpoints:
+                conn.execute(
+                    "INSERT INTO checkpoints (size, root, note, created) VALUES (%s, %s, %s, %s)", made
+                )
+            tokens = [bytes.fromhex(token) for token in batch.acks]
+            conn.execute(
+                "INSERT INTO acks (token, seq, at) "
+                "SELECT t, s, %s FROM unnest(%b::bytea[], %b::bigint[]) AS a(t, s)",
+                (now, tokens, list(batch.acks.values())),
+            )
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('frontier', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                (batch.frontier.to_bytes(),),
+            )
+            for payload in ack_payloads(batch.acks):
+                conn.execute("SELECT pg_notify(%s, %s)", (SEQUENCED_CHANNEL, payload))
+        self.sequenced(batch.acks)
+        return batch.frontier, batch.last_time
 
     def _clean_acks(self, conn: Any, now: float) -> None:
         """Forget acks older than :data:`ACK_RETENTION` (at most once a minute)."""
