@@ -66,9 +66,9 @@ OID_SGX_FMSPC = "1.2.840.113741.1.13.1.4"
 #: module ABI; trustee ``az_tdx_vtpm`` compares it with the quote's).
 _TDREPORT_DATA = slice(128, 192)
 #: Intel's TD Quoting Enclave identity as Intel PCS publishes it (``tdx/certification/v4/qe/identity``,
-#: id ``TD_QE``; e.g. in edgelesssys/go-tdx-qpl ``verification/types/pcs_test.go``): MRSIGNER, ISVPRODID,
-#: attributes under their mask, MISCSELECT under its mask. Pinned here because no identity collateral
-#: is fetched, as Open Enclave pins the SGX QE's (``enclave/core/sgx/qeidentity.c`` ``g_qe_mrsigner``).
+#: id ``TD_QE``; a copy: edgelesssys/go-tdx-qpl ``blobs/qeidentity.json`` @ 7376c95f): MRSIGNER,
+#: ISVPRODID, attributes under their mask, MISCSELECT under its mask. Pinned because no identity
+#: collateral is fetched, as Open Enclave pins the SGX QE's MRSIGNER (``qeidentity.c`` ``g_qe_mrsigner``).
 TD_QE_MRSIGNER = bytes.fromhex("dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5")
 TD_QE_ISVPRODID = 2
 TD_QE_ATTRIBUTES = bytes.fromhex("11000000000000000000000000000000")
