@@ -386,3 +386,66 @@ def test_the_amd_roots_change_no_ek_outcome_and_no_cpu_certificate_is_a_tpm_one(
     with pytest.raises(CertificateError) as caught:
         validate_ak_chain([vcek("trustee-evidence-v0"), *amd[1:]], bundled, aik("trustee-evidence-v0"), at=AT)
     assert caught.value.code == "cert_wrong_eku"
+
+
+# -- tools we did not write judge the same quotes ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(n for n in COHERENT if EXPECTED[n]["tpm_quote_nonce"]))
+def test_tpm2_checkquote_verifies_the_real_quote_with_the_key_the_hcl_report_names(
+    name: str, tmp_path
+) -> None:
+    """tpm2-tools checks each real quote (signature, nonce, PCR digest) with HCLAkPub as our HCL
+    reader extracted it, and refuses it with another nonce."""
+    import json
+    import shutil
+    import struct
+    import subprocess
+
+    from conftest import require
+    from cryptography.hazmat.primitives import serialization
+    from test_real_evidence_eventlog import _serialized_pcrs
+
+    from nomyo_audit.tpm._hcl import parse_hcl_report
+    from nomyo_audit.tpm._keys import to_crypto_key
+
+    require(shutil.which("tpm2_checkquote") is not None, "tpm2-tools is not installed")
+    hcl = parse_hcl_report(read(name, "hcl_report.bin"))
+    jwk = hcl.ak_jwk
+    key = to_crypto_key(azure_aik(read(name, "ak_pub.pem")))
+    spki = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    n = int.from_bytes(base64.urlsafe_b64decode(jwk["n"] + "=" * (-len(jwk["n"]) % 4)), "big")
+    assert key.public_numbers().n == n  # type: ignore[union-attr]
+    (tmp_path / "ak.pem").write_bytes(spki)
+    values = json.loads(read(name, "tpm_quote.pcrs.json"))
+    (tmp_path / "pcrs.bin").write_bytes(_serialized_pcrs("sha256", {str(i): v for i, v in enumerate(values)}))
+    signature = read(name, "tpm_quote.signature.bin")
+    (tmp_path / "sig.bin").write_bytes(struct.pack(">HHH", 0x0014, 0x000B, len(signature)) + signature)
+    nonce = EXPECTED[name]["tpm_quote_nonce"]
+
+    def checkquote(hex_nonce: str) -> int:
+        command = ["tpm2_checkquote", "-u", "ak.pem", "-m", str(SNP / name / "tpm_quote.tpms_attest.bin"),
+                   "-s", "sig.bin", "-f", "pcrs.bin", "-g", "sha256", "-q", hex_nonce]  # fmt: skip
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, timeout=60).returncode
+
+    assert checkquote(nonce) == 0
+    assert checkquote(nonce[:-2] + "00") != 0
+
+
+def test_tpm2_pytss_marshals_the_azure_ak_template_to_the_quotes_signer() -> None:
+    """The Azure AK's public area, built by tpm2-pytss from the HCL's key and the template, has the
+    name whose endorsement-hierarchy qualified name each real quote carries as qualifiedSigner."""
+    from tpm2_pytss.constants import TPM2_ALG
+    from tpm2_pytss.types import TPM2B_PUBLIC, TPMT_ASYM_SCHEME, TPMT_PUBLIC
+
+    from nomyo_audit.tpm._attest import parse_attest
+    from nomyo_audit.tpm._public import parse_public
+
+    for name in sorted(n for n in COHERENT if EXPECTED[n]["tpm_quote_nonce"]):
+        scheme = TPMT_ASYM_SCHEME(scheme=TPM2_ALG.RSASSA)
+        scheme.details.anySig.hashAlg = TPM2_ALG.SHA256
+        template = TPMT_PUBLIC.from_pem(read(name, "ak_pub.pem"), objectAttributes=0x00050472, scheme=scheme)
+        theirs = parse_public(TPM2B_PUBLIC(publicArea=template).marshal())
+        assert theirs.marshal() == aik(name).marshal()
+        quote = parse_attest(read(name, "tpm_quote.tpms_attest.bin"))
+        assert theirs.qualified_name((0x4000000B).to_bytes(4, "big")) == quote.qualified_signer
