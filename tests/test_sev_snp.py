@@ -449,3 +449,43 @@ def test_tpm2_pytss_marshals_the_azure_ak_template_to_the_quotes_signer() -> Non
         assert theirs.marshal() == aik(name).marshal()
         quote = parse_attest(read(name, "tpm_quote.tpms_attest.bin"))
         assert theirs.qualified_name((0x4000000B).to_bytes(4, "big")) == quote.qualified_signer
+
+
+@pytest.mark.parametrize("name", sorted(COHERENT))
+def test_openssl_agrees_on_the_vcek_chain_and_the_report_signature(name: str, tmp_path) -> None:
+    """The OpenSSL command line (its own X.509 path validation, RSA-PSS and ECDSA) validates each
+    real VCEK to its product's shipped ARK, refuses it under another product's, and verifies the SNP
+    report's signature over bytes 0-0x29F, from r and s read little-endian as our reader does."""
+    import shutil
+    import subprocess
+
+    from conftest import require
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    from nomyo_audit.tpm._sev_snp_report import parse_snp_report
+
+    require(shutil.which("openssl") is not None, "openssl is not installed")
+    product, other = COHERENT[name], "Genoa" if COHERENT[name] == "Milan" else "Milan"
+    (tmp_path / "vcek.pem").write_bytes(
+        read(name, "vcek.pem").split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n"
+    )
+    ask = next(REPO_ROOTS.glob(f"SEV-{product}__*.pem"))
+
+    def verify(ark_product: str) -> int:
+        ark = next(REPO_ROOTS.glob(f"ARK-{ark_product}__*.pem"))
+        command = ["openssl", "verify", "-attime", str(int(AT.timestamp())), "-CAfile", str(ark),
+                   "-untrusted", str(ask), "vcek.pem"]  # fmt: skip
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, timeout=60).returncode
+
+    assert verify(product) == 0
+    assert verify(other) != 0
+    report = parse_snp_report(read(name, "snp_report.bin"))
+    (tmp_path / "signed.bin").write_bytes(report.signed)
+    (tmp_path / "sig.der").write_bytes(encode_dss_signature(report.signature_r, report.signature_s))
+    key = subprocess.run(["openssl", "x509", "-in", "vcek.pem", "-pubkey", "-noout"], cwd=tmp_path,
+                         capture_output=True, timeout=60, check=True).stdout  # fmt: skip
+    (tmp_path / "vcek_key.pem").write_bytes(key)
+    command = ["openssl", "dgst", "-sha384", "-verify", "vcek_key.pem", "-signature", "sig.der", "signed.bin"]
+    assert subprocess.run(command, cwd=tmp_path, capture_output=True, timeout=60).returncode == 0
+    (tmp_path / "signed.bin").write_bytes(patch(report.signed, 0x08, b"\x1f\x00\x0b"))  # debug bit set
+    assert subprocess.run(command, cwd=tmp_path, capture_output=True, timeout=60).returncode != 0
