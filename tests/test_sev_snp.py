@@ -489,3 +489,40 @@ def test_openssl_agrees_on_the_vcek_chain_and_the_report_signature(name: str, tm
     assert subprocess.run(command, cwd=tmp_path, capture_output=True, timeout=60).returncode == 0
     (tmp_path / "signed.bin").write_bytes(patch(report.signed, 0x08, b"\x1f\x00\x0b"))  # debug bit set
     assert subprocess.run(command, cwd=tmp_path, capture_output=True, timeout=60).returncode != 0
+
+
+# -- the CLI: the real Azure evidence verified from a file, with its own nonce ------------------------
+
+
+def test_verify_nonce_anchors_the_real_azure_quote_from_the_cli(tmp_path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from nomyo_audit.cli import cli
+
+    name = "trustee-evidence-genoa"
+    block = tpm_block(name)
+    block["platform"] = platform_object(name)
+    path = tmp_path / "azure.json"
+    path.write_text(json.dumps({"tpm_attestation": block}))
+
+    def run(*args: str):  # type: ignore[no-untyped-def]
+        result = CliRunner().invoke(cli, ["verify", "--format", "json", *args, str(path)])
+        assert "Traceback" not in result.output
+        return result.exit_code, json.loads(result.stdout) if result.stdout.startswith("[") else None
+
+    nonce = EXPECTED[name]["tpm_quote_nonce"]
+    exit_code, verdicts = run("--nonce", nonce, "--roots", str(REPO_ROOTS))
+    assert exit_code == 0, verdicts
+    findings = {f["check"]: (f["status"], f["code"]) for f in verdicts[0]["findings"]}
+    assert findings["aik_anchor"] == ("pass", "aik_anchored_azure_sev_snp")
+    assert findings["nonce_binding"] == ("pass", "nonce_matches")
+    milan_only = tmp_path / "milan"
+    milan_only.mkdir()
+    for source in REPO_ROOTS.glob("*-Milan__*.pem"):
+        (milan_only / source.name).write_bytes(source.read_bytes())
+    exit_code, verdicts = run("--nonce", nonce, "--roots", str(milan_only))
+    assert exit_code == 1
+    findings = {f["check"]: (f["status"], f["code"]) for f in verdicts[0]["findings"]}
+    assert findings["aik_anchor"] == ("fail", "cert_unknown_root")
