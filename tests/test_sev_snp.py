@@ -201,6 +201,7 @@ def hw_patched(name: str, offset: int, value: bytes) -> bytes:
         ("signature r", 0x2A0, b"\x01", "snp_signature_invalid"),
         ("signature s", 0x2E8, b"\x01", "snp_signature_invalid"),
         ("chip id", 0x1A0, b"\x00", "snp_chip_mismatch"),
+        ("chip id masked", 0x1A0, bytes(64), "snp_chip_mismatch"),
         ("reported tcb", 0x186, b"\x00", "snp_tcb_mismatch"),
         ("report data", 0x50, b"\x00", "hcl_binding_mismatch"),
         ("version", 0x00, b"\x05", "snp_malformed"),

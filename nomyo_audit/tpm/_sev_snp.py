@@ -159,10 +159,13 @@ def _check_vcek_binds(report: SnpReport, vcek: Vcek) -> None:
             f"the SNP report was signed by key {report.signing_key} (1 VLEK, 7 none), not by a VCEK",
             code="snp_signing_key",
         )
+    if not any(report.chip_id):
+        raise EvidenceError(
+            "the SNP report's CHIP_ID is masked (all zero): no VCEK can be tied to the chip",
+            code="snp_chip_mismatch",
+        )
     chip = report.chip_id[: len(vcek.hw_id)]
-    if not any(report.chip_id) or not hmac.compare_digest(chip, vcek.hw_id) or any(
-        report.chip_id[len(vcek.hw_id) :]
-    ):
+    if not hmac.compare_digest(chip, vcek.hw_id) or any(report.chip_id[len(vcek.hw_id) :]):
         raise EvidenceError(
             "the VCEK is another chip's: its hwID is not the SNP report's CHIP_ID", code="snp_chip_mismatch"
         )
