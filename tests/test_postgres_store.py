@@ -272,3 +272,36 @@ def test_ack_payloads_round_trip_and_fit_a_notify():
         parsed.update(parse_acks(payload))
     assert parsed == acks
     assert parse_acks("garbage") == {} and parse_acks("") == {}
+
+
+def test_connections_terminated_mid_append_lose_and_double_nothing(postgres_server, postgres_url):
+    """Every backend of the database is terminated, twice, while 8 threads append: each append
+    returns once, positions are distinct and consecutive, and the log verifies."""
+    dbname = postgres_url.rsplit("/", 1)[1]
+    log = AuditLog(postgres_url, key=KEY, checkpoint_every=25)
+    got: list[int] = []
+    errors: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        for i in range(60):
+            try:
+                got.append(log.append(f"p-{k}-{i}", build(k * 100 + i)))
+            except LogError as exc:  # a failed append must say so, never half-happen
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for _ in range(2):
+        time.sleep(0.3)
+        assert postgres_server.terminate(dbname) > 0
+    for thread in threads:
+        thread.join()
+    try:
+        assert not errors
+        assert sorted(got) == list(range(480))
+        report = log.verify(KEY.public_key())  # the main connection was dropped too: opened again
+        assert report.ok, report.problems
+        assert report.size == 480
+    finally:
+        log.close()

@@ -10,17 +10,26 @@ is durable with its position. Reads stream with server-side cursors on their own
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from ..errors import IntegrityError
 from ._fields import TIME_COLUMN_EXACT, ColumnCheck
 from ._merkle import Frontier
 from ._postgres_append import Appender, check_blobs
-from ._postgres_schema import CHECKPOINT_LOCK, CREATE_LOCK, SCHEMA, connect, database_errors, schema_problem
+from ._postgres_schema import (
+    CHECKPOINT_LOCK,
+    CREATE_LOCK,
+    SCHEMA,
+    connect,
+    database_errors,
+    psycopg_module,
+    schema_problem,
+)
 from ._postgres_sequencer import Sequencer, read_frontier
 from ._store import (
     CheckpointMaker,
@@ -33,6 +42,8 @@ from ._store import (
 )
 
 __all__ = ["PostgresStore", "database_name"]
+
+_T = TypeVar("_T")
 
 #: Rows a streaming read fetches at a time.
 FETCH = 5000
@@ -62,7 +73,9 @@ class PostgresStore:
         self.url = url
         self.location = display if display is not None else display_location(url)
         self.readonly = readonly
-        self._db = connect(url, self.location, readonly=readonly)
+        self._conn = connect(url, self.location, readonly=readonly)
+        self._reconnecting = threading.Lock()
+        self._closed = False
         self._maker: CheckpointMaker | None = None
         self._sequencer: Sequencer | None = None
         self._appender: Appender | None = None
@@ -79,14 +92,39 @@ class PostgresStore:
                             raise LogError(f"{self.location}: {problem}")
                         self._db.execute(SCHEMA)
         except BaseException:
-            self._db.close()
+            self._conn.close()
             raise
         if not readonly:
             self._sequencer = Sequencer(url, self.location, lambda: self._maker, self._sequenced)
             self._sequencer.start()
 
+    @property
+    def _db(self) -> Any:
+        """The main connection; one the server dropped (restart, terminated) is opened again."""
+        if self._conn.closed and not self._closed:
+            with self._reconnecting:
+                if self._conn.closed:
+                    self._conn = connect(self.url, self.location, readonly=self.readonly)
+        return self._conn
+
     def _errors(self) -> Any:
         return database_errors(self.location, self.url)
+
+    def _read(self, work: Callable[[Any], _T]) -> _T:
+        """``work(connection)``, once more on a new connection when the server dropped this one.
+
+        Only outside a transaction (inside :meth:`exclusive` the caller's work is lost, so the
+        error stands): a statement run again on its own is the same statement.
+        """
+        psycopg = psycopg_module()
+        with self._errors():
+            idle = self._db.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            try:
+                return work(self._db)
+            except psycopg.OperationalError:
+                if not (idle and self._conn.closed and not self._closed):
+                    raise
+            return work(self._db)
 
     def _sequenced(self, acks: dict[str, int]) -> None:
         if self._appender is not None:
@@ -101,7 +139,8 @@ class PostgresStore:
             self._appender.close()
         if self._sequencer is not None:
             self._sequencer.stop()
-        self._db.close()
+        self._closed = True
+        self._conn.close()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -159,11 +198,8 @@ class PostgresStore:
         if self.readonly:
             raise LogError(f"{self.location}: opened read-only")
         action = "UPDATE SET value = EXCLUDED.value" if replace else "NOTHING"
-        with self._errors():
-            self._db.execute(
-                f"INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO {action}",
-                (key, bytes(value)),
-            )
+        query = f"INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO {action}"
+        self._read(lambda db: db.execute(query, (key, bytes(value))))
 
     def bulk_load(
         self,
@@ -240,17 +276,15 @@ class PostgresStore:
 
     def count(self) -> int:
         """The number of rows up to the highest seq (cheap; for progress lines, not for proofs)."""
-        with self._errors():
-            row = self._db.execute("SELECT max(seq) FROM records").fetchone()
+        row = self._read(lambda db: db.execute("SELECT max(seq) FROM records").fetchone())
         return int(row[0]) + 1 if row and row[0] is not None else 0
 
     def frontier(self) -> Frontier:
         """The tree's right edge at the log's current size (IntegrityError: truncated or a gap)."""
-        with self._errors():
-            try:
-                return read_frontier(self._db)[0]
-            except IntegrityError as exc:
-                raise IntegrityError(f"{self.location}: {exc}") from None
+        try:
+            return self._read(lambda db: read_frontier(db)[0])
+        except IntegrityError as exc:
+            raise IntegrityError(f"{self.location}: {exc}") from None
 
     def saved_frontier(self) -> Frontier:
         """The frontier as last saved (every sequenced batch saves it)."""
@@ -271,20 +305,19 @@ class PostgresStore:
 
     def checkpoint_rows(self) -> list[CheckpointRow]:
         """(id, size, root, note, created) as stored, unchecked."""
-        with self._errors():
-            rows = self._db.execute("SELECT id, size, root, note, created FROM checkpoints ORDER BY id")
-            return [CheckpointRow(i, s, bytes(r), n, c) for i, s, r, n, c in rows]
+        query = "SELECT id, size, root, note, created FROM checkpoints ORDER BY id"
+        rows = self._read(lambda db: db.execute(query).fetchall())
+        return [CheckpointRow(i, s, bytes(r), n, c) for i, s, r, n, c in rows]
 
     def meta(self, key: str) -> bytes | None:
         """The log metadata value ``key`` (salt, origin, public_key, frontier...), or None."""
-        with self._errors():
-            row = self._db.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
+        row = self._read(lambda db: db.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone())
         return bytes(row[0]) if row is not None else None
 
     def blob(self, sha256_hex: str) -> bytes | None:
         """The blob kept under ``sha256_hex`` as stored, or None (unchecked: the reader hashes it)."""
-        with self._errors():
-            row = self._db.execute("SELECT data FROM blobs WHERE sha256 = %s", (sha256_hex,)).fetchone()
+        query = "SELECT data FROM blobs WHERE sha256 = %s"
+        row = self._read(lambda db: db.execute(query, (sha256_hex,)).fetchone())
         return bytes(row[0]) if row is not None else None
 
     def blobs(self) -> Iterator[tuple[Any, Any]]:
@@ -294,6 +327,5 @@ class PostgresStore:
 
     def integrity_check(self) -> str:
         """``ok`` when the log's tables are all there (PostgreSQL checks its own pages)."""
-        with self._errors():
-            problem = schema_problem(self._db, creating=False)
+        problem = self._read(lambda db: schema_problem(db, creating=False))
         return "ok" if problem is None else problem

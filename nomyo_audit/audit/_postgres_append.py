@@ -38,12 +38,13 @@ POLL_AFTER = 1.0
 
 
 class _Waiter:
-    __slots__ = ("blobs", "data", "done", "error", "payload_id", "seq", "time", "token")
+    __slots__ = ("blobs", "data", "done", "error", "payload_id", "seq", "submitted", "time", "token")
 
     def __init__(self, payload_id: str, moment: float, data: bytes, blobs: Mapping[str, bytes]) -> None:
         self.token = os.urandom(16).hex()
         self.payload_id, self.time, self.data, self.blobs = payload_id, moment, data, blobs
         self.seq = -1
+        self.submitted = False  # committed into pending (as far as this process knows)
         self.error: Exception | None = None
         self.done = threading.Event()
 
@@ -179,6 +180,8 @@ class Appender:
                 ),
             )
             conn.execute(f"NOTIFY {PENDING_CHANNEL}")
+        for waiter in group:
+            waiter.submitted = True
         for digest in blobs:
             self._known_blobs[digest] = None
         while len(self._known_blobs) > KNOWN_BLOBS:
@@ -193,16 +196,10 @@ class Appender:
             conn = None
             try:
                 conn = connect(self.url, self.display)
-                tokens = [bytes.fromhex(waiter.token) for waiter in group if not waiter.done.is_set()]
-                there = {
-                    bytes(row[0]).hex()
-                    for row in conn.execute(
-                        "SELECT token FROM pending WHERE token = ANY(%s) "
-                        "UNION ALL SELECT token FROM acks WHERE token = ANY(%s)",
-                        (tokens, tokens),
-                    )
-                }
+                there = _present(conn, [waiter.token for waiter in group if not waiter.done.is_set()])
                 missing = [w for w in group if not w.done.is_set() and w.token not in there]
+                for waiter in group:
+                    waiter.submitted = waiter.token in there
                 if missing:
                     self._insert(conn, missing)
                 return conn
@@ -232,6 +229,7 @@ class Appender:
                 if conn is None:
                     conn = connect(self.url, self.display)
                     conn.execute(f"LISTEN {SEQUENCED_CHANNEL}")
+                    self._resubmit_lost(conn)  # after a dropped connection: the server may have restarted
                     quiet_since = 0.0  # notifications may have been missed: look in the table now
                 if time.monotonic() - quiet_since >= POLL_AFTER:
                     self._poll(conn)
@@ -247,8 +245,34 @@ class Appender:
         if conn is not None:
             conn.close()
 
+    def _resubmit_lost(self, conn: Any) -> None:
+        """Submit again what is in neither pending nor acks (lost in a server crash, never acknowledged)."""
+        with self._cond:
+            sent = {w.token: w for w in self._awaiting.values() if w.submitted and not w.done.is_set()}
+        if not sent:
+            return
+        there = _present(conn, list(sent))
+        lost = [waiter for token, waiter in sent.items() if token not in there]
+        if lost:
+            with self._cond:
+                for waiter in lost:
+                    waiter.submitted = False
+                self._queue.extend(lost)
+                self._cond.notify_all()
+
     def _poll(self, conn: Any) -> None:
         with self._cond:
             tokens = [bytes.fromhex(token) for token in self._awaiting]
         rows = conn.execute("SELECT token, seq FROM acks WHERE token = ANY(%s)", (tokens,)).fetchall()
         self.resolve({bytes(token).hex(): seq for token, seq in rows})
+
+
+def _present(conn: Any, tokens: list[str]) -> set[str]:
+    """Which of these tokens (hex) are in pending or acks: their records were committed."""
+    raw = [bytes.fromhex(token) for token in tokens]
+    rows = conn.execute(
+        "SELECT token FROM pending WHERE token = ANY(%s) "
+        "UNION ALL SELECT token FROM acks WHERE token = ANY(%s)",
+        (raw, raw),
+    )
+    return {bytes(row[0]).hex() for row in rows}
