@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -90,13 +91,16 @@ def anchor_of(block: dict):
     return Anchoring(TrustStore.bundled())(aik, block, {})
 
 
-def test_the_router_attaches_the_gce_ak_certificate_from_nv(cloud_tpm, make_router):
+def test_the_router_attaches_the_gce_ak_certificate_from_nv(cloud_tpm, make_router, caplog):
     from nomyo_audit.router._attestation import make_attester
 
     der = GCE_CERT.read_bytes()
     assert len(der) <= SWTPM_NV_INDEX_MAX
     cloud_tpm.define(NV_GCE_AK_CERT_RSA, der)
-    router = make_router(attester=make_attester(cloud_tpm.spec))
+    with caplog.at_level(logging.INFO, logger="nomyo_audit.router"):
+        router = make_router(attester=make_attester(cloud_tpm.spec))
+    assert "gce platform evidence attached" in caplog.text
+    assert "a verifier with the bundled roots says: fail gce_ak_mismatch" in caplog.text
     block = reply_block(router)
     platform = block["platform"]
     assert set(platform) == {"kind", "ak_cert_pem"} and platform["kind"] == "gce"
@@ -118,7 +122,7 @@ def test_a_truncated_hcl_report_in_nv_stops_the_router(cloud_tpm):
         make_attester(cloud_tpm.spec)
 
 
-def test_the_router_attaches_azure_tdx_evidence_exactly(cloud_tpm, make_router, tmp_path):
+def test_the_router_attaches_azure_tdx_evidence_exactly(cloud_tpm, make_router, tmp_path, caplog):
     from nomyo_audit.router._attestation import make_attester
 
     hcl, quote = (TDX / "hcl_report.bin").read_bytes(), (TDX / "td_quote.bin").read_bytes()
@@ -129,7 +133,9 @@ def test_the_router_attaches_azure_tdx_evidence_exactly(cloud_tpm, make_router, 
         "td_quote_b64": base64.b64encode(quote).decode(),
     }
     evidence.write_text(json.dumps(given))
-    router = make_router(attester=make_attester(cloud_tpm.spec, platform_evidence=evidence))
+    with caplog.at_level(logging.INFO, logger="nomyo_audit.router"):
+        router = make_router(attester=make_attester(cloud_tpm.spec, platform_evidence=evidence))
+    assert "a verifier with the bundled roots says: fail hcl_ak_mismatch" in caplog.text
     block = reply_block(router)
     platform = block["platform"]
     assert platform == given

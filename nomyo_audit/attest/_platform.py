@@ -181,12 +181,17 @@ def attach_platform(
     read_nv: Callable[[Any], Mapping[int, bytes]] = read_platform_nv,
 ) -> str:
     """Read the platform evidence once (NV, and ``evidence_file``), check it as a verifier reads it,
-    and make ``attester`` attach it to every quote. Returns what was done, also logged; warns when
-    the cloud certified another key than this router's AIK (a verifier will then fail the anchor).
-    Raises ConfigurationError for evidence that does not read."""
+    and make ``attester`` attach it to every quote. Returns what was done, also logged, with what a
+    verifier holding the bundled roots will say of it now (``hcl_ak_mismatch`` when the cloud
+    certified another key than this router's AIK, ``tdx_report_data_mismatch`` for a TD quote of
+    another HCL report...): advice for the operator, never a reason to send less. Raises
+    ConfigurationError for evidence that does not read."""
+    from datetime import datetime, timezone
+
     from ..tpm._marshal import ALG
-    from ..tpm._platform import read_platform
+    from ..tpm._platform import appraise_platform, read_platform
     from ..tpm._public import parse_public
+    from ..tpm._trust_store import TrustStore
 
     supplied = load_platform_file(evidence_file) if evidence_file is not None else {}
     aik = parse_public(source.aik_public)
@@ -197,22 +202,10 @@ def attach_platform(
         except EvidenceError as exc:
             raise ConfigurationError(f"the platform evidence does not read: {exc.message}") from None
         attester.set_platform(document)
-        if not _certifies(platform, aik):
-            note += "; it certifies another key than this router's AIK, so verifiers will not anchor it"
+        now = datetime.now(timezone.utc)
+        finding = appraise_platform(aik, platform, TrustStore.bundled(), at=now).finding
+        note += f"; a verifier with the bundled roots says: {finding.status} {finding.code}"
+        if finding.status != "pass":
+            note += f" ({finding.detail[:200]})"
     logger.info("platform: %s", note)
     return note
-
-
-def _certifies(platform: Any, aik: Any) -> bool:
-    """Whether the cloud's evidence names this AIK (the HCL report's HCLAkPub, or the GCE
-    certificate's key): only a warning for the operator; verifiers decide for themselves."""
-    from ..tpm._hcl import hcl_ak_matches, parse_hcl_report
-    from ..tpm._keys import spki_der, to_crypto_key
-    from ..tpm._x509 import read_certificate
-
-    try:
-        if platform.kind == "gce":
-            return read_certificate(platform.certificates[0]).spki == spki_der(to_crypto_key(aik))
-        return hcl_ak_matches(parse_hcl_report(platform.hcl_report), aik)
-    except Exception:  # the verifier's appraisal reports what is wrong; this is advice only
-        return False
