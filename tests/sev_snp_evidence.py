@@ -23,6 +23,8 @@ from nomyo_audit.tpm._trust_store import TrustStore
 
 AZURE = Path(__file__).parent / "fixtures" / "cloud-anchors" / "azure"
 SNP = AZURE / "snp"
+#: AMD's ARK and ASK as shipped in the wheel (tpm-roots/AMD-SEV)
+SEV_ROOTS = Path(__file__).parents[1] / "tpm-roots" / "AMD-SEV"
 
 #: Every SNP set whose pieces belong together (the fixtures README) and its product: each must pass.
 #: kinvolk-az-cvm-vtpm is incoherent on purpose (its VCEK is another chip's): a negative case only.
