@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ..errors import ConfigurationError
-from ._report_record import as_label
+from ._report_record import _MAX_TEXT, as_label
 
 __all__ = [
     "GROUP_BY",
@@ -48,7 +48,9 @@ Labels = tuple[str | None, str | None, str | None]
 
 
 def _label(value: Any) -> str | None:
-    return None if value is None else as_label(value)
+    if value is None or (type(value) is str and len(value) <= _MAX_TEXT):  # the fast path: run per record
+        return value
+    return as_label(value)
 
 
 def group_labels(doc: Mapping[str, Any]) -> Labels:
