@@ -37,6 +37,12 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 EXAMPLE_URL = "https://router.example"
 SKIP_LINES = ("bash scripts/", ".venv/bin/python bench/", "pip install", "NOMYO_REFERENCE_PATH=")
 FRESH = {"quickstart.md"}  # walks through creating the key and the first checkpoint itself
+PG_EXAMPLE = "postgresql://audit@db.example:5432/audit"  # the docs' PostgreSQL log: a fresh real database
+
+
+def with_database(code: str, request: pytest.FixtureRequest) -> str:
+    """The example's PostgreSQL URL pointed at a fresh database on the tests' server."""
+    return code.replace(PG_EXAMPLE, request.getfixturevalue("postgres_url")) if PG_EXAMPLE in code else code
 
 
 def blocks(path: Path) -> list[tuple[str, int, str]]:
@@ -124,11 +130,11 @@ PYTHON = cases("python")
 
 
 @pytest.mark.parametrize("case", PYTHON, ids=ids(PYTHON))
-def test_python_examples(case, workspace, router, monkeypatch):
+def test_python_examples(case, workspace, router, monkeypatch, request):
     path, line, code = case
     directory, _ = workspace
     monkeypatch.chdir(directory)
-    source = for_test(code, router.url)
+    source = for_test(with_database(code, request), router.url)
     compiled = compile(source, f"{path.name}:{line}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     namespace = {"__name__": "__doc_example__", "KEY": "sk-doc-example"}
     result = eval(compiled, namespace)
@@ -155,6 +161,7 @@ def test_bash_examples(case, router, tmp_path, request):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("NOMYO_AUDIT_LOG", None)
     ran = 0
+    code = with_database(code, request)
     for command in re.sub(r"\\\n\s*", " ", code).splitlines():
         command = command.strip()
         if not command or command.startswith("#") or command.startswith(SKIP_LINES):
