@@ -146,3 +146,21 @@ def test_env_and_audit_log_argument_take_a_url(filled, monkeypatch, capsys):
     monkeypatch.setenv("NOMYO_AUDIT_LOG", url)
     assert main(["log", "verify", "--key", str(public)]) == ExitCode.OK
     assert "ok: 10 records" in capsys.readouterr().out
+
+
+def test_the_client_records_into_a_postgres_url(router, postgres_url, monkeypatch):
+    """``audit_log=`` and ``NOMYO_AUDIT_LOG`` take a URL: each request leaves its record there."""
+    import asyncio
+
+    from nomyo_audit import SecureChatCompletion
+
+    async def chat(**kwargs):
+        async with SecureChatCompletion(router.url, allow_http=True, **kwargs) as client:
+            await client.create("qwen3", [{"role": "user", "content": "hello"}], security_tier="high")
+
+    asyncio.run(chat(audit_log=postgres_url))
+    monkeypatch.setenv("NOMYO_AUDIT_LOG", postgres_url)
+    asyncio.run(chat())
+    with AuditLog.open(postgres_url) as log:
+        assert log.size == 2 and log.verify().ok
+        assert [r.seq for r in log.store.records()] == [0, 1]
