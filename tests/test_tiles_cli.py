@@ -206,3 +206,15 @@ def test_files_are_written_with_a_public_mode_and_no_temporary_file_is_left(tmp_
         if path.is_file():
             assert oct(path.stat().st_mode & 0o777) == "0o644" and not path.name.endswith(".tmp")
     assert sorted(os.listdir(out)) == ["checkpoint", "tile"]
+
+
+def test_an_output_that_is_a_file_is_exit_2_and_no_key_is_said(tmp_path, key, capsys):
+    db = make_log(tmp_path / "audit.db", key, count=3)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["log", "tiles", "--log", str(db), "-o", str(blocker)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["log", "tiles", "--log", str(db), "-o", str(blocker / "www")]) == 2
+    assert f"cannot create {blocker / 'www'}: Not a directory" in capsys.readouterr().err
+    assert main(["log", "tiles", "--log", str(db), "-o", str(tmp_path / "www")]) == 0
+    assert "pass --key for a trusted one" in capsys.readouterr().err

@@ -23,6 +23,7 @@ from test_tiles_cli import files_under, grow
 from tile_client import SpecTileClient, verify_path
 
 from nomyo_audit.audit import AuditLog
+from nomyo_audit.audit._tiles_server import MAX_CONNECTIONS
 from nomyo_audit.cli import main
 
 
@@ -169,6 +170,24 @@ def test_other_methods_are_405_and_malformed_requests_400_and_the_server_goes_on
     assert server.get("/checkpoint")[0] == 200
     err = stop(server)
     assert "Traceback" not in err
+
+
+def test_idle_connections_beyond_the_limit_are_closed_and_the_server_recovers(served):
+    _, server = served
+    address = (server.host, int(server.port))
+    idle = [socket.create_connection(address, timeout=10) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.5)  # all accepted, each holding its thread
+        with socket.create_connection(address, timeout=10) as extra:
+            extra.sendall(b"GET /checkpoint HTTP/1.1\r\n\r\n")
+            assert extra.recv(100) == b""  # closed at once, not queued behind the idle ones
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while server.get("/checkpoint")[0] != 200:  # slots freed as the idle connections end
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
 
 
 def test_a_newer_checkpoint_is_served_after_a_refresh_and_sigterm_cleans_up(served, key, tmp_path):

@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,19 +28,46 @@ __all__ = ["TileServer"]
 MAX_PATH = 256
 CHECKPOINT_CACHE = "max-age=5"
 TILE_CACHE = "public, max-age=31536000, immutable"
+#: Connections served at once; each holds a thread for at most the handler's timeout when idle.
+MAX_CONNECTIONS = 64
 
 
 class TileServer(ThreadingHTTPServer):
-    """An HTTP server of the tiles in ``directory`` on an already listening socket."""
+    """An HTTP server of the tiles in ``directory`` on an already listening socket.
+
+    At most ``max_connections`` connections are served at once (a thread each); one more is
+    closed at once, so a flood of idle connections costs no more than that many threads.
+    """
 
     daemon_threads = True
 
-    def __init__(self, sock: socket.socket, directory: Path) -> None:
+    def __init__(
+        self, sock: socket.socket, directory: Path, *, max_connections: int = MAX_CONNECTIONS
+    ) -> None:
         super().__init__(sock.getsockname()[:2], _TileHandler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
         self.server_address = sock.getsockname()
         self.directory = directory
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in a thread of its own if a slot is free, else close it."""
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """The connection's thread; its slot is freed when it ends."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """One line on stderr for a connection that failed (a client gone mid-reply), never a traceback."""

@@ -27,6 +27,11 @@ KEY_OPTION = click.option(
     help="The checkpoint signer's public key (from a trusted place); default: the key the log names.",
 )
 
+UNTRUSTED_KEY = (
+    "note: the log was verified with the key stored in it; pass --key for a trusted one "
+    "(clients check the checkpoint with the key they trust)"
+)
+
 
 def _publish(
     log_path: Path | str, directory: Path, public: Ed25519PublicKey | None
@@ -68,6 +73,8 @@ def log_tiles(log_path: Path | str, key: Path | None, directory: Path) -> None:
         f"published {origin} size {result.size} (was {result.previous_size}) to {directory}: "
         f"{len(result.written)} file(s) written"
     )
+    if public is None:
+        click.echo(UNTRUSTED_KEY, err=True)
 
 
 @click.command("serve")
@@ -99,6 +106,8 @@ def log_serve(log_path: Path | str, key: Path | None, host: str, port: int, refr
     with tempfile.TemporaryDirectory(prefix="nomyo-audit-tiles-") as scratch:
         directory = Path(scratch)
         origin, result = _publish(log_path, directory, public)
+        if public is None:
+            click.echo(UNTRUSTED_KEY, err=True)
         sock = listen_on(host, port)
         bound_host, bound_port = sock.getsockname()[:2]
         server = TileServer(sock, directory)
