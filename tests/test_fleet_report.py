@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 
 import html5lib
 import pytest
@@ -302,3 +303,35 @@ def test_a_scoped_report_signs_ear_jwts_for_its_own_records_only(fleet_log, tmp_
     assert len(lines) == document["summary"]["requests"] == 3
     assert all(line["jwt"] for line in lines)
     assert main(["verify-report", str(out), "--key", str(fleet_log[2])]) == ExitCode.OK
+
+
+def test_a_chain_of_reports_keeps_one_scope(fleet_log, tmp_path, capsys):
+    log_path, _, pub_path = fleet_log[:3]
+    until = ["--until", str(int(time.time()) + 1)]
+    first, _ = _report(tmp_path, fleet_log, "billing-1", "--service", "billing", *until)
+    second, chained = _report(
+        tmp_path, fleet_log, "billing-2", "--service", "billing", "--previous", str(first)
+    )
+    assert chained["scope"]["service"] == "billing" and chained["chain"]["previous"]["report_sha256"]
+    assert (
+        main(["verify-report", str(first), str(second), "--key", str(pub_path), "--log", str(log_path)]) == 0
+    )
+    capsys.readouterr()
+    for other in (["--service", "search"], []):
+        status = main(
+            [
+                "report",
+                "--log",
+                str(log_path),
+                "--sign",
+                str(fleet_log[1]),
+                "--previous",
+                str(first),
+                "-o",
+                str(tmp_path / "other"),
+                *other,
+            ]
+        )
+        err = capsys.readouterr().err
+        assert status == ExitCode.USAGE and "a chain of reports keeps one scope" in err, err
+        assert "counts --service billing and this one" in err

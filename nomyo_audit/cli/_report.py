@@ -37,7 +37,7 @@ from ._log_location import LOG_LOCATION
 from ._progress import Progress
 from ._report_chain import Previous, check_against_log, report_findings, verify_series
 from ._report_ear import EAR_JWT_FILE, EAR_JWT_OPTION, ear_report_key, remove_partial, write_ear_tokens
-from ._report_scope import SCOPE_OPTIONS, in_scope, scope_note, scope_of, scoped
+from ._report_scope import SCOPE_OPTIONS, in_scope, same_scope, scope_note, scope_of, scoped
 
 _RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)$")
 
@@ -182,6 +182,8 @@ def report(
     ear_key = ear_report_key(key) if ear_jwt else None
     tokens: Path | None = None
     chained = Previous(previous, key) if previous is not None else None
+    if chained is not None:
+        same_scope(chained.document, scope)
     lo = chained.since(lo) if chained is not None else lo
     if lo is not None and hi is not None and lo > hi:
         raise click.BadParameter("the period starts after --until", param_hint="--until")

@@ -81,3 +81,22 @@ def scope_note(target: object, statement: Mapping[str, Any]) -> str:
         return ""
     limits = " ".join(f"{name}={value}" for name, value in scope.items() if isinstance(value, str))
     return f"note: {target} counts only the records of {limits} (its signed scope)\n"
+
+
+def same_scope(previous: Mapping[str, Any], scope: Scope | None) -> None:
+    """``report --previous``: a series counts one scope, so a report chains only from a report of the
+    same scope (its coverage would chain either way, its figures would not add up); exit 2 otherwise."""
+    before = previous.get("scope") or None
+    now = scope.to_dict() if scope else None
+    if before != now:
+
+        def said(limits: Any) -> str:
+            if not isinstance(limits, Mapping):
+                return "the whole log"
+            return " ".join(f"--{name} {value}" for name, value in limits.items() if value is not None)
+
+        raise click.BadParameter(
+            f"the previous report counts {said(before)} and this one {said(now)}: "
+            "a chain of reports keeps one scope",
+            param_hint="--previous",
+        )
