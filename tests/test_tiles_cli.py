@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_log_integrity import DAY, make_log, record_at, sql, write_public
 from tile_client import SpecTileClient, verify_path
 
-from nomyo_audit.audit import AuditLog, build_record
+from nomyo_audit.audit import AuditLog, build_record, parse_checkpoint
+from nomyo_audit.audit._cosignature import WitnessKey, cosign, verified_cosignatures
 from nomyo_audit.audit._tiles import new_tiles, tiles_for_size
 from nomyo_audit.audit._tiles_writer import publish_tiles
 from nomyo_audit.cli import main
@@ -167,14 +168,18 @@ def cosigned(note, line):
 
 def test_the_checkpoint_published_carries_the_witnesses_cosignatures_of_that_checkpoint(tmp_path, key):
     db = make_log(tmp_path / "audit.db", key, count=10, every=1000)
-    witness = "\u2014 witness.example/w1 " + "AAAAAA" + "B" * 90
+    witness_private = Ed25519PrivateKey.generate()
+    witness = WitnessKey.of("witness.example/w1", witness_private)
     with AuditLog(db) as log:
         note = log.latest_checkpoint().note
-        log.store.set_meta("cosigned_checkpoint", cosigned(note, witness).encode())
+        line = cosign(parse_checkpoint(note)[0], witness, witness_private, 1_790_000_000)
+        log.store.set_meta("cosigned_checkpoint", cosigned(note, line.rstrip("\n")).encode())
     out = tmp_path / "www"
     with AuditLog.open(db) as log:
         publish_tiles(log, out)
-    assert (out / "checkpoint").read_text() == cosigned(note, witness)
+    served = (out / "checkpoint").read_text()
+    assert served == cosigned(note, line.rstrip("\n"))
+    assert [c.witness.name for c in verified_cosignatures(served, [witness])[0]] == ["witness.example/w1"]
     client = client_of(out)
     client.open_checkpoint(key.public_key())  # the log's own signature still verifies
     assert client.tree_root() == client.root

@@ -41,7 +41,6 @@ MAX_ENTRY = 0xFFFF
 #: Tile levels are 0..63; a tree's size (and so a tile index) fits in 64 bits.
 MAX_LEVEL = 63
 _SIZE_LIMIT = 1 << 64
-_HASH = 32
 
 
 class TilePathError(ValueError):
@@ -223,9 +222,3 @@ class TileBuilder:
             partial.insert(0, (TileRef(0, self._full[0], len(self._bundle), True), b"".join(self._bundle)))
         return partial
 
-
-def tile_hashes(data: bytes) -> list[bytes]:
-    """A hash tile's bytes as its hashes; ValueError unless it is 1..256 whole hashes."""
-    if not data or len(data) % _HASH or len(data) > TILE_WIDTH * _HASH:
-        raise ValueError("a hash tile is 1 to 256 SHA-256 hashes")
-    return [data[i : i + _HASH] for i in range(0, len(data), _HASH)]
