@@ -8,6 +8,7 @@ every entry against its level-0 hash.
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -108,8 +109,9 @@ def test_a_log_that_does_not_verify_is_exit_3_and_nothing_is_written(tmp_path, k
     assert files_under(out) == []
 
 
+@pytest.mark.parametrize("other_size", [300, 600])
 def test_a_log_forked_from_what_the_directory_publishes_is_exit_3_and_nothing_is_written(
-    tmp_path, key, capsys
+    tmp_path, key, capsys, other_size
 ):
     out = tmp_path / "www"
     (tmp_path / "a").mkdir()
@@ -119,11 +121,24 @@ def test_a_log_forked_from_what_the_directory_publishes_is_exit_3_and_nothing_is
     published = stats(out)
     other = tmp_path / "b" / "audit.db"  # same origin (nomyo-audit.local/audit), other records
     with AuditLog(other, key=key) as log:
-        for n in range(600):
+        for n in range(other_size):
             log.append(f"other-{n}", record_at(f"other-{n}", DAY + n), timestamp=DAY + n)
         log.checkpoint()
     assert main(["log", "tiles", "--log", str(other), "-o", str(out)]) == 3
     assert "forked" in capsys.readouterr().err
+    assert stats(out) == published
+
+
+def test_a_rolled_back_log_is_exit_3_and_the_directory_keeps_the_later_checkpoint(tmp_path, key, capsys):
+    db = make_log(tmp_path / "audit.db", key, count=300, every=1000)
+    shutil.copy(db, tmp_path / "yesterday.db")
+    grow(db, key, 300, 300)
+    out = tmp_path / "www"
+    assert main(["log", "tiles", "--log", str(db), "-o", str(out)]) == 0
+    published = stats(out)
+    shutil.copy(tmp_path / "yesterday.db", db)  # whoever can write the file restores an older copy
+    assert main(["log", "tiles", "--log", str(db), "-o", str(out)]) == 3
+    assert "publishes size 600, but the log's latest checkpoint is size 300" in capsys.readouterr().err
     assert stats(out) == published
 
 
