@@ -193,6 +193,15 @@ def test_any_changed_byte_in_the_hcl_variable_data_never_passes(trustee):
         assert code(appraise(bytes(changed), quote))[1] in ("hcl_binding_mismatch", "hcl_malformed"), at
 
 
+@pytest.mark.parametrize("offset", [264, 264 + 0x77, 512, 512 + 16, 512 + 0x18F])  # TEE_TCB_SVN .. RTMR3
+def test_a_tdreport_that_is_not_the_quotes(trustee, offset):
+    """The HCL report's TDREPORT must hold what the quote signs (its MRTD, RTMRs, SEAM fields...)."""
+    hcl, quote, _ = trustee
+    changed = bytearray(hcl)
+    changed[32 + offset] ^= 0x01
+    assert code(appraise(bytes(changed), quote)) == ("fail", "tdx_tdreport_mismatch")
+
+
 def test_a_qe_report_whose_binding_breaks(trustee):
     hcl, _, parts = trustee
     auth = bytearray(parts.qe_auth_data)
@@ -259,6 +268,15 @@ def test_another_vms_hcl_report_with_this_td_quote(trustee):
 # -- forged end to end under a trusted test root: the checks after the signatures ----------------------
 
 
+def with_tdreport(hcl: bytes, body: bytes) -> bytes:
+    """The HCL report with its TDREPORT's TEE_TCB_INFO and TDINFO fields set to a TD body's (the
+    report_data, which the variable data binds, unchanged): as if the TDREPORT held that TD."""
+    changed = bytearray(hcl)
+    changed[32 + 264 : 32 + 264 + 0x78] = body[:0x78]
+    changed[32 + 512 : 32 + 512 + 0x190] = body[0x78:0x208]
+    return bytes(changed)
+
+
 @pytest.fixture(scope="module")
 def forger() -> tuple[ForgedPck, TrustStore]:
     pck = ForgedPck()
@@ -291,7 +309,8 @@ def test_a_debug_td(trustee, forger):
     pck, store = forger
     body = bytearray(parts.body)
     body[0x78] |= 0x01  # TDATTRIBUTES.DEBUG
-    assert code(appraise(hcl, pck.forge(parts, body=bytes(body)), store=store)) == ("fail", "tdx_debug")
+    forged = pck.forge(parts, body=bytes(body))
+    assert code(appraise(with_tdreport(hcl, bytes(body)), forged, store=store)) == ("fail", "tdx_debug")
 
 
 @pytest.mark.parametrize("offset", [0x40, 0x6F, 0x70])  # MRSIGNERSEAM first and last byte, SEAMATTRIBUTES
@@ -302,7 +321,8 @@ def test_a_tdx_module_not_signed_by_intel(trustee, forger, offset):
     pck, store = forger
     body = bytearray(parts.body)
     body[offset] = 0x01
-    assert code(appraise(hcl, pck.forge(parts, body=bytes(body)), store=store)) == (
+    forged = pck.forge(parts, body=bytes(body))
+    assert code(appraise(with_tdreport(hcl, bytes(body)), forged, store=store)) == (
         "fail",
         "tdx_module_identity",
     )

@@ -18,8 +18,9 @@ go-tdx-guest ``verify/verify.go`` ``verifyQuote`` @ c7c68f5a; confidential-conta
    rest zero: the attestation key is the QE's (``tdx_qe_binding``);
 4. the attestation key signed the quote's header and TD body (``tdx_signature_invalid``);
 5. the HCL report is a TDX one, SHA-256 of its variable data is the TDREPORT's report_data[0:32]
-   (``hcl_binding_mismatch``) and the quote signs that same report_data
-   (``tdx_report_data_mismatch``);
+   (``hcl_binding_mismatch``), the quote signs that same report_data (``tdx_report_data_mismatch``)
+   and the rest of the TDREPORT it was made from: TEE_TCB_INFO's and TDINFO's fields
+   (``tdx_tdreport_mismatch``), so no field of the HCL report's TDREPORT says other than the quote;
 6. HCLAkPub is exactly the quoting AIK (``hcl_ak_mismatch``);
 7. the TD ran on Intel's TDX module: MRSIGNERSEAM and SEAMATTRIBUTES zero, as every TDX tcbInfo's
    ``tdxModule`` identity says (``tdx_module_identity``);
@@ -65,6 +66,10 @@ OID_SGX_FMSPC = "1.2.840.113741.1.13.1.4"
 #: TDREPORT (REPORTMACSTRUCT) report_data: bytes 128-191 of the 1024-byte TDREPORT (Intel TDX
 #: module ABI; trustee ``az_tdx_vtpm`` compares it with the quote's).
 _TDREPORT_DATA = slice(128, 192)
+#: Where the TD quote body's fields sit in the TDREPORT (Intel TDX Module ABI, TDREPORT_STRUCT):
+#: TEE_TCB_SVN .. SEAMATTRIBUTES in TEE_TCB_INFO (after its 8-byte VALID), TDATTRIBUTES .. RTMR3
+#: at the start of TDINFO; checked on both real Azure reports.
+_TDREPORT_TEE_TCB, _TDREPORT_TDINFO = slice(264, 264 + 0x78), slice(512, 512 + 0x190)
 #: Intel's TD Quoting Enclave identity as Intel PCS publishes it (``tdx/certification/v4/qe/identity``,
 #: id ``TD_QE``; a copy: edgelesssys/go-tdx-qpl ``blobs/qeidentity.json`` @ 7376c95f): MRSIGNER,
 #: ISVPRODID, attributes under their mask, MISCSELECT under its mask. Pinned because no identity
@@ -226,6 +231,12 @@ def _binding_failure(report: HclReport, quote: TdQuote, aik: Public) -> AnchorRe
         return _fail(
             "tdx_report_data_mismatch",
             "the TD quote signs another report_data than the HCL report's TDREPORT",
+        )
+    tdreport = report.hw_report[_TDREPORT_TEE_TCB] + report.hw_report[_TDREPORT_TDINFO] + report_data
+    if not hmac.compare_digest(tdreport, quote.signed[48:]):
+        return _fail(
+            "tdx_tdreport_mismatch",
+            "the TD quote was not made from the HCL report's TDREPORT: their measurements differ",
         )
     if not hcl_ak_matches(report, aik):
         return _fail("hcl_ak_mismatch", "the HCL report's HCLAkPub is not the quoting AIK")
