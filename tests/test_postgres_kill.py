@@ -276,3 +276,30 @@ def test_terminated_connections_mid_batch(durable_server: PostgresServer, log_ur
     finally:
         fleet.stop()
     settle_and_check(log_url, fleet, keys[1], minimum=400)
+
+
+def test_pending_rows_of_dead_writers_are_sequenced_by_the_next_writer(
+    durable_server: PostgresServer, log_url: str, keys: Any, tmp_path: Path
+) -> None:
+    """Freeze the sequencer holder (SIGSTOP: it keeps the lock), let the others fill ``pending``,
+    SIGKILL everyone: the rows nobody acknowledged are left pending, and the next writer's
+    sequencer gives each exactly one position."""
+    fleet = Fleet(log_url, keys[0], tmp_path)
+    for _ in range(3):
+        fleet.spawn(threads=6)
+    try:
+        for writer in fleet.writers:
+            fleet.wait_acks(writer, 20)
+        frozen = wait_for_holder(durable_server, log_url, fleet)
+        frozen.proc.send_signal(signal.SIGSTOP)
+        with psycopg.connect(log_url, autocommit=True) as conn:
+            deadline = time.monotonic() + 30
+            # each of the other two writers' six threads waits with one record in pending
+            while (left := conn.execute("SELECT count(*) FROM pending").fetchone()[0]) < 12:
+                assert time.monotonic() < deadline, f"only {left} rows pending"
+                time.sleep(0.05)
+    finally:
+        fleet.stop()
+    with psycopg.connect(log_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pending").fetchone()[0] >= 12
+    settle_and_check(log_url, fleet, keys[1], minimum=60)
