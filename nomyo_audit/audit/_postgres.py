@@ -10,6 +10,7 @@ is durable with its position. Reads stream with server-side cursors on their own
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -24,6 +25,7 @@ from ._postgres_append import Appender, check_blobs
 from ._postgres_schema import (
     CHECKPOINT_LOCK,
     CREATE_LOCK,
+    PENDING_CHANNEL,
     SCHEMA,
     connect,
     database_errors,
@@ -138,6 +140,10 @@ class PostgresStore:
         if self._appender is not None:
             self._appender.close()
         if self._sequencer is not None:
+            self._sequencer.stopping.set()
+            if self._sequencer.holding.is_set():  # wake it from its wait for pending rows
+                with contextlib.suppress(LogError):
+                    self._read(lambda db: db.execute(f"NOTIFY {PENDING_CHANNEL}"))
             self._sequencer.stop()
         self._closed = True
         self._conn.close()

@@ -234,7 +234,7 @@ class Appender:
                 if time.monotonic() - quiet_since >= POLL_AFTER:
                     self._poll(conn)
                     quiet_since = time.monotonic()
-                for notify in conn.notifies(timeout=0.2, stop_after=1):
+                for notify in conn.notifies(timeout=0.2):
                     self.resolve(parse_acks(notify.payload))
                     quiet_since = time.monotonic()
             except (psycopg.Error, LogError):

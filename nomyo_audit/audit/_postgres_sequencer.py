@@ -213,8 +213,8 @@ class Sequencer(threading.Thread):
         self.holding.set()
         while not self.stopping.is_set():
             done = self._batch(conn, frontier, last_time)
-            if done is None:
-                for _ in conn.notifies(timeout=0.05, stop_after=1):
+            if done is None:  # idle: a writer's commit notifies; the timeout only bounds a stop
+                for _ in conn.notifies(timeout=0.5, stop_after=1):
                     pass
                 continue
             frontier, last_time = done
