@@ -54,7 +54,7 @@ from nomyo_audit.audit._merkle import Frontier, leaf_hash  # noqa: E402
 from nomyo_audit.audit._note import Checkpoint, sign_checkpoint  # noqa: E402
 from nomyo_audit.audit._stores import open_store  # noqa: E402
 
-CLI = [sys.executable, "-m", "nomyo_audit.cli._main"]
+CLI = audit_bench.CLI
 CHECKPOINT_EVERY = 100_000
 ORIGIN = "bench.example/fleet"
 
@@ -212,19 +212,7 @@ def load_and_verify(location: str, meta: dict[str, bytes], checkpoints: list[Sto
     loaded = time.perf_counter() - started
     getattr(store, "close", lambda: None)()
     return {"records": count, "load_seconds": loaded,
-            **timed([*CLI, "log", "verify", "--log", location, "--key", str(key_pub)])}
-
-
-def timed(command: list[str]) -> dict[str, float]:
-    start = time.perf_counter()
-    proc = subprocess.Popen(["taskset", "-c", "0", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        raise SystemExit(f"{' '.join(command)} failed: {(out + err)[-800:]}")
-    return {"seconds": elapsed, "peak_rss_mb": usage.ru_maxrss / 1024, "output": out.splitlines()[0]}
+            **audit_bench.timed([*CLI, "log", "verify", "--log", location, "--key", str(key_pub)])}
 
 
 # -- main ------------------------------------------------------------------------------------

@@ -143,6 +143,19 @@ class Fleet:
         return [" ".join(p) for p in lines if p[:1] == ["error"] and "BUG:" in p[-1]]
 
 
+def started(fleet: Fleet, *, writers: int, threads: int = 3) -> Fleet:
+    """``writers`` writer processes, each acknowledged 20 times already."""
+    for _ in range(writers):
+        fleet.spawn(threads)
+    try:
+        for writer in fleet.writers:
+            fleet.wait_acks(writer, 20)
+    except BaseException:
+        fleet.stop()
+        raise
+    return fleet
+
+
 def holder(server: PostgresServer, url: str, fleet: Fleet) -> Writer | None:
     """The writer process whose connection holds the sequencer lock (by the connection's local port)."""
     with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
@@ -211,12 +224,8 @@ def settle_and_check(url: str, fleet: Fleet, public_key: Path, *, minimum: int) 
 def test_sigkill_of_writers_mid_batch(durable_server: PostgresServer, log_url: str, keys: Any,
                                       tmp_path: Path) -> None:
     rng = random.Random(16_001)
-    fleet = Fleet(log_url, keys[0], tmp_path)
-    for _ in range(4):
-        fleet.spawn()
+    fleet = started(Fleet(log_url, keys[0], tmp_path), writers=4)
     try:
-        for writer in fleet.writers:
-            fleet.wait_acks(writer, 20)
         for _ in range(4):
             keeper = wait_for_holder(durable_server, log_url, fleet)
             victim = rng.choice([w for w in fleet.alive() if w is not keeper])
@@ -233,12 +242,8 @@ def test_sigkill_of_writers_mid_batch(durable_server: PostgresServer, log_url: s
 def test_sigkill_of_the_sequencer_holder_mid_batch(durable_server: PostgresServer, log_url: str, keys: Any,
                                                    tmp_path: Path) -> None:
     rng = random.Random(16_002)
-    fleet = Fleet(log_url, keys[0], tmp_path)
-    for _ in range(4):
-        fleet.spawn()
+    fleet = started(Fleet(log_url, keys[0], tmp_path), writers=4)
     try:
-        for writer in fleet.writers:
-            fleet.wait_acks(writer, 20)
         killed = 0
         for _ in range(4):
             sequencer = wait_for_holder(durable_server, log_url, fleet)
@@ -259,12 +264,8 @@ def test_sigkill_of_the_sequencer_holder_mid_batch(durable_server: PostgresServe
 def test_terminated_connections_mid_batch(durable_server: PostgresServer, log_url: str, keys: Any,
                                           tmp_path: Path) -> None:
     rng = random.Random(16_003)
-    fleet = Fleet(log_url, keys[0], tmp_path)
-    for _ in range(4):
-        fleet.spawn()
+    fleet = started(Fleet(log_url, keys[0], tmp_path), writers=4)
     try:
-        for writer in fleet.writers:
-            fleet.wait_acks(writer, 20)
         terminated = 0
         for _ in range(5):
             fleet.wait_acks(rng.choice(fleet.writers), rng.randint(1, 60))
@@ -284,12 +285,8 @@ def test_pending_rows_of_dead_writers_are_sequenced_by_the_next_writer(
     """Freeze the sequencer holder (SIGSTOP: it keeps the lock), let the others fill ``pending``,
     SIGKILL everyone: the rows nobody acknowledged are left pending, and the next writer's
     sequencer gives each exactly one position."""
-    fleet = Fleet(log_url, keys[0], tmp_path)
-    for _ in range(3):
-        fleet.spawn(threads=6)
+    fleet = started(Fleet(log_url, keys[0], tmp_path), writers=3, threads=6)
     try:
-        for writer in fleet.writers:
-            fleet.wait_acks(writer, 20)
         frozen = wait_for_holder(durable_server, log_url, fleet)
         frozen.proc.send_signal(signal.SIGSTOP)
         with psycopg.connect(log_url, autocommit=True) as conn:
