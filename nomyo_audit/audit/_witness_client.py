@@ -181,6 +181,7 @@ class _Round:
         self.store, self.note, self.log_size, self.http = store, note, log_size, http
         self.checkpoint = parse_checkpoint(note)[0]
         self.log_key = _signer(store, note)
+        self._proofs: dict[int, tuple[list[bytes], bytes]] = {}
 
     def ask(self, entry: WitnessEntry) -> WitnessOutcome:
         name = entry.key.name
@@ -188,7 +189,7 @@ class _Round:
             stale = self._beyond(entry, entry.size)
             if stale is not None:
                 return stale
-            proof, root = proof_between(self.store.scan(), entry.size, self.checkpoint.size)
+            proof, root = self._proof(entry.size)
             if root != self.checkpoint.root:
                 raise IntegrityError(
                     f"the log's records at size {self.checkpoint.size} do not give the root of "
@@ -213,6 +214,12 @@ class _Round:
                 )
             return WitnessOutcome(entry, "failed", f"witness {name} answered {status}: {text.strip()[:200]}")
         return WitnessOutcome(entry, "failed", f"witness {name} answered 409 twice")
+
+    def _proof(self, old_size: int) -> tuple[list[bytes], bytes]:
+        """The proof from ``old_size`` (one pass over the records, once per size in a round)."""
+        if old_size not in self._proofs:
+            self._proofs[old_size] = proof_between(self.store.scan(), old_size, self.checkpoint.size)
+        return self._proofs[old_size]
 
     def _beyond(self, entry: WitnessEntry, known: int) -> WitnessOutcome | None:
         name = entry.key.name
