@@ -72,12 +72,12 @@ def migrate(
     signer = key or _stored_key(source)
     before = _verify(source, signer, key is not None, "source", progress)
     checkpoints = [c for c in source.checkpoints() if c.size <= before.size]
-    blobs = [(str(k), bytes(v)) for k, v in source.blobs()]
+    blobs = _Blobs(source)
     meta = {name: value for name in COPIED_META if (value := source.meta(name)) is not None}
     destination.bulk_load(meta, _records(source, before.size), checkpoints, blobs)
     after = _verify(destination, signer, key is not None, "destination", progress)
     _require_same(before, after, checkpoints, destination.checkpoints())
-    return Migration(after.size, after.root, len(checkpoints), len(blobs))
+    return Migration(after.size, after.root, len(checkpoints), blobs.count)
 
 
 def refuse_non_empty(store: LogStore) -> None:
@@ -119,6 +119,19 @@ def _records(source: LogStore, size: int) -> Iterator[StoredRecord]:
         yield StoredRecord(seq, payload_id, moment, bytes(data), bytes(leaf))
         if seq + 1 >= size:
             return
+
+
+class _Blobs:
+    """The source's blobs, streamed (an event log can be a megabyte; there can be many), counted."""
+
+    def __init__(self, source: LogStore) -> None:
+        self.source = source
+        self.count = 0
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        for key, data in self.source.blobs():
+            self.count += 1
+            yield str(key), bytes(data)
 
 
 def _same_checkpoints(copied: list[StoredCheckpoint], landed: list[StoredCheckpoint]) -> bool:
