@@ -37,11 +37,23 @@ KNOWN_BLOBS = 4096
 POLL_AFTER = 1.0
 
 
+_SUBMIT = """
+WITH b AS (
+    INSERT INTO blobs (sha256, data) SELECT * FROM unnest(%b::text[], %b::bytea[])
+    ON CONFLICT (sha256) DO NOTHING
+), p AS (
+    INSERT INTO pending (token, payload_id, time, data)
+    SELECT * FROM unnest(%b::bytea[], %b::text[], %b::float8[], %b::bytea[])
+)
+SELECT pg_notify(%b, '')
+"""
+
+
 class _Waiter:
     __slots__ = ("blobs", "data", "done", "error", "payload_id", "seq", "submitted", "time", "token")
 
     def __init__(self, payload_id: str, moment: float, data: bytes, blobs: Mapping[str, bytes]) -> None:
-        self.token = os.urandom(16).hex()
+        self.token: str | None = None  # given by the submit thread, a group's at once
         self.payload_id, self.time, self.data, self.blobs = payload_id, moment, data, blobs
         self.seq = -1
         self.submitted = False  # committed into pending (as far as this process knows)
@@ -78,7 +90,6 @@ class Appender:
             if not self._threads:
                 self._start()
             self._queue.append(waiter)
-            self._awaiting[waiter.token] = waiter
             self._cond.notify_all()
         deadline = time.monotonic() + WAIT_LIMIT
         while not waiter.done.wait(0.25):
@@ -108,9 +119,12 @@ class Appender:
     def _fail(self, waiters: list[_Waiter], error: Exception) -> None:
         with self._cond:
             for waiter in waiters:
-                if self._awaiting.pop(waiter.token, None) is not None:
-                    waiter.error = error
-                    waiter.done.set()
+                if waiter.token is not None and self._awaiting.pop(waiter.token, None) is None:
+                    continue  # answered meanwhile
+                if waiter.token is None and waiter in self._queue:
+                    self._queue.remove(waiter)
+                waiter.error = error
+                waiter.done.set()
 
     def close(self, patience: float = 10.0) -> None:
         """Stop the threads once what is queued is submitted and answered (or ``patience`` ran out)."""
@@ -142,9 +156,10 @@ class Appender:
                 if not self._queue:
                     break
                 group, self._queue[:GROUP] = self._queue[:GROUP], []
+            self._give_tokens(group)
             try:
                 if conn is None:
-                    conn = connect(self.url, self.display)
+                    conn = self._connect()
                 self._insert(conn, group)
             except (psycopg.Error, LogError):
                 if conn is not None:
@@ -153,33 +168,42 @@ class Appender:
         if conn is not None:
             conn.close()
 
+    def _give_tokens(self, group: list[_Waiter]) -> None:
+        """Random 16-byte tokens for the group's new records (one read of the OS's randomness)."""
+        raw = os.urandom(16 * len(group))
+        with self._cond:
+            for index, waiter in enumerate(group):
+                if waiter.token is None and not waiter.done.is_set():
+                    waiter.token = raw[16 * index : 16 * index + 16].hex()
+                    self._awaiting[waiter.token] = waiter
+
+    def _connect(self) -> Any:
+        """The submit connection. Not synchronous: an append is acknowledged only after the
+        sequencer's durable commit, which flushes these earlier commits too; a row a crash lost
+        before that was never acknowledged, and is submitted again (:meth:`_resubmit_lost`)."""
+        conn = connect(self.url, self.display)
+        conn.execute("SET synchronous_commit = off")
+        return conn
+
     def _insert(self, conn: Any, group: list[_Waiter]) -> None:
         blobs: dict[str, bytes] = {}
         for waiter in group:
             for digest, data in waiter.blobs.items():
                 if digest not in self._known_blobs:
                     blobs[digest] = data
-        # One round trip (pipelined). Not synchronous: the append is acknowledged only after the
-        # sequencer's durable commit, which flushes this earlier WAL too; a row lost in a crash
-        # before that was never acknowledged, and _recover puts it in again.
-        with conn.pipeline(), conn.transaction():
-            conn.execute("SET LOCAL synchronous_commit = off")
-            for digest, data in blobs.items():
-                conn.execute(
-                    "INSERT INTO blobs (sha256, data) VALUES (%s, %s) ON CONFLICT (sha256) DO NOTHING",
-                    (digest, bytes(data)),
-                )
-            conn.execute(
-                "INSERT INTO pending (token, payload_id, time, data) SELECT * FROM "
-                "unnest(%b::bytea[], %b::text[], %b::float8[], %b::bytea[])",
-                (
-                    [bytes.fromhex(w.token) for w in group],
-                    [w.payload_id for w in group],
-                    [w.time for w in group],
-                    [w.data for w in group],
-                ),
-            )
-            conn.execute(f"NOTIFY {PENDING_CHANNEL}")
+        group = [waiter for waiter in group if waiter.token is not None and not waiter.done.is_set()]
+        conn.execute(  # one statement, one round trip: the blobs and the records together or neither
+            _SUBMIT,
+            (
+                list(blobs),
+                [bytes(data) for data in blobs.values()],
+                [bytes.fromhex(w.token) for w in group if w.token is not None],
+                [w.payload_id for w in group],
+                [w.time for w in group],
+                [w.data for w in group],
+                PENDING_CHANNEL,
+            ),
+        )
         for waiter in group:
             waiter.submitted = True
         for digest in blobs:
@@ -195,8 +219,9 @@ class Appender:
         while time.monotonic() < deadline:
             conn = None
             try:
-                conn = connect(self.url, self.display)
-                there = _present(conn, [waiter.token for waiter in group if not waiter.done.is_set()])
+                conn = self._connect()
+                open_tokens = [w.token for w in group if w.token is not None and not w.done.is_set()]
+                there = _present(conn, open_tokens)
                 missing = [w for w in group if not w.done.is_set() and w.token not in there]
                 for waiter in group:
                     waiter.submitted = waiter.token in there
@@ -248,7 +273,7 @@ class Appender:
     def _resubmit_lost(self, conn: Any) -> None:
         """Submit again what is in neither pending nor acks (lost in a server crash, never acknowledged)."""
         with self._cond:
-            sent = {w.token: w for w in self._awaiting.values() if w.submitted and not w.done.is_set()}
+            sent = {token: w for token, w in self._awaiting.items() if w.submitted and not w.done.is_set()}
         if not sent:
             return
         there = _present(conn, list(sent))

@@ -84,7 +84,7 @@ class _Batch:
     ) -> None:
         """Give each pending row the next position, in id order; run the checkpoint maker after each."""
         frontier, last_time = self.frontier, self.last_time
-        for _, token, payload_id, moment, pending_data in rows:
+        for _, token, payload_id, moment, pending_data, *_ in rows:
             seq = frontier.size
             try:
                 data = with_seq(bytes(pending_data), seq)
@@ -145,6 +145,35 @@ def parse_acks(payload: str) -> dict[str, int]:
 
 #: 33 characters a token: 230 tokens keep a payload under 8000 bytes.
 _ACKS_PER_PAYLOAD = 230
+
+
+#: Take a batch: delete it from pending and return it, with the last position and checkpoint time.
+_TAKE = """
+WITH taken AS (
+    DELETE FROM pending WHERE id IN (SELECT id FROM pending ORDER BY id LIMIT %s)
+    RETURNING id, token, payload_id, time, data
+)
+SELECT taken.*, last.seq, latest.created FROM taken
+LEFT JOIN (SELECT seq FROM records ORDER BY seq DESC LIMIT 1) AS last ON true
+LEFT JOIN (SELECT created FROM checkpoints ORDER BY id DESC LIMIT 1) AS latest ON true
+"""
+
+#: Write a batch: records, checkpoints, acks, the frontier, and the notifications, in one statement.
+_WRITE = """
+WITH r AS (
+    INSERT INTO records (seq, payload_id, time, data, leaf)
+    SELECT * FROM unnest(%b::bigint[], %b::text[], %b::float8[], %b::bytea[], %b::bytea[])
+), c AS (
+    INSERT INTO checkpoints (size, root, note, created)
+    SELECT * FROM unnest(%b::bigint[], %b::bytea[], %b::text[], %b::float8[])
+), a AS (
+    INSERT INTO acks (token, seq, at) SELECT t, s, %b FROM unnest(%b::bytea[], %b::bigint[]) AS x(t, s)
+), f AS (
+    INSERT INTO meta (key, value) VALUES ('frontier', %b)
+    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+)
+SELECT pg_notify(%b, payload) FROM unnest(%b::text[]) AS payload
+"""
 
 
 class Sequencer(threading.Thread):
@@ -224,51 +253,41 @@ class Sequencer(threading.Thread):
     def _batch(
         self, conn: Any, frontier: Frontier, last_time: float | None
     ) -> tuple[Frontier, float | None] | None:
-        """One batch in one transaction, two round trips (pipelined); None when nothing was pending."""
+        """One batch in one transaction of four statements; None when nothing was pending.
+
+        Few statements, not a pipeline of many: each wait for the server hands the GIL to this
+        process's appending threads, and taking it back is what a batch waits for most.
+        """
         maker = self.maker()
         now = time.time()
-        with conn.pipeline(), conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHECKPOINT_LOCK,))
+        with conn.transaction():
             self._clean_acks(conn, now)
-            taken = conn.execute(
-                "DELETE FROM pending WHERE id IN (SELECT id FROM pending ORDER BY id LIMIT %s) "
-                "RETURNING id, token, payload_id, time, data",
-                (BATCH,),
-            )
-            last = conn.execute("SELECT seq FROM records ORDER BY seq DESC LIMIT 1")
-            latest = conn.execute("SELECT created FROM checkpoints ORDER BY id DESC LIMIT 1")
-            rows = sorted(taken.fetchall())
+            rows = conn.execute(_TAKE, (BATCH,)).fetchall()
             if not rows:
                 return None
-            top = last.fetchone()
-            checkpointed = latest.fetchone()
-            if (top[0] + 1 if top else 0) != frontier.size:  # someone else wrote: start from the table
+            rows.sort()
+            top, checkpointed = rows[0][5], rows[0][6]
+            if (top + 1 if top is not None else 0) != frontier.size:  # someone else wrote: read the table
                 frontier, last_time = read_frontier(conn)
             batch = _Batch(frontier, last_time)
-            batch.sequence(rows, maker, float(checkpointed[0]) if checkpointed else None, now)
-            if batch.records:
-                conn.execute(
-                    "INSERT INTO records (seq, payload_id, time, data, leaf) SELECT * FROM "
-                    "unnest(%b::bigint[], %b::text[], %b::float8[], %b::bytea[], %b::bytea[])",
-                    tuple(list(column) for column in zip(*batch.records, strict=True)),
-                )
-            for made in batch.checkpoints:
-                conn.execute(
-                    "INSERT INTO checkpoints (size, root, note, created) VALUES (%s, %s, %s, %s)", made
-                )
-            tokens = [bytes.fromhex(token) for token in batch.acks]
+            batch.sequence(rows, maker, float(checkpointed) if checkpointed is not None else None, now)
+            if batch.checkpoints:  # kept in size order with log checkpoint's (PostgresStore.add_checkpoint)
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHECKPOINT_LOCK,))
+            records = tuple(list(column) for column in zip(*batch.records, strict=True)) or ([],) * 5
+            checkpoints = tuple(list(column) for column in zip(*batch.checkpoints, strict=True)) or ([],) * 4
             conn.execute(
-                "INSERT INTO acks (token, seq, at) "
-                "SELECT t, s, %s FROM unnest(%b::bytea[], %b::bigint[]) AS a(t, s)",
-                (now, tokens, list(batch.acks.values())),
-            )
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('frontier', %s) "
-                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                (batch.frontier.to_bytes(),),
-            )
-            for payload in ack_payloads(batch.acks):
-                conn.execute("SELECT pg_notify(%s, %s)", (SEQUENCED_CHANNEL, payload))
+                _WRITE,
+                (
+                    *records,
+                    *checkpoints,
+                    now,
+                    [bytes.fromhex(token) for token in batch.acks],
+                    list(batch.acks.values()),
+                    batch.frontier.to_bytes(),
+                    SEQUENCED_CHANNEL,
+                    ack_payloads(batch.acks),
+                ),
+            ).fetchall()
         self.sequenced(batch.acks)
         return batch.frontier, batch.last_time
 
