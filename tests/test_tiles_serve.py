@@ -203,6 +203,7 @@ def test_a_newer_checkpoint_is_served_after_a_refresh_and_sigterm_cleans_up(serv
     assert server.get("/tile/0/002.p/188")[0] == 200
     err = stop(server)
     assert "now serving size 700" in err and "Traceback" not in err
+    assert server.proc.returncode == 0 and err.endswith("stopped\n")
     assert os.listdir(tmp_path / "scratch") == []  # the private directory is removed
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -56,11 +57,14 @@ class TileServer(ThreadingHTTPServer):
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)
             return
+        thread = threading.Thread(
+            target=self.process_request_thread, args=(request, client_address), daemon=True
+        )
         try:
-            super().process_request(request, client_address)
-        except BaseException:
+            thread.start()
+        except RuntimeError:  # no thread to be had: the connection is closed, its slot given back
             self._slots.release()
-            raise
+            self.shutdown_request(request)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """The connection's thread; its slot is freed when it ends."""
@@ -68,6 +72,22 @@ class TileServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def stop_on_signals(self) -> None:
+        """SIGTERM and SIGINT end :meth:`serve_forever` cleanly (its caller's ``finally`` runs).
+
+        The handler asks another thread to call :meth:`shutdown` instead of raising in the
+        middle of whatever the serving thread is doing. Signals are the main thread's: from
+        any other thread this does nothing.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def stop(signum: int, frame: object) -> None:
+            threading.Thread(target=self.shutdown, daemon=True).start()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, stop)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """One line on stderr for a connection that failed (a client gone mid-reply), never a traceback."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
 import tempfile
 import threading
@@ -103,7 +101,7 @@ def log_serve(log_path: Path | str, key: Path | None, host: str, port: int, refr
       nomyo-audit log serve --log audit.db --key audit.key.pub --port 8080
     """
     public = ed25519_public(key) if key is not None else None
-    with tempfile.TemporaryDirectory(prefix="nomyo-audit-tiles-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="nomyo-audit-tiles-", ignore_cleanup_errors=True) as scratch:
         directory = Path(scratch)
         origin, result = _publish(log_path, directory, public)
         if public is None:
@@ -120,22 +118,13 @@ def log_serve(log_path: Path | str, key: Path | None, host: str, port: int, refr
         )
         refresher.start()
         try:
-            _stop_on_sigterm()
+            server.stop_on_signals()
             server.serve_forever()
+            click.echo("stopped", err=True)
         finally:
             stop.set()
             server.server_close()
             refresher.join(timeout=refresh + 5)
-
-
-def _stop_on_sigterm() -> None:
-    """SIGTERM ends the server like Ctrl-C does, so the private directory is removed."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    with contextlib.suppress(ValueError):  # not the main thread (an embedding caller): leave it
-        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _state(log_path: Path | str) -> tuple[str | None, bytes | None]:
