@@ -12,6 +12,9 @@ makes it: its quotes' qualifiedSigner then depends on the EK, whose qualified na
 carries (``aik_parent_qualified_name_b64``) so that a verifier can check the AIK's attributes.
 The EK (:mod:`._endorsement`) is created when first needed: for a child AIK, or for
 :meth:`Tpm2QuoteSource.endorsement` and :meth:`Tpm2QuoteSource.activate_credential`.
+
+On a cloud VM the AIK can instead be the cloud's own AK (``aik_source``, :mod:`._cloud_aik`): the key
+its platform anchor certifies, checked against that anchor when the source opens.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ..tpm._structures import (
     marshal_pcr_selection_list,
 )
 from ._attester import Quote
+from ._cloud_aik import open_cloud_aik, parse_aik_source
 from ._endorsement import Endorsement, activate, check_ek_choice, create_child, create_ek
 
 __all__ = ["AIK_PARENTS", "AIK_TEMPLATES", "Tpm2QuoteSource", "parse_tpm_spec"]
@@ -61,12 +65,23 @@ class Tpm2QuoteSource:
     a primary key or (``aik_parent="ek"``) as a child of the EK, which ``ek`` chooses (an
     ``EK_CHOICES`` key of :mod:`._endorsement`; ``auto`` by default).
 
+    ``aik_source`` (:mod:`._cloud_aik`): ``ephemeral`` (that key), ``cloud`` (the AK the cloud's platform
+    anchor in NV certifies: Azure's at 0x81000003, GCE's from its NV template), ``auto`` (the cloud's
+    when NV holds an anchor, else ephemeral) or ``persistent:0x81......``; a cloud AK that is not the
+    certified key, or cannot quote as a verifier expects, is a ConfigurationError, never a fall-back.
+
     Raises :class:`nomyo_audit.errors.ConfigurationError` when tpm2-pytss is not installed (the
     ``tpm`` extra), the AIK kind or parent is unknown, or the TPM cannot be opened.
     """
 
     def __init__(
-        self, spec: str, aik: str = "rsa2048-rsassa", aik_parent: str = "primary", ek: str = "auto"
+        self,
+        spec: str,
+        aik: str = "rsa2048-rsassa",
+        aik_parent: str = "primary",
+        ek: str = "auto",
+        *,
+        aik_source: str = "ephemeral",
     ) -> None:
         try:
             from tpm2_pytss import ESAPI, TCTILdr
@@ -81,6 +96,9 @@ class Tpm2QuoteSource:
         if aik_parent not in AIK_PARENTS:
             raise ConfigurationError(f"unknown AIK parent {aik_parent!r}: one of {', '.join(AIK_PARENTS)}")
         check_ek_choice(ek)
+        source_mode, persistent_handle = parse_aik_source(aik_source)
+        if source_mode != "ephemeral" and aik_parent != "primary":
+            raise ConfigurationError(f"--aik-parent {aik_parent}: the cloud's AK is a primary key")
         self.ek_choice = ek
         self.aik_kind = aik
         self.spec = spec
@@ -90,8 +108,19 @@ class Tpm2QuoteSource:
         self._banks: tuple[int, ...] | None = None
         #: The AIK's parent's qualified name, when the AIK is a child key (None: a primary key)
         self.aik_parent_qualified_name: bytes | None = None
+        #: What the AIK is (logged at start): the router's own key, or the cloud's certified AK
+        self.aik_origin = "an ephemeral AIK"
+        self._aik_persistent = False  # a persistent AIK belongs to the platform: closed, never flushed
         try:
             self._esys = ESAPI(TCTILdr(tcti_name, tcti_config))
+            cloud = None
+            if source_mode != "ephemeral":
+                cloud = open_cloud_aik(
+                    self._esys, source_mode, persistent_handle, prefer_rsa=aik.startswith("rsa")
+                )
+            if cloud is not None:
+                self._aik, self.aik_public, self._aik_persistent, self.aik_origin = cloud
+                return
             template = TPM2B_PUBLIC.parse(AIK_TEMPLATES[aik], objectAttributes=_ATTRIBUTES)
             if aik_parent == "ek":
                 parent = self._endorsement()
@@ -224,7 +253,10 @@ class Tpm2QuoteSource:
     def close(self) -> None:
         """Flush the AIK (and the EK) and close the connection to the TPM."""
         try:
-            self._esys.flush_context(self._aik)
+            if self._aik_persistent:
+                self._esys.tr_close(self._aik)
+            else:
+                self._esys.flush_context(self._aik)
             if self._ek is not None:
                 self._esys.flush_context(self._ek.handle)
         finally:

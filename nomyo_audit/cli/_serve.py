@@ -37,6 +37,11 @@ def _finite_seconds(ctx: click.Context, param: click.Parameter, value: float) ->
     return value
 
 
+def _aik_source(value: str, tpm_spec: str) -> str:
+    """``auto`` (the default) means the router's own AIK for a TPM that cannot hold a cloud anchor."""
+    return "ephemeral" if value == "auto" and not tpm_spec.startswith(("swtpm", "device")) else value
+
+
 def load_or_create_router_key(path: Path | None) -> rsa.RSAPrivateKey:
     """The router's RSA-4096 key: loaded from ``path``, or generated (and saved there, 0600)."""
     from ..client._keys import generate_key_pair, load_key_pair, save_private_key
@@ -118,6 +123,13 @@ def _bind_failure(exc: OSError) -> str:
     show_default=True,
     type=click.Choice(["primary", "ek"]),
     help="Make the AIK a primary key, or a child of the EK (as tpm2_createak does).",
+)
+@click.option(
+    "--aik-source",
+    default="auto",
+    show_default=True,
+    metavar="auto|ephemeral|cloud|persistent:HANDLE",
+    help="Quote with the cloud's certified AK (auto: when the vTPM holds a cloud anchor; see docs).",
 )
 @click.option(
     "--ek",
@@ -204,6 +216,7 @@ def serve(
     tpm_spec: str,
     aik: str,
     aik_parent: str,
+    aik_source: str,
     ek: str,
     platform_evidence: Path | None,
     pcrs: str | None,
@@ -244,7 +257,9 @@ def serve(
             api_keys=api_keys,
             model_tiers=tiers,
             plain_endpoint=plain_endpoint,
-            attester=make_attester(tpm_spec, aik, pcrs, aik_parent, ek, platform_evidence),
+            attester=make_attester(
+                tpm_spec, aik, pcrs, aik_parent, ek, platform_evidence, _aik_source(aik_source, tpm_spec)
+            ),
             max_connections=max_connections,
             header_timeout=header_timeout,
             body_timeout=body_timeout,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ..attest._attester import DEFAULT_PCR_BANKS, QuoteSource, TPMAttester
@@ -18,14 +19,18 @@ def make_attester(
     aik_parent: str = "primary",
     ek: str = "auto",
     platform_evidence: Path | None = None,
+    aik_source: str = "ephemeral",
 ) -> Attester:
     """``none``, ``software``, ``swtpm:host=H,port=P`` or ``device:/dev/tpmrm0``; ``aik_parent`` (``primary``
     or ``ek``) says where a real TPM makes its AIK, ``ek`` which EK it uses (``auto``, ``rsa``, ``ecc``,
     ``p384``...: attest._endorsement.EK_CHOICES); a software attester has no EK (``primary`` and
     ``auto`` only). A real TPM's attester attaches the cloud's ``platform`` evidence, read once now from
-    its NV and ``platform_evidence`` (attest._platform)."""
+    its NV and ``platform_evidence`` (attest._platform), and quotes with the AK ``aik_source`` names
+    (attest._cloud_aik: ``auto``, the cloud's certified AK when NV holds an anchor, is serve's default)."""
     if platform_evidence is not None and not spec.startswith(("swtpm", "device")):
         raise ConfigurationError(f"--platform-evidence needs a real TPM (--tpm device:...), not --tpm {spec}")
+    if aik_source != "ephemeral" and not spec.startswith(("swtpm", "device")):
+        raise ConfigurationError(f"--aik-source {aik_source} needs a real TPM (--tpm device:...), not {spec}")
     if spec == "none":
         return NoAttester()
     if spec == "software":
@@ -42,7 +47,8 @@ def make_attester(
         from ..attest._platform import attach_platform
         from ..attest._tpm2 import Tpm2QuoteSource
 
-        source = Tpm2QuoteSource(spec, aik, aik_parent, ek)
+        source = Tpm2QuoteSource(spec, aik, aik_parent, ek, aik_source=aik_source)
+        logging.getLogger("nomyo_audit.router").info("AIK: %s", source.aik_origin)
         device = source.kind == "tpm-device"
         attester = device_attester(source, pcr_banks) if device else TPMAttester(source, pcr_banks)
         try:
