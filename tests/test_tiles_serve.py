@@ -7,6 +7,7 @@ traceback and never a crash; a newer checkpoint is picked up; SIGTERM leaves no 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import socket
@@ -165,7 +166,8 @@ def test_other_methods_are_405_and_malformed_requests_400_and_the_server_goes_on
     assert server.raw(b"GET /checkpoint HTTP/9.9.9\r\n\r\n").startswith(b"400 Bad request version")
     assert b" 400 " in server.raw(b"GET /\xd9\xa0\x00\xff HTTP/1.1\r\n\r\n")
     assert server.raw("GET /tile/0/\u0660\u0660 HTTP/1.1\r\n\r\n".encode()).startswith(b"HTTP/1.1 400 ")
-    server.raw(b"GET /checkpoint HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n")  # too many headers
+    with contextlib.suppress(ConnectionError):  # 431, then a reset: it closes with headers unread
+        server.raw(b"GET /checkpoint HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n")
     server.raw(b"")  # connect and leave
     assert server.get("/checkpoint")[0] == 200
     err = stop(server)
