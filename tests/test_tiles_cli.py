@@ -238,3 +238,23 @@ def test_an_output_that_is_a_file_is_exit_2_and_no_key_is_said(tmp_path, key, ca
     assert f"cannot create {blocker / 'www'}: Not a directory" in capsys.readouterr().err
     assert main(["log", "tiles", "--log", str(db), "-o", str(tmp_path / "www")]) == 0
     assert "pass --key for a trusted one" in capsys.readouterr().err
+
+
+def test_cosignatures_that_arrive_later_rewrite_only_the_checkpoint(tmp_path, key):
+    db = make_log(tmp_path / "audit.db", key, count=300, every=1000)
+    out = tmp_path / "www"
+    with AuditLog.open(db) as log:
+        publish_tiles(log, out)
+    before = stats(out)
+    witness_private = Ed25519PrivateKey.generate()
+    witness = WitnessKey.of("witness.example/w1", witness_private)
+    with AuditLog(db) as log:
+        note = log.latest_checkpoint().note
+        line = cosign(parse_checkpoint(note)[0], witness, witness_private, 1_790_000_000)
+        log.store.set_meta("cosigned_checkpoint", cosigned(note, line.rstrip("\n")).encode())
+    with AuditLog.open(db) as log:
+        assert publish_tiles(log, out).written == ["checkpoint"]
+    assert {p: s for p, s in stats(out).items() if p != "checkpoint"} == {
+        p: s for p, s in before.items() if p != "checkpoint"
+    }
+    assert verified_cosignatures((out / "checkpoint").read_text(), [witness])[0]

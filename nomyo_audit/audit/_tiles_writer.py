@@ -94,8 +94,9 @@ def publish_tiles(
         )
     note = _with_cosignatures(log, latest.note, key)
     result = PublishedTiles(latest.size, old.size)
-    wanted = set(new_tiles(old.size, latest.size))
-    _write_tiles(log, directory, (old, latest.size, latest.root), wanted, result)
+    if (old.size, old.root) != (latest.size, latest.root):  # else: only cosignatures may be new
+        wanted = set(new_tiles(old.size, latest.size))
+        _write_tiles(log, directory, (old, latest.size, latest.root), wanted, result)
     if note != previous:
         _write(directory, "checkpoint", note.encode(), result)
     return result
