@@ -383,6 +383,19 @@ def test_keys_that_cannot_give_the_anchor_are_refused(cloud_tpm):
     assert refused(cloud_tpm.spec, "persistent:0x81000030").code == "cloud_aik_missing"
 
 
+def test_a_child_aik_cannot_give_the_cloud_anchor(cloud_tpm):
+    from nomyo_audit.attest._tpm2 import Tpm2QuoteSource
+
+    with pytest.raises(ConfigurationError, match="the cloud's AK is a primary key"):
+        Tpm2QuoteSource(cloud_tpm.spec, aik_parent="ek", aik_source="cloud")
+    child = Tpm2QuoteSource(cloud_tpm.spec, aik_parent="ek", aik_source="auto")  # no anchor: as before
+    assert child.aik_parent_qualified_name is not None
+    child.close()
+    gce_tpm(cloud_tpm)
+    with pytest.raises(ConfigurationError, match="--aik-source ephemeral to quote with a child of the EK"):
+        Tpm2QuoteSource(cloud_tpm.spec, aik_parent="ek", aik_source="auto")
+
+
 @pytest.mark.parametrize(
     "value", ["clouds", "persistent:", "persistent:0x01c10000", "persistent:zz", "ephemeral:1"]
 )

@@ -40,6 +40,7 @@ __all__ = [
     "check_anchor_key",
     "open_cloud_aik",
     "parse_aik_source",
+    "release_cloud_aik",
 ]
 
 AZURE_AK_HANDLE = 0x81000003
@@ -151,7 +152,7 @@ def open_cloud_aik(esys: Any, mode: str, handle: int | None, *, prefer_rsa: bool
         anchor = check_anchor_key(nv, public, gce)
         _check_qualified_signer(esys, aik.handle, public, aik.origin)
     except BaseException:
-        _release(esys, aik)
+        release_cloud_aik(esys, aik)
         raise
     return aik if anchor is None else aik._replace(origin=f"{aik.origin}, the key {anchor} certifies")
 
@@ -263,7 +264,8 @@ def _check_qualified_signer(esys: Any, handle: Any, public: Public, origin: str)
         )
 
 
-def _release(esys: Any, aik: CloudAik) -> None:
+def release_cloud_aik(esys: Any, aik: CloudAik) -> None:
+    """Flush a created AK, close (never flush) a persistent one; errors are ignored (used on failure)."""
     try:
         if aik.persistent:
             esys.tr_close(aik.handle)

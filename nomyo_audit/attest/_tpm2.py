@@ -33,7 +33,7 @@ from ..tpm._structures import (
     marshal_pcr_selection_list,
 )
 from ._attester import Quote
-from ._cloud_aik import open_cloud_aik, parse_aik_source
+from ._cloud_aik import open_cloud_aik, parse_aik_source, release_cloud_aik
 from ._endorsement import Endorsement, activate, check_ek_choice, create_child, create_ek
 
 __all__ = ["AIK_PARENTS", "AIK_TEMPLATES", "Tpm2QuoteSource", "parse_tpm_spec"]
@@ -97,7 +97,7 @@ class Tpm2QuoteSource:
             raise ConfigurationError(f"unknown AIK parent {aik_parent!r}: one of {', '.join(AIK_PARENTS)}")
         check_ek_choice(ek)
         source_mode, persistent_handle = parse_aik_source(aik_source)
-        if source_mode != "ephemeral" and aik_parent != "primary":
+        if source_mode in ("cloud", "persistent") and aik_parent != "primary":
             raise ConfigurationError(f"--aik-parent {aik_parent}: the cloud's AK is a primary key")
         self.ek_choice = ek
         self.aik_kind = aik
@@ -118,6 +118,13 @@ class Tpm2QuoteSource:
                 cloud = open_cloud_aik(
                     self._esys, source_mode, persistent_handle, prefer_rsa=aik.startswith("rsa")
                 )
+            if cloud is not None and aik_parent != "primary":  # auto found an anchor a child cannot give
+                release_cloud_aik(self._esys, cloud)
+                raise ConfigurationError(
+                    f"--aik-parent {aik_parent}: this TPM holds a cloud anchor for its primary AK; use "
+                    "--aik-source ephemeral to quote with a child of the EK (the anchor then fails)",
+                    code="cloud_aik_unusable",
+                )
             if cloud is not None:
                 self._aik, self.aik_public, self._aik_persistent, self.aik_origin = cloud
                 return
@@ -133,9 +140,18 @@ class Tpm2QuoteSource:
                 )
                 self.aik_public = public.marshal()
         except ConfigurationError:
+            self._close_connection()
             raise
         except Exception as exc:  # TSS2 errors, connection refused...
+            self._close_connection()
             raise ConfigurationError(f"cannot open TPM {spec}: {exc}") from None
+
+    def _close_connection(self) -> None:
+        """After a failed start: the TPM connection closed (its transient objects go with it on a
+        resource manager; nothing persistent is touched)."""
+        esys = getattr(self, "_esys", None)
+        if esys is not None:
+            esys.close()
 
     def _endorsement(self) -> Endorsement:
         if self._ek is None:
