@@ -41,8 +41,12 @@ HELLO = [{"role": "user", "content": "hello from the cloud's AK"}]
 GCE_ATTRIBUTES = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign"
 #: C2's note (design file): the Azure vTPM AK's attributes, 0x00050472
 AZURE_ATTRIBUTES = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|sign"
-SNP_HCL = Path(__file__).parent / "fixtures" / "cloud-anchors" / "azure" / "snp" / "trustee-evidence-v0"
+SNP = Path(__file__).parent / "fixtures" / "cloud-anchors" / "azure" / "snp"
+SNP_HCL = SNP / "trustee-evidence-v0"
 NV_ATTRIBUTES = "ownerread|ownerwrite|authread|authwrite"
+FIXTURES = Path(__file__).parent / "fixtures"
+REAL_GCE_AK = (FIXTURES / "measured" / "gce-cos-85-no-nonce" / "ak_pub.tpmt_public.bin").read_bytes()
+REAL_GCE_CERT = (FIXTURES / "cloud-anchors" / "gce" / "cos-85" / "ak_cert.der").read_bytes()
 
 
 class CloudTpm:
@@ -222,8 +226,9 @@ def test_gce_the_router_quotes_with_the_ak_from_the_nv_template(cloud_tpm, make_
 
     expected = gce_tpm(cloud_tpm)
     template = (cloud_tpm.work / "ak.tmpl").read_bytes()
-    # RSA, SHA-256, restricted signing; 280 bytes with a zero unique, as a GCE VM's index
-    assert len(template) == 280 and template[:10] == bytes.fromhex("0001000b000500720000")
+    # 280 bytes, and up to the unique field the real GCE AK's public area (go-tpm-tools' test data):
+    # RSA 2048, SHA-256, attributes 0x00050072, RSASSA-SHA256, exponent 0
+    assert len(template) == 280 and template[:24] == REAL_GCE_AK[:24]
     router = make_router(attester=make_attester(cloud_tpm.spec, aik_source=aik_source))
     meta = reply(router)
     block = meta["tpm_attestation"]
@@ -409,3 +414,34 @@ def test_a_bad_aik_source_is_a_clear_error(value):
 
 def test_aik_source_needs_a_real_tpm():
     assert "needs a real TPM" in refused("software", "cloud").message
+
+
+# -- the start check on real cloud evidence (pure) ----------------------------------------------------
+
+
+def test_the_start_check_on_the_real_gce_and_azure_evidence():
+    from sev_snp_evidence import azure_aik
+
+    from nomyo_audit.attest._cloud_aik import check_anchor_key
+    from nomyo_audit.tpm._marshal import tpm2b
+    from nomyo_audit.tpm._public import parse_public
+
+    gce_ak = parse_public(tpm2b(REAL_GCE_AK))
+    in_nv = REAL_GCE_CERT + bytes(1516 - len(REAL_GCE_CERT))  # NV pads the certificate
+    assert check_anchor_key({0x01C10000: in_nv}, gce_ak) == "the GCE AK certificate at NV 0x01c10000"
+    assert check_anchor_key({}, gce_ak) is None
+    for name in ("trustee-evidence-v0", "trustee-evidence-genoa"):
+        hcl, ak = (SNP / name / "hcl_report.bin").read_bytes(), (SNP / name / "ak_pub.pem").read_bytes()
+        assert check_anchor_key({0x01400001: hcl}, azure_aik(ak)) == "the HCL report's HCLAkPub"
+    hcl = (SNP / "trustee-evidence-v0" / "hcl_report.bin").read_bytes()
+    genoa_ak = azure_aik((SNP / "trustee-evidence-genoa" / "ak_pub.pem").read_bytes())
+    v0_ak = azure_aik((SNP / "trustee-evidence-v0" / "ak_pub.pem").read_bytes())
+    pairs = (({0x01400001: hcl}, genoa_ak), ({0x01C10000: in_nv}, genoa_ak), ({0x01C10000: in_nv}, v0_ak))
+    for nv, key in pairs:
+        with pytest.raises(ConfigurationError) as error:
+            check_anchor_key(nv, key)
+        assert error.value.code == "cloud_aik_mismatch"
+    for nv in ({0x01400001: hcl[:1500]}, {0x01C10000: b"\x30\x82\x01"}):
+        with pytest.raises(ConfigurationError) as error:
+            check_anchor_key(nv, gce_ak)
+        assert error.value.code == "cloud_anchor_malformed"
