@@ -65,13 +65,16 @@ class CloudTpm:
         self.tool("tpm2_nvdefine", "-C", "o", "-s", str(len(data)), "-a", NV_ATTRIBUTES, f"0x{index:08x}")
         self.tool("tpm2_nvwrite", "-C", "o", "-i", "-", f"0x{index:08x}", data=data)
 
-    def primary(self, name: str, attributes: str, unique: bytes = bytes(256)) -> bytes:
-        """``tpm2_createprimary -C e`` (RSA 2048, RSASSA-SHA256, ``unique`` as the template's unique
-        field): the key's TPM2B_PUBLIC as tpm2_readpublic writes it (``name.pub``, and ``name.pem``); the
-        template (TPMT_PUBLIC) in ``name.tmpl``."""
-        (self.work / f"{name}.unique").write_bytes(len(unique).to_bytes(2, "little") + unique)
+    def primary(
+        self, name: str, attributes: str, unique: bytes = bytes(256), alg: str = "rsa2048:rsassa-sha256:null"
+    ) -> bytes:
+        """``tpm2_createprimary -C e`` (``unique`` as the template's unique field, each part with its
+        size; ECC: x and y): the key's TPM2B_PUBLIC as tpm2_readpublic writes it (``name.pub``, and
+        ``name.pem``); the template (TPMT_PUBLIC) in ``name.tmpl``."""
+        parts = [unique] if alg.startswith("rsa") else [unique[:32], unique[32:]]
+        (self.work / f"{name}.unique").write_bytes(b"".join(len(p).to_bytes(2, "little") + p for p in parts))
         self.tool(
-            "tpm2_createprimary", "-C", "e", "-G", "rsa2048:rsassa-sha256:null", "-a", attributes,
+            "tpm2_createprimary", "-C", "e", "-G", alg, "-a", attributes,
             "-c", f"{name}.ctx", "--template-data", f"{name}.tmpl", "-u", f"{name}.unique",
         )  # fmt: skip
         self.flush()  # swtpm has three object slots and tpm2-tools no resource manager
@@ -237,6 +240,22 @@ def test_gce_the_router_quotes_with_the_ak_from_the_nv_template(cloud_tpm, make_
     assert "aik_parent_qualified_name_b64" not in block  # a primary key of the endorsement hierarchy
     assert block["platform"]["kind"] == "gce"
     checkquote(cloud_tpm, block, "ak.pub")
+
+
+def test_gce_ecc_the_router_quotes_with_the_ecc_ak(cloud_tpm, make_router):
+    from nomyo_audit.router._attestation import make_attester
+
+    expected = cloud_tpm.primary("ecc", GCE_ATTRIBUTES, bytes(64), "ecc256:ecdsa-sha256:null")
+    cloud_tpm.nv_write(0x01C10003, (cloud_tpm.work / "ecc.tmpl").read_bytes())
+    certificate = gce_ak_certificate(google_like_ca(cloud_tpm.work), public_key(cloud_tpm.work / "ecc.pem"))
+    cloud_tpm.nv_write(0x01C10002, certificate)
+    router = make_router(attester=make_attester(cloud_tpm.spec, "ecc256-ecdsa", aik_source="cloud"))
+    meta = reply(router)
+    assert meta["verification"]["result"] == "pass", meta["verification"]
+    block = meta["tpm_attestation"]
+    assert base64.b64decode(block["aik_pubkey_b64"]) == expected
+    assert block["platform"]["kind"] == "gce"
+    checkquote(cloud_tpm, block, "ecc.pub")
 
 
 def test_gce_anchor_passes_end_to_end_with_the_test_ca_as_roots(cloud_tpm, make_router):
