@@ -6,10 +6,11 @@ cloud puts: on GCE the AK template at NV 0x01c10001 (go-tpm-tools ``client/handl
 endorsement hierarchy made persistent at 0x81000003 and an HCL report naming it at 0x01400001. Then
 ``tpm2_createprimary -C e`` from the same template / ``tpm2_readpublic`` of the handle say which key
 that is, and the router's replies must be quoted with exactly it: the reply's ``aik_pubkey_b64`` is
-tpm2-tools' TPM2B_PUBLIC byte for byte, and ``tpm2_checkquote`` with that key accepts the quote. A
-router whose anchor names another key refuses to start. The GCE certificate comes from a test CA
-named like Google's: with that CA as the policy's roots, the real client passes ``aik_anchor`` with
-kind ``gce-ak-cert`` through a real reply (with only the bundled roots it is ``cert_unchained``).
+tpm2-tools' TPM2B_PUBLIC byte for byte, and ``tpm2_checkquote`` with that key accepts the quote (a
+router that cannot do so refuses to start: tests/test_cloud_aik_refusals.py). The GCE certificate
+comes from a test CA named like Google's: with that CA as the policy's roots, the real client passes
+``aik_anchor`` with kind ``gce-ak-cert`` through a real reply (with only the bundled roots it is
+``cert_unchained``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import os
 import shutil
 import struct
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -30,7 +33,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from nomyo_audit.errors import ConfigurationError
 from nomyo_audit.tpm import TrustStore
 from nomyo_audit.tpm._aik import aik_material
 from nomyo_audit.tpm._anchoring import Anchoring
@@ -90,34 +92,47 @@ class CloudTpm:
         self.tool("tpm2_flushcontext", "-t")
 
 
-@pytest.fixture
-def cloud_tpm(tmp_path):
+@contextmanager
+def fresh_cloud_tpm(work: Path) -> Iterator[CloudTpm]:
+    """A fresh swtpm of our own (the session one must not get cloud NV indices or persistent keys)."""
     from nomyo_audit.attest._swtpm import SwtpmProcess, swtpm_available
 
     require(swtpm_available(), "swtpm is not installed")
     require(shutil.which("tpm2_createprimary") is not None, "tpm2-tools is not installed")
     with SwtpmProcess(ek_certificates=False) as process:
-        yield CloudTpm(process, tmp_path)
+        yield CloudTpm(process, work)
+
+
+@pytest.fixture
+def cloud_tpm(tmp_path):
+    with fresh_cloud_tpm(tmp_path) as tpm:
+        yield tpm
 
 
 # -- a test CA named like Google's, and an HCL report naming a key --------------------------------------
 
 
-def google_like_ca(work: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
-        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Google LLC"),
-         x509.NameAttribute(NameOID.COMMON_NAME, "EK/AK CA Root (test)")]
-    )  # fmt: skip
+def certificate(subject: list[tuple], issuer: x509.Name | None, key, signer, *, ca: bool) -> x509.Certificate:
+    """A certificate of ``key`` for ``subject`` (OID, value pairs) signed by ``signer``: a CA that may
+    sign certificates, or an end entity that may sign (keyUsage digitalSignature)."""
+    name = x509.Name([x509.NameAttribute(oid, value) for oid, value in subject])
     now = datetime.now(timezone.utc)
-    root = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), True)
-        .sign(key, hashes.SHA256())
+    usage = (False, False, False, False, False, True, True, False, False) if ca else (True,) + (False,) * 8
+    return (
+        x509.CertificateBuilder().subject_name(name).issuer_name(issuer or name).public_key(key)
+        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=10))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(*usage), critical=True)
+        .sign(signer, hashes.SHA256())
     )  # fmt: skip
+
+
+def google_like_ca(work: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A test root named like Google's EK/AK CA (``root.pem`` in ``work``) and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = [(NameOID.ORGANIZATION_NAME, "Google LLC"), (NameOID.COMMON_NAME, "EK/AK CA Root (test)")]
+    root = certificate(subject, None, key.public_key(), key, ca=True)
     (work / "root.pem").write_bytes(root.public_bytes(serialization.Encoding.PEM))
     return key, root
 
@@ -125,22 +140,14 @@ def google_like_ca(work: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certifi
 def gce_ak_certificate(ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], subject_key) -> bytes:
     """A CAS-style GCE AK certificate (the subject names the VM) over ``subject_key``."""
     key, root = ca
-    subject = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, "4242424242424242"),
-         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "nomyo-test-project"),
-         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Google Compute Engine"),
-         x509.NameAttribute(NameOID.LOCALITY_NAME, "europe-west4-a")]
-    )  # fmt: skip
-    now = datetime.now(timezone.utc)
-    certificate = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(root.subject).public_key(subject_key)
-        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + timedelta(days=10))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), True)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    return certificate.public_bytes(serialization.Encoding.DER)
+    subject = [
+        (NameOID.COMMON_NAME, "4242424242424242"),
+        (NameOID.ORGANIZATIONAL_UNIT_NAME, "nomyo-test-project"),
+        (NameOID.ORGANIZATION_NAME, "Google Compute Engine"),
+        (NameOID.LOCALITY_NAME, "europe-west4-a"),
+    ]
+    leaf = certificate(subject, root.subject, subject_key, key, ca=False)
+    return leaf.public_bytes(serialization.Encoding.DER)
 
 
 def hcl_report_naming(modulus: bytes) -> bytes:
@@ -320,147 +327,3 @@ def test_persistent_handle_named_explicitly(cloud_tpm, make_router):
     block = reply(router)["tpm_attestation"]
     assert base64.b64decode(block["aik_pubkey_b64"]) == expected
     checkquote(cloud_tpm, block, "azure.pub")
-
-
-# -- refusing to start -----------------------------------------------------------------------------
-
-
-def refused(spec: str, aik_source: str = "auto") -> ConfigurationError:
-    from nomyo_audit.router._attestation import make_attester
-
-    with pytest.raises(ConfigurationError) as error:
-        make_attester(spec, aik_source=aik_source)
-    return error.value
-
-
-def test_a_gce_certificate_for_another_key_stops_the_router(cloud_tpm):
-    gce_tpm(cloud_tpm, certified_key=rsa.generate_private_key(65537, 2048).public_key())
-    error = refused(cloud_tpm.spec)
-    assert error.code == "cloud_aik_mismatch"
-    assert "the GCE AK certificate at NV 0x01c10000 certifies another key than this AIK" in error.message
-
-
-def test_an_hcl_report_naming_another_key_stops_the_router(cloud_tpm):
-    azure_tpm(cloud_tpm, named_modulus=another_modulus())
-    error = refused(cloud_tpm.spec, "cloud")
-    assert error.code == "cloud_aik_mismatch"
-    assert "the HCL report at NV 0x01400001 names another AK (HCLAkPub)" in error.message
-
-
-def test_serve_refuses_to_start_with_exit_2(cloud_tpm, capsys):
-    from nomyo_audit.cli import main
-
-    gce_tpm(cloud_tpm, certified_key=rsa.generate_private_key(65537, 2048).public_key())
-    status = main(["serve", "--port", "0", "--tpm", cloud_tpm.spec])  # --aik-source auto by default
-    err = capsys.readouterr().err
-    assert status == 2 and "certifies another key than this AIK" in err and "Traceback" not in err
-    assert main(["serve", "--port", "0", "--tpm", cloud_tpm.spec, "--aik-source", "sometimes"]) == 2
-    assert "--aik-source 'sometimes'" in capsys.readouterr().err
-
-
-def test_an_hcl_report_without_the_ak_at_0x81000003_stops_the_router(cloud_tpm):
-    cloud_tpm.nv_write(0x01400001, hcl_report_naming(another_modulus()))
-    error = refused(cloud_tpm.spec)
-    assert error.code == "cloud_aik_missing" and "0x81000003" in error.message
-
-
-def test_a_gce_certificate_without_its_template_stops_the_router(cloud_tpm):
-    cloud_tpm.primary("ak", GCE_ATTRIBUTES)
-    cloud_tpm.flush()
-    certificate = gce_ak_certificate(google_like_ca(cloud_tpm.work), public_key(cloud_tpm.work / "ak.pem"))
-    cloud_tpm.nv_write(0x01C10000, certificate)
-    error = refused(cloud_tpm.spec)
-    assert error.code == "cloud_aik_missing" and "0x01c10001" in error.message
-
-
-def test_cloud_without_an_anchor_is_an_error_and_auto_is_the_ephemeral_aik(cloud_tpm):
-    from nomyo_audit.attest._tpm2 import Tpm2QuoteSource
-
-    assert refused(cloud_tpm.spec, "cloud").code == "cloud_aik_missing"
-    source = Tpm2QuoteSource(cloud_tpm.spec, aik_source="auto")
-    assert source.aik_origin == "an ephemeral AIK"
-    source.close()
-
-
-def test_keys_that_cannot_give_the_anchor_are_refused(cloud_tpm):
-    # an owner-hierarchy primary: its quotes name another qualifiedSigner than a verifier computes
-    cloud_tpm.tool(
-        "tpm2_createprimary", "-C", "o", "-G", "rsa2048:rsassa-sha256:null", "-a", AZURE_ATTRIBUTES,
-        "-c", "o.ctx",
-    )  # fmt: skip
-    cloud_tpm.flush()
-    cloud_tpm.tool("tpm2_evictcontrol", "-C", "o", "-c", "o.ctx", "0x81000020")
-    # an unrestricted signing key in the endorsement hierarchy
-    cloud_tpm.tool(
-        "tpm2_createprimary", "-C", "e", "-G", "rsa2048:rsassa-sha256:null",
-        "-a", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign", "-c", "u.ctx",
-    )  # fmt: skip
-    cloud_tpm.flush()
-    cloud_tpm.tool("tpm2_evictcontrol", "-C", "o", "-c", "u.ctx", "0x81000021")
-    cloud_tpm.flush()
-    owner = refused(cloud_tpm.spec, "persistent:0x81000020")
-    assert owner.code == "cloud_aik_unusable"
-    assert "not a primary key of the endorsement hierarchy" in owner.message
-    unrestricted = refused(cloud_tpm.spec, "persistent:0x81000021")
-    assert unrestricted.code == "cloud_aik_unusable"
-    assert "not a restricted signing key" in unrestricted.message
-    assert refused(cloud_tpm.spec, "persistent:0x81000030").code == "cloud_aik_missing"
-
-
-def test_a_child_aik_cannot_give_the_cloud_anchor(cloud_tpm):
-    from nomyo_audit.attest._tpm2 import Tpm2QuoteSource
-
-    with pytest.raises(ConfigurationError, match="the cloud's AK is a primary key"):
-        Tpm2QuoteSource(cloud_tpm.spec, aik_parent="ek", aik_source="cloud")
-    child = Tpm2QuoteSource(cloud_tpm.spec, aik_parent="ek", aik_source="auto")  # no anchor: as before
-    assert child.aik_parent_qualified_name is not None
-    child.close()
-    gce_tpm(cloud_tpm)
-    with pytest.raises(ConfigurationError, match="--aik-source ephemeral to quote with a child of the EK"):
-        Tpm2QuoteSource(cloud_tpm.spec, aik_parent="ek", aik_source="auto")
-
-
-@pytest.mark.parametrize(
-    "value", ["clouds", "persistent:", "persistent:0x01c10000", "persistent:zz", "ephemeral:1"]
-)
-def test_a_bad_aik_source_is_a_clear_error(value):
-    from nomyo_audit.attest._cloud_aik import parse_aik_source
-
-    with pytest.raises(ConfigurationError) as error:
-        parse_aik_source(value)
-    assert error.value.code == "aik_source"
-
-
-def test_aik_source_needs_a_real_tpm():
-    assert "needs a real TPM" in refused("software", "cloud").message
-
-
-# -- the start check on real cloud evidence (pure) ----------------------------------------------------
-
-
-def test_the_start_check_on_the_real_gce_and_azure_evidence():
-    from sev_snp_evidence import azure_aik
-
-    from nomyo_audit.attest._cloud_aik import check_anchor_key
-    from nomyo_audit.tpm._marshal import tpm2b
-    from nomyo_audit.tpm._public import parse_public
-
-    gce_ak = parse_public(tpm2b(REAL_GCE_AK))
-    in_nv = REAL_GCE_CERT + bytes(1516 - len(REAL_GCE_CERT))  # NV pads the certificate
-    assert check_anchor_key({0x01C10000: in_nv}, gce_ak) == "the GCE AK certificate at NV 0x01c10000"
-    assert check_anchor_key({}, gce_ak) is None
-    for name in ("trustee-evidence-v0", "trustee-evidence-genoa"):
-        hcl, ak = (SNP / name / "hcl_report.bin").read_bytes(), (SNP / name / "ak_pub.pem").read_bytes()
-        assert check_anchor_key({0x01400001: hcl}, azure_aik(ak)) == "the HCL report's HCLAkPub"
-    hcl = (SNP / "trustee-evidence-v0" / "hcl_report.bin").read_bytes()
-    genoa_ak = azure_aik((SNP / "trustee-evidence-genoa" / "ak_pub.pem").read_bytes())
-    v0_ak = azure_aik((SNP / "trustee-evidence-v0" / "ak_pub.pem").read_bytes())
-    pairs = (({0x01400001: hcl}, genoa_ak), ({0x01C10000: in_nv}, genoa_ak), ({0x01C10000: in_nv}, v0_ak))
-    for nv, key in pairs:
-        with pytest.raises(ConfigurationError) as error:
-            check_anchor_key(nv, key)
-        assert error.value.code == "cloud_aik_mismatch"
-    for nv in ({0x01400001: hcl[:1500]}, {0x01C10000: b"\x30\x82\x01"}):
-        with pytest.raises(ConfigurationError) as error:
-            check_anchor_key(nv, gce_ak)
-        assert error.value.code == "cloud_anchor_malformed"
