@@ -327,3 +327,21 @@ def test_persistent_handle_named_explicitly(cloud_tpm, make_router):
     block = reply(router)["tpm_attestation"]
     assert base64.b64decode(block["aik_pubkey_b64"]) == expected
     checkquote(cloud_tpm, block, "azure.pub")
+
+
+def test_the_cloud_ak_activates_a_credential_for_the_ek(cloud_tpm):
+    """``aik_trust: {mode: ek}`` still works with the cloud's AK: TPM2_ActivateCredential with the
+    persistent AK and the EK recovers a secret made for that AK's name."""
+    from nomyo_audit.attest import TPMAttester
+    from nomyo_audit.attest._tpm2 import Tpm2QuoteSource
+    from nomyo_audit.tpm import make_credential, parse_public
+
+    expected = azure_tpm(cloud_tpm)
+    attester = TPMAttester(Tpm2QuoteSource(cloud_tpm.spec, aik_source="cloud"))
+    try:
+        ek = parse_public(base64.b64decode(attester.endorsement()["ek_public_b64"]))
+        secret = os.urandom(32)
+        credential = make_credential(ek, parse_public(expected).name, secret)
+        assert attester.activate_credential(credential.id_object, credential.encrypted_secret) == secret
+    finally:
+        attester.close()
