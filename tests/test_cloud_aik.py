@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import shutil
 import struct
@@ -231,7 +232,7 @@ def azure_tpm(tpm: CloudTpm, named_modulus: bytes | None = None) -> bytes:
 
 
 @pytest.mark.parametrize("aik_source", ["auto", "cloud"])
-def test_gce_the_router_quotes_with_the_ak_from_the_nv_template(cloud_tpm, make_router, aik_source):
+def test_gce_the_router_quotes_with_the_ak_from_the_nv_template(cloud_tpm, make_router, aik_source, caplog):
     from nomyo_audit.router._attestation import make_attester
 
     expected = gce_tpm(cloud_tpm)
@@ -239,7 +240,12 @@ def test_gce_the_router_quotes_with_the_ak_from_the_nv_template(cloud_tpm, make_
     # 280 bytes, and up to the unique field the real GCE AK's public area (go-tpm-tools' test data):
     # RSA 2048, SHA-256, attributes 0x00050072, RSASSA-SHA256, exponent 0
     assert len(template) == 280 and template[:24] == REAL_GCE_AK[:24]
-    router = make_router(attester=make_attester(cloud_tpm.spec, aik_source=aik_source))
+    with caplog.at_level(logging.INFO, logger="nomyo_audit.router"):
+        router = make_router(attester=make_attester(cloud_tpm.spec, aik_source=aik_source))
+    assert (
+        "AIK: the GCE AK made from the template at NV 0x01c10001 (named by the GCE AK certificate at NV "
+        "0x01c10000)" in caplog.text
+    )
     meta = reply(router)
     block = meta["tpm_attestation"]
     assert meta["verification"]["result"] == "pass", meta["verification"]  # signer_name included

@@ -154,7 +154,7 @@ def open_cloud_aik(esys: Any, mode: str, handle: int | None, *, prefer_rsa: bool
     except BaseException:
         release_cloud_aik(esys, aik)
         raise
-    return aik if anchor is None else aik._replace(origin=f"{aik.origin}, the key {anchor} certifies")
+    return aik if anchor is None else aik._replace(origin=f"{aik.origin} (named by {anchor})")
 
 
 class _Esys:
