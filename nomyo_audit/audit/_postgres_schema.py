@@ -6,7 +6,8 @@ so that the SQLite log works without it and a ``postgresql://`` location without
 
 Tables: ``meta``, ``records``, ``checkpoints`` and ``blobs`` have the SQLite log's columns, so
 records, checkpoints and blobs read back as the same Python values. ``pending`` holds appends not
-yet given a position (the record built with seq 0, and a random token the writer chose); ``acks``
+yet given a position (the record built with seq 0, and a random token the writer chose; UNLOGGED:
+a pending row is no promise, only the sequencer's durable commit acknowledges); ``acks``
 tells a writer, by its token, the position its record got (-1: refused), for a while
 (:data:`ACK_RETENTION`), so a writer whose connection died around a commit finds out once.
 """
@@ -57,7 +58,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     created DOUBLE PRECISION NOT NULL
 );
 CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, data BYTEA NOT NULL);
-CREATE TABLE IF NOT EXISTS pending (
+CREATE UNLOGGED TABLE IF NOT EXISTS pending (
     id BIGSERIAL PRIMARY KEY,
     token BYTEA NOT NULL UNIQUE,
     payload_id TEXT NOT NULL,

@@ -13,6 +13,7 @@ rows a dead writer left are sequenced by the next one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -150,7 +151,7 @@ _ACKS_PER_PAYLOAD = 230
 #: Take a batch: delete it from pending and return it, with the last position and checkpoint time.
 _TAKE = """
 WITH taken AS (
-    DELETE FROM pending WHERE id IN (SELECT id FROM pending ORDER BY id LIMIT %s)
+    DELETE FROM pending WHERE id IN (SELECT id FROM pending ORDER BY id LIMIT %d)
     RETURNING id, token, payload_id, time, data
 )
 SELECT taken.*, last.seq, latest.created FROM taken
@@ -253,43 +254,69 @@ class Sequencer(threading.Thread):
     def _batch(
         self, conn: Any, frontier: Frontier, last_time: float | None
     ) -> tuple[Frontier, float | None] | None:
-        """One batch in one transaction of four statements; None when nothing was pending.
+        """One batch in one transaction, three round trips; None when nothing was pending.
 
         Few statements, not a pipeline of many: each wait for the server hands the GIL to this
-        process's appending threads, and taking it back is what a batch waits for most.
+        process's appending threads, and taking it back is what a batch waits for most. BEGIN
+        goes with the take (one simple query), the write is one statement, then COMMIT.
         """
         maker = self.maker()
         now = time.time()
-        with conn.transaction():
+        done = False
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(f"BEGIN; {_TAKE % BATCH}")
+                cursor.nextset()
+                rows = cursor.fetchall()
             self._clean_acks(conn, now)
-            rows = conn.execute(_TAKE, (BATCH,)).fetchall()
             if not rows:
+                conn.execute("COMMIT")
+                done = True
                 return None
-            rows.sort()
-            top, checkpointed = rows[0][5], rows[0][6]
-            if (top + 1 if top is not None else 0) != frontier.size:  # someone else wrote: read the table
-                frontier, last_time = read_frontier(conn)
-            batch = _Batch(frontier, last_time)
-            batch.sequence(rows, maker, float(checkpointed) if checkpointed is not None else None, now)
-            if batch.checkpoints:  # kept in size order with log checkpoint's (PostgresStore.add_checkpoint)
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHECKPOINT_LOCK,))
-            records = tuple(list(column) for column in zip(*batch.records, strict=True)) or ([],) * 5
-            checkpoints = tuple(list(column) for column in zip(*batch.checkpoints, strict=True)) or ([],) * 4
-            conn.execute(
-                _WRITE,
-                (
-                    *records,
-                    *checkpoints,
-                    now,
-                    [bytes.fromhex(token) for token in batch.acks],
-                    list(batch.acks.values()),
-                    batch.frontier.to_bytes(),
-                    SEQUENCED_CHANNEL,
-                    ack_payloads(batch.acks),
-                ),
-            ).fetchall()
+            batch = self._sequence(conn, rows, frontier, last_time, maker, now)
+            conn.execute("COMMIT")
+            done = True
+        finally:
+            if not done and not conn.closed:
+                with contextlib.suppress(Exception):
+                    conn.execute("ROLLBACK")
         self.sequenced(batch.acks)
         return batch.frontier, batch.last_time
+
+    def _sequence(
+        self,
+        conn: Any,
+        rows: list[Any],
+        frontier: Frontier,
+        last_time: float | None,
+        maker: CheckpointMaker | None,
+        now: float,
+    ) -> _Batch:
+        """Inside the batch's transaction: positions, leaves, checkpoints, and the one write."""
+        rows.sort()
+        top, checkpointed = rows[0][5], rows[0][6]
+        if (top + 1 if top is not None else 0) != frontier.size:  # someone else wrote: read the table
+            frontier, last_time = read_frontier(conn)
+        batch = _Batch(frontier, last_time)
+        batch.sequence(rows, maker, float(checkpointed) if checkpointed is not None else None, now)
+        if batch.checkpoints:  # kept in size order with log checkpoint's (PostgresStore.add_checkpoint)
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHECKPOINT_LOCK,))
+        records = tuple(list(column) for column in zip(*batch.records, strict=True)) or ([],) * 5
+        checkpoints = tuple(list(column) for column in zip(*batch.checkpoints, strict=True)) or ([],) * 4
+        conn.execute(
+            _WRITE,
+            (
+                *records,
+                *checkpoints,
+                now,
+                [bytes.fromhex(token) for token in batch.acks],
+                list(batch.acks.values()),
+                batch.frontier.to_bytes(),
+                SEQUENCED_CHANNEL,
+                ack_payloads(batch.acks),
+            ),
+        ).fetchall()
+        return batch
 
     def _clean_acks(self, conn: Any, now: float) -> None:
         """Forget acks older than :data:`ACK_RETENTION` (at most once a minute)."""
