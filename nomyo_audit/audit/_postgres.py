@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from ..errors import IntegrityError
-from ._fields import TIME_COLUMN_EXACT, ColumnCheck
+from ._fields import TIME_COLUMN_EXACT
 from ._merkle import Frontier
 from ._postgres_append import Appender, check_blobs
 from ._postgres_schema import (
@@ -39,8 +39,7 @@ from ._store import (
     LogError,
     StoredCheckpoint,
     StoredRecord,
-    missing,
-    truncated,
+    checked_records,
 )
 
 __all__ = ["PostgresStore", "database_name"]
@@ -268,21 +267,8 @@ class PostgresStore:
         columns disagree with its bytes, or a log shorter than its saved state raises
         :class:`IntegrityError`.
         """
-        check = ColumnCheck(self.meta("time_column") == TIME_COLUMN_EXACT)
-        expected = 0
-        for seq, payload_id, moment, data, leaf in self.scan():
-            if seq != expected:
-                raise IntegrityError(missing(expected, seq))
-            if problem := check.problem(seq, data, payload_id, moment):
-                raise IntegrityError(problem)
-            expected = seq + 1
-            if until is not None and moment >= until:
-                return
-            if since is None or moment >= since:
-                yield StoredRecord(seq, payload_id, float(moment), data, leaf)
-        saved = self.saved_frontier().size
-        if saved > expected:
-            raise IntegrityError(truncated(saved, expected))
+        exact = self.meta("time_column") == TIME_COLUMN_EXACT
+        yield from checked_records(self.scan(), exact, since, until, lambda: self.saved_frontier().size)
 
     def find(self, payload_id: str) -> StoredRecord | None:
         """The first record whose own bytes name ``payload_id`` (the column is checked, not trusted)."""

@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 from .._files import FileExistsRefused, write_file
 from ..errors import ConfigurationError, IntegrityError
-from ._fields import TIME_COLUMN_EXACT, ColumnCheck, record_fields
+from ._fields import TIME_COLUMN_EXACT, record_fields
 from ._merkle import Frontier, leaf_hash
 from ._sqlite_blobs import BLOBS_SCHEMA, blob_rows, get_blob, put_blobs
 from ._sqlite_load import bulk_load
@@ -36,6 +36,7 @@ from ._store import (
     LogError,
     StoredCheckpoint,
     StoredRecord,
+    checked_records,
     missing,
     truncated,
 )
@@ -312,25 +313,10 @@ class SQLiteStore:
         bytes, or a log shorter than its saved state raises :class:`IntegrityError`. It stops
         at the first record at or after ``until`` (the column never goes back).
         """
-        check = ColumnCheck(self.meta("time_column") == TIME_COLUMN_EXACT)
-        expected = 0
+        exact = self.meta("time_column") == TIME_COLUMN_EXACT
         query = "SELECT seq, payload_id, time, data, leaf FROM records ORDER BY seq"
         with _damage_is_integrity(self.path), closing(self._db.execute(query)) as cursor:
-            for seq, payload_id, moment, data, leaf in cursor:
-                if seq != expected:
-                    raise IntegrityError(missing(expected, seq))
-                if type(data) is not bytes or type(leaf) is not bytes:
-                    raise IntegrityError(f"record {seq}: its bytes are not stored as a BLOB (altered)")
-                if problem := check.problem(seq, data, payload_id, moment):
-                    raise IntegrityError(problem)
-                expected = seq + 1
-                if until is not None and moment >= until:
-                    return
-                if since is None or moment >= since:
-                    yield StoredRecord(seq, payload_id, float(moment), data, leaf)
-            saved = self.saved_frontier().size
-            if saved > expected:
-                raise IntegrityError(truncated(saved, expected))
+            yield from checked_records(cursor, exact, since, until, lambda: self.saved_frontier().size)
 
     def scan(self) -> Iterator[tuple[Any, ...]]:
         """(seq, payload_id, time, data, leaf) of every row in order, unchecked: what verify reads."""

@@ -7,12 +7,13 @@ store without touching the Merkle, checkpoint or report code: the store keeps ro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from ..errors import NomyoAuditError
+from ..errors import IntegrityError, NomyoAuditError
+from ._fields import ColumnCheck
 from ._merkle import Frontier
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "LogStore",
     "StoredCheckpoint",
     "StoredRecord",
+    "checked_records",
     "missing",
     "truncated",
 ]
@@ -123,3 +125,38 @@ def missing(expected: int, seq: int) -> str:
 def truncated(saved: int, size: int) -> str:
     """A log with fewer records than its saved state says: cut short."""
     return f"the log's saved state says {saved} records, the records make {size} (truncated)"
+
+
+def checked_records(
+    rows: Iterable[tuple[Any, ...]],
+    exact_time: bool,
+    since: float | None,
+    until: float | None,
+    saved_size: Callable[[], int],
+) -> Iterator[StoredRecord]:
+    """``records()`` for every store: rows in order, each checked against its own bytes.
+
+    A record is in a period when its time column is, and that column is checked to be exactly
+    the running maximum of the records' own times (``exact_time``; older logs within a
+    millisecond): the walk starts at record 0 so the maximum is known, and a missing row, a row
+    whose columns disagree with its bytes, or a log shorter than its saved state
+    (``saved_size()``) raises :class:`IntegrityError`. It stops at the first record at or after
+    ``until`` (the column never goes back).
+    """
+    check = ColumnCheck(exact_time)
+    expected = 0
+    for seq, payload_id, moment, data, leaf in rows:
+        if seq != expected:
+            raise IntegrityError(missing(expected, seq))
+        if type(data) is not bytes or type(leaf) is not bytes:
+            raise IntegrityError(f"record {seq}: its bytes are not stored as a BLOB (altered)")
+        if problem := check.problem(seq, data, payload_id, moment):
+            raise IntegrityError(problem)
+        expected = seq + 1
+        if until is not None and moment >= until:
+            return
+        if since is None or moment >= since:
+            yield StoredRecord(seq, payload_id, float(moment), data, leaf)
+    saved = saved_size()
+    if saved > expected:
+        raise IntegrityError(truncated(saved, expected))
