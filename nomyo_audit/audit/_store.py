@@ -1,8 +1,8 @@
 """What the log needs from storage: the :class:`LogStore` interface and the rows it hands back.
 
-:class:`._sqlite.SQLiteStore` is the one backend. A server database can be added as another
-store without touching the Merkle, checkpoint or report code: the store keeps rows, and
-:mod:`._log` decides what they mean. No I/O here.
+:class:`._sqlite.SQLiteStore` and :class:`._postgres.PostgresStore` are the backends; neither
+touches the Merkle, checkpoint or report code: the store keeps rows, and :mod:`._log` decides
+what they mean. No I/O here.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ CheckpointMaker = Callable[[Frontier, "float | None"], "StoredCheckpoint | None"
 
 
 class LogStore(Protocol):
-    """What the log needs from storage; :class:`._sqlite.SQLiteStore` is the one implementation.
+    """What the log needs from storage (:class:`._sqlite.SQLiteStore`, :class:`._postgres.PostgresStore`).
 
     ``append`` runs ``build(seq)`` and the checkpoint maker inside one transaction, and keeps in
     it the ``blobs`` the record references (event logs, by SHA-256 hex: :mod:`._blobs`) that
