@@ -305,3 +305,40 @@ def test_connections_terminated_mid_append_lose_and_double_nothing(postgres_serv
         assert report.size == 480
     finally:
         log.close()
+
+
+NOT_HOLDING = textwrap.dedent(
+    """
+    import sys, time
+    from nomyo_audit.audit import AuditLog
+    from nomyo_audit.audit._records import build_record
+    import threading
+    with AuditLog(sys.argv[1]) as log:
+        assert not log.store._sequencer.holding.is_set()
+        def work(k):
+            for i in range(40):
+                log.append(f"q-{k}-{i}", lambda seq, salt, i=i: build_record(
+                    seq=seq, timestamp=1.8e9 + i, salt=salt, payload_id=f"q-{k}-{i}", router="r",
+                    server_key=None, model=None, security_tier=None, outcome="ok", request=None,
+                    response=None))
+                time.sleep(0.005 * (i % 3))  # at times nothing awaits: the ack thread must wake again
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        print("done", log.store._sequencer.holding.is_set(), flush=True)
+    """
+)
+
+
+def test_a_writer_that_does_not_hold_the_sequencer_learns_its_positions(postgres_url):
+    """Positions reach a process without the sequencer only through its ack thread, append after append."""
+    holder = AuditLog(postgres_url)
+    try:
+        holder.store._sequencer.holding.wait(10)  # type: ignore[attr-defined]
+        done = subprocess.run(
+            [sys.executable, "-c", NOT_HOLDING, postgres_url], capture_output=True, text=True, timeout=60
+        )
+        assert done.stdout.split() == ["done", "False"], done.stderr[-2000:]
+        assert holder.size == 120 and holder.verify().ok
+    finally:
+        holder.close()

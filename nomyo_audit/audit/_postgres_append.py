@@ -176,6 +176,7 @@ class Appender:
                 if waiter.token is None and not waiter.done.is_set():
                     waiter.token = raw[16 * index : 16 * index + 16].hex()
                     self._awaiting[waiter.token] = waiter
+            self._cond.notify_all()  # the ack thread sleeps while nothing awaits
 
     def _connect(self) -> Any:
         """The submit connection. Not synchronous: an append is acknowledged only after the
