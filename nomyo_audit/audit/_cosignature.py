@@ -28,6 +28,7 @@ __all__ = [
     "WitnessKey",
     "add_signature_lines",
     "check_cosigned",
+    "check_witness_keys",
     "cosign",
     "cosignature_message",
     "note_body",
@@ -199,6 +200,27 @@ def add_signature_lines(note: str, lines: str) -> str:
     return out
 
 
+def check_witness_keys(witnesses: list[WitnessKey], log_key: Ed25519PublicKey | None = None) -> None:
+    """NoteError unless every witness has its own key, and none is the log's own key.
+
+    A cosignature/v1 signs no witness name, so one key given under two names would count one
+    cosignature twice (its line renamed verifies under the other name); and a "cosignature"
+    by the log's own key is the log vouching for itself, which no threshold may count.
+    """
+    seen: dict[bytes, str] = {}
+    log_raw = _raw(log_key) if log_key is not None else None
+    for witness in witnesses:
+        raw = _raw(witness.public)
+        if raw == log_raw:
+            raise NoteError(f"witness {witness.name} has the log's own key: a log cannot witness itself")
+        if raw in seen:
+            raise NoteError(
+                f"witnesses {seen[raw]} and {witness.name} have the same key: each witness counts once, "
+                "so give each key once"
+            )
+        seen[raw] = witness.name
+
+
 def check_cosigned(
     note: str, log_key: Ed25519PublicKey, witnesses: list[WitnessKey], threshold: int
 ) -> tuple[Checkpoint, list[Cosignature]]:
@@ -211,6 +233,10 @@ def check_cosigned(
     """
     if not 1 <= threshold <= len(witnesses):
         raise IntegrityError(f"a witness threshold is 1 to {len(witnesses)}, not {threshold}")
+    try:
+        check_witness_keys(witnesses, log_key)
+    except NoteError as exc:
+        raise IntegrityError(str(exc)) from None
     try:
         checkpoint = verify_checkpoint(note, log_key)
         found, problems = verified_cosignatures(note, witnesses)

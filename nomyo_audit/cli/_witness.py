@@ -18,6 +18,7 @@ from ..audit import AuditLog, IntegrityError, ed25519_private, ed25519_public, v
 from ..audit._cosignature import (
     WitnessKey,
     check_cosigned,
+    check_witness_keys,
     parse_log_vkey,
     parse_witness_vkey,
 )
@@ -204,15 +205,29 @@ def verify_witnessed(
         raise click.BadParameter(f"must be 1 to {len(witnesses)}", param_hint="--witness-threshold")
     raw = log.store.meta(COSIGNED_META)
     public = public or log.public_key()
+    try:
+        check_witness_keys(witnesses, public)
+    except NoteError as exc:
+        raise click.BadParameter(str(exc), param_hint="--witness") from None
     if raw is None or public is None:
         raise IntegrityError("the log holds no cosigned checkpoint (nomyo-audit log cosign)")
     note = raw.decode("utf-8", "replace")
     checkpoint, found = check_cosigned(note, public, witnesses, needed)
     for cosignature in found:
-        when = _dt.datetime.fromtimestamp(cosignature.timestamp, _dt.timezone.utc).isoformat()
-        age = max(0, int(time.time()) - cosignature.timestamp)
-        click.echo(f"cosigned: size {checkpoint.size} by {cosignature.witness.name} at {when} ({age}s ago)")
+        click.echo(f"cosigned: size {checkpoint.size} by {cosignature.witness.name} at "
+                   f"{_when(cosignature.timestamp, int(time.time()))}")
     return note
+
+
+def _when(timestamp: int, now: int) -> str:
+    """A cosignature's time for people; any u64 a witness signed (up to 2^63-1) is shown, never raised on."""
+    try:
+        shown = _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc).isoformat()
+    except (OverflowError, OSError, ValueError):
+        shown = f"time {timestamp}"
+    if timestamp > now:
+        return f"{shown} (in the future: the witness's clock is wrong)"
+    return f"{shown} ({now - timestamp}s ago)"
 
 
 log_group.add_command(log_witness_group)

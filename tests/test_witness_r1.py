@@ -1,0 +1,98 @@
+"""Adversarial review R1 of witness cosigning: threshold counting, keys that are no witness,
+the witness's own answers (monitor endpoint, duplicate signature lines), bounded servers and clients."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from nomyo_audit.audit import Checkpoint
+from nomyo_audit.audit._cosignature import WitnessKey, add_signature_lines, check_cosigned, cosign
+from nomyo_audit.audit._note import sign_checkpoint
+from nomyo_audit.errors import IntegrityError
+
+DASH = "\u2014"
+
+
+def renamed(line: str, key: WitnessKey) -> str:
+    """The same cosignature under ``key``'s name and key ID: the signed message names no witness."""
+    blob = base64.b64decode(line.split(" ")[2])
+    return f"{DASH} {key.name} {base64.b64encode(key.key_id + blob[4:]).decode()}\n"
+
+
+def test_one_key_under_two_names_is_one_witness_not_two():
+    log_key, private = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    checkpoint = Checkpoint("example.com/log", 3, b"\1" * 32)
+    first, second = WitnessKey.of("w1.example", private), WitnessKey.of("w2.example", private)
+    line = cosign(checkpoint, first, private, 1000)
+    note = add_signature_lines(sign_checkpoint(checkpoint, log_key), line + renamed(line, second))
+    with pytest.raises(IntegrityError, match="same key"):
+        check_cosigned(note, log_key.public_key(), [first, second], 2)
+
+
+def test_a_cosignature_by_the_logs_own_key_is_no_witness():
+    log_key = Ed25519PrivateKey.generate()
+    checkpoint = Checkpoint("example.com/log", 3, b"\1" * 32)
+    itself = WitnessKey.of("example.com/log", log_key)
+    note = add_signature_lines(sign_checkpoint(checkpoint, log_key), cosign(checkpoint, itself, log_key, 9))
+    with pytest.raises(IntegrityError, match="log's own key"):
+        check_cosigned(note, log_key.public_key(), [itself], 1)
+
+
+# -- log verify --witness -----------------------------------------------------------------------
+
+from test_witness_cosign import ORIGIN, Setup  # noqa: E402
+
+from nomyo_audit.audit import AuditLog  # noqa: E402
+from nomyo_audit.audit._note import parse_checkpoint  # noqa: E402
+from nomyo_audit.audit._witness_client import COSIGNED_META  # noqa: E402
+
+
+@pytest.fixture
+def cosigned_log(tmp_path):
+    """A log with a checkpoint of size 3 and a witness key (not running) to cosign it by hand."""
+    setup = Setup(tmp_path)
+    setup.append(3)
+    assert setup.checkpoint() == 0
+    with AuditLog.open(setup.db) as log:
+        note = log.latest_checkpoint().note
+    private = Ed25519PrivateKey.generate()
+    return setup, note, private
+
+
+def store_cosigned(setup: Setup, note: str) -> None:
+    with AuditLog(setup.db) as log:
+        log.store.set_meta(COSIGNED_META, note.encode(), replace=True)
+
+
+def test_verify_refuses_one_witness_key_given_twice_as_a_usage_error(cosigned_log, capsys):
+    setup, note, private = cosigned_log
+    first, second = WitnessKey.of("w1.example", private), WitnessKey.of("w2.example", private)
+    line = cosign(parse_checkpoint(note)[0], first, private, 1000)
+    store_cosigned(setup, add_signature_lines(note, line + renamed(line, second)))
+    code = setup.cli("log", "verify", "--witness", first.vkey, "--witness", second.vkey)
+    assert code == 2
+    assert "same key" in capsys.readouterr().err
+
+
+def test_verify_with_the_logs_own_key_as_witness_is_a_usage_error(cosigned_log, capsys):
+    setup, note, _ = cosigned_log
+    itself = WitnessKey.of(ORIGIN, setup.log_private)
+    store_cosigned(setup, add_signature_lines(note, cosign(parse_checkpoint(note)[0], itself,
+                                                           setup.log_private, 1000)))
+    assert setup.cli("log", "verify", "--witness", itself.vkey) == 2
+    assert "log's own key" in capsys.readouterr().err
+
+
+def test_a_cosignature_from_the_far_future_is_shown_without_a_traceback(cosigned_log, capsys):
+    setup, note, private = cosigned_log
+    witness = WitnessKey.of("w1.example", private)
+    far = (1 << 63) - 1
+    store_cosigned(setup, add_signature_lines(note, cosign(parse_checkpoint(note)[0], witness, private, far)))
+    code = setup.cli("log", "verify", "--witness", witness.vkey)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "internal" not in captured.err.lower()
+    assert code == 0
+    assert f"time {far}" in captured.out and "in the future" in captured.out
