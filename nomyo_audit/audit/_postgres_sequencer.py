@@ -93,8 +93,10 @@ class _Batch:
                 self.acks[bytes(token).hex()] = -1  # not a record (altered in pending): refused
                 continue
             fields = record_fields(data)  # the columns mirror the bytes, whatever pending's columns say
-            if fields is not None:
-                payload_id, moment = fields
+            if fields is None:  # no payload_id and time of its own: verify would fail at it forever
+                self.acks[bytes(token).hex()] = -1
+                continue
+            payload_id, moment = fields
             last_time = max(moment, last_time) if last_time is not None else moment
             leaf = leaf_hash(data)
             self.records.append((seq, payload_id, last_time, data, leaf))

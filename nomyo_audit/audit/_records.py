@@ -228,6 +228,18 @@ def _with_seq_in_place(data: bytes, seq: int) -> bytes | None:
     """
     if data[:1] != b"{" or data[-1:] != b"}":
         return None
+    # The one "seq" spelled so is the record's own key only if the bytes are one JSON object
+    # (no repeated key, as the careful path requires) with an integer seq and a known version at
+    # the top, and no key is spelled with an escape: else a nested seq could be rewritten while
+    # the record's own, spelled "\u0073eq" or "seq" :, keeps another position.
+    if b"\\u" in data or data.count(b'"seq"') != 1 or data.count(b'"v"') != 1:
+        return None
+    try:
+        document = json.loads(data, object_pairs_hook=unique_object)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        return None
+    if type(document) is not dict or not all(type(document.get(key)) is int for key in ("seq", "v")):
+        return None
     version = _only_key(data, _KEY_V)
     if version < 0 or (end := _integer_end(data, version)) < 0 or data[version:end] not in _VERSION_TEXT:
         return None
