@@ -4,13 +4,19 @@ the witness's own answers (monitor endpoint, duplicate signature lines), bounded
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_witness import spec_cosignature_timestamp
+from test_witness_cosign import ORIGIN, Setup
+from test_witness_server import OWN_LOG, OWN_ORIGIN, body, leaves, own_checkpoint, post
+from test_witness_server import witness as witness  # the fixture
 
-from nomyo_audit.audit import Checkpoint
+from nomyo_audit.audit import AuditLog, Checkpoint
 from nomyo_audit.audit._cosignature import WitnessKey, add_signature_lines, check_cosigned, cosign
-from nomyo_audit.audit._note import sign_checkpoint
+from nomyo_audit.audit._note import parse_checkpoint, sign_checkpoint, verify_checkpoint
+from nomyo_audit.audit._witness_client import COSIGNED_META
 from nomyo_audit.errors import IntegrityError
 
 DASH = "\u2014"
@@ -42,12 +48,6 @@ def test_a_cosignature_by_the_logs_own_key_is_no_witness():
 
 
 # -- log verify --witness -----------------------------------------------------------------------
-
-from test_witness_cosign import ORIGIN, Setup  # noqa: E402
-
-from nomyo_audit.audit import AuditLog  # noqa: E402
-from nomyo_audit.audit._note import parse_checkpoint  # noqa: E402
-from nomyo_audit.audit._witness_client import COSIGNED_META  # noqa: E402
 
 
 @pytest.fixture
@@ -88,11 +88,44 @@ def test_verify_with_the_logs_own_key_as_witness_is_a_usage_error(cosigned_log, 
 
 def test_a_cosignature_from_the_far_future_is_shown_without_a_traceback(cosigned_log, capsys):
     setup, note, private = cosigned_log
-    witness = WitnessKey.of("w1.example", private)
+    one = WitnessKey.of("w1.example", private)
     far = (1 << 63) - 1
-    store_cosigned(setup, add_signature_lines(note, cosign(parse_checkpoint(note)[0], witness, private, far)))
-    code = setup.cli("log", "verify", "--witness", witness.vkey)
+    store_cosigned(setup, add_signature_lines(note, cosign(parse_checkpoint(note)[0], one, private, far)))
+    code = setup.cli("log", "verify", "--witness", one.vkey)
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and "internal" not in captured.err.lower()
     assert code == 0
     assert f"time {far}" in captured.out and "in the future" in captured.out
+
+
+# -- the witness server --------------------------------------------------------------------------
+
+
+def test_the_monitor_checkpoint_carries_the_witness_cosignature_and_only_verified_lines(witness):
+    _, http, key = witness
+    stranger = Ed25519PrivateKey.generate()
+    note = own_checkpoint(leaves(4))
+    junk = sign_checkpoint(parse_checkpoint(note)[0], stranger).partition("\n\n")[2].replace(
+        OWN_ORIGIN, "junk.example", 1)
+    reply = post(http, body(0, [], note + junk))
+    assert reply.status_code == 200, reply.text
+    served = http.get(f"/{hashlib.sha256(OWN_ORIGIN.encode()).hexdigest()}/checkpoint")
+    assert served.status_code == 200
+    # c2sp.org/tlog-witness: it MUST include the witness's cosignature and the log's verified one
+    assert spec_cosignature_timestamp(served.text, key.vkey) > 0
+    assert reply.text in served.text
+    assert verify_checkpoint(served.text, OWN_LOG.public_key()).size == 4
+    assert "junk.example" not in served.text
+
+
+def test_a_log_signature_line_that_does_not_verify_is_403_even_beside_a_valid_one(witness):
+    _, http, _ = witness
+    note = own_checkpoint(leaves(4))
+    line = note.partition("\n\n")[2].rstrip("\n")
+    blob = bytearray(base64.b64decode(line.split(" ")[2]))
+    blob[-1] ^= 1
+    forged = f"{DASH} {OWN_ORIGIN} {base64.b64encode(bytes(blob)).decode()}\n"
+    # c2sp.org/tlog-witness: 403 if a line's key name and ID match a trusted key but it fails
+    reply = post(http, body(0, [], note + forged))
+    assert reply.status_code == 403, reply.text
+    assert post(http, body(0, [], note)).status_code == 200

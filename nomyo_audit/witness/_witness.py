@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ..audit._cosignature import WitnessKey, cosign
 from ..audit._merkle import EMPTY_ROOT, ProofError, verify_consistency
-from ..audit._note import NoteError, parse_checkpoint, signed_by, verify_checkpoint
+from ..audit._note import NoteError, key_id, parse_checkpoint, verify_checkpoint
 from ._state import LogHead, WitnessState
 
 __all__ = ["MAX_PROOF_LINES", "MAX_REQUEST", "Reply", "Witness", "parse_add_checkpoint"]
@@ -33,6 +33,7 @@ MAX_REQUEST = 64 * 1024
 MAX_PROOF_LINES = 63
 SIZE_TYPE = "text/x.tlog.size"
 _TEXT = "text/plain; charset=utf-8"
+_DASH = "\u2014"
 
 
 @dataclass(frozen=True)
@@ -123,12 +124,7 @@ class Witness:
         public = self.logs.get(checkpoint.origin)
         if public is None:
             raise RequestRejected(404, f"unknown log origin {checkpoint.origin[:100]!r}")
-        try:
-            if not signed_by(note, public):
-                raise RequestRejected(403, "the checkpoint carries no signature by the log's key")
-            verify_checkpoint(note, public)
-        except NoteError as exc:
-            raise RequestRejected(403, f"invalid signature: {exc}") from None
+        log_lines = _verified_log_lines(note, checkpoint.origin, public)
         if old > checkpoint.size:
             raise RequestRejected(400, f"old size {old} is larger than the checkpoint's {checkpoint.size}")
         if checkpoint.size == 0 and checkpoint.root != EMPTY_ROOT:
@@ -139,8 +135,34 @@ class Witness:
             if old != known:
                 return Reply(409, f"{known}\n", SIZE_TYPE)
             _check_consistency(kept, checkpoint.size, checkpoint.root, proof)
-            heads[checkpoint.origin] = LogHead(checkpoint.size, checkpoint.root, note)
-        return Reply(200, cosign(checkpoint, self.key, self._private, max(1, int(self._clock()))))
+            line = cosign(checkpoint, self.key, self._private, max(1, int(self._clock())))
+            # what the monitor endpoint serves: the log's verified signature and this cosignature
+            served = f"{checkpoint.body()}\n{''.join(log_lines)}{line}"
+            heads[checkpoint.origin] = LogHead(checkpoint.size, checkpoint.root, served)
+        return Reply(200, line)
+
+
+def _verified_log_lines(note: str, origin: str, public: Ed25519PublicKey) -> list[str]:
+    """Every signature line in the log key's name and key ID, each verified; 403 otherwise.
+
+    c2sp.org/tlog-witness: 403 when no signature by a trusted key is present, or when a line
+    whose name and key ID match a trusted key does not verify (even beside one that does).
+    """
+    try:
+        signatures = parse_checkpoint(note)[1]
+        body = note.partition("\n\n")[0]
+        expected = key_id(origin, public)
+        lines = []
+        for name, blob in signatures:
+            if name == origin and blob[:4] == expected:
+                line = f"{_DASH} {name} {base64.b64encode(blob).decode()}\n"
+                verify_checkpoint(f"{body}\n\n{line}", public)
+                lines.append(line)
+    except NoteError as exc:
+        raise RequestRejected(403, f"invalid signature: {exc}") from None
+    if not lines:
+        raise RequestRejected(403, "the checkpoint carries no signature by the log's key")
+    return lines
 
 
 def _check_consistency(kept: LogHead | None, size: int, root: bytes, proof: list[bytes]) -> None:
