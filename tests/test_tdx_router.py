@@ -122,7 +122,10 @@ def test_a_truncated_hcl_report_in_nv_stops_the_router(cloud_tpm):
         make_attester(cloud_tpm.spec)
 
 
-def test_the_router_attaches_azure_tdx_evidence_exactly(cloud_tpm, make_router, tmp_path, caplog):
+def test_a_file_anchor_for_another_key_stops_the_router(cloud_tpm, tmp_path):
+    """NV holds no anchor, the file supplies the real HCL report: swtpm's AIK is not its HCLAkPub, so
+    the router refuses to start instead of attaching an anchor its quotes cannot have (the exact
+    attachment of a file's evidence for the router's own key: tests/test_cloud_aik_file_anchor.py)."""
     from nomyo_audit.router._attestation import make_attester
 
     hcl, quote = (TDX / "hcl_report.bin").read_bytes(), (TDX / "td_quote.bin").read_bytes()
@@ -133,16 +136,10 @@ def test_the_router_attaches_azure_tdx_evidence_exactly(cloud_tpm, make_router, 
         "td_quote_b64": base64.b64encode(quote).decode(),
     }
     evidence.write_text(json.dumps(given))
-    with caplog.at_level(logging.INFO, logger="nomyo_audit.router"):
-        router = make_router(attester=make_attester(cloud_tpm.spec, platform_evidence=evidence))
-    assert "a verifier with the bundled roots says: fail hcl_ak_mismatch" in caplog.text
-    block = reply_block(router)
-    platform = block["platform"]
-    assert platform == given
-    assert base64.b64decode(platform["hcl_report_b64"]) == hcl
-    assert base64.b64decode(platform["td_quote_b64"]) == quote
-    finding = anchor_of(block)
-    assert (finding.status, finding.code) == ("fail", "hcl_ak_mismatch")
+    for source in ("ephemeral", "auto"):
+        with pytest.raises(ConfigurationError) as caught:
+            make_attester(cloud_tpm.spec, platform_evidence=evidence, aik_source=source)
+        assert caught.value.code == "cloud_aik_mismatch", source
 
 
 def test_no_cloud_evidence_no_platform(cloud_tpm, make_router):

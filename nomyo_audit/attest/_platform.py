@@ -166,6 +166,27 @@ def _from_nv(
     return "gce", {"ak_cert_pem": pem}
 
 
+def _check_file_anchor(platform: Any, aik: Any, evidence_file: Path | None) -> None:
+    """An anchor only the operator's file supplies must name the key this router quotes with: the
+    start check of attest._cloud_aik sees the anchors in NV only, so without this a router keeping its
+    ephemeral AIK (``auto`` without an anchor in NV) would attach, to every reply, an anchor its quotes
+    can never have. Raises ConfigurationError ``cloud_aik_mismatch`` (or ``cloud_anchor_malformed``)."""
+    from ._cloud_aik import check_anchor_key
+
+    index = NV_HCL_REPORT if platform.hcl_report else NV_GCE_AK_CERT_RSA
+    anchor = platform.hcl_report or (platform.certificates[0] if platform.certificates else b"")
+    try:
+        check_anchor_key({index: anchor}, aik, index)
+    except ConfigurationError as exc:
+        what = "HCL report" if platform.hcl_report else "GCE AK certificate"
+        raise ConfigurationError(
+            f"--platform-evidence {evidence_file}: its {what} names another key than the AIK this router "
+            f"quotes with ({exc.code}): every reply would claim an anchor its quotes cannot have (with the "
+            "anchor in a file, use --aik-source persistent:HANDLE with the key it names)",
+            code=exc.code,
+        ) from None
+
+
 def _trimmed(der: bytes) -> bytes:
     """A certificate read from NV without the index's padding: its outer DER SEQUENCE only."""
     if len(der) < 4 or der[0] != 0x30 or der[1] != 0x82:
@@ -195,12 +216,15 @@ def attach_platform(
 
     supplied = load_platform_file(evidence_file) if evidence_file is not None else {}
     aik = parse_public(source.aik_public)
-    document, note = platform_object(read_nv(source), supplied, aik_is_rsa=aik.type == ALG.RSA)
+    nv = read_nv(source)
+    document, note = platform_object(nv, supplied, aik_is_rsa=aik.type == ALG.RSA)
     if document is not None:
         try:
             platform = read_platform(document)
         except EvidenceError as exc:
             raise ConfigurationError(f"the platform evidence does not read: {exc.message}") from None
+        if not any(index in nv for index in PLATFORM_NV_INDICES):
+            _check_file_anchor(platform, aik, evidence_file)
         attester.set_platform(document)
         now = datetime.now(timezone.utc)
         finding = appraise_platform(aik, platform, TrustStore.bundled(), at=now).finding
