@@ -14,10 +14,12 @@ tells a writer, by its token, the position its record got (-1: refused), for a w
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, unquote_plus
 
 from ..errors import IntegrityError
 from ._store import LogError
@@ -107,12 +109,12 @@ def psycopg_module() -> Any:
     return psycopg
 
 
-def _reason(exc: BaseException, password: str | None) -> str:
+def _reason(exc: BaseException, secrets: list[str]) -> str:
     """The server's or libpq's first line, without the password should it ever be quoted."""
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     text = text.removeprefix("connection failed: ")
-    if password:
-        text = text.replace(password, "***")
+    for secret in secrets:
+        text = text.replace(secret, "***")
     return text[:300]
 
 
@@ -137,11 +139,19 @@ def connect(url: str, display: str, *, readonly: bool = False, timeout: int = 10
         raise LogError(f"{display}: not a usable PostgreSQL URL ({_reason(exc, _password(url))})") from None
 
 
-def _password(url: str) -> str | None:
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
+#: A password in a URL's user info or query, read without parsing the URL (libpq quotes URLs
+#: that urlsplit cannot read either, such as an unclosed IPv6 bracket).
+_URL_PASSWORDS = re.compile(r"^[^:]*://[^/?#@:]*:([^/?#]*)@|[?&]password=([^&#]*)", re.IGNORECASE)
+
+
+def _password(url: str) -> list[str]:
+    """Every spelling of the passwords ``url`` (or ``PGPASSWORD``) holds, longest first, for redaction."""
+    found = {os.environ.get("PGPASSWORD", "")}
+    for match in _URL_PASSWORDS.finditer(url):
+        for raw in match.groups():
+            for part in (raw, *raw.split("@")) if raw else ():  # libpq ends the user info at the first @
+                found.update((part, unquote(part), unquote_plus(part)))
+    return sorted((secret for secret in found if secret), key=len, reverse=True)
 
 
 @contextmanager

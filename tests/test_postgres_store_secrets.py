@@ -1,0 +1,42 @@
+"""A PostgreSQL URL's password never reaches a message, wherever the URL carries it.
+
+libpq quotes parts of a URL it cannot read (a bad percent escape quotes the token, an unclosed
+IPv6 bracket the whole URI), so every spelling of the password is removed from its errors: in
+the user info, in ``?password=`` (raw and decoded), and ``PGPASSWORD``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from nomyo_audit.audit import AuditLog, LogError
+from nomyo_audit.cli._main import main
+from nomyo_audit.errors import ExitCode
+
+URLS = [
+    "postgresql://u@127.0.0.1:1/db?password=pa55%zzSECRET",
+    "postgresql://u:pa55-SECRET@[::1",
+    "postgresql://u@[::1/db?password=pa55-SECRET",
+    "postgresql://u@127.0.0.1:1/db?sslmode=require&password=pa55%2DSECRET&bogus=1%zz",
+    "postgresql://u:pa55%2DSECRET@127.0.0.1:1/db?x=%zz",
+    "postgres://u:pa55-SECRET@127.0.0.1:1/db?sslmode=bogus",
+    "postgresql://u:pa55@SECRET@[::1",
+]
+
+
+@pytest.mark.parametrize("url", URLS)
+def test_no_password_in_messages(url, capsys):
+    with pytest.raises(LogError) as raised:
+        AuditLog(url)
+    assert "pa55" not in str(raised.value) and "SECRET" not in str(raised.value)
+    assert main(["log", "verify", "--log", url]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "pa55" not in err and "SECRET" not in err and "Traceback" not in err
+
+
+def test_no_pgpassword_in_messages(monkeypatch, capsys):
+    monkeypatch.setenv("PGPASSWORD", "pa55-SECRET")
+    url = "postgresql://u@[::1/db"
+    assert main(["log", "verify", "--log", url]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "SECRET" not in err and "Traceback" not in err
