@@ -1,4 +1,4 @@
-"""Event logs kept once, by digest: what a record stores instead of the logs a reply carries. Pure.
+"""Event logs and platform evidence kept once, by digest: what a record stores instead. Pure.
 
 A reply's ``tpm_attestation`` may carry a TCG event log (``event_log_b64``, tens of KB) and an
 IMA measurement list (``ima_log_b64``, up to MBs), mostly the same ones reply after reply.
@@ -13,6 +13,12 @@ A field that is not canonical base64 is kept as it came (the verdict already fai
 only a value that decodes and re-encodes to the very same text is replaced, so putting it back
 gives the verifier exactly what the reply carried. A reply's own ``*_sha256`` field of that name
 (no part of the protocol, the router's word) is not kept: in a record the name always means a blob.
+
+The cloud ``platform`` object (issue 17: a GCE AK certificate chain, an Azure HCL report with its
+VCEK or TD quote: up to ~30 KB, the same reply after reply) is kept the same way: the record keeps
+``platform_sha256``, the hex SHA-256 of the object's RFC 8785 canonical JSON bytes, and those bytes
+are the blob. Only an object whose canonical bytes parse back to an equal object is replaced, so
+putting it back gives the verifier the same object; anything else stays inline, as it came.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .._canonical import CanonicalJSONError, canonical_json
 from ..errors import IntegrityError
 
 __all__ = [
     "EVIDENCE_PATHS",
     "LOG_FIELDS",
+    "PLATFORM_FIELDS",
     "BlobCheck",
     "BlobReader",
     "attach_logs",
@@ -45,11 +53,15 @@ LOG_FIELDS = (
     ("event_log_b64", "event_log_sha256", "event log"),
     ("ima_log_b64", "ima_log_sha256", "IMA log"),
 )
+#: (the platform object a reply carries, the field a record keeps instead, its name in messages)
+PLATFORM_FIELDS = ("platform", "platform_sha256", "platform evidence")
 #: Where in a record's ``metadata`` evidence with logs sits: the reply's, and the router key's.
 EVIDENCE_PATHS = (("tpm_attestation",), ("key_attestation", "tpm_attestation"))
 
+_REFERENCES = (*(fields[1:] for fields in LOG_FIELDS), PLATFORM_FIELDS[1:])  # (field, what)
+_DETACHED = frozenset(name for fields in (*LOG_FIELDS, PLATFORM_FIELDS) for name in fields[:2])
 #: What precedes a blob reference's value in a record's bytes (canonical JSON and Python's json alike).
-_MARKER = b'_log_sha256":'
+_MARKERS = (b'_log_sha256":', b'"platform_sha256":')
 
 
 def is_digest(value: Any) -> bool:
@@ -128,7 +140,7 @@ def detach_logs(metadata: Mapping[str, Any] | None) -> tuple[Mapping[str, Any] |
     result: Mapping[str, Any] = metadata
     for path in EVIDENCE_PATHS:
         evidence = _evidence(result, path)
-        if evidence is None or not any(f in evidence for fields in LOG_FIELDS for f in fields[:2]):
+        if evidence is None or _DETACHED.isdisjoint(evidence):
             continue
         kept = dict(evidence)
         for carried, reference, _ in LOG_FIELDS:
@@ -139,8 +151,28 @@ def detach_logs(metadata: Mapping[str, Any] | None) -> tuple[Mapping[str, Any] |
                 blobs[digest] = raw
                 del kept[carried]
                 kept[reference] = digest
+        _detach_platform(kept, blobs)
         result = _replace(result, path, kept)
     return result, blobs
+
+
+def _detach_platform(evidence: dict[str, Any], blobs: dict[str, bytes]) -> None:
+    """Replace ``evidence``'s platform object by the digest of its canonical bytes, kept in ``blobs``."""
+    carried, reference, _ = PLATFORM_FIELDS
+    evidence.pop(reference, None)  # the router's word; in a record the name means a blob
+    value = evidence.get(carried)
+    if not isinstance(value, Mapping):
+        return
+    try:
+        raw = canonical_json(value)
+    except CanonicalJSONError:
+        return
+    if json.loads(raw) != value:  # e.g. integer keys: putting back would not give the same object
+        return
+    digest = hashlib.sha256(raw).hexdigest()
+    blobs[digest] = raw
+    del evidence[carried]
+    evidence[reference] = digest
 
 
 def references(metadata: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
@@ -148,30 +180,49 @@ def references(metadata: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
     for path in EVIDENCE_PATHS:
         evidence = _evidence(metadata, path)
         if evidence is not None:
-            for _, reference, what in LOG_FIELDS:
+            for reference, what in _REFERENCES:
                 if reference in evidence:
                     yield what, evidence[reference]
 
 
 class BlobReader:
-    """Blobs by digest from a store's lookup, checked against their digest, the last few kept encoded.
+    """Blobs by digest from a store's lookup, checked against their digest, the last few kept.
 
     A record after record re-appraisal reads the same log again and again: it is fetched,
-    hashed and base64-encoded once while it stays among the last ``keep`` read.
+    hashed and base64-encoded once while it stays among the last ``keep`` read (a platform
+    object's bytes likewise, parsed afresh for each record so no caller shares another's dict).
     """
 
     def __init__(self, lookup: Callable[[str], bytes | None] | None, keep: int = 4) -> None:
         self._lookup = lookup
         self._keep = keep
-        self._encoded: OrderedDict[str, str] = OrderedDict()
+        self._kept: OrderedDict[tuple[str, str], str | bytes] = OrderedDict()
 
     def encoded(self, digest: Any, where: str, what: str) -> str:
         """The blob ``digest`` names as base64; :class:`IntegrityError` when it is missing or altered."""
+        text = self._read(digest, where, what, "base64", lambda data: base64.b64encode(data).decode("ascii"))
+        assert isinstance(text, str)
+        return text
+
+    def platform(self, digest: Any, where: str, what: str = PLATFORM_FIELDS[2]) -> dict[str, Any]:
+        """The platform object the blob ``digest`` names; :class:`IntegrityError` when missing or altered."""
+        raw = self._read(digest, where, what, "json", lambda data: data)
+        try:
+            value = json.loads(raw)
+        except (ValueError, RecursionError):
+            value = None
+        if not isinstance(value, dict):  # it hashes to its digest, so only a client bug stored this
+            raise IntegrityError(f"{where}: the stored {what} (sha256 {digest[:16]}...) is not a JSON object")
+        return value
+
+    def _read(
+        self, digest: Any, where: str, what: str, form: str, convert: Callable[[bytes], str | bytes]
+    ) -> str | bytes:
         if not is_digest(digest):
             raise IntegrityError(f"{where}: its {what} reference is not a SHA-256 digest (altered)")
-        cached = self._encoded.get(digest)
+        cached = self._kept.get((form, digest))
         if cached is not None:
-            self._encoded.move_to_end(digest)
+            self._kept.move_to_end((form, digest))
             return cached
         data = self._lookup(digest) if self._lookup is not None else None
         if data is None:
@@ -182,15 +233,16 @@ class BlobReader:
             raise IntegrityError(
                 f"{where}: the stored {what} (sha256 {digest[:16]}...) does not hash to its digest (altered)"
             )
-        text = base64.b64encode(data).decode("ascii")
-        self._encoded[digest] = text
-        while len(self._encoded) > self._keep:
-            self._encoded.popitem(last=False)
-        return text
+        value = convert(data)
+        self._kept[(form, digest)] = value
+        while len(self._kept) > self._keep:
+            self._kept.popitem(last=False)
+        return value
 
 
 def attach_logs(metadata: Mapping[str, Any], reader: BlobReader, where: str) -> Mapping[str, Any]:
-    """``metadata`` with every blob reference replaced by the log's base64, as the reply carried it.
+    """``metadata`` with every blob reference replaced by what the reply carried: a log's base64,
+    the platform object.
 
     ``metadata`` itself is never changed. Raises :class:`IntegrityError` (exit 3) for a reference
     whose blob is missing or does not hash to it.
@@ -198,27 +250,32 @@ def attach_logs(metadata: Mapping[str, Any], reader: BlobReader, where: str) -> 
     result = metadata
     for path in EVIDENCE_PATHS:
         evidence = _evidence(result, path)
-        if evidence is None or not any(fields[1] in evidence for fields in LOG_FIELDS):
+        if evidence is None or not any(reference in evidence for reference, _ in _REFERENCES):
             continue
         kept = dict(evidence)
         for carried, reference, what in LOG_FIELDS:
             if reference in kept:
                 kept[carried] = reader.encoded(kept.pop(reference), where, what)
+        carried, reference, what = PLATFORM_FIELDS
+        if reference in kept:
+            kept[carried] = reader.platform(kept.pop(reference), where, what)
         result = _replace(result, path, kept)
     return result
 
 
 def _all_kept(data: bytes, present: set[bytes]) -> bool:
-    """Whether everything in ``data`` shaped like a reference (``…_log_sha256":"<64 hex>"``) names a kept
-    blob: byte searches only, the fast path of :class:`BlobCheck`."""
-    at = data.find(_MARKER)
-    while at >= 0:
-        value = at + len(_MARKER)
-        if data[value : value + 1] != b'"' or data[value + 65 : value + 66] != b'"':
-            return False
-        if data[value + 1 : value + 65] not in present:
-            return False
-        at = data.find(_MARKER, value + 66)
+    """Whether everything in ``data`` shaped like a reference (``…_log_sha256":"<64 hex>"``,
+    ``"platform_sha256":"<64 hex>"``) names a kept blob: byte searches only, the fast path of
+    :class:`BlobCheck`."""
+    for marker in _MARKERS:
+        at = data.find(marker)
+        while at >= 0:
+            value = at + len(marker)
+            if data[value : value + 1] != b'"' or data[value + 65 : value + 66] != b'"':
+                return False
+            if data[value + 1 : value + 65] not in present:
+                return False
+            at = data.find(marker, value + 66)
     return True
 
 
