@@ -249,3 +249,23 @@ def test_the_routers_own_platform_digest_never_poses_as_a_blob_reference():
     del block["platform"]
     kept, blobs = detach_logs({"tpm_attestation": block})
     assert "platform_sha256" not in kept["tpm_attestation"] and blobs == {}
+
+
+def test_postgresql_keeps_the_platform_blob_the_same_way(postgres_url, tmp_path, capsys):
+    import psycopg
+
+    from nomyo_audit.cli import main
+
+    make_log(postgres_url, detach=True)
+    with AuditLog.open(postgres_url) as log:
+        assert dict(log.store.blobs()) == {PLATFORM_SHA: PLATFORM_BYTES}
+        assert all(b"platform_sha256" in r.data and b"ak_cert_pem" not in r.data for r in log.store.records())
+    code, verdicts, result = reappraise(postgres_url)
+    assert code == 0, result.output
+    _, whole, _ = reappraise(make_log(tmp_path / "whole.db", detach=False))
+    assert [v["findings"] for v in verdicts] == [v["findings"] for v in whole]
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("DELETE FROM blobs")
+    assert main(["log", "verify", "--log", postgres_url]) == ExitCode.INTEGRITY
+    said = capsys.readouterr().out
+    assert "the platform evidence it references" in said and "is missing" in said, said
