@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ..errors import ConfigurationError
+from ._labels import check_label
 from ._report_record import _MAX_TEXT, as_label
 
 __all__ = [
@@ -41,6 +42,8 @@ NO_LABEL = "(none)"
 MAX_GROUPS = 50
 #: At most this many distinct values per grouping are counted apart (bounded memory).
 MAX_TRACKED = 10_000
+#: The longest router URL a scope names (a URL, not a document).
+MAX_ROUTER_LENGTH = 2048
 #: The statuses a group counts (the report's own: ``STATUS_LEGEND``).
 OUTCOMES = ("passed", "warned", "denied", "failed")
 
@@ -48,8 +51,14 @@ Labels = tuple[str | None, str | None, str | None]
 
 
 def _label(value: Any) -> str | None:
-    if value is None or (type(value) is str and len(value) <= _MAX_TEXT):  # the fast path: run per record
-        return value
+    """The value a record's label groups under. A writer that appends its own bytes is not held to
+    :func:`check_label`: text that is not printable (a right-to-left override reverses the rest of a
+    Markdown or CSV line, a zero-width space makes two groups look alike, a line break starts a row)
+    groups under its escaped form, as Python's ``repr`` writes it, so every rendering shows it."""
+    if value is None or (type(value) is str and len(value) <= _MAX_TEXT and value.isprintable()):
+        return value  # the fast path: run per record
+    if isinstance(value, str) and not value.isprintable():
+        return repr(value)[:_MAX_TEXT]
     return as_label(value)
 
 
@@ -66,17 +75,38 @@ class Scope(NamedTuple):
     tenant: str | None = None
 
     @classmethod
-    def of(cls, limits: Scope | Mapping[str, str | None] | None) -> Scope | None:
-        """``limits`` as a scope (None when nothing is limited); an unknown key raises ConfigurationError."""
-        if limits is None or isinstance(limits, Scope):
-            return limits if limits else None
-        unknown = sorted(set(limits) - set(cls._fields))
-        if unknown:
+    def of(
+        cls, limits: Scope | Mapping[str, str | None] | None, sources: Mapping[str, str] | None = None
+    ) -> Scope | None:
+        """``limits`` as a scope (None when nothing is limited), each limit checked as ``report``
+        checks its options (the scope is printed, rendered and signed): an unknown key or a malformed
+        limit raises ConfigurationError (``invalid_label``, naming ``sources[name]`` when given)."""
+        if limits is None:
+            return None
+        if not isinstance(limits, Scope):
+            unknown = sorted(set(limits) - set(cls._fields))
+            if unknown:
+                raise ConfigurationError(
+                    f"a report scope limits only {', '.join(cls._fields)}, not {', '.join(map(str, unknown))}"
+                )
+            limits = cls(**limits)
+        where = sources or {}
+        for name in ("service", "tenant"):
+            if getattr(limits, name) is not None:
+                check_label(name, getattr(limits, name), where.get(name))
+        router = limits.router
+        if router is not None and (
+            not isinstance(router, str)
+            or not router
+            or len(router) > MAX_ROUTER_LENGTH
+            or not router.isprintable()
+        ):
             raise ConfigurationError(
-                f"a report scope limits only {', '.join(cls._fields)}, not {', '.join(map(str, unknown))}"
+                f"{where.get('router', 'router')} must be a router URL of 1 to {MAX_ROUTER_LENGTH} printable "
+                "characters",
+                code="invalid_label",
             )
-        scope = cls(**limits)
-        return scope if scope else None
+        return limits if limits else None
 
     def __bool__(self) -> bool:
         return any(limit is not None for limit in self)

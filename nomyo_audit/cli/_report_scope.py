@@ -9,15 +9,12 @@ from typing import Any, TypeVar
 
 import click
 
-from ..audit._labels import check_label
 from ..audit._report_groups import Scope
 from ..audit._store import StoredRecord
-from ..errors import ConfigurationError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: The longest --router accepted (a URL, not a document).
-MAX_ROUTER_LENGTH = 2048
+_FLAGS = {"service": "--service", "router": "--router", "tenant": "--tenant"}
 
 
 def SCOPE_OPTIONS(command: F) -> F:
@@ -35,17 +32,7 @@ def SCOPE_OPTIONS(command: F) -> F:
 
 def scope_of(service: str | None, router: str | None, tenant: str | None) -> Scope | None:
     """The report's scope, or None for the whole log; a malformed limit is exit 2 (invalid_label)."""
-    if service is not None:
-        check_label("service", service, "--service")
-    if tenant is not None:
-        check_label("tenant", tenant, "--tenant")
-    if router is not None and (not router or len(router) > MAX_ROUTER_LENGTH or not router.isprintable()):
-        raise ConfigurationError(
-            f"--router must be a router URL of 1 to {MAX_ROUTER_LENGTH} printable characters",
-            code="invalid_label",
-        )
-    scope = Scope(service, router, tenant)
-    return scope if scope else None
+    return Scope.of(Scope(service, router, tenant), _FLAGS)
 
 
 def in_scope(rows: Iterator[StoredRecord], scope: Scope | None) -> Iterator[StoredRecord]:

@@ -40,6 +40,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -109,8 +110,7 @@ class SecureCompletionClient:
         tenant: str | None = None,
     ) -> None:
         self.router_url = check_router_url(router_url, allow_http)
-        #: ``service`` and ``tenant`` (None: $NOMYO_AUDIT_SERVICE, $NOMYO_AUDIT_TENANT), in every record
-        self.labels = labels_from({"service": service, "tenant": tenant})
+        self._labels = MappingProxyType(labels_from({"service": service, "tenant": tenant}))
         self._v2 = Protocol2(protocol)  # "auto" | "1.0" | "2" (None: $NOMYO_PROTOCOL); client/_protocol2.py
         self._owns_audit_log = isinstance(audit_log, (str, os.PathLike))
         self.audit_log = AuditLog(audit_log) if isinstance(audit_log, (str, os.PathLike)) else audit_log
@@ -312,6 +312,14 @@ class SecureCompletionClient:
         outcome = "policy_warned" if policy_result and policy_result.get("outcome") == "warn" else "ok"
         await self._record(call, outcome, response=response, policy=policy_result)
         return response
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        """``service`` and ``tenant`` (None: $NOMYO_AUDIT_SERVICE, $NOMYO_AUDIT_TENANT), in every record.
+
+        Read-only: they were checked when the client was made, and a label changed afterwards would
+        only be refused when the record is built, after the request was sent (no record)."""
+        return self._labels
 
     async def _record(self, call: CompletionCall, outcome: str, **details: Any) -> None:
         if self.audit_log is None:
