@@ -178,6 +178,8 @@ def test_log_verify_finds_a_platform_reference_without_its_blob():
     problems = blob_problems([(0, data)], [])
     assert problems == [f"record 0: the platform evidence it references ({PLATFORM_SHA[:16]}...) is missing"]
     assert blob_problems([(0, data)], [(PLATFORM_SHA, PLATFORM_BYTES)]) == []
+    elsewhere = {"metadata": {"facts": {"platform_sha256": "ab" * 32}}, "server_key_sha256": "cd" * 32}
+    assert blob_problems([(2, json.dumps(elsewhere, separators=(",", ":")).encode())], []) == []
     other = {"metadata": {"tpm_attestation": {"platform_sha256": "x"}}}
     assert blob_problems([(1, json.dumps(other).encode())], []) == [
         "record 1: its platform evidence reference is not a SHA-256 digest (altered)"
