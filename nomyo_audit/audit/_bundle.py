@@ -1,12 +1,13 @@
 """Offline evidence bundles: one reply's record with everything needed to re-check it air-gapped.
 
 A bundle is a versioned JSON document (:data:`BUNDLE_SCHEMA`): the record's exact bytes, the
-event logs and IMA lists it references by digest (from the log's blobs table), a C2SP tlog-proof
-of its inclusion, the signed checkpoint it leads to (every signature line the log kept, so
-cosignatures travel with it), a copy of the anchor evidence the record holds (its certificate
-chains, for people and openssl; the record's own copy is what is checked) and the log's origin
-and the key it names. Verifying one (:mod:`._bundle_verify`) needs nothing else but a trusted
-checkpoint key and, for the anchor, the auditor's roots: no log, no router, no network.
+event logs, IMA lists and cloud platform evidence it references by digest (from the log's blobs
+table), a C2SP tlog-proof of its inclusion, the signed checkpoint it leads to (every signature
+line the log kept, so cosignatures travel with it), a copy of the anchor evidence the record
+holds (its certificate chains, for people and openssl; the record's own copy is what is checked)
+and the log's origin and the key it names. Verifying one (:mod:`._bundle_verify`) needs nothing
+else but a trusted checkpoint key and, for the anchor, the auditor's roots: no log, no router, no
+network.
 
 What is trusted, and why: the record bytes are believed only because the inclusion proof leads
 from them to a root signed by the key the auditor passes. Everything else in the bundle is either

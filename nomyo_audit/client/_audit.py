@@ -33,8 +33,9 @@ async def record_call(
 
     ``request`` is the payload to digest, None when no canonical JSON can hold it; ``response``
     is kept as a digest and its ``_metadata``, except for a policy denial, whose content is not
-    kept at all (its metadata comes in ``response`` and is stored alone). The event logs its
-    evidence carries are kept once per digest beside the record (:mod:`nomyo_audit.audit._blobs`).
+    kept at all (its metadata comes in ``response`` and is stored alone). The event logs and the
+    cloud ``platform`` object its evidence carries are kept once per digest beside the record
+    (:mod:`nomyo_audit.audit._blobs`).
     ``labels`` (``service``, ``tenant``: :mod:`nomyo_audit.audit._labels`) go into the record when set.
     """
     summary = error_summary(error)
