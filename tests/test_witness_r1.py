@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import socket
+import threading
+import time
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_witness import spec_cosignature_timestamp
@@ -129,3 +133,38 @@ def test_a_log_signature_line_that_does_not_verify_is_403_even_beside_a_valid_on
     reply = post(http, body(0, [], note + forged))
     assert reply.status_code == 403, reply.text
     assert post(http, body(0, [], note)).status_code == 200
+
+
+def serving_threads() -> int:
+    return sum("process_request" in t.name for t in threading.enumerate())
+
+
+def test_idle_connections_cannot_pile_up_threads_in_the_witness(witness):
+    server, http, _ = witness
+    host, port = server.server_address[:2]
+    before, most, done = serving_threads(), [0], threading.Event()
+
+    def sample() -> None:  # the most connection threads alive at once (an idle one lives 10 s)
+        while not done.wait(0.02):
+            most[0] = max(most[0], serving_threads() - before)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    idle = [socket.create_connection((host, port), timeout=10) for _ in range(100)]
+    try:
+        time.sleep(1)
+        done.set()
+        sampler.join()
+        assert most[0] <= 64
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 15
+    while True:  # the slots come back as the closed connections end
+        try:
+            if post(http, body(0, [], own_checkpoint(leaves(2)))).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.1)

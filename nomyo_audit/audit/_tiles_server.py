@@ -23,7 +23,7 @@ from typing import Any
 
 from ._tiles import TilePathError, parse_tile_path
 
-__all__ = ["TileServer"]
+__all__ = ["BoundedThreadingServer", "TileServer"]
 
 #: The longest request path looked at (the longest tile path is about 60 characters).
 MAX_PATH = 256
@@ -33,24 +33,18 @@ TILE_CACHE = "public, max-age=31536000, immutable"
 MAX_CONNECTIONS = 64
 
 
-class TileServer(ThreadingHTTPServer):
-    """An HTTP server of the tiles in ``directory`` on an already listening socket.
+class BoundedThreadingServer(ThreadingHTTPServer):
+    """A threading HTTP server that serves at most ``max_connections`` connections at once.
 
-    At most ``max_connections`` connections are served at once (a thread each); one more is
-    closed at once, so a flood of idle connections costs no more than that many threads.
+    Each connection holds a thread; one more is closed at once, so a flood of idle
+    connections costs no more than that many threads (the tile and the witness servers).
     """
 
     daemon_threads = True
 
-    def __init__(
-        self, sock: socket.socket, directory: Path, *, max_connections: int = MAX_CONNECTIONS
-    ) -> None:
-        super().__init__(sock.getsockname()[:2], _TileHandler, bind_and_activate=False)
-        self.socket.close()
-        self.socket = sock
-        self.server_address = sock.getsockname()
-        self.directory = directory
+    def __init__(self, *args: Any, max_connections: int = MAX_CONNECTIONS, **kwargs: Any) -> None:
         self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(*args, **kwargs)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Serve the connection in a thread of its own if a slot is free, else close it."""
@@ -72,6 +66,24 @@ class TileServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+
+class TileServer(BoundedThreadingServer):
+    """An HTTP server of the tiles in ``directory`` on an already listening socket.
+
+    At most ``max_connections`` connections are served at once (:class:`BoundedThreadingServer`).
+    """
+
+    def __init__(
+        self, sock: socket.socket, directory: Path, *, max_connections: int = MAX_CONNECTIONS
+    ) -> None:
+        super().__init__(
+            sock.getsockname()[:2], _TileHandler, bind_and_activate=False, max_connections=max_connections
+        )
+        self.socket.close()
+        self.socket = sock
+        self.server_address = sock.getsockname()
+        self.directory = directory
 
     def stop_on_signals(self) -> None:
         """SIGTERM and SIGINT end :meth:`serve_forever` cleanly (its caller's ``finally`` runs).

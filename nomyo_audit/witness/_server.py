@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from ..audit._tiles_server import BoundedThreadingServer
 from ..errors import NomyoAuditError
 from ._witness import MAX_REQUEST, Reply, Witness
 
@@ -96,10 +97,11 @@ class _Handler(BaseHTTPRequestHandler):
         sys.stderr.write(f"witness: {self.address_string()} {format % args}\n")
 
 
-class WitnessServer(ThreadingHTTPServer):
-    """A witness listening on ``(host, port)``; port 0 picks a free one (see :attr:`url`)."""
+class WitnessServer(BoundedThreadingServer):
+    """A witness listening on ``(host, port)``; port 0 picks a free one (see :attr:`url`).
 
-    daemon_threads = True
+    At most 64 connections are served at once (a thread each); one more is closed at once.
+    """
 
     def __init__(self, witness: Witness, host: str = "127.0.0.1", port: int = 0, *, quiet: bool = False):
         self.witness = witness
