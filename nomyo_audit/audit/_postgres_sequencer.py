@@ -85,7 +85,9 @@ class _Batch:
     ) -> None:
         """Give each pending row the next position, in id order; run the checkpoint maker after each."""
         frontier, last_time = self.frontier, self.last_time
-        for _, token, payload_id, moment, pending_data, *_ in rows:
+        for _, token, payload_id, moment, pending_data, _, _, sequenced in rows:
+            if sequenced is not None:  # its token has a position (a resubmission): the same record again
+                continue
             seq = frontier.size
             try:
                 data = with_seq(bytes(pending_data), seq)
@@ -150,15 +152,17 @@ def parse_acks(payload: str) -> dict[str, int]:
 _ACKS_PER_PAYLOAD = 230
 
 
-#: Take a batch: delete it from pending and return it, with the last position and checkpoint time.
+#: Take a batch: delete it from pending and return it, with the last position and checkpoint time,
+#: and the position each row's token already has (acks), if any.
 _TAKE = """
 WITH taken AS (
     DELETE FROM pending WHERE id IN (SELECT id FROM pending ORDER BY id LIMIT %d)
     RETURNING id, token, payload_id, time, data
 )
-SELECT taken.*, last.seq, latest.created FROM taken
+SELECT taken.*, last.seq, latest.created, done.seq FROM taken
 LEFT JOIN (SELECT seq FROM records ORDER BY seq DESC LIMIT 1) AS last ON true
 LEFT JOIN (SELECT created FROM checkpoints ORDER BY id DESC LIMIT 1) AS latest ON true
+LEFT JOIN acks AS done ON done.token = taken.token
 """
 
 #: Write a batch: records, checkpoints, acks, the frontier, and the notifications, in one statement.
