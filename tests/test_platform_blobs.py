@@ -11,18 +11,21 @@ import asyncio
 import base64
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import math
 import sqlite3
+from types import SimpleNamespace
 
 import pytest
 import rfc8785  # an independent RFC 8785 implementation: the digest is over its bytes
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_gce_anchor import ROOTS, cos_block
+from test_platform import append_metadata
 
-from nomyo_audit.audit import AuditLog, build_record
+from nomyo_audit.audit import AuditLog
 from nomyo_audit.audit._blobs import BlobReader, attach_logs, blob_problems, detach_logs
 from nomyo_audit.audit._bundle import build_bundle
 from nomyo_audit.audit._bundle_verify import verify_bundle
@@ -31,8 +34,6 @@ from nomyo_audit.client._audit import record_call
 from nomyo_audit.client._call import CompletionCall
 from nomyo_audit.errors import ExitCode
 from nomyo_audit.tpm import TrustStore
-
-AT = 1_795_000_000.0  # 2026-11-17, inside the COS-85 AK certificate's validity
 
 
 def sha(data: bytes) -> str:
@@ -45,29 +46,13 @@ PLATFORM_SHA = sha(PLATFORM_BYTES)
 
 
 def append(log: AuditLog, payload_id: str, metadata: dict, *, detach: bool) -> None:
-    """One record of a reply's ``_metadata``: detached as the client does, or kept whole (an old record)."""
-    blobs: dict[str, bytes] = {}
-    if detach:
-        metadata, blobs = detach_logs(metadata)  # type: ignore[assignment]
-    log.append(
-        payload_id,
-        lambda seq, salt: build_record(
-            seq=seq,
-            timestamp=AT,
-            salt=salt,
-            payload_id=payload_id,
-            router="https://gce.example",
-            server_key=None,
-            model=None,
-            security_tier=None,
-            outcome="ok",
-            request=None,
-            response=None,
-            metadata=metadata,
-        ),
-        AT,
-        blobs=blobs,
-    )
+    """One record of a reply's ``_metadata`` (test_platform's): detached as the client does (its blobs
+    in the record's append), or kept whole, as records were before."""
+    if not detach:
+        return append_metadata(log, payload_id, metadata)
+    kept, blobs = detach_logs(metadata)
+    with_blobs = SimpleNamespace(append=functools.partial(log.append, blobs=blobs))
+    return append_metadata(with_blobs, payload_id, kept)
 
 
 def make_log(path, *, detach: bool, count: int = 2, key=None):
