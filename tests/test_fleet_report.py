@@ -155,7 +155,7 @@ def test_report_service_limits_the_figures_not_what_the_report_covers(fleet_log,
     assert len(document["failures"]) == 1 and document["failures"][0]["outcome"].startswith("http_error")
     markdown, html = (out / "report.md").read_text(), (out / "report.html").read_text()
     assert "This report counts only the records of service **search** (3 of the 8" in markdown
-    assert "**Scope:** this report counts only the records of service `search`: 3 of the 8" in markdown
+    assert "**Scope:** this report counts only the records of service **search**: 3 of the 8" in markdown
     assert "<b>Scope:</b> this report counts only the records of service <b>search</b>: 3 of the 8" in html
     assert "scope,service,search,3\n" in (out / "report.csv").read_text()
     junit = (out / "report.junit.xml").read_text()

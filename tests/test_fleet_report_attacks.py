@@ -168,3 +168,34 @@ def test_labels_never_reach_the_router(router, tmp_path, nomyo_reference):
     with AuditLog.open(tmp_path / "a.db") as log:
         docs = [json.loads(r.data) for r in log.store.records(None, None)]
     assert [(d.get("service"), d.get("tenant")) for d in docs] == [(service, tenant), (None, None)]
+
+
+def _scoped_files(service):
+    docs = [_doc(0, service=service), _doc(1, outcome="http_error:500")]
+    state = {**STATE, "verification": {"intact": True, "size": 2, "root": "00" * 32, "key": "given"}}
+    document = build_report(
+        docs, generated_at="2026-11-26T00:00:00Z", log_state=state, scope={"service": service}
+    )
+    return {name: data.decode() for name, data in render_report(document, ["html", "md", "csv"]).items()}
+
+
+def test_a_scoped_reports_controls_say_they_judge_only_its_scope():
+    """The controls are judged from the report's figures, which a scoped report counts for its scope
+    only (a failure of another service is not among them): the section says so where it stands, not
+    only in the banner at the top."""
+    files = _scoped_files("billing")
+    html = files["report.html"].split('<h2 id="controls">', 1)[1].split("<h2", 1)[0]
+    markdown = files["report.md"].split("## Controls evidenced", 1)[1].split("\n## ", 1)[0]
+    assert "judged on the 1 records of service <b>billing</b> only, not the 2 of the period" in html
+    assert "judged on the 1 records of service **billing** only, not the 2 of the period" in markdown
+
+
+def test_label_text_is_shown_as_it_is_and_no_label_is_told_apart():
+    """A backtick in a label was shown as a quote (`a'b` for a`b: another label), and in CSV the
+    records without a label and a service named "(none)" gave the same row."""
+    markdown = _scoped_files("a`b")["report.md"]
+    assert "a'b" not in markdown and "a&#96;b" in markdown
+    docs = [_doc(0, service="(none)"), _doc(1)]
+    document = build_report(docs, generated_at="2026-11-26T00:00:00Z", log_state=STATE)
+    rows = render_report(document, ["csv"])["report.csv"].decode().splitlines()
+    assert "group,service (none),,1" in rows and "group,service,,1" in rows
