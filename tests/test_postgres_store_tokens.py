@@ -43,3 +43,52 @@ def test_a_token_already_sequenced_is_neither_doubled_nor_a_wedge(postgres_url):
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM pending").fetchone() == (0,)
             assert conn.execute("SELECT seq FROM acks WHERE token = %s", (token,)).fetchone() == (0,)
+
+
+def test_a_record_whose_payload_id_postgresql_cannot_store_is_refused_not_a_wedge(postgres_url):
+    """A payload_id with NUL or a lone surrogate (valid JSON escapes) cannot go into a text column:
+    the batch holding it failed on every retry, so one such pending row stopped the whole log."""
+    with AuditLog(postgres_url) as log:
+        assert log.append("p-0", _build(0)) == 0
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            for i, bad in enumerate(("a\\u0000b", "\\ud800")):
+                data = _build(9)(0, log.store.meta("salt")).replace(b'"p-9"', b'"%s"' % bad.encode())
+                conn.execute(
+                    "INSERT INTO pending (token, payload_id, time, data) VALUES (%s, 'x', 0, %s)",
+                    (bytes([i + 1]) * 16, data),
+                )
+        got: list[int] = []
+        thread = threading.Thread(target=lambda: got.append(log.append("p-1", _build(1))), daemon=True)
+        thread.start()
+        thread.join(20)
+        assert got == [1], "the log took no append after a pending row it cannot store"
+        assert log.verify().ok
+
+
+def test_an_append_postgresql_cannot_store_fails_alone_and_at_once(postgres_url):
+    """A caller's payload_id with NUL failed the submit of its whole group, retried for 30 s, so the
+    other threads' appends of the same group failed with it."""
+    import time
+
+    from nomyo_audit.audit import LogError
+
+    with AuditLog(postgres_url) as log:
+        assert log.append("p-0", _build(0)) == 0
+        errors: list[Exception] = []
+
+        def bad() -> None:
+            try:
+                log.append("a\x00b", _build(5))
+            except (LogError, ValueError) as exc:
+                errors.append(exc)
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=bad)]
+        threads += [threading.Thread(target=log.append, args=(f"p-{i}", _build(i))) for i in (1, 2, 3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(errors) == 1 and time.monotonic() - started < 10
+        assert sorted(r.payload_id for r in log.store.records()) == ["p-0", "p-1", "p-2", "p-3"]
+        assert log.verify().ok

@@ -31,6 +31,7 @@ from ._postgres_schema import (
     database_errors,
     psycopg_module,
     schema_problem,
+    storable,
 )
 from ._postgres_sequencer import Sequencer, read_frontier
 from ._store import (
@@ -175,6 +176,8 @@ class PostgresStore:
         """
         if self.readonly:
             raise LogError(f"{self.location}: opened read-only")
+        if not storable(payload_id):  # else its group's submit fails, and is retried, for every record in it
+            raise LogError(f"{self.location}: a payload_id with NUL or a lone surrogate cannot be stored")
         self._maker = checkpoint
         kept = check_blobs(blobs)
         data = build(0)

@@ -40,6 +40,7 @@ __all__ = [
     "database_errors",
     "psycopg_module",
     "schema_problem",
+    "storable",
 ]
 
 SCHEMA = """
@@ -96,6 +97,15 @@ SEQUENCED_CHANNEL = "nomyo_audit_sequenced"
 
 #: Seconds an ack is kept: how long a writer that lost its connection has to ask again.
 ACK_RETENTION = 3600.0
+
+
+def storable(text: str) -> bool:
+    """Whether PostgreSQL can keep ``text`` in a text column (no NUL, no lone surrogate)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
 
 
 def psycopg_module() -> Any:

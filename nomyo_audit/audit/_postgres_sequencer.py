@@ -31,6 +31,7 @@ from ._postgres_schema import (
     SEQUENCER_LOCK,
     connect,
     psycopg_module,
+    storable,
 )
 from ._records import with_seq
 from ._store import CheckpointMaker, LogError, missing, truncated
@@ -95,7 +96,7 @@ class _Batch:
                 self.acks[bytes(token).hex()] = -1  # not a record (altered in pending): refused
                 continue
             fields = record_fields(data)  # the columns mirror the bytes, whatever pending's columns say
-            if fields is None:  # no payload_id and time of its own: verify would fail at it forever
+            if fields is None or not storable(fields[0]):  # verify (or the insert) would fail at it forever
                 self.acks[bytes(token).hex()] = -1
                 continue
             payload_id, moment = fields
