@@ -10,6 +10,9 @@ serve the directory. Rules the writer keeps:
   :class:`nomyo_audit.errors.IntegrityError` and nothing is written;
 * only resources new since the published checkpoint are written; full tiles never change,
   so they are never rewritten;
+* one publisher at a time per directory (``flock`` on the directory itself, held from reading
+  the published checkpoint to writing the new one): a slower run that verified an older
+  checkpoint can never publish it over a newer one another run published meanwhile;
 * every file is written atomically (a temporary file renamed over the target), and the
   ``checkpoint`` last, so a reader never sees half a tile nor a checkpoint whose tiles are
   not there yet; an interrupted run leaves the previous checkpoint published.
@@ -17,6 +20,10 @@ serve the directory. Rules the writer keeps:
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +84,26 @@ def publish_tiles(
     another log's tiles, or a record is too long for an entry bundle
     (``tile_entry_too_large``).
     """
+    with _exclusive(directory):
+        return _publish(log, directory, public_key)
+
+
+@contextmanager
+def _exclusive(directory: Path) -> Iterator[None]:
+    """Hold the directory's ``flock`` (other publishers wait): no lock file is needed or served."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise LogError(f"cannot open {directory}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _publish(log: AuditLog, directory: Path, public_key: Ed25519PublicKey | None) -> PublishedTiles:
     key = public_key or log.public_key()
     previous = published_checkpoint(directory)
     old = _parse_published(previous, directory, log.origin)

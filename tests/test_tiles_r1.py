@@ -1,0 +1,56 @@
+"""Adversarial review R1 of ``log tiles``: two publishers of one directory at once."""
+
+from __future__ import annotations
+
+import threading
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_tiles_cli import grow
+
+from nomyo_audit.audit import AuditLog, parse_checkpoint
+from nomyo_audit.audit._tiles_writer import publish_tiles, published_checkpoint
+
+
+def test_a_slower_publisher_never_rolls_back_what_a_faster_one_published(tmp_path):
+    """Two `log tiles` runs overlap (cron): the one that saw the older checkpoint finishes last.
+
+    The directory must end with the newer checkpoint: a reader that saw size 400 must never
+    be shown 300 afterwards (clients and witnesses take that for a rolled-back log).
+    """
+    key, db, out = Ed25519PrivateKey.generate(), tmp_path / "audit.db", tmp_path / "tiles"
+    out.mkdir()
+    grow(db, key, 0, 300)
+    slow = AuditLog.open(db)
+    scans, in_scan, release = [0], threading.Event(), threading.Event()
+    real_scan = slow.store.scan
+
+    def paused_scan():  # the slow publisher stops before it streams the tiles (after verifying)
+        scans[0] += 1
+        if scans[0] == 2:
+            in_scan.set()
+            release.wait(30)
+        yield from real_scan()
+
+    slow.store.scan = paused_scan  # type: ignore[method-assign]
+    errors: list[BaseException] = []
+
+    def run(log: AuditLog) -> None:
+        try:
+            publish_tiles(log, out, key.public_key())
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            log.close()
+
+    first = threading.Thread(target=run, args=(slow,))
+    first.start()
+    assert in_scan.wait(30)
+    grow(db, key, 300, 100)
+    second = threading.Thread(target=run, args=(AuditLog.open(db),))
+    second.start()
+    second.join(5)  # unlocked it finishes here; locked it waits for the first
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert not errors, errors
+    assert parse_checkpoint(published_checkpoint(out))[0].size == 400
