@@ -103,3 +103,35 @@ def test_an_nv_anchor_with_an_ephemeral_key_is_still_attached(tmp_path):
 
 def test_a_file_without_an_anchor_is_not_checked_against_the_key(tmp_path):
     assert attach(tmp_path, {"td_quote_b64": "AA=="}, CASES["gce"][2]).platform is None
+
+
+def test_a_platform_evidence_file_that_never_ends_is_refused_without_reading_it_all():
+    """``--platform-evidence /dev/zero`` (or a FIFO, or a file growing after its size was read): the
+    size of the stat is 0 or stale, so the file is read up to the bound and no further. Run in a
+    process whose memory is capped, so a reader without the bound fails instead of eating the host's."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (768 << 20, 768 << 20))\n"
+        "from pathlib import Path\n"
+        "from nomyo_audit.attest._platform import load_platform_file\n"
+        "from nomyo_audit.errors import ConfigurationError\n"
+        "try:\n"
+        "    load_platform_file(Path('/dev/zero'))\n"
+        "except ConfigurationError as exc:\n"
+        "    print(exc.message)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-400:]
+    assert "larger than" in done.stdout
+
+
+def test_a_platform_evidence_file_over_the_bound_says_so(tmp_path):
+    from nomyo_audit.attest._platform import MAX_PLATFORM_FILE, load_platform_file
+
+    big = tmp_path / "platform.json"
+    big.write_text('{"kind": "gce", "ak_cert_pem": "' + "A" * MAX_PLATFORM_FILE + '"}')
+    with pytest.raises(ConfigurationError, match="larger than"):
+        load_platform_file(big)

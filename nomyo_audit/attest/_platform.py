@@ -93,11 +93,14 @@ def load_platform_file(path: Path) -> dict[str, Any]:
     """The operator's platform evidence file: a JSON object of known ``platform`` fields, bounded and
     strict (no repeated key). Raises ConfigurationError naming the file."""
     try:
-        if path.stat().st_size > MAX_PLATFORM_FILE:
-            raise ConfigurationError(f"--platform-evidence {path}: larger than {MAX_PLATFORM_FILE} bytes")
-        document = json.loads(path.read_text("utf-8"), object_pairs_hook=unique_object)
+        with path.open("rb") as file:  # read to the bound, not to a size stat may not know (FIFO, /dev/zero)
+            data = file.read(MAX_PLATFORM_FILE + 1)
     except OSError as exc:
         raise ConfigurationError(f"--platform-evidence {path}: cannot be read ({exc.strerror})") from None
+    if len(data) > MAX_PLATFORM_FILE:
+        raise ConfigurationError(f"--platform-evidence {path}: larger than {MAX_PLATFORM_FILE} bytes")
+    try:
+        document = json.loads(data.decode("utf-8"), object_pairs_hook=unique_object)
     except (UnicodeDecodeError, ValueError, DuplicateKeyError, RecursionError):
         raise ConfigurationError(f"--platform-evidence {path}: not a strict UTF-8 JSON object") from None
     if not isinstance(document, dict):
