@@ -89,7 +89,7 @@ def writer_child(location: str, key_file: str, threads: int, seconds: float, nam
                 try:
                     log.append(payload_id, build, blobs=blobs)
                 except Exception as exc:  # counted, never hidden
-                    errors.append(type(exc).__name__)
+                    errors.append(f"{type(exc).__name__}: {str(exc)[:160]}")
                     continue
                 if time.time() <= end:  # acknowledged within the window
                     mine.append((time.perf_counter() - began) * 1000)
@@ -168,7 +168,7 @@ def run_writers(
         # server: the whole phase, connection set-up included), per acknowledged append
         "writer_cpu_us_per_append": writer_cpu / max(len(latencies), 1) * 1e6,
         "server_cpu_us_per_append": None if server_cpu is None else server_cpu / max(len(latencies), 1) * 1e6,
-        "error_kinds": sorted(set(errors)),
+        "error_kinds": sorted(set(errors))[:10],
     }
 
 

@@ -187,7 +187,11 @@ class PostgresServer:
             return
         if (self.data_dir / "postmaster.pid").exists():
             self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "immediate", "-w", check=False)
-        shutil.rmtree(self.directory, ignore_errors=True)
+        for _ in range(50):  # a server process still exiting may write a last file meanwhile
+            shutil.rmtree(self.directory, ignore_errors=True)
+            if not self.directory.exists():
+                break
+            time.sleep(0.1)
         self.directory = None
 
     # -- databases -----------------------------------------------------------------------------
