@@ -180,7 +180,7 @@ class _Verification:
         checkpoint_rows: list[CheckpointRow] = []
         try:
             if (status := self.store.integrity_check()) != "ok":
-                self.problems.append(f"the SQLite file is damaged: {status}")
+                self.problems.append(f"{_storage_name(self.store)} is damaged: {status}")
             self._metadata()
             checkpoint_rows = self.store.checkpoint_rows()
             blobs = self._blobs()
@@ -362,6 +362,13 @@ def _verified(parsed: Checkpoint, note: str, key: Ed25519PublicKey, created: Any
         parsed.size, parsed.root, moment, signed_time is not None, key_fingerprint(key), note
     )
 
+
+
+def _storage_name(store: LogStore) -> str:
+    """What holds the log, for the integrity check's problem (each backend checks its own storage)."""
+    from ._sqlite import SQLiteStore
+
+    return "the SQLite file" if isinstance(store, SQLiteStore) else "the PostgreSQL database"
 
 
 def check_record(seq: int, data: bytes, stored_leaf: bytes, leaf: bytes, expected: int) -> str | None:
