@@ -8,7 +8,7 @@ data types 5 and 6), google/go-tdx-guest ``abi/abi.go`` (@ c7c68f5a: the ``quote
 (@ 0257a61b: ``QuoteHeader`` and ``ReportBody2``):
 
 * bytes 0-47, the header: version (u16, 4), attestation key type (u16, 2 = ECDSA-256-with-P-256),
-  TEE type (u32, 0x81 = TDX), QE SVN, PCE SVN, QE vendor ID (16), user data (20);
+  TEE type (u32, 0x81 = TDX), QE SVN, PCE SVN, QE vendor ID (16, Intel's QE only), user data (20);
 * bytes 48-631, the TD quote body (584 bytes): TEE_TCB_SVN (16), MRSEAM (48), MRSIGNERSEAM (48),
   SEAMATTRIBUTES (8), TDATTRIBUTES (8), XFAM (8), MRTD (48), MRCONFIGID (48), MROWNER (48),
   MROWNERCONFIG (48), RTMR0-3 (4 x 48), REPORTDATA (64);
@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 from ..errors import EvidenceError
 
-__all__ = ["MAX_TD_QUOTE", "QeReport", "TdQuote", "TdQuoteBody", "parse_td_quote"]
+__all__ = ["INTEL_QE_VENDOR_ID", "MAX_TD_QUOTE", "QeReport", "TdQuote", "TdQuoteBody", "parse_td_quote"]
 
 #: The largest TD quote accepted (real ones are about 5 KiB, most of it the PEM chain).
 MAX_TD_QUOTE = 16 * 1024
@@ -47,6 +47,8 @@ QUOTE_VERSION = 4
 ECDSA_P256 = 2
 TEE_TDX = 0x81
 QE_REPORT_CERTIFICATION_DATA = 6
+#: The header's QE vendor ID of Intel's Quoting Enclave (DCAP ``QuoteConstants.h`` ``INTEL_QE_VENDOR_ID``)
+INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
 PCK_CERT_CHAIN = 5
 
 _HEADER = struct.Struct("<HHI2s2s16s20s")
@@ -123,6 +125,8 @@ def parse_td_quote(data: bytes) -> TdQuote:
             f"quote version {version}, attestation key type {key_type}, TEE type {tee_type:#x} is not a "
             "TDX quote v4 with an ECDSA P-256 attestation key"
         )
+    if vendor != INTEL_QE_VENDOR_ID:
+        raise _malformed(f"the quote's QE vendor {vendor.hex()} is not Intel's Quoting Enclave")
     (size,) = struct.unpack_from("<I", data, _SIGNED_END)
     end = _SIGNED_END + 4 + size
     if end > len(data):
