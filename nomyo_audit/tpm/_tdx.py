@@ -156,7 +156,10 @@ def pck_fmspc(pck: RawCertificate) -> bytes:
     extension = pck.extension(OID_SGX_EXTENSIONS)
     if extension is None:
         raise CertificateError("the PCK certificate has no SGX extension", code="tdx_pck_chain")
-    for member in read_one(extension.value)[0].children():
+    sequence, end = read_one(extension.value)
+    if end != len(extension.value):
+        raise CertificateError("the PCK certificate's SGX extension has bytes after it", code="tdx_pck_chain")
+    for member in sequence.children():
         parts = member.children()
         if len(parts) == 2 and decode_oid(parts[0]) == OID_SGX_FMSPC:
             if parts[1].tag != OCTET_STRING or len(parts[1].value) != 6:
