@@ -135,12 +135,12 @@ def connect(url: str, display: str, *, readonly: bool = False, timeout: int = 10
     :class:`LogError` naming ``display`` (the URL without its password) and the reason.
     """
     psycopg = psycopg_module()
-    options = "-c default_transaction_read_only=on" if readonly else None
     kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": timeout}
     kwargs["application_name"] = "nomyo-audit"
-    if options:
-        kwargs["options"] = options
     try:
+        if readonly:  # added to the URL's own options (a schema's search_path), which a keyword replaces
+            given = psycopg.conninfo.conninfo_to_dict(url).get("options") or os.environ.get("PGOPTIONS", "")
+            kwargs["options"] = f"{given} -c default_transaction_read_only=on".strip()
         return psycopg.connect(url, **kwargs)  # type: ignore[no-any-return]
     except psycopg.Error as exc:
         reason = _reason(exc, _password(url))
