@@ -40,6 +40,9 @@ __all__ = ["BATCH", "Sequencer", "ack_payloads", "parse_acks", "read_frontier"]
 
 #: Most pending rows one sequencing transaction takes.
 BATCH = 4000
+#: Most bytes of records one batch takes (the first row always): a batch is in memory several
+#: times over (rows, re-encoded records, the statement's parameters).
+BATCH_BYTES = 8_000_000
 
 _LOG = logging.getLogger("nomyo_audit.audit.postgres")
 
@@ -157,7 +160,12 @@ _ACKS_PER_PAYLOAD = 230
 #: and the position each row's token already has (acks), if any.
 _TAKE = """
 WITH taken AS (
-    DELETE FROM pending WHERE id IN (SELECT id FROM pending ORDER BY id LIMIT %d)
+    DELETE FROM pending WHERE id IN (
+        SELECT id FROM (
+            SELECT id, sum(octet_length(data)) OVER (ORDER BY id) - octet_length(data) AS before
+            FROM (SELECT id, data FROM pending ORDER BY id LIMIT %d) AS head
+        ) AS sized WHERE before < %d
+    )
     RETURNING id, token, payload_id, time, data
 )
 SELECT taken.*, last.seq, latest.created, done.seq FROM taken
@@ -272,7 +280,7 @@ class Sequencer(threading.Thread):
         done = False
         try:
             with conn.cursor() as cursor:
-                cursor.execute(f"BEGIN; {_TAKE % BATCH}")
+                cursor.execute(f"BEGIN; {_TAKE % (BATCH, BATCH_BYTES)}")
                 cursor.nextset()
                 rows = cursor.fetchall()
             self._clean_acks(conn, now)
