@@ -6,6 +6,10 @@ keeps the refusal with the evidence a re-check needs."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sqlite3
+
 import pytest
 from test_anchor_e2e import chat, policy, records
 from test_tdx_router import GCE_CERT, cloud_tpm  # noqa: F401  (the fixture: a swtpm with cloud NV indices)
@@ -31,5 +35,9 @@ def test_a_gce_ak_certificate_for_another_key_is_denied_by_the_client(
     assert "aik_trust" in str(denied.value) and "another key" in str(denied.value)
     (record,) = records(log)
     assert record["outcome"] == "policy_denied"
-    assert record["metadata"]["tpm_attestation"]["platform"]["kind"] == "gce"  # kept, re-checkable
+    # kept once, by digest (audit/_blobs.py), its bytes the platform object the router attached
+    digest = record["metadata"]["tpm_attestation"]["platform_sha256"]
+    with sqlite3.connect(log) as db:
+        (blob,) = db.execute("SELECT data FROM blobs WHERE sha256 = ?", (digest,)).fetchone()
+    assert json.loads(blob)["kind"] == "gce" and hashlib.sha256(blob).hexdigest() == digest
     assert record["verdict"]["findings"]["aik_anchor"] == ["fail", "gce_ak_mismatch"]

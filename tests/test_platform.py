@@ -22,7 +22,7 @@ from nomyo_audit.cli import cli
 from nomyo_audit.errors import EvidenceError
 from nomyo_audit.policy import Policy, Record, appraise
 from nomyo_audit.tpm import TrustStore, verify_attestation
-from nomyo_audit.tpm._anchor import AnchorEvidence
+from nomyo_audit.tpm._anchor import AnchorEvidence, platform_digest
 from nomyo_audit.tpm._anchoring import AnchorCache, Anchoring, evidence_in_block
 from nomyo_audit.tpm._platform import (
     MAX_HCL_REPORT,
@@ -199,14 +199,22 @@ def test_anchor_evidence_keeps_the_platform_and_old_records_still_read():
     assert evidence is not None and evidence.kind == "gce-ak-cert" and evidence.chain == ()
     kept = AnchorEvidence(evidence.kind, (), platform=evidence.platform, validated_at=AT)
     again = AnchorEvidence.from_dict(json.loads(json.dumps(kept.to_dict())))
-    assert again == kept
+    # the record keeps the evidence's digest, not a second copy of it (the block keeps it once)
+    assert again == AnchorEvidence(evidence.kind, (), validated_at=AT, platform_sha256=platform_digest(
+        evidence.platform))
+    assert AnchorEvidence.from_dict(again.to_dict()) == again
+    inline = {**kept.to_dict(), "platform": evidence.platform.to_dict()}  # as records kept it before
+    inline.pop("platform_evidence_sha256")
+    assert AnchorEvidence.from_dict(inline) == kept
     old = AnchorEvidence("ca", (AK_CERT,), validated_at=AT).to_dict()
     assert "platform" not in old and AnchorEvidence.from_dict(old).kind == "ca"
     for document in (
-        {**kept.to_dict(), "platform": None},
-        {**kept.to_dict(), "platform": {**GOOD["gce"], "ak_cert_pem": "x"}},
-        {**kept.to_dict(), "kind": "azure-tdx"},  # a GCE object under another kind
+        {**inline, "platform": None},
+        {**inline, "platform": {**GOOD["gce"], "ak_cert_pem": "x"}},
+        {**inline, "kind": "azure-tdx"},  # a GCE object under another kind
         {**old, "platform": GOOD["gce"]},
+        {**kept.to_dict(), "platform": GOOD["gce"]},  # both the copy and the digest
+        {**kept.to_dict(), "platform_evidence_sha256": None},
     ):
         with pytest.raises(EvidenceError) as raised:
             AnchorEvidence.from_dict(document)
@@ -354,5 +362,6 @@ def test_the_client_records_the_platform_anchor_it_judged():
     anchored = anchor_reply(response, verdict, PreparedAnchor(None, TrustStore.bundled()))
     assert anchored.finding("aik_anchor").code == "aik_anchored_gce_ak_cert"
     recorded = AnchorEvidence.from_dict(response["_metadata"]["verification"]["anchor"])
-    assert recorded.kind == "gce-ak-cert" and recorded.platform == evidence_in_block(cos_block()).platform
+    platform = evidence_in_block(cos_block()).platform
+    assert recorded.kind == "gce-ak-cert" and recorded.platform_sha256 == platform_digest(platform)
     assert recorded.validated_at is not None

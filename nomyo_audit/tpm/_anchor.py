@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 
+from .._canonical import canonical_json
 from ..errors import CertificateError, EvidenceError
 from ._ak_certificate import validate_ak_chain
 from ._ek_certificate import EkCertificate, ek_matches_public, validate_ek_chain
@@ -47,6 +50,7 @@ __all__ = [
     "appraise_anchor",
     "manufacturer_accepted",
     "not_anchored",
+    "platform_digest",
     "validity_window",
 ]
 
@@ -91,7 +95,10 @@ class AnchorEvidence:
     certificate first, then intermediates. ``ek_public`` is the EK's TPM2B_PUBLIC the credential was
     made to (``ek`` only); ``validated_at`` when the chain was validated (an offline re-check
     validates at this time). ``platform`` is the cloud evidence of a platform kind (its ``chain``
-    is empty).
+    is empty). A platform kind read from a record holds ``platform_sha256`` instead
+    (:func:`platform_digest`): the record's own ``tpm_attestation`` keeps the evidence once, so the
+    anchor re-checks the evidence of the quote's block that has this digest
+    (:class:`nomyo_audit.tpm._anchoring.Anchoring`).
     """
 
     kind: AnchorKind
@@ -100,10 +107,13 @@ class AnchorEvidence:
     ek_public: bytes | None = None
     validated_at: datetime | None = None
     platform: PlatformEvidence | None = None
+    platform_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The versioned JSON form audit records keep (certificates as base64 DER). ``platform``
-        is present only for a platform kind, so a ``ca`` or ``ek`` record keeps its exact bytes."""
+        """The versioned JSON form audit records keep (certificates as base64 DER). A platform kind
+        keeps ``platform_evidence_sha256`` (:func:`platform_digest`), not a second copy of the
+        evidence the record's ``tpm_attestation`` holds (up to ~30 KB); a ``ca`` or ``ek`` record
+        keeps its exact bytes. Records before it kept the object as ``platform``: still read."""
         document = {
             "version": ANCHOR_EVIDENCE_VERSION,
             "kind": self.kind,
@@ -112,8 +122,9 @@ class AnchorEvidence:
             "ek_public_b64": base64.b64encode(self.ek_public).decode() if self.ek_public else None,
             "validated_at": _iso(self.validated_at) if self.validated_at else None,
         }
-        if self.platform is not None:
-            document["platform"] = self.platform.to_dict()
+        digest = platform_digest(self.platform) if self.platform is not None else self.platform_sha256
+        if digest is not None:
+            document["platform_evidence_sha256"] = digest
         return document
 
     @classmethod
@@ -128,16 +139,22 @@ class AnchorEvidence:
         activation = _activation(data.get("activation"))
         ek_public = data.get("ek_public_b64")
         validated = data.get("validated_at")
-        platform = None
-        if kind in PLATFORM_ANCHOR_KINDS:
+        platform, digest = None, data.get("platform_evidence_sha256")
+        if kind not in PLATFORM_ANCHOR_KINDS:
+            if "platform" in data or "platform_evidence_sha256" in data:
+                raise _malformed(f"a {kind} anchor holds no platform evidence")
+        elif ("platform" in data) == (digest is not None):
+            raise _malformed(f"a {kind} anchor holds either its platform evidence or its digest")
+        elif digest is not None:
+            if not _is_digest(digest):
+                raise _malformed("platform_evidence_sha256 is not a SHA-256 digest (64 lowercase hex)")
+        else:
             try:
                 platform = read_platform(data.get("platform"))
             except EvidenceError as exc:
                 raise _malformed(exc.message) from None
             if platform.anchor_kind != kind:
                 raise _malformed(f"anchor kind {kind} holds {platform.kind} platform evidence")
-        elif "platform" in data:
-            raise _malformed(f"a {kind} anchor holds no platform evidence")
         return cls(
             kind,
             chain,
@@ -145,7 +162,20 @@ class AnchorEvidence:
             _b64(ek_public, "ek_public_b64") if ek_public is not None else None,
             _time(validated, "validated_at") if validated is not None else None,
             platform,
+            digest if platform is None else None,
         )
+
+
+@lru_cache(maxsize=64)
+def platform_digest(platform: PlatformEvidence) -> str:
+    """SHA-256 (hex) of ``platform``'s RFC 8785 bytes in its own form (:meth:`PlatformEvidence.to_dict`):
+    the same for any spelling of the same evidence (PEM line breaks, say), unlike the digest of the
+    object a reply carried (a record's ``tpm_attestation.platform_sha256``)."""
+    return hashlib.sha256(canonical_json(platform.to_dict())).hexdigest()
+
+
+def _is_digest(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 class AnchorResult(NamedTuple):

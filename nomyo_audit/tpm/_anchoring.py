@@ -10,6 +10,8 @@ kept (a failure is re-appraised, and says why each time).
 
 from __future__ import annotations
 
+import dataclasses
+import hmac
 import threading
 import time
 from collections import OrderedDict
@@ -20,7 +22,7 @@ from typing import Any, cast
 
 from ..errors import EvidenceError
 from ._aik import aik_material
-from ._anchor import AnchorEvidence, AnchorResult, appraise_anchor, read_chain
+from ._anchor import AnchorEvidence, AnchorResult, appraise_anchor, platform_digest, read_chain
 from ._platform import PlatformEvidence, read_platform
 from ._public import Public
 from ._verdict import Finding, Verdict, VerdictFacts
@@ -140,6 +142,11 @@ class Anchoring:
                 return Finding("aik_anchor", "fail", exc.code, exc.message)
             if evidence is None:
                 return NO_ANCHOR
+        elif evidence.platform is None and evidence.platform_sha256 is not None:
+            resolved = _recorded_platform(evidence, block)
+            if isinstance(resolved, Finding):
+                return resolved
+            evidence = resolved
         last = self._last
         if last is not None and last[0] is evidence and last[1] is aik:
             moment = self.at.timestamp() if self.at is not None else time.time()
@@ -158,6 +165,28 @@ class Anchoring:
                 result.valid_until.timestamp(),
             )
         return _report(result, facts)
+
+
+def _recorded_platform(recorded: AnchorEvidence, block: Mapping[str, Any]) -> AnchorEvidence | Finding:
+    """A recorded platform anchor that keeps only its evidence's digest, with that evidence taken from
+    the quote's own block (a record keeps it there once), which must be exactly the evidence recorded."""
+    try:
+        offered = evidence_in_block(block, recorded.kind)
+    except EvidenceError as exc:
+        return Finding("aik_anchor", "fail", exc.code, exc.message)
+    if offered is None or offered.platform is None:
+        detail = f"the recorded {recorded.kind} anchor's platform evidence is not in the quote's evidence"
+        return Finding("aik_anchor", "fail", "anchor_platform_missing", detail)
+    if not hmac.compare_digest(platform_digest(offered.platform), str(recorded.platform_sha256)):
+        detail = f"the quote's platform evidence is not the one the {recorded.kind} anchor was recorded for"
+        return Finding("aik_anchor", "fail", "anchor_platform_mismatch", detail)
+    return _with_time(offered, recorded.validated_at)
+
+
+@lru_cache(maxsize=64)
+def _with_time(offered: AnchorEvidence, validated_at: datetime | None) -> AnchorEvidence:
+    """One object per evidence and time: the identity the :class:`Anchoring` fast path compares."""
+    return dataclasses.replace(offered, validated_at=validated_at)
 
 
 def _report(result: AnchorResult, facts: Any) -> Finding:
