@@ -40,3 +40,18 @@ def test_no_pgpassword_in_messages(monkeypatch, capsys):
     assert main(["log", "verify", "--log", url]) == ExitCode.USAGE
     err = capsys.readouterr().err
     assert "SECRET" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgres:///", "postgres:///"),
+        ("postgresql:///audit?host=/run/postgresql", "postgresql:///audit"),
+        ("postgresql://u:pw@db:5432/audit?password=pw", "postgresql://u@db:5432/audit"),
+        ("postgresql://u:p@w@[::1]/audit", "postgresql://u@[::1]/audit"),
+    ],
+)
+def test_messages_name_the_url_as_given_without_password(url, shown):
+    from nomyo_audit.audit._stores import display_location
+
+    assert display_location(url) == shown

@@ -7,7 +7,7 @@ with its password.
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from ._store import LogStore
 
@@ -31,7 +31,7 @@ def display_location(location: str | os.PathLike[str]) -> str:
         netloc = parts.netloc.rpartition("@")
         user = netloc[0].partition(":")[0]
         host = f"{user}@{netloc[2]}" if netloc[1] else netloc[2]
-        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+        return f"{parts.scheme}://{host}{parts.path}"  # urlunsplit drops the // of an empty host
     except ValueError:
         return text.partition("://")[0] + "://(unreadable URL)"
 
