@@ -6,10 +6,11 @@ not write) from real fixture bytes: the GCE AK certificate at 0x01c10000. swtpm 
 NV indices over 2048 bytes (TPM2_PT_NV_INDEX_MAX = 0x800), and a real Azure HCL report fills a
 2600-byte index with 2431-2437 bytes of content, so the real HCL report cannot sit in swtpm's NV:
 here its first 2048 bytes are written there (the router refuses to start on them, naming why), and
-the whole report reaches the router through ``--platform-evidence`` (the path for what the vTPM
-does not hold), with the real TD quote. ``platform_object`` (pure) is tested with the full-size NV
-contents. swtpm's AIK is not the certified key, so the verifier must fail ``gce_ak_mismatch`` /
-``hcl_ak_mismatch``: never a pass.
+the whole report given through ``--platform-evidence`` with the real TD quote names another key
+than swtpm's AIK, so the router refuses to start (``cloud_aik_mismatch``; the exact attachment of a
+file's evidence for the router's own key: tests/test_cloud_aik_file_anchor.py). ``platform_object``
+(pure) is tested with the full-size NV contents. swtpm's AIK is not the certified key, so for the
+GCE certificate in NV the verifier must fail ``gce_ak_mismatch``: never a pass.
 """
 
 from __future__ import annotations
