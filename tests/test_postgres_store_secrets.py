@@ -55,3 +55,24 @@ def test_messages_name_the_url_as_given_without_password(url, shown):
     from nomyo_audit.audit._stores import display_location
 
     assert display_location(url) == shown
+
+
+def test_a_url_of_another_scheme_is_refused_without_its_password(tmp_path, monkeypatch, capsys):
+    """``postgress://u:pw@h/db`` (a typo) was taken for a file path and echoed whole, password included."""
+    monkeypatch.chdir(tmp_path)
+    for url in ("postgress://u:pa55-SECRET@h/db", "mysql://u:pa55-SECRET@h/db"):
+        assert main(["log", "verify", "--log", url]) == ExitCode.USAGE
+        err = capsys.readouterr().err
+        assert "SECRET" not in err and "Traceback" not in err
+        assert "postgresql://" in err  # says what is taken
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_scheme_is_case_insensitive(postgres_url):
+    """``POSTGRESQL://`` is a database URL to nomyo-audit; libpq takes only lower case."""
+    shouted = "POSTGRESQL" + postgres_url[postgres_url.index("://"):]
+    with AuditLog(shouted) as log:
+        record = b'{"payload_id":"p-0","seq":%d,"time":"2025-11-24T16:00:00Z","v":3}'
+        assert log.append("p-0", lambda seq, salt: record % seq) == 0
+    with AuditLog.open(shouted) as log:
+        assert log.size == 1

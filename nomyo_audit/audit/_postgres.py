@@ -70,8 +70,9 @@ class PostgresStore:
     """
 
     def __init__(self, url: str, *, readonly: bool = False, display: str | None = None) -> None:
-        from ._stores import display_location
+        from ._stores import database_url, display_location
 
+        url = database_url(url)
         self.url = url
         self.location = display if display is not None else display_location(url)
         self.readonly = readonly

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from ._store import LogStore
 
-__all__ = ["display_location", "is_database_url", "open_store"]
+__all__ = ["database_url", "display_location", "is_database_url", "open_store"]
 
 _SCHEMES = ("postgresql://", "postgres://")
 
@@ -19,6 +19,12 @@ _SCHEMES = ("postgresql://", "postgres://")
 def is_database_url(location: str | os.PathLike[str]) -> bool:
     """True for a ``postgresql://`` or ``postgres://`` URL (any case), False for a path."""
     return isinstance(location, str) and location[:13].lower().startswith(_SCHEMES)
+
+
+def database_url(url: str) -> str:
+    """The URL with its scheme in lower case: nomyo-audit takes any case, libpq only lower case."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.lower()}{sep}{rest}"
 
 
 def display_location(location: str | os.PathLike[str]) -> str:
@@ -41,7 +47,7 @@ def open_store(location: str | os.PathLike[str], *, readonly: bool = False) -> L
     if is_database_url(location):
         from ._postgres import PostgresStore
 
-        return PostgresStore(str(location), readonly=readonly)
+        return PostgresStore(database_url(str(location)), readonly=readonly)
     from ._sqlite import SQLiteStore
 
     return SQLiteStore(location, readonly=readonly)

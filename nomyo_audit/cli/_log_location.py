@@ -8,6 +8,7 @@ is a directory as ``click.Path(dir_okay=False)`` did.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ import click
 from ..audit._stores import display_location, is_database_url
 
 __all__ = ["LOG_LOCATION", "LogLocation", "display_location"]
+
+#: A URL of a scheme no store takes (``postgress://``, ``mysql://``), told from a path.
+_OTHER_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 class LogLocation(click.ParamType[Path | str, Any]):
@@ -32,6 +36,9 @@ class LogLocation(click.ParamType[Path | str, Any]):
             self.fail(f"{value!r} is not a log location", param, ctx)
         if is_database_url(text):
             return text
+        if (scheme := _OTHER_URL.match(text)) is not None:  # a URL, not a path: never echoed (password)
+            wanted = "a file path, or a postgresql:// URL"
+            self.fail(f"{scheme[1]}://...: not a log location ({wanted})", param, ctx)
         if not text:
             self.fail("an empty log location", param, ctx)
         path = Path(text)
