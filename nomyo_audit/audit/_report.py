@@ -30,7 +30,7 @@ from ._blobs import BlobReader
 from ._records import rfc3339
 from ._report_anchor import Anchor, anchor_of, anchor_row
 from ._report_covers import Coverage
-from ._report_groups import GroupTally, Scope, group_labels
+from ._report_groups import GroupTally, Scope
 from ._report_measured import MeasuredTally
 from ._report_record import (
     BEFORE_SENDING,
@@ -169,7 +169,12 @@ class _Tally:
                 as_text(facts.get("aik_fingerprint")) or "",
                 attester_kind(evidence),
                 anchor_of(doc.get("verdict")),
-                group_labels(doc),
+                self.groups.combined_key(
+                    doc,
+                    status,
+                    before_sending=label == BEFORE_SENDING,
+                    verdict_failed=appraisal.result == "fail",
+                ),
                 appraisal.result == "fail",
             )
         ] += 1
@@ -203,7 +208,8 @@ class _Tally:
         totals, by = self.totals, self.by
         for key, n in self.combos.items():
             status, not_sent, attested, verified, router, model, tier, hour, aik, kind, anchor, *grouped = key
-            self.groups.add(grouped[0], status, before_sending=not_sent, verdict_failed=grouped[1], n=n)
+            if grouped[0] is not None:  # None: counted by the group tally at once (combined_key)
+                self.groups.add(grouped[0], status, before_sending=not_sent, verdict_failed=grouped[1], n=n)
             totals["requests"] += n
             totals[status] += n
             if not_sent:

@@ -5,8 +5,9 @@ The ``service`` and ``tenant`` labels are the client's own word (:mod:`._labels`
 is the URL the client sent to: each says where a record came from, none decides a status. A
 record without a label groups under None (shown "(none)"). Memory is bounded: at most
 :data:`MAX_TRACKED` distinct values per grouping are counted one by one, the records of any
-further value are counted together, and the document lists the :data:`MAX_GROUPS` largest groups
-(the rest summarised in ``groups_omitted``).
+further value are counted together, at most :data:`MAX_TRACKED` distinct label combinations go
+into the report's combined counts (:meth:`GroupTally.combined_key`), and the document lists the
+:data:`MAX_GROUPS` largest groups (the rest summarised in ``groups_omitted``).
 
 A scoped report (``report --service S``) counts only the records in its scope, but still covers
 (``covers``) every record of its period, so the checks on what a report covers (spans, chains,
@@ -144,6 +145,26 @@ class GroupTally:
     def __init__(self) -> None:
         self._groups: dict[str, dict[str | None, _Group]] = {name: {} for name in GROUP_BY}
         self._overflow: dict[str, _Group] = {name: _Group() for name in GROUP_BY}
+        self._combined: set[Labels] = set()
+
+    def combined_key(
+        self, doc: Mapping[str, Any], status: str, *, before_sending: bool, verdict_failed: bool
+    ) -> Labels | None:
+        """The record's labels as part of the key of the report's combined counts (``_Tally.combos``,
+        fed back through :meth:`add` when the pass ends), or None once :data:`MAX_TRACKED` distinct
+        label combinations are in them and this is another: such a record is counted here at once.
+        The combined counts keep one counter per distinct key until the pass ends (about 0.55 KB),
+        so without this a log of 200,000 distinct service and tenant pairs held 111 MB; the totals
+        are the same either way."""
+        labels = group_labels(doc)
+        combined = self._combined
+        if labels in combined:
+            return labels
+        if len(combined) < MAX_TRACKED:
+            combined.add(labels)
+            return labels
+        self.add(labels, status, before_sending=before_sending, verdict_failed=verdict_failed, n=1)
+        return None
 
     def add(self, labels: Labels, status: str, *, before_sending: bool, verdict_failed: bool, n: int) -> None:
         """``n`` records with these labels and this status."""
