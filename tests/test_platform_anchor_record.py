@@ -13,6 +13,8 @@ import json
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_gce_anchor import GCE, NONCES, ROOTS, cos_block
 
 from nomyo_audit.audit import AuditLog
@@ -173,3 +175,54 @@ def test_a_bundle_of_a_digest_only_anchor_reappraises(tmp_path):
     altered = copy.deepcopy(bundle)
     altered["anchor"]["recorded"]["platform_evidence_sha256"] = "0" * 64
     assert not verify_bundle(altered, key=key.public_key(), roots=TrustStore.bundled()).intact
+
+
+def test_collateral_with_a_lone_surrogate_is_platform_malformed_and_the_client_records_it():
+    """A valid JSON escape (\\ud800) that no UTF-8 text can hold: the recorded anchor's digest (RFC 8785)
+    cannot be taken over it, so reading it is platform_malformed, never an exception in the client."""
+    import base64
+
+    tdx = {
+        "kind": "azure-tdx",
+        "hcl_report_b64": base64.b64encode(b"HCLA" + bytes(60)).decode(),
+        "td_quote_b64": base64.b64encode(bytes(64)).decode(),
+        "collateral": json.loads('{"tcb_info": "\\ud800"}'),
+    }
+    with pytest.raises(EvidenceError) as raised:
+        evidence_in_block({"platform": tdx})
+    assert raised.value.code == "platform_malformed"
+    block = {**cos_block(), "platform": tdx}
+    response = {"_metadata": {"payload_id": "p0", "tpm_attestation": block}}
+    verdict = verify_attestation(block, None, expected_nonce=NONCE)
+    anchored = anchor_reply(response, verdict, PreparedAnchor(None, TrustStore.bundled()))
+    assert (anchored.finding("aik_anchor").status, anchored.finding("aik_anchor").code) == (
+        "fail",
+        "platform_malformed",
+    )
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(collateral=st.dictionaries(st.text(max_size=8), JSON, max_size=4))
+def test_fuzz_every_platform_that_reads_has_a_recorded_digest(collateral):
+    import base64
+
+    tdx = {
+        "kind": "azure-tdx",
+        "hcl_report_b64": base64.b64encode(b"HCLA" + bytes(60)).decode(),
+        "td_quote_b64": base64.b64encode(bytes(64)).decode(),
+        "collateral": collateral,
+    }
+    try:
+        evidence = evidence_in_block({"platform": tdx})
+    except EvidenceError as exc:
+        assert exc.code == "platform_malformed"
+        return
+    document = AnchorEvidence(evidence.kind, (), platform=evidence.platform).to_dict()
+    assert AnchorEvidence.from_dict(document).platform_sha256 == document["platform_evidence_sha256"]

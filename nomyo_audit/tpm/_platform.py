@@ -192,6 +192,10 @@ def _collateral_text(item: object) -> str | None:
         raise _malformed("platform.collateral is not a JSON object") from None
     if len(text) > MAX_COLLATERAL:
         raise _malformed(f"platform.collateral is larger than {MAX_COLLATERAL} characters")
+    try:  # a lone surrogate (a valid JSON escape) is no text: it has no UTF-8, no RFC 8785 form
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _malformed("platform.collateral holds a lone UTF-16 surrogate") from None
     return text
 
 
