@@ -59,12 +59,16 @@ def check_timeout(timeout: float | None) -> float:
 def check_router_url(url: str, allow_http: bool) -> str:
     """The router URL without a trailing slash.
 
-    Not ``http(s)://host...`` raises :class:`ConfigurationError`; plain HTTP without
+    Not ``http(s)://host...``, or text that is not printable (a line break, a control, zero-width
+    or right-to-left character: httpx refuses some of them only when sending, and the URL goes into
+    every record and report that names the router), raises :class:`ConfigurationError`; plain HTTP without
     ``allow_http`` raises :class:`SecurityError` (``insecure_transport``), and with it to a host
     that is not loopback warns (:class:`UserWarning`): the server key can be swapped in transit.
     """
     if not isinstance(url, str):
         raise ConfigurationError("router URL must be a string")
+    if not url.isprintable():
+        raise ConfigurationError(f"router URL must be printable text, got {url!a}")
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ConfigurationError(f"router URL must be http(s)://host[:port][/path], got {url!r}")
