@@ -4,10 +4,13 @@ the witness's own answers (monitor endpoint, duplicate signature lines), bounded
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import socket
 import threading
 import time
+import tracemalloc
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -20,7 +23,7 @@ from test_witness_server import witness as witness  # the fixture
 from nomyo_audit.audit import AuditLog, Checkpoint
 from nomyo_audit.audit._cosignature import WitnessKey, add_signature_lines, check_cosigned, cosign
 from nomyo_audit.audit._note import parse_checkpoint, sign_checkpoint, verify_checkpoint
-from nomyo_audit.audit._witness_client import COSIGNED_META
+from nomyo_audit.audit._witness_client import COSIGNED_META, cosign_latest
 from nomyo_audit.errors import IntegrityError
 
 DASH = "\u2014"
@@ -168,3 +171,74 @@ def test_idle_connections_cannot_pile_up_threads_in_the_witness(witness):
             pass
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+# -- the witness client --------------------------------------------------------------------------
+
+
+class _Misbehaving(BaseHTTPRequestHandler):
+    """A witness that answers 200 and then trickles (``slow``) or sends a gzip bomb (``bomb``)."""
+
+    mode = "slow"
+    bomb = b""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        if self.mode == "bomb":
+            data = self.bomb
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self.send_header("Content-Length", "65000")
+        self.end_headers()
+        try:
+            for _ in range(65000):
+                self.wfile.write(b"a")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("mode", ["slow", "bomb"])
+def test_a_misbehaving_witness_costs_only_its_cosignature_in_bounded_time_and_memory(tmp_path, mode):
+    setup = Setup(tmp_path)
+    setup.append(3)
+    assert setup.checkpoint() == 0
+    bomb = gzip.compress(bytes(64 * 1024 * 1024), compresslevel=9) if mode == "bomb" else b""
+    handler = type("Handler", (_Misbehaving,), {"mode": mode, "bomb": bomb})
+    bad = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    bad.daemon_threads = True
+    threading.Thread(target=bad.serve_forever, daemon=True).start()
+    vkey = WitnessKey.of("witness.test/bad", Ed25519PrivateKey.generate()).vkey
+    results: list[object] = []
+    try:
+        assert setup.cli("log", "witness", "add", f"http://127.0.0.1:{bad.server_address[1]}",
+                         "--key", vkey) == 0
+        tracemalloc.start()
+        worker = threading.Thread(target=lambda: results.append(cosign_with_timeout(setup, 1.0)))
+        started = time.monotonic()
+        worker.start()
+        worker.join(20)
+        elapsed = time.monotonic() - started
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert not worker.is_alive(), "one slow witness held the round"
+        assert elapsed < 10
+        assert peak < 16 * 1024 * 1024
+        (result,) = results
+        assert [o.status for o in result.outcomes] == ["failed"]
+    finally:
+        bad.shutdown()
+        bad.server_close()
+
+
+def cosign_with_timeout(setup: Setup, timeout: float):
+    with AuditLog(setup.db) as log:
+        return cosign_latest(log.store, timeout=timeout)

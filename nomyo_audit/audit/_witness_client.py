@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,21 +165,37 @@ def _body(old: int, proof: list[bytes], note: str) -> bytes:
     return ("\n".join(lines) + "\n\n" + note).encode()
 
 
-def _request(http: httpx.Client, method: str, url: str, body: bytes | None = None) -> tuple[int, str]:
-    with http.stream(method, url, content=body) as response:
-        data = b""
-        for chunk in response.iter_bytes():
+def _request(
+    http: httpx.Client, method: str, url: str, body: bytes | None = None, *, within: float = 10.0
+) -> tuple[int, str]:
+    """Status and text of one request; at most :data:`MAX_RESPONSE` bytes read, within ``within`` s.
+
+    The body is read raw (``Accept-Encoding: identity``; a compressed reply is refused, so a
+    small gzip bomb never inflates in memory), and the whole body must arrive in ``within``
+    seconds: a witness that trickles a byte at a time costs its cosignature, not the round.
+    """
+    deadline = time.monotonic() + within
+    with http.stream(method, url, content=body, headers={"Accept-Encoding": "identity"}) as response:
+        if response.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+            raise httpx.DecodingError("a compressed reply is not read (Accept-Encoding: identity was asked)")
+        data = bytearray()
+        for chunk in response.iter_raw():
             data += chunk
             if len(data) > MAX_RESPONSE:
                 raise httpx.DecodingError(f"reply larger than {MAX_RESPONSE} bytes")
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout(f"the reply took more than {within:g} s")
     return response.status_code, data.decode("utf-8", "replace")
 
 
 class _Round:
     """One cosigning round over the configured witnesses (state: the note, the log's size)."""
 
-    def __init__(self, store: LogStore, note: str, log_size: int, http: httpx.Client) -> None:
+    def __init__(
+        self, store: LogStore, note: str, log_size: int, http: httpx.Client, timeout: float = 10.0
+    ) -> None:
         self.store, self.note, self.log_size, self.http = store, note, log_size, http
+        self.timeout = timeout
         self.checkpoint = parse_checkpoint(note)[0]
         self.log_key = _signer(store, note)
         self._proofs: dict[int, tuple[list[bytes], bytes]] = {}
@@ -196,7 +213,8 @@ class _Round:
                     "its latest checkpoint"
                 )
             request = _body(entry.size, proof, self.note)
-            status, text = _request(self.http, "POST", f"{entry.url}/add-checkpoint", request)
+            status, text = _request(self.http, "POST", f"{entry.url}/add-checkpoint", request,
+                                    within=self.timeout)
             if status == 200:
                 return self._cosigned(entry, text)
             if status == 409 and attempt == 0:
@@ -249,7 +267,8 @@ class _Round:
             return unproven
         origin_hash = hashlib.sha256(self.checkpoint.origin.encode()).hexdigest()
         try:
-            status, text = _request(self.http, "GET", f"{entry.url}/{origin_hash}/checkpoint")
+            status, text = _request(self.http, "GET", f"{entry.url}/{origin_hash}/checkpoint",
+                                    within=self.timeout)
             if status != 200:
                 return unproven
             theirs = verify_checkpoint(text, self.log_key)
@@ -305,7 +324,7 @@ def cosign_latest(
     http = client or httpx.Client(timeout=timeout, follow_redirects=False)
     result = CosignResult(parse_checkpoint(note)[0].size, note)
     try:
-        work = _Round(store, note, store.frontier().size, http)
+        work = _Round(store, note, store.frontier().size, http, timeout)
         for entry in entries:
             try:
                 outcome = work.ask(entry)
