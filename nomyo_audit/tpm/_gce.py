@@ -176,6 +176,8 @@ def _from_subject(subject: bytes) -> GceIdentity | None:
     values = [attributes.get(oid, []) for oid in (_CN, _OU, _L)]
     if any(len(v) != 1 or not v[0] or len(v[0]) > _MAX_TEXT for v in values):
         raise _identity_malformed("a Google Compute Engine subject needs one CN, OU and L")
+    if not all(v[0].isprintable() for v in values):  # the extension's names are held to the same
+        raise _identity_malformed("the subject's CN, OU or L is not printable text")
     instance, project, zone = (v[0] for v in values)
     if not instance.isascii() or not instance.isdigit():
         raise _identity_malformed("the subject's CN is not a numeric instance id")
