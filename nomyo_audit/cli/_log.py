@@ -126,16 +126,31 @@ def show(
             if fmt == "json":
                 click.echo(json.dumps(doc))
             else:
-                verdict = (doc.get("verdict") or {}).get("result") or "-"
-                policy = (doc.get("policy") or {}).get("outcome") or "-"
+                verdict = _shown(_field(doc.get("verdict"), "result"))
+                policy = _shown(_field(doc.get("policy"), "outcome"))
+                seq, time, pid, result = (
+                    _shown(doc.get(k)) for k in ("seq", "time", "payload_id", "outcome")
+                )
                 click.echo(
-                    f"{doc['seq']:>8}  {doc['time']}  {doc['payload_id']}  {doc['outcome']:<24} "
-                    f"verdict={verdict} policy={policy} model={doc.get('model')}"
-                    + "".join(f" {k}={doc[k]}" for k in ("service", "tenant") if k in doc)
+                    f"{seq:>8}  {time}  {pid}  {result:<24} "
+                    f"verdict={verdict} policy={policy} model={_shown(doc.get('model'))}"
+                    + "".join(f" {k}={_shown(doc[k])}" for k in ("service", "tenant") if k in doc)
                 )
             shown += 1
             if shown >= limit:
                 break
+
+
+def _field(value: Any, key: str) -> Any:
+    return (value.get(key) if isinstance(value, dict) else None) or "-"
+
+
+def _shown(value: Any) -> str:
+    """A record's value for the terminal: a writer chose it (AuditLog.append takes any bytes), so
+    text that is not printable (an escape sequence, a line break, a zero-width or right-to-left
+    character) is shown escaped, as ``repr`` writes it."""
+    text = value if isinstance(value, str) else str(value)
+    return text if text.isprintable() else repr(text)
 
 
 @log_group.command("verify")
