@@ -140,9 +140,10 @@ def checked_records(
     the running maximum of the records' own times (``exact_time``; older logs within a
     millisecond): the walk starts at record 0 so the maximum is known, and a missing row, a row
     whose columns disagree with its bytes, or a log shorter than its saved state
-    (``saved_size()``) raises :class:`IntegrityError`. It stops at the first record at or after
-    ``until`` (the column never goes back).
+    (``saved_size()``, read before the rows) raises :class:`IntegrityError`. It stops at the
+    first record at or after ``until`` (the column never goes back).
     """
+    saved = saved_size()  # before the rows: a log growing meanwhile has more rows, never fewer
     check = ColumnCheck(exact_time)
     expected = 0
     for seq, payload_id, moment, data, leaf in rows:
@@ -157,6 +158,5 @@ def checked_records(
             return
         if since is None or moment >= since:
             yield StoredRecord(seq, payload_id, float(moment), data, leaf)
-    saved = saved_size()
     if saved > expected:
         raise IntegrityError(truncated(saved, expected))
