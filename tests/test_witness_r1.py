@@ -242,3 +242,26 @@ def test_a_misbehaving_witness_costs_only_its_cosignature_in_bounded_time_and_me
 def cosign_with_timeout(setup: Setup, timeout: float):
     with AuditLog(setup.db) as log:
         return cosign_latest(log.store, timeout=timeout)
+
+
+def test_a_bad_duplicate_cosignature_fails_whichever_comes_first():
+    log_key, private = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    checkpoint = Checkpoint("example.com/log", 3, b"\1" * 32)
+    one = WitnessKey.of("w1.example", private)
+    good = cosign(checkpoint, one, private, 1000)
+    bad = cosign(Checkpoint("example.com/log", 4, b"\1" * 32), one, private, 1000)
+    note = sign_checkpoint(checkpoint, log_key)
+    for lines in (bad + good, good + bad):  # signed-note: a known key's bad signature rejects the note
+        with pytest.raises(IntegrityError, match="does not verify"):
+            check_cosigned(add_signature_lines(note, lines), log_key.public_key(), [one], 1)
+
+
+def test_log_witness_add_refuses_a_key_already_configured_or_the_logs_own(cosigned_log, capsys):
+    setup, _, private = cosigned_log
+    first, second = WitnessKey.of("w1.example", private), WitnessKey.of("w2.example", private)
+    assert setup.cli("log", "witness", "add", "http://127.0.0.1:1", "--key", first.vkey) == 0
+    assert setup.cli("log", "witness", "add", "http://127.0.0.1:2", "--key", second.vkey) == 2
+    assert "same key" in capsys.readouterr().err
+    itself = WitnessKey.of("w3.example", setup.log_private)
+    assert setup.cli("log", "witness", "add", "http://127.0.0.1:3", "--key", itself.vkey) == 2
+    assert "log's own key" in capsys.readouterr().err

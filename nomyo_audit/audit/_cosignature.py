@@ -162,8 +162,8 @@ def verified_cosignatures(note: str, witnesses: list[WitnessKey]) -> tuple[list[
     for line in note.partition("\n\n")[2].rstrip("\n").split("\n"):
         name, blob = _signature_line(line)
         witness = by_id.get((name, blob[:4]))
-        if witness is None or witness.vkey in found:
-            continue
+        if witness is None:
+            continue  # every line of a known witness is checked, so a bad one fails wherever it is
         timestamp = int.from_bytes(blob[4:12], "big")
         try:
             if len(blob) != 4 + 8 + 64:
@@ -172,7 +172,7 @@ def verified_cosignatures(note: str, witnesses: list[WitnessKey]) -> tuple[list[
         except (InvalidSignature, NoteError):
             problems.append(f"the cosignature of witness {witness.name} does not verify")
             continue
-        found[witness.vkey] = Cosignature(witness, timestamp, line + "\n")
+        found.setdefault(witness.vkey, Cosignature(witness, timestamp, line + "\n"))
     return list(found.values()), problems
 
 

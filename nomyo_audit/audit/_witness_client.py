@@ -29,7 +29,13 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import IntegrityError
-from ._cosignature import WitnessKey, add_signature_lines, parse_witness_vkey, verified_cosignatures
+from ._cosignature import (
+    WitnessKey,
+    add_signature_lines,
+    check_witness_keys,
+    parse_witness_vkey,
+    verified_cosignatures,
+)
 from ._merkle import Frontier, leaf_hash
 from ._note import NoteError, parse_checkpoint, verify_checkpoint
 from ._report_chain import proof_ranges
@@ -129,6 +135,15 @@ def add_witness(store: LogStore, url: str, vkey: str) -> WitnessEntry:
             break
     else:
         entries.append(WitnessEntry(url.rstrip("/"), key.vkey))
+    raw = store.meta("public_key")
+    try:
+        log_key = Ed25519PublicKey.from_public_bytes(raw) if raw else None
+    except ValueError:
+        log_key = None
+    try:
+        check_witness_keys([entry.key for entry in entries], log_key)
+    except NoteError as exc:
+        raise LogError(str(exc)) from None
     _save(store, entries)
     return next(e for e in entries if e.vkey == key.vkey)
 
