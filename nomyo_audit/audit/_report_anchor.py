@@ -101,4 +101,12 @@ def _status(finding: object) -> object:
 
 
 def _text(value: object) -> str:
-    return str(value)[:_MAX_VALUE] if value is not None else "not stated"
+    """A fact as a report shows it: at most 200 characters, a line break, control or bidi character
+    escaped (``\\n``, ``\\u202e``), since a record's verdict is its writer's bytes and a report's
+    Markdown and CSV lines must stay the lines they are."""
+    if value is None:
+        return "not stated"
+    text = str(value)[:_MAX_VALUE]
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return text[:_MAX_VALUE]
