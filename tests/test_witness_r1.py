@@ -265,3 +265,25 @@ def test_log_witness_add_refuses_a_key_already_configured_or_the_logs_own(cosign
     itself = WitnessKey.of("w3.example", setup.log_private)
     assert setup.cli("log", "witness", "add", "http://127.0.0.1:3", "--key", itself.vkey) == 2
     assert "log's own key" in capsys.readouterr().err
+
+
+def test_a_body_trickled_a_byte_at_a_time_does_not_hold_the_witness(witness):
+    server, _, _ = witness
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=30) as raw:
+        raw.sendall(b"POST /add-checkpoint HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        started = time.monotonic()
+        answer = b""
+        raw.settimeout(1.5)
+        while time.monotonic() - started < 40:
+            try:
+                raw.sendall(b"o")
+                answer = raw.recv(200)
+                if answer == b"" or answer.startswith(b"HTTP/1.1"):
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        assert time.monotonic() - started < 25
+        assert answer in (b"",) or answer.startswith(b"HTTP/1.1 408")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -39,9 +40,8 @@ class _Handler(BaseHTTPRequestHandler):
             length = self._content_length()
             if length is None:
                 return
-            body = self.rfile.read(length)
-            if len(body) != length:
-                self.close_connection = True
+            body = self._body(length)
+            if body is None:
                 return
             self._reply(self.server.witness.add_checkpoint(body))
         except NomyoAuditError as exc:  # the state could not be read or saved: nothing was cosigned
@@ -67,6 +67,26 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         except Exception:
             self._reply(Reply(500, "internal error\n"))
+
+    def _body(self, length: int) -> bytes | None:
+        """The request body, if it arrives whole within the timeout (a trickle is 408, then closed).
+
+        Each read may wait the socket timeout, so the whole body is bounded too: otherwise a
+        client sending a byte every few seconds would hold a connection slot for hours.
+        """
+        deadline = time.monotonic() + _TIMEOUT
+        body = bytearray()
+        while len(body) < length:
+            if time.monotonic() > deadline:
+                self.close_connection = True
+                self._reply(Reply(408, f"the request body did not arrive within {_TIMEOUT:g} s\n"))
+                return None
+            chunk = self.rfile.read1(length - len(body))
+            if not chunk:
+                self.close_connection = True
+                return None
+            body += chunk
+        return bytes(body)
 
     def _content_length(self) -> int | None:
         raw = self.headers.get("Content-Length")
