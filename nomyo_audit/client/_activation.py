@@ -81,6 +81,9 @@ class PreparedAnchor(NamedTuple):
     manufacturers: tuple[str, ...] = ()
     #: drops the cached activation (called when a quote comes from another AIK than the one activated)
     forget: Callable[[], None] | None = None
+    #: the ``aik_trust`` mode: the anchor of that kind is judged when a quote carries several (a cloud
+    #: ``platform`` object beside an AK certificate chain); None judges the one the verifier offers first
+    mode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,8 @@ def anchor_reply(response: dict[str, Any], verdict: Verdict, prepared: PreparedA
     evidence = prepared.evidence
     if evidence is None:  # ca or a cloud anchor: what the quote carries, judged now
         try:
-            offered = evidence_in_block(block) if isinstance(block, Mapping) else None
+            wanted = prepared.mode if prepared.mode != "ek" else None
+            offered = evidence_in_block(block, wanted) if isinstance(block, Mapping) else None
         except EvidenceError:
             offered = None  # the Anchoring hook below fails it with its code
         if offered is not None:
@@ -268,11 +272,12 @@ async def prepare_anchor(client: Any, policy: Policy | None) -> PreparedAnchor:
     paths = tuple(trust.get("roots", ()) or trust.get("ca_certificates", ()))
     store = held.store(paths)
     vendors = tuple(trust.get("manufacturers", ()))
-    if anchor_mode(policy) != "ek":  # ca and the cloud kinds come with every quote
-        return PreparedAnchor(None, store, vendors)
+    mode = anchor_mode(policy)
+    if mode != "ek":  # ca and the cloud kinds come with every quote
+        return PreparedAnchor(None, store, vendors, mode=mode)
     key = (client.router_url, paths)
     evidence = await ensure_activation(client, policy, store, key)
-    return PreparedAnchor(evidence, store, vendors, lambda: held.forget(key))
+    return PreparedAnchor(evidence, store, vendors, lambda: held.forget(key), mode)
 
 
 async def ensure_activation(client: Any, policy: Policy, store: Any, key: ActivationKey) -> AnchorEvidence:
