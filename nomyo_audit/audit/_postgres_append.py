@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import IntegrityError
 from ._blobs import is_digest
-from ._postgres_schema import PENDING_CHANNEL, SEQUENCED_CHANNEL, connect, psycopg_module
+from ._postgres_schema import PENDING_CHANNEL, SEQUENCED_CHANNEL, SEQUENCER_LOCK, connect, psycopg_module
 from ._postgres_sequencer import parse_acks
 from ._store import LogError
 
@@ -243,6 +243,7 @@ class Appender:
         """Positions from the sequencer's NOTIFY payloads; the acks table when none came for a while."""
         psycopg = psycopg_module()
         conn: Any = None
+        holder: int | None = None  # the backend pid of the sequencer's session, as last looked up
         quiet_since = time.monotonic()
         while True:
             with self._cond:
@@ -260,7 +261,9 @@ class Appender:
                 if time.monotonic() - quiet_since >= POLL_AFTER:
                     self._poll(conn)
                     quiet_since = time.monotonic()
-                for notify in conn.notifies(timeout=0.2):
+                for notify in list(conn.notifies(timeout=0.2)):  # the generator holds the connection
+                    if notify.pid != holder and (holder := _holder(conn)) != notify.pid:
+                        continue  # not the sequencer's session: anyone may NOTIFY (the poll still finds it)
                     self.resolve(parse_acks(notify.payload))
                     quiet_since = time.monotonic()
             except (psycopg.Error, LogError):
@@ -291,6 +294,19 @@ class Appender:
             tokens = [bytes.fromhex(token) for token in self._awaiting]
         rows = conn.execute("SELECT token, seq FROM acks WHERE token = ANY(%s)", (tokens,)).fetchall()
         self.resolve({bytes(token).hex(): seq for token, seq in rows})
+
+
+#: The backend holding the sequencer lock (a bigint advisory key shows as classid, objid, objsubid 1).
+_HOLDER = (
+    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s AND objid = %s"
+    " AND objsubid = 1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+def _holder(conn: Any) -> int | None:
+    """The pid of the session holding the sequencer lock now (None: nobody holds it)."""
+    row = conn.execute(_HOLDER, (SEQUENCER_LOCK >> 32, SEQUENCER_LOCK & 0xFFFFFFFF)).fetchone()
+    return int(row[0]) if row is not None else None
 
 
 def _present(conn: Any, tokens: list[str]) -> set[str]:
