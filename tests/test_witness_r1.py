@@ -287,3 +287,30 @@ def test_a_body_trickled_a_byte_at_a_time_does_not_hold_the_witness(witness):
                 break
         assert time.monotonic() - started < 25
         assert answer in (b"",) or answer.startswith(b"HTTP/1.1 408")
+
+
+def test_a_newer_checkpoint_cosigned_meanwhile_is_no_rollback(tmp_path):
+    """Two cosigning rounds overlap (two `log checkpoint` runs): the slower one, holding the older
+    checkpoint, hears from the witness a size beyond it. The log has that checkpoint, signed by
+    its key: nothing was rolled back, so no exit 3."""
+    setup = Setup(tmp_path)
+    server, vkey = setup.witness("witness.test/a")
+    assert setup.cli("log", "witness", "add", server.url, "--key", vkey) == 0
+    setup.append(3)
+    assert setup.checkpoint() == 0  # cosigned at 3
+    setup.append(2)
+    with AuditLog(setup.db, key=setup.log_private) as log:
+        log.checkpoint()  # size 5, not cosigned yet
+    ran = []
+
+    def another_round_first(request: httpx.Request) -> None:
+        if not ran:
+            ran.append(True)
+            setup.append(2)
+            assert setup.checkpoint() == 0  # size 7, cosigned by the witness
+
+    hooks = {"request": [another_round_first]}
+    with AuditLog(setup.db) as log, httpx.Client(timeout=10, event_hooks=hooks) as http:
+        result = cosign_latest(log.store, client=http)
+    assert [o.status for o in result.outcomes] == ["failed"]
+    assert "newer checkpoint" in result.outcomes[0].detail

@@ -256,6 +256,13 @@ class _Round:
 
     def _beyond(self, entry: WitnessEntry, known: int) -> WitnessOutcome | None:
         name = entry.key.name
+        if known > self.checkpoint.size and self._newer_checkpoint(known):
+            return WitnessOutcome(
+                entry, "failed",
+                f"witness {name} has already cosigned size {known}, past this round's checkpoint "
+                f"{self.checkpoint.size}: the log now has a newer checkpoint of at least that size, signed "
+                "by its key (another cosigning round ran meanwhile); run 'nomyo-audit log cosign' again",
+            )
         if known > self.log_size:
             return WitnessOutcome(
                 entry, "rollback",
@@ -270,6 +277,22 @@ class _Round:
                 f"{self._evidence(entry)}",
             )
         return None
+
+    def _newer_checkpoint(self, known: int) -> bool:
+        """Whether the log now holds a checkpoint of size >= ``known``, signed by its key, with the records.
+
+        Then a witness past this round's checkpoint saw a later round's, not a rollback; whether
+        that checkpoint extends the witness's is the next round's consistency proof to show.
+        """
+        if self.log_key is None:
+            return False
+        checkpoints = self.store.checkpoints()
+        if not checkpoints or self.store.frontier().size < known:
+            return False
+        try:
+            return verify_checkpoint(checkpoints[-1].note, self.log_key).size >= known
+        except NoteError:
+            return False
 
     def _evidence(self, entry: WitnessEntry) -> str:
         """Whether the witness backs its word with a checkpoint this log's key signed (monitor endpoint).
