@@ -32,6 +32,7 @@ __all__ = [
     "ControlStatus",
     "controls_evidenced",
     "load_mapping",
+    "scope_phrase",
 ]
 
 #: The shipped catalog's uuid (OSCAL documents that judge these controls link to it).
@@ -64,6 +65,11 @@ _State = Literal["held", "failed", "unknown"]
 MEASURED_RULES = ("pcrs", "secure_boot", "boot_events", "kernel_cmdline", "ima", "serving_stack")
 #: How old the oldest record must be to show the EU AI Act's six months of retention.
 RETENTION = timedelta(days=183)
+#: Checks judged on the log itself, whatever the report's scope; every other check reads the
+#: report's counts, which a scoped report keeps for its scope's records only.
+LOG_WIDE_CHECKS = frozenset({"audit_log_integrity", "log_checkpoint"})
+#: The labels a report's ``scope`` can limit, in the order a scope is named.
+SCOPE_LABELS = ("service", "router", "tenant")
 
 
 class Control(NamedTuple):
@@ -116,13 +122,26 @@ def load_mapping() -> tuple[Control, ...]:
     return tuple(controls)
 
 
+def scope_phrase(report: Mapping[str, Any]) -> str | None:
+    """The report's ``scope`` as words (``service billing, tenant acme``), or None for a report of the
+    whole log. A scoped report's counts are its scope's records only, so what is said from them must
+    name the scope."""
+    scope = _map(report.get("scope"))
+    named = [f"{label} {scope[label]}" for label in SCOPE_LABELS if scope.get(label) is not None]
+    return ", ".join(named) or None
+
+
 def controls_evidenced(report: Mapping[str, Any]) -> tuple[ControlStatus, ...]:
-    """Judge every control of the mapping from one report document; see the module docstring."""
+    """Judge every control of the mapping from one report document; see the module docstring.
+
+    A scoped report's controls are judged on its scope's records: each reason that rests on them
+    says so first (``on the records of service billing only (the report's scope): ...``)."""
     checks = _Facts(report).checks()
-    return tuple(_judge(control, checks) for control in load_mapping())
+    scope = scope_phrase(report)
+    return tuple(_judge(control, checks, scope) for control in load_mapping())
 
 
-def _judge(control: Control, checks: Mapping[str, _Check]) -> ControlStatus:
+def _judge(control: Control, checks: Mapping[str, _Check], scope: str | None = None) -> ControlStatus:
     results = [checks.get(name, _Check("unknown", f"{name}: not a known check")) for name in control.checks]
     failed = [r.reason for r in results if r.state == "failed"]
     unknown = [r.reason for r in results if r.state == "unknown"]
@@ -134,7 +153,10 @@ def _judge(control: Control, checks: Mapping[str, _Check]) -> ControlStatus:
     else:
         status, reasons = "satisfied", [r.reason for r in results]
     # one printable line: a reason quotes report fields (a policy name, a period) into Markdown and HTML
-    reason = "".join(c if c.isprintable() else "?" for c in "; ".join(dict.fromkeys(reasons)))
+    said = "; ".join(dict.fromkeys(reasons))
+    if scope and set(control.checks) - LOG_WIDE_CHECKS:
+        said = f"on the records of {scope} only (the report's scope): {said}"
+    reason = "".join(c if c.isprintable() else "?" for c in said)
     return ControlStatus(
         control, status, reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
     )
@@ -200,7 +222,7 @@ class _Facts:
             unproven = _Check("unknown", "the log did not verify, so its records cannot be relied on")
             return {name: checks.get(name, unproven) for name in CHECKS}
         if self.n["requests"] == 0:
-            empty = _Check("unknown", "the report covers no records")
+            empty = _Check("unknown", self._no_records())
             return {name: checks.get(name, empty) for name in CHECKS}
         checks["record_keeping"] = self._record_keeping()
         checks["policy"] = self._policy()
@@ -210,6 +232,12 @@ class _Facts:
         checks["transport_encryption"] = self._rules_check(("require_key_binding",), "key binding")
         checks["measured_boot"] = self._measured()
         return checks
+
+    def _no_records(self) -> str:
+        if scope_phrase(self.report) is None:
+            return "the report covers no records"
+        period = _count(_map(self.report.get("covers")).get("records"))
+        return f"none of the period's {period} records is in the report's scope"
 
     def _integrity(self) -> _Check:
         if not self.intact:

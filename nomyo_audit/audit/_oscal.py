@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from ._controls import scope_phrase
 from ._oscal_observations import (
     CHECKS,
     OSCAL_NAMESPACE,
@@ -112,9 +113,8 @@ def build_assessment_results(
         "uuid": ids.of("result"),
         "title": f"nomyo-audit checks from {start} to {end}",
         "description": oscal_text(
-            f"What {report.get('tool')} found in {as_int(mapping(report.get('covers')).get('records'))} "
-            f"audit-log records of this period, {_source(report)} (report.json is the source of truth; "
-            f"this document renders it). {_trust(signed)}"
+            f"What {report.get('tool')} found in {_records_judged(report)}, {_source(report)} (report.json "
+            f"is the source of truth; this document renders it). {_trust(signed)}"
         ),
         "start": start,
         "end": end,
@@ -139,8 +139,11 @@ def build_assessment_results(
     for name, values in (("observations", observations), ("risks", risks), ("findings", findings)):
         if values:
             result[name] = values
+    remarks = [_scope_remark(report)] if scope_phrase(report) else []
     if unjudged:
-        result["remarks"] = "No finding (this period gave no evidence for them): " + "; ".join(unjudged)
+        remarks.append("No finding (this period gave no evidence for them): " + "; ".join(unjudged))
+    if remarks:
+        result["remarks"] = " ".join(remarks)
     document: dict[str, Any] = {
         "uuid": ids.of("document"),
         "metadata": {
@@ -161,6 +164,26 @@ def build_assessment_results(
         },
     }
     return {"assessment-results": document}
+
+
+def _records_judged(report: Mapping[str, Any]) -> str:
+    """Which records the findings were judged on: the period's, or the scope's only."""
+    period = as_int(mapping(report.get("covers")).get("records"))
+    scope = scope_phrase(report)
+    if scope is None:
+        return f"{period} audit-log records of this period"
+    requests = as_int(mapping(report.get("summary")).get("requests"))
+    return (
+        f"the {requests} audit-log records of {scope} (the report's scope; the period holds {period} "
+        "records, and the others were not judged)"
+    )
+
+
+def _scope_remark(report: Mapping[str, Any]) -> str:
+    return oscal_text(
+        f"Scope: {scope_phrase(report)}. The observations' counts and every finding were judged on the "
+        "records in this scope only; the log's integrity and its checkpoint on the whole log."
+    )
 
 
 def _source(report: Mapping[str, Any]) -> str:

@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ._controls import scope_phrase
+
 __all__ = [
     "CHECKS",
     "OSCAL_NAMESPACE",
@@ -199,7 +201,7 @@ def observation(
     observation: dict[str, Any] = {
         "uuid": observation_uuid,
         "title": f"Check {check}",
-        "description": oscal_text(template.format_map(_Facts(report))),
+        "description": oscal_text(template.format_map(_Facts(report)) + _in_scope(report, about_log)),
         "props": oscal_props(("check", check), *(rules if check == "policy" else ())),
         "methods": ["TEST"],
         "subjects": subjects.log if about_log else subjects.attested,
@@ -209,6 +211,12 @@ def observation(
     if not observation["subjects"]:
         del observation["subjects"]
     return observation
+
+
+def _in_scope(report: Mapping[str, Any], about_log: bool) -> str:
+    """What a scoped report's counts are of: its scope's records only (the log's checks are of the log)."""
+    scope = None if about_log else scope_phrase(report)
+    return f" (the records of {scope} only: the report's scope)" if scope else ""
 
 
 def _proof_evidence(report: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
