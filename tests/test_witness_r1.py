@@ -314,3 +314,31 @@ def test_a_newer_checkpoint_cosigned_meanwhile_is_no_rollback(tmp_path):
         result = cosign_latest(log.store, client=http)
     assert [o.status for o in result.outcomes] == ["failed"]
     assert "newer checkpoint" in result.outcomes[0].detail
+
+
+def test_a_slower_round_never_replaces_a_newer_cosigned_checkpoint(tmp_path):
+    setup = Setup(tmp_path)
+    first, first_vkey = setup.witness("witness.test/a")
+    second, second_vkey = setup.witness("witness.test/b")
+    for server, vkey in ((first, first_vkey), (second, second_vkey)):
+        assert setup.cli("log", "witness", "add", server.url, "--key", vkey) == 0
+    setup.append(3)
+    assert setup.checkpoint() == 0
+    setup.append(2)
+    with AuditLog(setup.db, key=setup.log_private) as log:
+        log.checkpoint()  # size 5, not cosigned yet
+    ran = []
+
+    def another_round_first(request: httpx.Request) -> None:
+        if not ran:  # a faster round cosigns 7 while the second witness is away
+            ran.append(True)
+            logs, second.witness.logs = second.witness.logs, {}
+            setup.append(2)
+            setup.checkpoint()
+            second.witness.logs = logs
+
+    hooks = {"request": [another_round_first]}
+    with AuditLog(setup.db) as log, httpx.Client(timeout=10, event_hooks=hooks) as http:
+        result = cosign_latest(log.store, client=http)
+    assert [o.status for o in result.outcomes] == ["failed", "cosigned"]
+    assert parse_checkpoint(setup.meta(COSIGNED_META).decode())[0].size == 7

@@ -380,12 +380,21 @@ def cosign_latest(
     for entry in current:
         entry.size = learned.get(entry.vkey, entry.size)
     _save(store, current)
-    if result.cosigned:
+    if result.cosigned and not _holds_newer(store, result.size):
         store.set_meta(COSIGNED_META, result.note.encode(), replace=True)
     broken = [o.detail for o in result.outcomes if o.status in ("rollback", "fork")]
     if broken:
         raise WitnessRollback("; ".join(broken))
     return result
+
+
+def _holds_newer(store: LogStore, size: int) -> bool:
+    """Whether meta already holds a cosigned checkpoint larger than ``size`` (a later round's, kept)."""
+    held = store.meta(COSIGNED_META)
+    try:
+        return held is not None and parse_checkpoint(held.decode("utf-8"))[0].size > size
+    except (UnicodeDecodeError, NoteError):
+        return False
 
 
 def _signer(store: LogStore, note: str) -> Ed25519PublicKey | None:
