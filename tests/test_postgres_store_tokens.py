@@ -92,3 +92,21 @@ def test_an_append_postgresql_cannot_store_fails_alone_and_at_once(postgres_url)
         assert len(errors) == 1 and time.monotonic() - started < 10
         assert sorted(r.payload_id for r in log.store.records()) == ["p-0", "p-1", "p-2", "p-3"]
         assert log.verify().ok
+
+
+def test_a_pending_row_with_an_oversized_token_is_not_a_wedge(postgres_url):
+    """Tokens are 16 bytes; a longer one (pending's column takes any) overflowed the batch's NOTIFY
+    payload (8000 bytes), so the batch failed on every retry and the log took no append."""
+    with AuditLog(postgres_url) as log:
+        assert log.append("p-0", _build(0)) == 0
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO pending (token, payload_id, time, data) VALUES (%s, 'x', 0, %s)",
+                (b"t" * 5000, _build(7)(0, log.store.meta("salt"))),
+            )
+        got: list[int] = []
+        thread = threading.Thread(target=lambda: got.append(log.append("p-1", _build(1))), daemon=True)
+        thread.start()
+        thread.join(20)
+        assert got and got[0] >= 1, "the log took no append after a pending row with a long token"
+        assert log.verify().ok

@@ -92,6 +92,8 @@ class _Batch:
         for _, token, payload_id, moment, pending_data, _, _, sequenced in rows:
             if sequenced is not None:  # its token has a position (a resubmission): the same record again
                 continue
+            if len(token) != TOKEN_BYTES:  # no writer of ours: its ack would overflow the NOTIFY payload
+                continue
             seq = frontier.size
             try:
                 data = with_seq(bytes(pending_data), seq)
@@ -151,6 +153,9 @@ def parse_acks(payload: str) -> dict[str, int]:
             seq += 1
     return acks
 
+
+#: A writer's token: 16 random bytes (33 characters a token in a payload).
+TOKEN_BYTES = 16
 
 #: 33 characters a token: 230 tokens keep a payload under 8000 bytes.
 _ACKS_PER_PAYLOAD = 230
