@@ -72,3 +72,6 @@ def test_past_the_tracked_limit_the_totals_stay_exact(monkeypatch, limit):
         assert listed + document["groups_omitted"][name]["records"] == 40
         for group in document["groups"][name]:
             assert sum(group["outcomes"].values()) == group["records"]
+    # the values counted apart are the first seen, in record order
+    first = {1: {"a": 20}, 3: {"a": 20, "b": 10, "c": 10}}[limit]
+    assert {group["value"]: group["records"] for group in document["groups"]["service"]} == first

@@ -162,6 +162,10 @@ class GroupTally:
             return labels
         if len(combined) < MAX_TRACKED:
             combined.add(labels)
+            for name, value in zip(GROUP_BY, labels, strict=True):  # its values are tracked (if room)
+                groups = self._groups[name]
+                if value not in groups and len(groups) < MAX_TRACKED:
+                    groups[value] = _Group()  # in record order, as for the records counted at once
             return labels
         self.add(labels, status, before_sending=before_sending, verdict_failed=verdict_failed, n=1)
         return None
