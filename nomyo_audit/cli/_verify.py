@@ -264,6 +264,12 @@ def verify(
     nonce = _nonce(nonce_hex)
     if offline and nonce is not None:
         raise click.UsageError("--nonce checks evidence files or --log, not bundles")
+    if nonce is not None and log_path is not None:
+        click.echo(
+            "note: --nonce checks each record's quote against that nonce: a record's quote is then not "
+            "bound to its request and reply",
+            err=True,
+        )
     if offline:  # bundles: nomyo_audit.cli._bundle (exit 3 altered, 1 failed or denied)
         return verify_offline(
             files, key_path=key_path, roots_dir=tpm_roots, policy_file=policy_file, fmt=fmt, output=output
