@@ -7,6 +7,8 @@ import base64
 import gzip
 import hashlib
 import socket
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -20,7 +22,7 @@ from test_witness_cosign import ORIGIN, Setup
 from test_witness_server import OWN_LOG, OWN_ORIGIN, body, leaves, own_checkpoint, post
 from test_witness_server import witness as witness  # the fixture
 
-from nomyo_audit.audit import AuditLog, Checkpoint
+from nomyo_audit.audit import AuditLog, Checkpoint, verifier_key
 from nomyo_audit.audit._cosignature import WitnessKey, add_signature_lines, check_cosigned, cosign
 from nomyo_audit.audit._note import parse_checkpoint, sign_checkpoint, verify_checkpoint
 from nomyo_audit.audit._witness_client import COSIGNED_META, cosign_latest
@@ -342,3 +344,31 @@ def test_a_slower_round_never_replaces_a_newer_cosigned_checkpoint(tmp_path):
         result = cosign_latest(log.store, client=http)
     assert [o.status for o in result.outcomes] == ["failed", "cosigned"]
     assert parse_checkpoint(setup.meta(COSIGNED_META).decode())[0].size == 7
+
+
+def test_witness_serve_refuses_two_keys_for_one_origin_and_a_log_key_as_its_own(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+
+    private = Ed25519PrivateKey.generate()
+    key_file = tmp_path / "w.key"
+    key_file.write_bytes(private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+    def serve(*log_keys: str) -> subprocess.CompletedProcess[str]:
+        args = [arg for vkey in log_keys for arg in ("--log-key", vkey)]
+        try:
+            return subprocess.run(
+                [sys.executable, "-c", "from nomyo_audit.cli import main; raise SystemExit(main())",
+                 "witness", "serve", "--key", str(key_file), *args, "--port", "0"],
+                capture_output=True, text=True, timeout=20,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail("the witness started serving")
+
+    one = verifier_key(OWN_ORIGIN, OWN_LOG.public_key())
+    other = verifier_key(OWN_ORIGIN, Ed25519PrivateKey.generate().public_key())
+    # a second --log-key for the same origin silently replaced the first
+    twice = serve(one, other)
+    assert twice.returncode == 2 and "two --log-key" in twice.stderr
+    itself = serve(verifier_key("log.example/x", private.public_key()))
+    assert itself.returncode == 2 and "witness's own key" in itself.stderr

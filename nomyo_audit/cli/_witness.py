@@ -102,7 +102,7 @@ def serve_witness(
     private = ed25519_private(key)
     try:
         witness_key = WitnessKey.of(name, private)
-        logs = dict(parse_log_vkey(_vkey(value)) for value in log_keys)
+        logs = _log_keys(log_keys, witness_key)
     except NoteError as exc:
         raise click.BadParameter(str(exc)) from None
     witness = Witness(witness_key, private, logs, WitnessState(state))
@@ -118,6 +118,23 @@ def serve_witness(
         pass
     finally:
         server.server_close()
+
+
+def _log_keys(values: tuple[str, ...], witness: WitnessKey) -> dict[str, Ed25519PublicKey]:
+    """``origin -> key`` of the --log-key values; NoteError for two keys of one origin or the witness's key.
+
+    A dict would keep only the last key of an origin, silently; and a log signed with the
+    witness's own key would be cosigned by the key that signed it, which is no witness.
+    """
+    logs: dict[str, Ed25519PublicKey] = {}
+    for value in values:
+        origin, public = parse_log_vkey(_vkey(value))
+        if origin in logs and logs[origin] != public:
+            raise NoteError(f"two --log-key values for the log {origin}: give one key per log")
+        if public == witness.public:
+            raise NoteError(f"the log {origin}'s key is the witness's own key: a log cannot witness itself")
+        logs[origin] = public
+    return logs
 
 
 @click.group("witness")
