@@ -34,6 +34,8 @@ _PLATFORM_FACTS = (
     "rtmrs", "mr_seam", "host_data", "policy", "td_attributes", "vmpl", "debug", "chip_id",
 )  # fmt: skip
 _MAX_VALUE = 200
+#: the anchor kinds whose facts include a CPU TCB
+_CPU_KINDS = ("azure-sev-snp", "azure-tdx")
 
 
 def anchor_of(verdict: object) -> Anchor | None:
@@ -75,7 +77,10 @@ def anchor_row(anchor: Anchor, records: int) -> dict[str, Any]:
         facts = dict(platform)
         row["platform"] = facts
         row["platform_summary"] = ", ".join(f"{name} {value}" for name, value in platform)
-        row["tcb_unknown"] = facts.get("tcb_status") == "unknown"
+        # A CPU anchor's TCB is current only when a status was established (from verified
+        # collateral); one the facts do not state is as unknown as one they call unknown.
+        status = facts.get("tcb_status")
+        row["tcb_unknown"] = status == "unknown" or (kind in _CPU_KINDS and not status)
     return row
 
 
