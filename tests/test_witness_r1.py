@@ -7,6 +7,7 @@ import base64
 import gzip
 import hashlib
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -372,3 +373,17 @@ def test_witness_serve_refuses_two_keys_for_one_origin_and_a_log_key_as_its_own(
     assert twice.returncode == 2 and "two --log-key" in twice.stderr
     itself = serve(verifier_key("log.example/x", private.public_key()))
     assert itself.returncode == 2 and "witness's own key" in itself.stderr
+
+
+def test_a_client_that_resets_its_connection_leaves_no_traceback(witness, capfd):
+    server, http, _ = witness
+    host, port = server.server_address[:2]
+    for _ in range(3):
+        raw = socket.create_connection((host, port), timeout=5)
+        raw.sendall(b"POST /add-checkpoint HTTP/1.1\r\nHost: x\r\nContent-Le")
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.close()  # an RST, mid-request
+    time.sleep(0.5)
+    assert post(http, body(0, [], own_checkpoint(leaves(2)))).status_code == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err

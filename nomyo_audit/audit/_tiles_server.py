@@ -41,6 +41,8 @@ class BoundedThreadingServer(ThreadingHTTPServer):
     """
 
     daemon_threads = True
+    #: How its one-line errors on stderr start.
+    name = "server"
 
     def __init__(self, *args: Any, max_connections: int = MAX_CONNECTIONS, **kwargs: Any) -> None:
         self._slots = threading.BoundedSemaphore(max_connections)
@@ -67,12 +69,20 @@ class BoundedThreadingServer(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line on stderr for a connection that failed (a client gone mid-reply), never a traceback."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, (ConnectionError, TimeoutError)):
+            print(f"{self.name}: a request failed: {type(error).__name__}", file=sys.stderr)
+
 
 class TileServer(BoundedThreadingServer):
     """An HTTP server of the tiles in ``directory`` on an already listening socket.
 
     At most ``max_connections`` connections are served at once (:class:`BoundedThreadingServer`).
     """
+
+    name = "log serve"
 
     def __init__(
         self, sock: socket.socket, directory: Path, *, max_connections: int = MAX_CONNECTIONS
@@ -101,11 +111,6 @@ class TileServer(BoundedThreadingServer):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, stop)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """One line on stderr for a connection that failed (a client gone mid-reply), never a traceback."""
-        error = sys.exc_info()[1]
-        if not isinstance(error, (ConnectionError, TimeoutError)):
-            print(f"log serve: a request failed: {type(error).__name__}", file=sys.stderr)
 
 
 class _TileHandler(BaseHTTPRequestHandler):

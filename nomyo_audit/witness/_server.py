@@ -121,7 +121,10 @@ class WitnessServer(BoundedThreadingServer):
     """A witness listening on ``(host, port)``; port 0 picks a free one (see :attr:`url`).
 
     At most 64 connections are served at once (a thread each); one more is closed at once.
+    A connection that fails (a client gone) is one line on stderr, never a traceback.
     """
+
+    name = "witness"
 
     def __init__(self, witness: Witness, host: str = "127.0.0.1", port: int = 0, *, quiet: bool = False):
         self.witness = witness
