@@ -25,6 +25,7 @@ from test_witness_server import witness as witness  # the fixture
 
 from nomyo_audit.audit import AuditLog, Checkpoint, verifier_key
 from nomyo_audit.audit._cosignature import WitnessKey, add_signature_lines, check_cosigned, cosign
+from nomyo_audit.audit._merkle import root_of
 from nomyo_audit.audit._note import parse_checkpoint, sign_checkpoint, verify_checkpoint
 from nomyo_audit.audit._witness_client import COSIGNED_META, cosign_latest
 from nomyo_audit.errors import IntegrityError
@@ -387,3 +388,14 @@ def test_a_client_that_resets_its_connection_leaves_no_traceback(witness, capfd)
     assert post(http, body(0, [], own_checkpoint(leaves(2)))).status_code == 200
     err = capfd.readouterr().err
     assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("control", ["\r", "\x00", "\x1b", "\t"])
+def test_a_checkpoint_with_a_control_character_is_400_never_cosigned(witness, control):
+    _, http, _ = witness
+    tree = leaves(2)
+    checkpoint = Checkpoint(OWN_ORIGIN, 2, root_of(tree), (f"ext{control}value",))
+    note = sign_checkpoint(checkpoint, OWN_LOG)
+    # signed-note: a note MUST NOT contain ASCII control characters other than newline
+    reply = post(http, body(0, [], note))
+    assert reply.status_code == 400, reply.text

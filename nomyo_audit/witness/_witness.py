@@ -70,6 +70,9 @@ def parse_add_checkpoint(body: bytes) -> tuple[int, list[bytes], str]:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise RequestRejected(400, "the request is not UTF-8") from None
+    if any(c < " " and c != "\n" for c in text):
+        # signed-note: a note MUST NOT contain ASCII control characters other than newline
+        raise RequestRejected(400, "the request holds a control character other than newline")
     head, sep, note = text.partition("\n\n")
     if not sep:
         raise RequestRejected(400, "no blank line between the old size and proof and the checkpoint")
