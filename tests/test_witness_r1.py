@@ -29,6 +29,7 @@ from nomyo_audit.audit._merkle import root_of
 from nomyo_audit.audit._note import parse_checkpoint, sign_checkpoint, verify_checkpoint
 from nomyo_audit.audit._witness_client import COSIGNED_META, cosign_latest
 from nomyo_audit.errors import IntegrityError
+from nomyo_audit.witness import Witness, WitnessServer, WitnessState
 
 DASH = "\u2014"
 
@@ -399,3 +400,36 @@ def test_a_checkpoint_with_a_control_character_is_400_never_cosigned(witness, co
     # signed-note: a note MUST NOT contain ASCII control characters other than newline
     reply = post(http, body(0, [], note))
     assert reply.status_code == 400, reply.text
+
+
+def test_two_witness_processes_sharing_a_state_file_never_both_cosign_divergent_heads(tmp_path):
+    """Two witnesses on one --state (each its own WitnessState, so only flock orders them):
+    concurrent checkpoints of two forks at the same size: at most one is ever cosigned."""
+    private = Ed25519PrivateKey.generate()
+    key = WitnessKey.of("witness.test/shared", private)
+    servers = [
+        WitnessServer(Witness(key, private, {OWN_ORIGIN: OWN_LOG.public_key()},
+                              WitnessState(tmp_path / "state.json")), quiet=True)
+        for _ in range(2)
+    ]
+    for server in servers:
+        server.start()
+    try:
+        statuses: list[int] = []
+
+        def submit(url: str, tag: bytes) -> None:
+            with httpx.Client(base_url=url, timeout=20) as own:
+                statuses.append(post(own, body(0, [], own_checkpoint(leaves(6, tag)))).status_code)
+
+        threads = [
+            threading.Thread(target=submit, args=(servers[n % 2].url, b"fork%d" % n)) for n in range(16)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(statuses) == [200] + [409] * 15
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
