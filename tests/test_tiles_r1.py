@@ -9,6 +9,7 @@ from test_tiles_cli import grow
 
 from nomyo_audit.audit import AuditLog, parse_checkpoint
 from nomyo_audit.audit._tiles_writer import publish_tiles, published_checkpoint
+from nomyo_audit.cli import main
 
 
 def test_a_slower_publisher_never_rolls_back_what_a_faster_one_published(tmp_path):
@@ -54,3 +55,13 @@ def test_a_slower_publisher_never_rolls_back_what_a_faster_one_published(tmp_pat
     second.join(30)
     assert not errors, errors
     assert parse_checkpoint(published_checkpoint(out))[0].size == 400
+
+
+def test_a_published_checkpoint_with_a_size_of_thousands_of_digits_is_exit_2(tmp_path, capsys):
+    key, db, out = Ed25519PrivateKey.generate(), tmp_path / "audit.db", tmp_path / "tiles"
+    grow(db, key, 0, 3)
+    out.mkdir()
+    size = "9" * 5000  # int() refuses over 4300 digits: a ValueError, not a NoteError
+    (out / "checkpoint").write_text(f"nomyo-audit.local/audit\n{size}\n{'A' * 43}=\n\n\u2014 x AAAA\n")
+    assert main(["log", "tiles", "--log", str(db), "-o", str(out)]) == 2
+    assert "Traceback" not in capsys.readouterr().err

@@ -433,3 +433,18 @@ def test_two_witness_processes_sharing_a_state_file_never_both_cosign_divergent_
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+def test_a_checkpoint_size_of_thousands_of_digits_is_400_not_500(witness):
+    _, http, _ = witness
+    note = own_checkpoint(leaves(2)).replace("\n2\n", "\n" + "9" * 5000 + "\n", 1)
+    reply = post(http, body(0, [], note))
+    assert reply.status_code == 400, reply.text
+
+
+def test_a_cosigned_checkpoint_size_of_thousands_of_digits_is_an_integrity_failure(cosigned_log, capsys):
+    setup, note, private = cosigned_log
+    store_cosigned(setup, note.replace("\n3\n", "\n" + "9" * 5000 + "\n", 1))
+    one = WitnessKey.of("w1.example", private)
+    assert setup.cli("log", "verify", "--witness", one.vkey) == 3
+    assert "Traceback" not in capsys.readouterr().err

@@ -235,12 +235,12 @@ def check_cosigned(
         raise IntegrityError(f"a witness threshold is 1 to {len(witnesses)}, not {threshold}")
     try:
         check_witness_keys(witnesses, log_key)
-    except NoteError as exc:
+    except ValueError as exc:  # NoteError, or a size too long for int()
         raise IntegrityError(str(exc)) from None
     try:
         checkpoint = verify_checkpoint(note, log_key)
         found, problems = verified_cosignatures(note, witnesses)
-    except NoteError as exc:
+    except ValueError as exc:
         raise IntegrityError(f"the cosigned checkpoint does not verify: {exc}") from None
     if problems:
         raise IntegrityError(f"cosigned checkpoint {checkpoint.size}: {'; '.join(problems)}")

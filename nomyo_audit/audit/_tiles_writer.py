@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .._files import write_file
 from ..errors import IntegrityError
 from ._log import AuditLog
-from ._note import Checkpoint, NoteError, parse_checkpoint, verify_checkpoint
+from ._note import Checkpoint, parse_checkpoint, verify_checkpoint
 from ._store import LogError, missing
 from ._tiles import TileBuilder, TileRef, new_tiles
 
@@ -134,7 +134,7 @@ def _parse_published(note: str | None, directory: Path, origin: str) -> Checkpoi
         return Checkpoint(origin, 0, b"")
     try:
         published = parse_checkpoint(note)[0]
-    except NoteError as exc:
+    except ValueError as exc:  # NoteError, or a size too long for int()
         raise LogError(f"{directory}/checkpoint is not a checkpoint: {exc}") from None
     if published.origin != origin:
         raise LogError(
@@ -158,7 +158,7 @@ def _with_cosignatures(log: AuditLog, note: str, key: Ed25519PublicKey) -> str:
         if cosigned.partition("\n\n")[0] != note.partition("\n\n")[0]:
             return note
         verify_checkpoint(cosigned, key)
-    except (UnicodeDecodeError, NoteError):
+    except ValueError:  # not UTF-8, not a checkpoint
         return note
     return cosigned
 

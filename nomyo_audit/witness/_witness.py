@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ..audit._cosignature import WitnessKey, cosign
 from ..audit._merkle import EMPTY_ROOT, ProofError, verify_consistency
-from ..audit._note import NoteError, key_id, parse_checkpoint, verify_checkpoint
+from ..audit._note import key_id, parse_checkpoint, verify_checkpoint
 from ._state import LogHead, WitnessState
 
 __all__ = ["MAX_PROOF_LINES", "MAX_REQUEST", "Reply", "Witness", "parse_add_checkpoint"]
@@ -122,7 +122,7 @@ class Witness:
         old, proof, note = parse_add_checkpoint(body)
         try:
             checkpoint = parse_checkpoint(note)[0]
-        except NoteError as exc:
+        except ValueError as exc:  # NoteError, or a size too long for int()
             raise RequestRejected(400, f"the checkpoint is malformed: {exc}") from None
         public = self.logs.get(checkpoint.origin)
         if public is None:
@@ -161,7 +161,7 @@ def _verified_log_lines(note: str, origin: str, public: Ed25519PublicKey) -> lis
                 line = f"{_DASH} {name} {base64.b64encode(blob).decode()}\n"
                 verify_checkpoint(f"{body}\n\n{line}", public)
                 lines.append(line)
-    except NoteError as exc:
+    except ValueError as exc:  # NoteError, or a size too long for int()
         raise RequestRejected(403, f"invalid signature: {exc}") from None
     if not lines:
         raise RequestRejected(403, "the checkpoint carries no signature by the log's key")
