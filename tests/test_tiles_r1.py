@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_tiles_cli import grow
 
 from nomyo_audit.audit import AuditLog, parse_checkpoint
 from nomyo_audit.audit._tiles_writer import publish_tiles, published_checkpoint
 from nomyo_audit.cli import main
+from nomyo_audit.errors import IntegrityError
 
 
 def test_a_slower_publisher_never_rolls_back_what_a_faster_one_published(tmp_path):
@@ -65,3 +67,29 @@ def test_a_published_checkpoint_with_a_size_of_thousands_of_digits_is_exit_2(tmp
     (out / "checkpoint").write_text(f"nomyo-audit.local/audit\n{size}\n{'A' * 43}=\n\n\u2014 x AAAA\n")
     assert main(["log", "tiles", "--log", str(db), "-o", str(out)]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_records_that_change_after_verifying_publish_no_tile(tmp_path):
+    """The log is verified, then streamed again for the tiles: if its records changed in between
+    (a rewrite racing the publisher), no tile of the changed stream may land in the directory,
+    since tiles are served as immutable for a year and caches would keep a wrong one."""
+    key, db, out = Ed25519PrivateKey.generate(), tmp_path / "audit.db", tmp_path / "tiles"
+    grow(db, key, 0, 600)
+    log = AuditLog.open(db)
+    scans = [0]
+    real_scan = log.store.scan
+
+    def rewritten_after_verify():
+        scans[0] += 1
+        for row in real_scan():
+            if scans[0] == 2 and row[0] == 300:
+                row = (*row[:3], row[3].replace(b"req-300", b"req-XXX"), *row[4:])
+            yield row
+
+    log.store.scan = rewritten_after_verify  # type: ignore[method-assign]
+    try:
+        with pytest.raises(IntegrityError):
+            publish_tiles(log, out, key.public_key())
+    finally:
+        log.close()
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == []

@@ -13,7 +13,9 @@ serve the directory. Rules the writer keeps:
 * one publisher at a time per directory (``flock`` on the directory itself, held from reading
   the published checkpoint to writing the new one): a slower run that verified an older
   checkpoint can never publish it over a newer one another run published meanwhile;
-* every file is written atomically (a temporary file renamed over the target), and the
+* the tiles are written into a staging directory and renamed into place only once the whole
+  stream gave the checkpoint's root (the records may change after verifying), and every
+  file is written atomically (a temporary file renamed over the target), the
   ``checkpoint`` last, so a reader never sees half a tile nor a checkpoint whose tiles are
   not there yet; an interrupted run leaves the previous checkpoint published.
 """
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -123,7 +127,12 @@ def _publish(log: AuditLog, directory: Path, public_key: Ed25519PublicKey | None
     result = PublishedTiles(latest.size, old.size)
     if (old.size, old.root) != (latest.size, latest.root):  # else: only cosignatures may be new
         wanted = set(new_tiles(old.size, latest.size))
-        _write_tiles(log, directory, (old, latest.size, latest.root), wanted, result)
+        staging = directory / f".staging-{secrets.token_hex(8)}"
+        try:
+            _write_tiles(log, staging, (old, latest.size, latest.root), wanted, result)
+            _move_into_place(staging, directory, result.written)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     if note != previous:
         _write(directory, "checkpoint", note.encode(), result)
     return result
@@ -198,6 +207,29 @@ def _write_tiles(
     for ref, tile in builder.finish():
         if ref in wanted:
             _write(directory, ref.path, tile, result)
+
+
+def _move_into_place(staging: Path, directory: Path, written: list[str]) -> None:
+    """Rename the staged tiles into ``directory`` once the whole stream gave the checkpoint's root.
+
+    Tiles are served as immutable: one written from records that changed after verifying
+    would be cached for a year, so none is in place before the root was checked.
+    """
+    parents = {directory}
+    try:
+        for relative in written:
+            target = directory / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / relative, target)
+            parents.add(target.parent)
+        for parent in parents:  # the renames survive a crash before the checkpoint names them
+            fd = os.open(parent, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        raise LogError(f"cannot write the tiles into {directory}: {exc.strerror or exc}") from None
 
 
 def _forked(directory: Path, size: int) -> IntegrityError:
