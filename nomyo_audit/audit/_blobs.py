@@ -291,8 +291,16 @@ class BlobCheck:
     field of that name elsewhere in the router's metadata (none). At most ``limit`` problems.
     """
 
-    def __init__(self, blobs: Iterable[tuple[Any, Any]], limit: int = 20) -> None:
+    def __init__(
+        self,
+        blobs: Iterable[tuple[Any, Any]],
+        limit: int = 20,
+        lookup: Callable[[str], bytes | None] | None = None,
+    ) -> None:
         self.limit = limit
+        #: reads one blob again: a record appended after ``blobs`` was read may reference a new one
+        self._lookup = lookup
+        self._absent: set[str] = set()
         self.problems: list[str] = []
         self.present: set[bytes] = set()
         for key, data in blobs:
@@ -319,8 +327,20 @@ class BlobCheck:
         for what, digest in references(metadata) if isinstance(metadata, Mapping) else ():
             if not is_digest(digest):
                 self._problem(f"record {seq}: its {what} reference is not a SHA-256 digest (altered)")
-            elif digest.encode() not in self.present:
+            elif digest.encode() not in self.present and not self._kept_since(digest):
                 self._problem(f"record {seq}: the {what} it references ({digest[:16]}...) is missing")
+
+    def _kept_since(self, digest: str) -> bool:
+        """Whether a blob the first read did not see is kept now (a writer appended it since), intact."""
+        if self._lookup is None or digest in self._absent:
+            return False
+        data = self._lookup(digest)
+        if data is None or hashlib.sha256(data).hexdigest() != digest:
+            if len(self._absent) < 4096:  # a blob every record references is looked up once
+                self._absent.add(digest)
+            return False
+        self.present.add(digest.encode())
+        return True
 
 
 def blob_problems(

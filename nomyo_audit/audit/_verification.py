@@ -204,7 +204,7 @@ class _Verification:
     def _blobs(self) -> BlobCheck | None:
         """The blobs table read and checked (a damaged one is a problem; the records are checked still)."""
         try:
-            return BlobCheck(self.store.blobs())
+            return BlobCheck(self.store.blobs(), lookup=self.store.blob)
         except IntegrityError as exc:
             self.problems.append(str(exc))
             return None
