@@ -7,13 +7,16 @@ with its password.
 from __future__ import annotations
 
 import os
+import re
 from urllib.parse import urlsplit
 
-from ._store import LogStore
+from ._store import LogError, LogStore
 
 __all__ = ["database_url", "display_location", "is_database_url", "open_store"]
 
 _SCHEMES = ("postgresql://", "postgres://")
+#: A URL of a scheme no store takes (``postgress://``, ``mysql://``): told from a path, never echoed.
+_OTHER_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def is_database_url(location: str | os.PathLike[str]) -> bool:
@@ -48,6 +51,9 @@ def open_store(location: str | os.PathLike[str], *, readonly: bool = False) -> L
         from ._postgres import PostgresStore
 
         return PostgresStore(database_url(str(location)), readonly=readonly)
+    if isinstance(location, str) and (other := _OTHER_URL.match(location)) is not None:
+        # a typo of a database URL must not become a local file (nor its password a file name)
+        raise LogError(f"{other[1]}://...: not a log location (a file path, or a postgresql:// URL)")
     from ._sqlite import SQLiteStore
 
     return SQLiteStore(location, readonly=readonly)

@@ -8,18 +8,15 @@ is a directory as ``click.Path(dir_okay=False)`` did.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..audit._stores import display_location, is_database_url
+from ..audit._stores import _OTHER_URL, display_location, is_database_url
 
 __all__ = ["LOG_LOCATION", "LogLocation", "display_location"]
 
-#: A URL of a scheme no store takes (``postgress://``, ``mysql://``), told from a path.
-_OTHER_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 class LogLocation(click.ParamType[Path | str, Any]):
