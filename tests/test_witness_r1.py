@@ -319,3 +319,13 @@ def test_a_body_trickled_a_byte_at_a_time_does_not_hold_the_witness(witness):
                 break
         assert time.monotonic() - started < 25
         assert answer in (b"",) or answer.startswith(b"HTTP/1.1 408")
+
+
+def test_a_witness_url_with_a_password_is_refused_without_showing_it(cosigned_log, capsys):
+    setup, _, private = cosigned_log
+    vkey = WitnessKey.of("w1.example", private).vkey
+    # every outcome line and 'log witness list' print the URL: a password there would be shown
+    assert setup.cli("log", "witness", "add", "http://user:s3cret@127.0.0.1:1", "--key", vkey) == 2
+    captured = capsys.readouterr()
+    assert "s3cret" not in captured.out + captured.err
+    assert "user name or password" in captured.err

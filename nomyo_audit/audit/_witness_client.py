@@ -122,6 +122,11 @@ def _save(store: LogStore, entries: list[WitnessEntry]) -> None:
 
 def add_witness(store: LogStore, url: str, vkey: str) -> WitnessEntry:
     """Configure a witness (or move a known one to ``url``); LogError for a bad URL or vkey."""
+    if "@" in url.partition("://")[2].split("/", 1)[0]:  # never echo it: it may hold a password
+        raise LogError(
+            "a witness URL with a user name or password is refused: it is stored in the log and printed "
+            "with every outcome (use a bastion without credentials in the URL)"
+        )
     if not url.startswith(("http://", "https://")) or any(c.isspace() for c in url):
         raise LogError(f"a witness URL is http(s)://host[:port][/prefix], not {url[:100]!r}")
     try:
