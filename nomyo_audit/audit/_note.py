@@ -33,6 +33,8 @@ __all__ = [
 _ED25519 = b"\x01"
 _ORIGIN = re.compile(r"^[^\s+]{1,200}$")
 _DASH = "\u2014"
+#: signed-note text holds no control character (a checkpoint body is lines of printable text)
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 
 
 class NoteError(ValueError):
@@ -104,8 +106,11 @@ def parse_checkpoint(note: str) -> tuple[Checkpoint, list[tuple[str, bytes]]]:
     if len(lines) < 3:
         raise NoteError("a checkpoint body has origin, size and root lines")
     origin, size_text, root_text = lines[:3]
-    if not size_text.isdigit() or (size_text.startswith("0") and size_text != "0"):
-        raise NoteError(f"checkpoint size {size_text[:20]!r} is not a decimal number")
+    if _CONTROL.search(body):
+        raise NoteError("a checkpoint body holds a control character")
+    decimal = size_text.isascii() and size_text.isdigit() and len(size_text) <= 20
+    if not decimal or (size_text.startswith("0") and size_text != "0") or int(size_text) >= 1 << 64:
+        raise NoteError(f"checkpoint size {size_text[:20]!r} is not a decimal uint64")
     try:
         root = base64.b64decode(root_text, validate=True)
     except (binascii.Error, ValueError):
@@ -132,14 +137,17 @@ def verify_checkpoint(note: str, public: Ed25519PublicKey) -> Checkpoint:
     checkpoint, signatures = parse_checkpoint(note)
     expected = key_id(checkpoint.origin, public)
     body = note.partition("\n\n")[0] + "\n"
-    for name, blob in signatures:
-        if name == checkpoint.origin and blob[:4] == expected:
-            try:
-                public.verify(blob[4:], body.encode())
-            except InvalidSignature:
-                raise NoteError(f"the signature on checkpoint {checkpoint.size} does not verify") from None
-            return checkpoint
-    raise NoteError(f"checkpoint {checkpoint.size} carries no signature by this key")
+    # Every line in this key's name and ID must verify (signed-note): a bad one beside a good one
+    # rejects the note, whichever comes first.
+    lines = [blob for name, blob in signatures if name == checkpoint.origin and blob[:4] == expected]
+    if not lines:
+        raise NoteError(f"checkpoint {checkpoint.size} carries no signature by this key")
+    for blob in lines:
+        try:
+            public.verify(blob[4:], body.encode())
+        except InvalidSignature:
+            raise NoteError(f"the signature on checkpoint {checkpoint.size} does not verify") from None
+    return checkpoint
 
 
 def signed_by(note: str, public: Ed25519PublicKey) -> bool:
