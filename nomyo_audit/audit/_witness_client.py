@@ -17,13 +17,10 @@ here runs on the append path.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -36,10 +33,9 @@ from ._cosignature import (
     parse_witness_vkey,
     verified_cosignatures,
 )
-from ._merkle import Frontier, leaf_hash
 from ._note import NoteError, parse_checkpoint, verify_checkpoint
-from ._report_chain import proof_ranges
 from ._store import LogError, LogStore
+from ._witness_wire import add_checkpoint_body, bounded_request, proof_between
 
 __all__ = [
     "CosignResult",
@@ -54,8 +50,8 @@ __all__ = [
 
 WITNESSES_META = "witnesses"
 COSIGNED_META = "cosigned_checkpoint"
-#: A witness's reply is a few signature lines or a size: anything longer is refused unread.
-MAX_RESPONSE = 64 * 1024
+#: how a rollback or fork detail begins when a checkpoint signed by the log's own key proves it
+PROVEN = "proven:"
 
 
 class WitnessRollback(IntegrityError):
@@ -153,61 +149,6 @@ def add_witness(store: LogStore, url: str, vkey: str) -> WitnessEntry:
     return next(e for e in entries if e.vkey == key.vkey)
 
 
-def proof_between(
-    records: Iterable[tuple[Any, ...]], old_size: int, new_size: int
-) -> tuple[list[bytes], bytes]:
-    """The consistency proof from ``old_size`` to ``new_size`` and the root at ``new_size``.
-
-    ``records`` are the store's ``scan()`` rows; leaves are hashed from the record bytes
-    (the stored leaf column is not trusted). One pass, O(log n) memory. IntegrityError
-    when the log has fewer than ``new_size`` records.
-    """
-    ranges = proof_ranges(old_size, new_size) if 0 < old_size < new_size else []
-    subtrees = {r: Frontier() for r in ranges}
-    order, at = sorted(ranges), 0  # the ranges are disjoint: at most one holds each leaf
-    whole = Frontier()
-    for row in records:
-        if whole.size == new_size:
-            break
-        leaf = leaf_hash(row[3])
-        while at < len(order) and order[at][1] <= whole.size:
-            at += 1
-        if at < len(order) and order[at][0] <= whole.size:
-            subtrees[order[at]].append(leaf)
-        whole.append(leaf)
-    if whole.size < new_size:
-        raise IntegrityError(f"the log has {whole.size} records, fewer than its checkpoint's {new_size}")
-    return [subtrees[r].root() for r in ranges], whole.root()
-
-
-def _body(old: int, proof: list[bytes], note: str) -> bytes:
-    lines = [f"old {old}", *(base64.b64encode(node).decode() for node in proof)]
-    return ("\n".join(lines) + "\n\n" + note).encode()
-
-
-def _request(
-    http: httpx.Client, method: str, url: str, body: bytes | None = None, *, within: float = 10.0
-) -> tuple[int, str]:
-    """Status and text of one request; at most :data:`MAX_RESPONSE` bytes read, within ``within`` s.
-
-    The body is read raw (``Accept-Encoding: identity``; a compressed reply is refused, so a
-    small gzip bomb never inflates in memory), and the whole body must arrive in ``within``
-    seconds: a witness that trickles a byte at a time costs its cosignature, not the round.
-    """
-    deadline = time.monotonic() + within
-    with http.stream(method, url, content=body, headers={"Accept-Encoding": "identity"}) as response:
-        if response.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
-            raise httpx.DecodingError("a compressed reply is not read (Accept-Encoding: identity was asked)")
-        data = bytearray()
-        for chunk in response.iter_raw():
-            data += chunk
-            if len(data) > MAX_RESPONSE:
-                raise httpx.DecodingError(f"reply larger than {MAX_RESPONSE} bytes")
-            if time.monotonic() > deadline:
-                raise httpx.ReadTimeout(f"the reply took more than {within:g} s")
-    return response.status_code, data.decode("utf-8", "replace")
-
-
 class _Round:
     """One cosigning round over the configured witnesses (state: the note, the log's size)."""
 
@@ -221,9 +162,14 @@ class _Round:
         self._proofs: dict[int, tuple[list[bytes], bytes]] = {}
 
     def ask(self, entry: WitnessEntry) -> WitnessOutcome:
-        name = entry.key.name
+        name, cosigned = entry.key.name, entry.size
         for attempt in range(2):
             stale = self._beyond(entry, entry.size)
+            if stale is not None and stale.status == "rollback" and PROVEN not in stale.detail:
+                # A size the witness only claims (a 409 is unauthenticated) is not a verdict: one lying
+                # witness must not pin the log in "rolled back". Not kept: it is asked again next round.
+                entry.size = cosigned
+                return WitnessOutcome(entry, "failed", f"{stale.detail} (not judged a rollback)")
             if stale is not None:
                 return stale
             proof, root = self._proof(entry.size)
@@ -232,8 +178,8 @@ class _Round:
                     f"the log's records at size {self.checkpoint.size} do not give the root of "
                     "its latest checkpoint"
                 )
-            request = _body(entry.size, proof, self.note)
-            status, text = _request(self.http, "POST", f"{entry.url}/add-checkpoint", request,
+            request = add_checkpoint_body(entry.size, proof, self.note)
+            status, text = bounded_request(self.http, "POST", f"{entry.url}/add-checkpoint", request,
                                     within=self.timeout)
             if status == 200:
                 return self._cosigned(entry, text)
@@ -303,14 +249,15 @@ class _Round:
         """Whether the witness backs its word with a checkpoint this log's key signed (monitor endpoint).
 
         A witness's size is unauthenticated: only a checkpoint signed by the log's own key,
-        which the log's records do not give, proves the rollback or fork.
+        which the log's records do not give, proves the rollback or fork (the text then starts
+        with :data:`PROVEN`).
         """
         unproven = "the witness's word only: it serves no checkpoint signed by this log's key"
         if self.log_key is None:
             return unproven
         origin_hash = hashlib.sha256(self.checkpoint.origin.encode()).hexdigest()
         try:
-            status, text = _request(self.http, "GET", f"{entry.url}/{origin_hash}/checkpoint",
+            status, text = bounded_request(self.http, "GET", f"{entry.url}/{origin_hash}/checkpoint",
                                     within=self.timeout)
             if status != 200:
                 return unproven
@@ -320,10 +267,10 @@ class _Round:
         if theirs.origin != self.checkpoint.origin:
             return unproven
         if theirs.size > self.log_size:
-            return f"proven: it holds checkpoint {theirs.size} signed by this log's key"
+            return f"{PROVEN} it holds checkpoint {theirs.size} signed by this log's key"
         if proof_between(self.store.scan(), 0, theirs.size)[1] != theirs.root:
             return (
-                f"proven: it holds checkpoint {theirs.size} signed by this log's key, "
+                f"{PROVEN} it holds checkpoint {theirs.size} signed by this log's key, "
                 "whose root the log's records no longer give"
             )
         return unproven
