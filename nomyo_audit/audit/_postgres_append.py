@@ -261,7 +261,9 @@ class Appender:
                 if time.monotonic() - quiet_since >= POLL_AFTER:
                     self._poll(conn)
                     quiet_since = time.monotonic()
-                for notify in list(conn.notifies(timeout=0.2)):  # the generator holds the connection
+                # Taken as a list (the generator holds the connection, and _holder needs it), but
+                # returned at the first arrival: waiting out the timeout would delay every ack.
+                for notify in list(conn.notifies(timeout=0.2, stop_after=1)):
                     if notify.pid != holder and (holder := _holder(conn)) != notify.pid:
                         continue  # not the sequencer's session: anyone may NOTIFY (the poll still finds it)
                     self.resolve(parse_acks(notify.payload))
