@@ -41,6 +41,7 @@ from ._store import (
     StoredCheckpoint,
     StoredRecord,
     checked_records,
+    read_saved_frontier,
 )
 
 __all__ = ["PostgresStore", "database_name"]
@@ -295,13 +296,7 @@ class PostgresStore:
 
     def saved_frontier(self) -> Frontier:
         """The frontier as last saved (every sequenced batch saves it)."""
-        raw = self.meta("frontier")
-        if raw is None:
-            return Frontier()
-        try:
-            return Frontier.from_bytes(raw)
-        except ValueError:
-            raise IntegrityError(f"{self.location}: the log's saved state is damaged") from None
+        return read_saved_frontier(self.meta("frontier"), str(self.location))
 
     def checkpoints(self) -> list[StoredCheckpoint]:
         """The kept checkpoints in the order they were stored (signatures are checked by verify)."""

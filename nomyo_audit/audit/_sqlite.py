@@ -38,6 +38,7 @@ from ._store import (
     StoredRecord,
     checked_records,
     missing,
+    read_saved_frontier,
     truncated,
 )
 
@@ -377,13 +378,7 @@ class SQLiteStore:
 
     def saved_frontier(self) -> Frontier:
         """The frontier as last saved (at a multiple of FRONTIER_SAVE_EVERY or a checkpoint)."""
-        raw = self.meta("frontier")
-        if raw is None:
-            return Frontier()
-        try:
-            return Frontier.from_bytes(raw)
-        except ValueError:
-            raise IntegrityError(f"{self.path}: the log's saved state is damaged") from None
+        return read_saved_frontier(self.meta("frontier"), str(self.path))
 
     def add_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
         """Keep a signed checkpoint; at the current size it also saves the frontier (one transaction)."""

@@ -25,6 +25,7 @@ __all__ = [
     "StoredRecord",
     "checked_records",
     "missing",
+    "read_saved_frontier",
     "truncated",
 ]
 
@@ -113,6 +114,16 @@ class LogStore(Protocol):
     def blobs(self) -> Iterator[tuple[Any, Any]]: ...
     def integrity_check(self) -> str: ...
     def exclusive(self) -> AbstractContextManager[None]: ...
+
+
+def read_saved_frontier(raw: bytes | None, where: str) -> Frontier:
+    """The frontier a store saved (meta ``frontier``), or an empty one; IntegrityError if damaged."""
+    if raw is None:
+        return Frontier()
+    try:
+        return Frontier.from_bytes(raw)
+    except ValueError:
+        raise IntegrityError(f"{where}: the log's saved state is damaged") from None
 
 
 def missing(expected: int, seq: int) -> str:
