@@ -4,16 +4,14 @@ path: no local file appears, and the message names the scheme, never the passwor
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from nomyo_audit.audit import AuditLog, LogError
 
 
 @pytest.mark.parametrize("location", ["postgress://alice:s3cret@db.example/audit", "mysql://u:s3cret@h/db"])
-def test_a_url_of_another_scheme_is_refused_and_creates_nothing(tmp_path, location):
-    os.chdir(tmp_path)
+def test_a_url_of_another_scheme_is_refused_and_creates_nothing(tmp_path, monkeypatch, location):
+    monkeypatch.chdir(tmp_path)
     for open_log in (AuditLog, AuditLog.open):
         with pytest.raises(LogError) as caught:
             open_log(location)
