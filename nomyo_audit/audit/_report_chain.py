@@ -44,6 +44,7 @@ __all__ = [
     "chain_section",
     "chainable",
     "consistency_from_leaves",
+    "consistency_in_one_pass",
     "coverage_findings",
     "previous_sha256_of",
     "proof_ranges",
@@ -163,6 +164,33 @@ def proof_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
     return subproof(old_size, 0, new_size, True)
 
 
+def consistency_in_one_pass(
+    leaves: Iterable[bytes], old_size: int, new_size: int
+) -> tuple[list[bytes], bytes | None, bytes, int]:
+    """One pass over the log's leaf hashes (in order), O(log n) memory: the consistency proof from
+    ``old_size`` to ``new_size``, the roots at both sizes (the old one None when the leaves stop
+    before it), and how many leaves were read (fewer than ``new_size``: the log is shorter).
+
+    Report chains and witness requests both prove consistency this way; each judges the roots.
+    """
+    ranges = proof_ranges(old_size, new_size) if 0 < old_size < new_size else []
+    subtrees: dict[tuple[int, int], Frontier] = {r: Frontier() for r in ranges}
+    order, at = sorted(ranges), 0  # the ranges are disjoint: at most one holds each leaf
+    whole = Frontier()
+    old_root = whole.root() if old_size == 0 else None
+    for leaf in leaves:
+        if whole.size == new_size:
+            break
+        while at < len(order) and order[at][1] <= whole.size:
+            at += 1
+        if at < len(order) and order[at][0] <= whole.size:
+            subtrees[order[at]].append(leaf)
+        whole.append(leaf)
+        if whole.size == old_size:
+            old_root = whole.root()
+    return [subtrees[r].root() for r in ranges], old_root, whole.root(), whole.size
+
+
 def consistency_from_leaves(
     leaves: Iterable[bytes], old: CitedCheckpoint, new: CitedCheckpoint
 ) -> list[bytes]:
@@ -177,31 +205,16 @@ def consistency_from_leaves(
             f"this report's checkpoint (size {new.size}) is smaller than the previous report's "
             f"(size {old.size}): the log shrank or was replaced"
         )
-    ranges = proof_ranges(old.size, new.size) if old.size else []
-    roots: dict[tuple[int, int], Frontier] = {r: Frontier() for r in ranges}
-    order = sorted(ranges)
-    whole, at = Frontier(), 0
-    old_root = whole.root() if old.size == 0 else None
-    for leaf in leaves:
-        if whole.size == new.size:
-            break
-        while at < len(order) and order[at][1] <= whole.size:
-            at += 1
-        if at < len(order) and order[at][0] <= whole.size:
-            roots[order[at]].append(leaf)
-        whole.append(leaf)
-        if whole.size == old.size:
-            old_root = whole.root()
-    if whole.size < new.size:
-        raise ChainError(f"the log has {whole.size} records, fewer than its checkpoint's {new.size}")
+    proof, old_root, new_root, read = consistency_in_one_pass(leaves, old.size, new.size)
+    if read < new.size:
+        raise ChainError(f"the log has {read} records, fewer than its checkpoint's {new.size}")
     if old_root is None or old_root.hex() != old.root:
         raise ChainError(
             f"the log's root at size {old.size} is not the previous report's checkpoint root "
             f"({old.root[:16]}...): the log was rewritten after that report"
         )
-    if whole.root().hex() != new.root:
+    if new_root.hex() != new.root:
         raise ChainError(f"the log's root at size {new.size} is not this report's checkpoint root")
-    proof = [roots[r].root() for r in ranges]
     _check(old, new, proof, "the proof just computed")
     return proof
 

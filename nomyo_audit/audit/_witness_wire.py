@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 
 from ..errors import IntegrityError
-from ._merkle import Frontier, leaf_hash
-from ._report_chain import proof_ranges
+from ._merkle import leaf_hash
+from ._report_chain import consistency_in_one_pass
 
 __all__ = ["MAX_RESPONSE", "add_checkpoint_body", "bounded_request", "proof_between"]
 
@@ -33,22 +33,11 @@ def proof_between(
     (the stored leaf column is not trusted). One pass, O(log n) memory. IntegrityError
     when the log has fewer than ``new_size`` records.
     """
-    ranges = proof_ranges(old_size, new_size) if 0 < old_size < new_size else []
-    subtrees = {r: Frontier() for r in ranges}
-    order, at = sorted(ranges), 0  # the ranges are disjoint: at most one holds each leaf
-    whole = Frontier()
-    for row in records:
-        if whole.size == new_size:
-            break
-        leaf = leaf_hash(row[3])
-        while at < len(order) and order[at][1] <= whole.size:
-            at += 1
-        if at < len(order) and order[at][0] <= whole.size:
-            subtrees[order[at]].append(leaf)
-        whole.append(leaf)
-    if whole.size < new_size:
-        raise IntegrityError(f"the log has {whole.size} records, fewer than its checkpoint's {new_size}")
-    return [subtrees[r].root() for r in ranges], whole.root()
+    hashed = (leaf_hash(row[3]) for row in records)
+    proof, _, root, read = consistency_in_one_pass(hashed, old_size, new_size)
+    if read < new_size:
+        raise IntegrityError(f"the log has {read} records, fewer than its checkpoint's {new_size}")
+    return proof, root
 
 
 def add_checkpoint_body(old: int, proof: list[bytes], note: str) -> bytes:
